@@ -1,0 +1,88 @@
+"""The ``quide-search`` command line: a thin argparse layer over the library.
+
+Subcommands live in one module each and are listed in ``_COMMANDS``; their help is their class
+docstring. Heavy libraries load inside ``Command.run`` so ``--help`` is instant. Every
+``QuideError`` is caught here, once, and printed as one line with exit code 2 (``--debug``
+shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Sequence
+
+from quide_search.cli._base import Command, QuideArgumentParser, UsageError
+from quide_search.cli.evaluate import EvaluateCommand
+from quide_search.cli.export import ExportCommand
+from quide_search.cli.run import RunCommand
+from quide_search.cli.sweep import SweepCommand
+
+__all__ = ["build_parser", "console_main", "main"]
+
+_COMMANDS: tuple[type[Command], ...] = (RunCommand, SweepCommand, ExportCommand, EvaluateCommand)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """Return the top-level parser and the parser of each subcommand."""
+    from quide_search import __version__
+
+    parser = QuideArgumentParser(
+        prog="quide-search",
+        description="Find the mixed-precision quantization plan that maximises the QuIDE "
+                    "Intelligence Index I' = C*P/log2(T+1), gated on accuracy.",
+    )
+    parser.add_argument("--version", action="version", version=f"quide-search {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       parser_class=QuideArgumentParser)
+    subs: dict[str, argparse.ArgumentParser] = {}
+    for command_type in _COMMANDS:
+        command = command_type()
+        doc = inspect.getdoc(command_type) or ""
+        sub = subparsers.add_parser(
+            command.name, help=doc.splitlines()[0], description=doc, epilog=command.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show tracebacks of errors")
+        command.add_arguments(sub)
+        sub.set_defaults(_command=command)
+        subs[command.name] = sub
+    return parser, subs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    from quide_search.errors import QuideError
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser, _ = build_parser()
+    debug = "--debug" in args_list
+    try:
+        args = parser.parse_args(args_list)
+        if getattr(args, "command", None) is None:
+            # `quide-search` alone would do nothing; the embedded default is `run`.
+            args = parser.parse_args(["run", *args_list])
+        return int(args._command.run(args))
+    except UsageError as e:
+        print(f"{e.prog}: error: {e} (see '{e.prog} --help')", file=sys.stderr)
+        return 2
+    except QuideError as e:
+        if debug:
+            raise
+        print(f"quide-search {args_list[0] if args_list else 'run'}: error: {e}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("quide-search: interrupted; completed trials are kept in the study.",
+              file=sys.stderr)
+        return 130
+
+
+def console_main() -> None:
+    """Entry point of the ``quide-search`` console script."""
+    sys.exit(main())

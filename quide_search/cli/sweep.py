@@ -1,0 +1,39 @@
+"""``quide-search sweep``."""
+
+from __future__ import annotations
+
+import argparse
+
+from quide_search.cli._base import Command
+from quide_search.cli._options import add_gate_args, add_measure_args, add_task_args, config_from_args
+
+__all__ = ["SweepCommand"]
+
+
+class SweepCommand(Command):
+    """Measure uniform precisions (fp32, int8, int4, ...) and name the knee (highest I')."""
+
+    name = "sweep"
+    epilog = """examples:
+  quide-search sweep                                 # fp32, int8, int4, int2, fp8 on digits
+  quide-search sweep --bits fp32,8,4 --out-dir results"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_task_args(parser)
+        parser.add_argument("--bits", type=str, default="fp32,8,4,2,f8",
+                            help="precisions to sweep; fp32 is always measured as the baseline "
+                                 "(default: fp32,8,4,2,f8)")
+        add_gate_args(parser)
+        add_measure_args(parser)
+        parser.add_argument("--out-dir", type=str, default="studies",
+                            help="where the sweep JSON and CSV are written (default: studies)")
+        parser.add_argument("--name", type=str, default=None,
+                            help="file name stem of the outputs (default: <model>-<dataset>)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from quide_search.report import format_sweep
+        from quide_search.sweep import run_sweep
+
+        config = config_from_args(args, out_dir=args.out_dir, study=args.name)
+        print(format_sweep(run_sweep(config)))
+        return 0

@@ -1,0 +1,94 @@
+"""The run configuration: one frozen dataclass, validated once when it is built.
+
+Precedence for the CLI: flags given on the command line > these defaults. Every value is checked
+in ``__post_init__`` so the rest of the code can trust it, and so that bad input fails before any
+study or file is touched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from quide_search.errors import ConfigError
+from quide_search.plan import FLOAT, normalize_qtype
+from quide_search.storage import check_url, default_storage_url
+
+__all__ = ["RunConfig"]
+
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of a search (``run``), a uniform sweep (``sweep``) and a replay (``evaluate``)."""
+
+    model: str = field(default="simplecnn", metadata={"help": "registered model name"})
+    dataset: str = field(default="digits", metadata={"help": "registered dataset name"})
+    trials: int = field(default=50, metadata={"help": "completed trials the study should hold"})
+    bits: tuple[str, ...] = field(
+        default=("qint8", "qint4", "qint2"), metadata={"help": "per-layer choices"}
+    )
+    max_accuracy_drop: float | None = field(
+        default=0.01, metadata={"help": "gate: largest absolute drop of P below fp32"}
+    )
+    min_accuracy: float | None = field(default=None, metadata={"help": "gate: floor on P"})
+    study: str | None = field(default=None, metadata={"help": "study name"})
+    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL"})
+    seed: int = field(default=0, metadata={"help": "sampler seed"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    batch_size: int = field(default=1, metadata={"help": "latency batch size"})
+    eval_batch_size: int = field(default=256, metadata={"help": "accuracy batch size"})
+    out_dir: str = field(default="studies", metadata={"help": "where studies and files go"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise ConfigError(f"--trials must be an integer >= 1, but got trials={self.trials!r}.")
+        bits = tuple(normalize_qtype(b, where="--bits entry") for b in self.bits)
+        if not bits or all(b == FLOAT for b in bits):
+            raise ConfigError(
+                f"--bits must include at least one quantized precision, but got bits={self.bits}."
+            )
+        if len(set(bits)) != len(bits):
+            raise ConfigError(f"--bits must not repeat a precision, but got bits={self.bits}.")
+        object.__setattr__(self, "bits", bits)
+        for flag, value in (("--max-accuracy-drop", self.max_accuracy_drop),
+                            ("--min-accuracy", self.min_accuracy)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{flag} must lie in [0, 1], but got {value}.")
+        if self.max_accuracy_drop is None and self.min_accuracy is None:
+            raise ConfigError("the gate needs --max-accuracy-drop or --min-accuracy; got neither.")
+        for flag, value in (("--batch-size", self.batch_size),
+                            ("--eval-batch-size", self.eval_batch_size)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be >= 1, but got {value}.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be one of auto, cpu, cuda, but got {self.device!r}.")
+        if self.study is not None and not _STUDY_NAME.match(self.study):
+            raise ConfigError(
+                "--study must be 1-128 letters, digits, '_', '-' or '.', starting with a letter "
+                f"or digit, but got {self.study!r}."
+            )
+        if self.storage is not None:
+            check_url(self.storage, must_exist=False)
+
+    @property
+    def study_name(self) -> str:
+        """The study name: ``--study`` or ``<model>-<dataset>``."""
+        return self.study or f"{self.model}-{self.dataset}".lower()
+
+    @property
+    def storage_url(self) -> str:
+        """The storage URL: ``--storage`` or a SQLite file under ``out_dir``."""
+        return self.storage or default_storage_url(study=self.study_name, out_dir=self.out_dir)
+
+    def gate_settings(self) -> dict[str, float | None]:
+        """Return the gate parameters (the baseline P is measured, not configured)."""
+        return {"max_drop": self.max_accuracy_drop, "min_accuracy": self.min_accuracy}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as plain JSON types."""
+        data = asdict(self)
+        data["bits"] = list(self.bits)
+        return data

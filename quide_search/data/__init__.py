@@ -1,0 +1,15 @@
+"""Datasets: registered loaders that return seeded, disjoint splits as tensors."""
+
+from __future__ import annotations
+
+from quide_search.data import digits as _digits  # noqa: F401  (registers "digits")
+from quide_search.data._base import (
+    DATASETS,
+    DataRequest,
+    Split,
+    Splits,
+    register_dataset,
+    seeded_splits,
+)
+
+__all__ = ["DATASETS", "DataRequest", "Split", "Splits", "register_dataset", "seeded_splits"]

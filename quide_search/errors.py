@@ -1,0 +1,64 @@
+"""The one exception family of quide-search.
+
+Every error a user can cause derives from :class:`QuideError`, so the CLI catches exactly one
+type at its boundary. Where a builtin fits, an error also derives from it (``ConfigError`` is a
+``ValueError``) so that library callers can keep catching the builtin.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "MetricError",
+    "PlanError",
+    "QuideError",
+    "StorageError",
+    "TrialEvaluationError",
+    "did_you_mean",
+]
+
+
+class QuideError(Exception):
+    """Base class of every error quide-search raises on purpose."""
+
+
+class ConfigError(QuideError, ValueError):
+    """A setting, flag or argument is outside what the tool accepts."""
+
+
+class MetricError(QuideError, ValueError):
+    """C, P or T is outside the domain where the Intelligence Index is defined."""
+
+
+class PlanError(QuideError, ValueError):
+    """A bit-plan (in memory or in a file) is malformed or does not fit the model."""
+
+
+class DataError(QuideError, FileNotFoundError):
+    """Data, weights or a cache file is missing or unreadable."""
+
+
+class StorageError(QuideError, RuntimeError):
+    """An Optuna storage URL cannot be opened or a study cannot be found in it."""
+
+
+class TrialEvaluationError(QuideError, RuntimeError):
+    """A trial could not be scored (NaN output, failed quantization, out of memory).
+
+    The study records such a trial as FAIL with this message; it never stops the search.
+    """
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return a " Did you mean: x?" suffix for ``name`` or an empty string.
+
+    Kept here so every registry and validator phrases suggestions the same way.
+    """
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    if not close:
+        return ""
+    return " Did you mean: " + ", ".join(repr(c) for c in close) + "?"

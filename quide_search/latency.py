@@ -1,0 +1,141 @@
+"""Latency T in milliseconds: median of timed forward passes after warm-up.
+
+On CUDA the passes are timed with CUDA events after synchronisation (host clocks would time the
+kernel launches, not the kernels); on CPU with ``time.perf_counter_ns``. The thread count, batch
+size, device and torch version travel with every number, since T means nothing without them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from quide_search.errors import ConfigError, TrialEvaluationError
+from quide_search.metric import LATENCY_UNIT
+
+__all__ = ["LatencyContext", "LatencyResult", "measure_latency", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for ``--device auto|cpu|cuda``.
+
+    Raises:
+        ConfigError: For an unknown name, or ``cuda`` on a machine without CUDA.
+    """
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be one of auto, cpu, cuda, but got {name!r}.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda needs a CUDA GPU, but none is available. Use --device cpu.")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class LatencyContext:
+    """The conditions a latency was measured under; stored beside every T."""
+
+    device: str
+    batch_size: int
+    threads: int
+    torch_version: str
+    method: str
+    warmup: int = 5
+    min_repeats: int = 20
+    max_repeats: int = 200
+    target_spread: float = 0.02
+    unit: str = LATENCY_UNIT
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, but got {self.batch_size}.")
+        if self.min_repeats < 20:
+            raise ConfigError(f"at least 20 timed passes are required, got {self.min_repeats}.")
+        if self.max_repeats < self.min_repeats:
+            raise ConfigError(
+                f"max_repeats >= min_repeats must hold, but got ({self.max_repeats}, "
+                f"{self.min_repeats})."
+            )
+
+    @classmethod
+    def create(cls, *, device: torch.device, batch_size: int = 1) -> LatencyContext:
+        """Describe measurements on ``device`` with the current torch thread count."""
+        method = "cuda_events" if device.type == "cuda" else "wall_clock"
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        return cls(
+            device=name,
+            batch_size=batch_size,
+            threads=torch.get_num_threads(),
+            torch_version=torch.__version__,
+            method=method,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the context as plain JSON types."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """A measured latency: the median, how many passes it took and how tight they were."""
+
+    median_ms: float
+    repeats: int
+    spread: float
+
+
+def measure_latency(
+    model: nn.Module, example: torch.Tensor, *, context: LatencyContext
+) -> LatencyResult:
+    """Time ``model(example)`` and return the median in milliseconds.
+
+    After ``warmup`` passes, passes are timed until at least ``min_repeats`` are in hand and the
+    middle half of them spreads by at most ``target_spread`` of the median, or ``max_repeats``
+    is reached.
+
+    Raises:
+        TrialEvaluationError: If the median is not finite and > 0, or forward fails.
+    """
+    timer = _cuda_pass if context.method == "cuda_events" else _cpu_pass
+    samples: list[float] = []
+    try:
+        with torch.no_grad():
+            for _ in range(context.warmup):
+                timer(model, example)
+            while len(samples) < context.max_repeats:
+                samples.append(timer(model, example))
+                if len(samples) >= context.min_repeats and _spread(samples) <= context.target_spread:
+                    break
+    except (RuntimeError, MemoryError) as e:
+        raise TrialEvaluationError(f"latency measurement failed: {e}") from e
+    median = statistics.median(samples)
+    if not (median > 0 and median < float("inf")):
+        raise TrialEvaluationError(f"latency must be finite and > 0 ms, but measured {median!r}")
+    return LatencyResult(median_ms=median, repeats=len(samples), spread=_spread(samples))
+
+
+def _spread(samples: list[float]) -> float:
+    q1, median, q3 = statistics.quantiles(samples, n=4)
+    return (q3 - q1) / median if median > 0 else float("inf")
+
+
+def _cpu_pass(model: nn.Module, example: torch.Tensor) -> float:
+    start = time.perf_counter_ns()
+    model(example)
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def _cuda_pass(model: nn.Module, example: torch.Tensor) -> float:
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    model(example)
+    end.record()
+    torch.cuda.synchronize()
+    return float(start.elapsed_time(end))

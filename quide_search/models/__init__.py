@@ -1,0 +1,9 @@
+"""Registered models: ``@register_model`` specs and the built-in SimpleCNN."""
+
+from __future__ import annotations
+
+from quide_search.models import simplecnn as _simplecnn  # noqa: F401  (registers "simplecnn")
+from quide_search.models._base import MODELS, ModelSpec, register_model
+from quide_search.models.simplecnn import SimpleCNN
+
+__all__ = ["MODELS", "ModelSpec", "SimpleCNN", "register_model"]

@@ -1,0 +1,42 @@
+"""The model registry and the specification each registered model provides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from quide_search.data import Splits
+from quide_search.registry import Registry
+
+__all__ = ["MODELS", "ModelSpec", "register_model"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build a registered model and which datasets it serves.
+
+    Attributes:
+        name: Registry name.
+        build: Returns the untrained float model shaped for the given splits.
+        datasets: Dataset names this model can be evaluated on.
+        description: One line for ``quide-search models``.
+        train_epochs: Epochs of the seeded training run made on first use (0: no training).
+        arch_version: Bumped whenever ``build`` changes, so stale cached weights are not reused.
+    """
+
+    name: str
+    build: Callable[[Splits], nn.Module]
+    datasets: tuple[str, ...]
+    description: str
+    train_epochs: int = 0
+    arch_version: int = 1
+
+
+MODELS: Registry[ModelSpec] = Registry("model", "--model")
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Register ``spec`` under its name and return it."""
+    return MODELS.register(spec.name)(spec)

@@ -1,0 +1,133 @@
+"""Apply bit-plans with optimum-quanto and count what the result really stores.
+
+This is the only module that imports ``optimum.quanto``: the rest of quide-search speaks in
+plans and plain modules, so the backend can change without touching the search.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import logging
+
+import torch
+from torch import nn
+
+# quanto imports torch's extension builder, which warns about a missing CUDA runtime on every
+# CPU-only machine; the warning says nothing about quide-search's work.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+from optimum.quanto import freeze, quantize, requantize  # noqa: E402
+from optimum.quanto import quantization_map as _quanto_map  # noqa: E402
+
+from quide_search.errors import PlanError, TrialEvaluationError
+from quide_search.plan import BitPlan
+
+__all__ = [
+    "QUANTIZABLE_TYPES",
+    "apply_plan",
+    "model_bytes",
+    "quantizable_layers",
+    "quantization_map_of",
+    "rebuild_quantized",
+]
+
+QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+"""Layer types a plan may assign a qtype to (quanto has weight kernels or fallbacks for both)."""
+
+# quanto names qfloat8 by its float8 format; plans use the short name.
+_QUANTO_NAME = {"qint8": "qint8", "qint4": "qint4", "qint2": "qint2", "qfloat8": "qfloat8"}
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, int]:
+    """Return module name -> weight element count for every Linear and Conv2d of ``model``.
+
+    The order is the module order, which is also the order of the search space.
+    """
+    return {
+        name: int(module.weight.numel())
+        for name, module in model.named_modules()
+        if isinstance(module, QUANTIZABLE_TYPES) and name
+    }
+
+
+def apply_plan(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
+    """Return a frozen copy of ``model`` with ``plan`` applied layer by layer.
+
+    quanto quantizes in place, so by default the float model is deep-copied first: the cached
+    float model stays untouched and every trial starts from the same weights.
+
+    Args:
+        model: The float model (left unchanged unless ``inplace``).
+        plan: The per-layer qtypes; every named layer must be a quantizable layer of ``model``.
+        inplace: Quantize ``model`` itself (for a model built only for this purpose).
+
+    Raises:
+        PlanError: If a plan layer is not a quantizable layer of ``model``.
+        TrialEvaluationError: If quanto fails on a layer.
+    """
+    plan.validate_layers(quantizable_layers(model))
+    target = model if inplace else copy.deepcopy(model)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name, qtype in plan.quantized_layers().items():
+        groups[qtype].append(name)
+    try:
+        # no_grad, not inference_mode: quanto's qint4/qint2 packing sets version counters,
+        # which inference tensors refuse.
+        with torch.no_grad():
+            for qtype, names in groups.items():
+                quantize(target, weights=_QUANTO_NAME[qtype], include=names)
+            freeze(target)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise TrialEvaluationError(f"quanto could not apply the plan: {e}") from e
+    return target
+
+
+def quantization_map_of(model: nn.Module) -> dict[str, dict[str, str]]:
+    """Return quanto's own quantization map of a quantized model (for export)."""
+    return _quanto_map(model)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Return the bytes the model stores: every tensor of its state dict, counted once.
+
+    For a frozen quanto model the state dict holds the packed integer data, the scales and
+    shifts, and every tensor left in float: exactly what a checkpoint of it contains. Tensors
+    that share storage (tied weights) are counted once.
+    """
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for tensor in model.state_dict().values():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen and tensor.numel() > 0:
+            continue
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def rebuild_quantized(
+    model: nn.Module,
+    state_dict: Mapping[str, Any],
+    quantization_map: Mapping[str, Mapping[str, str]],
+) -> nn.Module:
+    """Quantize a float ``model`` skeleton in place and load quantized weights into it.
+
+    A thin wrapper over ``optimum.quanto.requantize`` that checks the map first.
+
+    Raises:
+        PlanError: If the map names a layer the model does not have.
+    """
+    layers = quantizable_layers(model)
+    for name in quantization_map:
+        if name not in layers:
+            raise PlanError(f"quantization_map names layer {name!r}, which the model lacks.")
+    with torch.no_grad():
+        requantize(model, dict(state_dict), {k: dict(v) for k, v in quantization_map.items()},
+                   device=torch.device("cpu"))
+    return model

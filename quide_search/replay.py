@@ -1,0 +1,78 @@
+"""Re-apply an exported plan to its model and measure it again (``quide-search evaluate``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from quide_search.errors import ConfigError, PlanError
+from quide_search.metric import Gate, Metrics
+from quide_search.plan import BitPlan
+
+__all__ = ["Replay", "evaluate_plan"]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A plan measured again, beside what its record stated."""
+
+    plan: BitPlan
+    measured: Metrics
+    stored: dict[str, Any]
+    latency: dict[str, Any]
+
+    @property
+    def reproduced(self) -> bool | None:
+        """Whether P equals the stored P exactly (None if the record holds no P)."""
+        if "P" not in self.stored:
+            return None
+        return self.measured.P == self.stored["P"]
+
+
+def evaluate_plan(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    model: str | None = None,
+    dataset: str | None = None,
+) -> Replay:
+    """Load a plan file, apply it to a fresh float model and measure C, P, T, I, I'.
+
+    The eval split, eval batch size, latency batch size and gate come from the record's
+    protocol, so P is measured exactly as in the study.
+
+    Raises:
+        PlanError: If the file is not a valid plan, or names layers its model lacks.
+        ConfigError: If ``model``/``dataset`` are given and differ from the plan's.
+    """
+    from quide_search.export import load_plan
+    from quide_search.latency import resolve_device
+    from quide_search.scorer import Scorer
+    from quide_search.task import load_task
+
+    plan, record = load_plan(path)
+    for flag, given, planned in (("--model", model, plan.model),
+                                 ("--dataset", dataset, plan.dataset)):
+        if given is not None and given.lower() != planned.lower():
+            raise ConfigError(f"{flag} must match the plan's, but the plan is for {planned!r} "
+                              f"and {flag} is {given!r}. Drop {flag} or use a plan for {given!r}.")
+    protocol = record.get("protocol", {})
+    task = load_task(model=plan.model, dataset=plan.dataset)
+    plan.validate_layers(task.layers)
+    latency = protocol.get("latency", {})
+    scorer = Scorer(task, device=resolve_device(device),
+                    batch_size=int(latency.get("batch_size", 1)),
+                    eval_batch_size=int(protocol.get("eval_batch_size", 256)))
+    measured = scorer.measure(plan)
+    baseline_p = record.get("baseline", {}).get("P")
+    if baseline_p is None:
+        baseline_p = scorer.measure(scorer.float_plan()).P
+    gate_settings = protocol.get("gate") or {"max_drop": 0.01, "min_accuracy": None}
+    try:
+        gate = Gate(baseline_P=float(baseline_p), **gate_settings)
+    except TypeError as e:
+        raise PlanError(f"plan field 'protocol.gate' is malformed: {gate_settings!r}.") from e
+    metrics = measured.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
+    return Replay(plan=plan, measured=metrics, stored=dict(record.get("metrics", {})),
+                  latency=scorer.context.to_dict())

@@ -1,0 +1,109 @@
+"""Measure one plan on a task: quantize, score P, time T, count stored bytes.
+
+The scorer holds what every trial shares (the float model, the eval tensors on the device, the
+latency example and context), so a trial only pays for its own work. It reports the time spent
+in each phase, which the benchmarks use to show where a trial's time goes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from quide_search.evaluator import Evaluator
+from quide_search.latency import LatencyContext, measure_latency
+from quide_search.metric import Gate, Metrics
+from quide_search.plan import BitPlan
+from quide_search.quantize import apply_plan, model_bytes
+from quide_search.task import Task
+
+__all__ = ["Measurement", "Scorer"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one plan measured as, before the gate is applied."""
+
+    P: float
+    T_ms: float
+    stored_bytes: int
+    avg_weight_bits: float
+    latency_repeats: int
+    latency_spread: float
+    eval_samples: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self, *, baseline_bytes: int, gate: Gate) -> Metrics:
+        """Return C, P, T, I and I' of this measurement under ``gate``."""
+        return Metrics.score(
+            P=self.P,
+            T_ms=self.T_ms,
+            stored_bytes=self.stored_bytes,
+            baseline_bytes=baseline_bytes,
+            avg_weight_bits=self.avg_weight_bits,
+            gate=gate,
+        )
+
+
+class Scorer:
+    """Scores plans for one task on one device under one latency protocol.
+
+    Args:
+        task: The float model and its splits.
+        device: Where evaluation and timing run.
+        batch_size: Batch size of the latency measurement (recorded with T).
+        eval_batch_size: Batch size of the accuracy evaluation (does not change P).
+    """
+
+    def __init__(
+        self, task: Task, *, device: torch.device, batch_size: int = 1, eval_batch_size: int = 256
+    ) -> None:
+        self.task = task
+        self.device = device
+        self.model = task.model.to(device)
+        self.evaluator = Evaluator.from_split(
+            task.splits.eval, device=device, batch_size=eval_batch_size
+        )
+        self.context = LatencyContext.create(device=device, batch_size=batch_size)
+        # Real eval samples as the latency input, repeated if the split is smaller.
+        inputs = task.splits.eval.inputs
+        reps = -(-batch_size // inputs.shape[0])
+        self.example = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].to(device)
+        self.weight_counts = task.layers
+        self.baseline_bytes = model_bytes(self.model)
+
+    def measure(self, plan: BitPlan) -> Measurement:
+        """Apply ``plan`` to a copy of the float model and measure it.
+
+        Raises:
+            PlanError: If the plan names layers the model lacks.
+            TrialEvaluationError: If quantization, evaluation or timing fails.
+        """
+        t0 = time.perf_counter()
+        model = apply_plan(self.model, plan) if plan.quantized_layers() else self.model
+        t1 = time.perf_counter()
+        accuracy = self.evaluator.accuracy(model)
+        t2 = time.perf_counter()
+        latency = measure_latency(model, self.example, context=self.context)
+        t3 = time.perf_counter()
+        return Measurement(
+            P=accuracy,
+            T_ms=latency.median_ms,
+            stored_bytes=model_bytes(model),
+            avg_weight_bits=plan.average_bits(self.weight_counts),
+            latency_repeats=latency.repeats,
+            latency_spread=latency.spread,
+            eval_samples=self.evaluator.samples,
+            seconds={"quantize": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
+        )
+
+    def float_plan(self) -> BitPlan:
+        """Return the plan that keeps every layer in float (the baseline)."""
+        return BitPlan.uniform(
+            model=self.task.model_name,
+            dataset=self.task.dataset_name,
+            layers=self.weight_counts,
+            qtype="none",
+        )

@@ -1,0 +1,105 @@
+"""The Optuna objective: suggest a per-layer plan, measure it, return I'.
+
+One categorical parameter per quantizable layer, named by the layer, over the configured bit set.
+Each completed trial carries C, P, T_ms, I, I_prime, gate_passed, average bits and stored bytes as
+user attributes, and the accuracy gate as an Optuna constraint so constrained samplers model it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from quide_search.errors import MetricError, TrialEvaluationError
+from quide_search.metric import Gate
+from quide_search.plan import BitPlan
+from quide_search.scorer import Scorer
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["GATE_CONSTRAINT", "PlanObjective", "uniform_params"]
+
+GATE_CONSTRAINT = "accuracy_gate"
+"""Constraint key: ``threshold - P``, feasible when <= 0."""
+
+_COPIED_ATTRS = (
+    "C", "P", "T_ms", "I", "I_prime", "gate_passed", "stored_bytes", "baseline_bytes",
+    "avg_weight_bits", "unit", "latency_repeats", "latency_spread", "eval_samples",
+)  # fmt: skip
+
+
+def uniform_params(layers: Sequence[str], qtype: str) -> dict[str, str]:
+    """Return the trial parameters of the plan that gives every layer ``qtype``."""
+    return {name: qtype for name in layers}
+
+
+class PlanObjective:
+    """Callable objective for ``study.optimize``.
+
+    Args:
+        scorer: Measures plans on the task.
+        gate: The accuracy gate, built from the study's stored fp32 baseline.
+        choices: Plan values each layer may take.
+    """
+
+    def __init__(self, *, scorer: Scorer, gate: Gate, choices: Sequence[str]) -> None:
+        self.scorer = scorer
+        self.gate = gate
+        self.choices = list(choices)
+        self.layers = list(scorer.weight_counts)
+
+    def suggest(self, trial: optuna.Trial) -> BitPlan:
+        """Ask the trial for one qtype per layer and return the plan."""
+        layers = {name: trial.suggest_categorical(name, self.choices) for name in self.layers}
+        return BitPlan(
+            model=self.scorer.task.model_name, dataset=self.scorer.task.dataset_name, layers=layers
+        )
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Measure the suggested plan and return its I'.
+
+        Raises:
+            TrialEvaluationError: For an expected fault; the study records the trial as FAIL
+                and its reason in the ``fail_reason`` user attribute.
+        """
+        plan = self.suggest(trial)
+        earlier = _same_plan(trial, plan)
+        try:
+            attrs = dict(earlier.user_attrs) if earlier else self._measure(plan)
+        except (TrialEvaluationError, MetricError) as e:
+            trial.set_user_attr("fail_reason", str(e))
+            raise TrialEvaluationError(str(e)) from e
+        if earlier is not None:
+            attrs = {k: attrs[k] for k in _COPIED_ATTRS if k in attrs}
+            attrs["duplicate_of"] = earlier.number
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        trial.set_constraint(GATE_CONSTRAINT, self.gate.threshold - float(attrs["P"]))
+        return float(attrs["I_prime"])
+
+    def _measure(self, plan: BitPlan) -> dict[str, Any]:
+        measurement = self.scorer.measure(plan)
+        metrics = measurement.metrics(baseline_bytes=self.scorer.baseline_bytes, gate=self.gate)
+        return {
+            **metrics.to_dict(),
+            "latency_repeats": measurement.latency_repeats,
+            "latency_spread": measurement.latency_spread,
+            "eval_samples": measurement.eval_samples,
+            "seconds": measurement.seconds,
+        }
+
+
+def _same_plan(trial: optuna.Trial, plan: BitPlan) -> optuna.trial.FrozenTrial | None:
+    """Return an earlier completed trial with exactly these parameters, if any.
+
+    Re-measuring an identical plan would only re-sample latency noise; reusing the stored
+    metrics keeps a plan's score stable within a study and saves the evaluation.
+    """
+    import optuna
+
+    params = {name: plan.layers.get(name, "none") for name in trial.params}
+    for frozen in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if frozen.number != trial.number and frozen.params == params and "P" in frozen.user_attrs:
+            return frozen
+    return None

@@ -1,0 +1,89 @@
+"""The uniform-precision protocol: one row per precision (fp32, int8, int4, ...) and the knee.
+
+The knee is the row with the highest I': the precision where compression, accuracy and latency
+balance best under the gate. Rows are written as JSON and CSV for papers and spreadsheets.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quide_search.config import RunConfig
+from quide_search.metric import LATENCY_UNIT, Gate
+from quide_search.plan import FLOAT, BitPlan, atomic_write_text
+
+__all__ = ["SWEEP_COLUMNS", "SweepResult", "precision_label", "run_sweep"]
+
+SWEEP_COLUMNS = ("precision", "C", "P", "T_ms", "I", "I_prime", "gate_passed",
+                 "avg_weight_bits", "stored_bytes")
+_LABELS = {FLOAT: "fp32", "qint8": "int8", "qint4": "int4", "qint2": "int2", "qfloat8": "fp8"}
+
+
+def precision_label(qtype: str) -> str:
+    """Return the paper-style label of a plan value (``qint4`` -> ``int4``)."""
+    return _LABELS[qtype]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The sweep table, its knee and where it was written."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    knee: dict[str, Any]
+    gate: dict[str, Any]
+    latency: dict[str, Any]
+    json_path: Path
+    csv_path: Path
+
+
+def run_sweep(config: RunConfig) -> SweepResult:
+    """Measure the uniform plan of every precision in ``config.bits`` (fp32 always first).
+
+    Raises:
+        QuideError: For bad settings, before anything is written.
+    """
+    from quide_search.latency import resolve_device
+    from quide_search.scorer import Scorer
+    from quide_search.task import load_task
+
+    device = resolve_device(config.device)
+    task = load_task(model=config.model, dataset=config.dataset)
+    scorer = Scorer(task, device=device, batch_size=config.batch_size,
+                    eval_batch_size=config.eval_batch_size)
+    baseline = scorer.measure(scorer.float_plan())
+    gate = Gate(baseline_P=baseline.P, **config.gate_settings())
+    rows = []
+    for qtype in (FLOAT, *[b for b in config.bits if b != FLOAT]):
+        plan = BitPlan.uniform(model=task.model_name, dataset=task.dataset_name,
+                               layers=task.layers, qtype=qtype)
+        measured = baseline if qtype == FLOAT else scorer.measure(plan)
+        metrics = measured.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
+        rows.append({"precision": precision_label(qtype), **metrics.to_dict(),
+                     "latency_repeats": measured.latency_repeats})
+    knee = max(rows, key=lambda r: (r["I_prime"], r["I"]))
+    name = config.study or f"{task.model_name}-{task.dataset_name}"
+    out = Path(config.out_dir)
+    result = SweepResult(
+        name=name, rows=rows, knee=knee, gate=gate.to_dict(), latency=scorer.context.to_dict(),
+        json_path=out / f"{name}.sweep.json", csv_path=out / f"{name}.sweep.csv",
+    )
+    _write(result, task.describe())
+    return result
+
+
+def _write(result: SweepResult, task: dict[str, Any]) -> None:
+    payload = {"name": result.name, "unit": LATENCY_UNIT, "task": task, "gate": result.gate,
+               "latency": result.latency, "knee": result.knee["precision"], "rows": result.rows}
+    atomic_write_text(result.json_path, json.dumps(payload, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*SWEEP_COLUMNS, "knee"], extrasaction="ignore")
+    writer.writeheader()
+    for row in result.rows:
+        writer.writerow({**row, "knee": row is result.knee})
+    atomic_write_text(result.csv_path, buffer.getvalue())
