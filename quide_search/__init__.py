@@ -12,7 +12,12 @@ Example:
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
+
+# optimum-quanto imports torch's extension builder, which warns about a missing CUDA runtime on
+# every CPU-only machine; the warning says nothing about quide-search's work.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 
@@ -39,7 +44,29 @@ _EXPORTS = {
     "run_sweep": "quide_search.sweep",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "BitPlan",
+    "ConfigError",
+    "Gate",
+    "Metrics",
+    "PlanError",
+    "QuideError",
+    "RunConfig",
+    "TrialEvaluationError",
+    "__version__",
+    "apply_plan",
+    "evaluate_plan",
+    "export_plan",
+    "gated_index",
+    "intelligence_index",
+    "load_plan",
+    "load_task",
+    "pareto_front",
+    "register_dataset",
+    "register_model",
+    "run_search",
+    "run_sweep",
+]
 
 if TYPE_CHECKING:
     from quide_search.config import RunConfig

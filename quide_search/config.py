@@ -53,14 +53,18 @@ class RunConfig:
         if len(set(bits)) != len(bits):
             raise ConfigError(f"--bits must not repeat a precision, but got bits={self.bits}.")
         object.__setattr__(self, "bits", bits)
-        for flag, value in (("--max-accuracy-drop", self.max_accuracy_drop),
-                            ("--min-accuracy", self.min_accuracy)):
+        for flag, value in (
+            ("--max-accuracy-drop", self.max_accuracy_drop),
+            ("--min-accuracy", self.min_accuracy),
+        ):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{flag} must lie in [0, 1], but got {value}.")
         if self.max_accuracy_drop is None and self.min_accuracy is None:
             raise ConfigError("the gate needs --max-accuracy-drop or --min-accuracy; got neither.")
-        for flag, value in (("--batch-size", self.batch_size),
-                            ("--eval-batch-size", self.eval_batch_size)):
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--eval-batch-size", self.eval_batch_size),
+        ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, but got {value}.")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -20,8 +20,19 @@ if TYPE_CHECKING:
 
 __all__ = ["export_plan", "load_plan", "plan_record", "select_trial"]
 
-_METRIC_KEYS = ("C", "P", "T_ms", "I", "I_prime", "gate_passed", "avg_weight_bits",
-                "stored_bytes", "baseline_bytes", "unit", "latency_repeats")
+_METRIC_KEYS = (
+    "C",
+    "P",
+    "T_ms",
+    "I",
+    "I_prime",
+    "gate_passed",
+    "avg_weight_bits",
+    "stored_bytes",
+    "baseline_bytes",
+    "unit",
+    "latency_repeats",
+)
 
 
 def select_trial(study: optuna.Study, trial: str | int) -> optuna.trial.FrozenTrial:
@@ -35,15 +46,16 @@ def select_trial(study: optuna.Study, trial: str | int) -> optuna.trial.FrozenTr
     """
     import optuna
 
-    done = [t for t in study.get_trials(deepcopy=False,
-                                        states=(optuna.trial.TrialState.COMPLETE,))
-            if "P" in t.user_attrs]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "P" in t.user_attrs
+    ]
     if not done:
         raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
     if trial == "best":
         feasible = [t for t in done if t.user_attrs["gate_passed"]] or done
-        return max(feasible, key=lambda t: (t.user_attrs["I_prime"], t.user_attrs["I"],
-                                            -t.number))
+        return max(feasible, key=lambda t: (t.user_attrs["I_prime"], t.user_attrs["I"], -t.number))
     try:
         number = int(trial)
     except (TypeError, ValueError) as e:

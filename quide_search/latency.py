@@ -32,7 +32,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda needs a CUDA GPU, but none is available. Use --device cpu.")
+        raise ConfigError(
+            "--device cuda needs a CUDA GPU, but none is available. Use --device cpu."
+        )
     return torch.device(name)
 
 
@@ -109,7 +111,10 @@ def measure_latency(
                 timer(model, example)
             while len(samples) < context.max_repeats:
                 samples.append(timer(model, example))
-                if len(samples) >= context.min_repeats and _spread(samples) <= context.target_spread:
+                if (
+                    len(samples) >= context.min_repeats
+                    and _spread(samples) <= context.target_spread
+                ):
                     break
     except (RuntimeError, MemoryError) as e:
         raise TrialEvaluationError(f"latency measurement failed: {e}") from e

@@ -128,7 +128,7 @@ class Gate:
     def passes(self, P: float) -> bool:  # noqa: N803
         """Return whether a score P passes the gate."""
         # A tiny tolerance keeps P = baseline - drop from failing on float rounding.
-        return P >= self.threshold - 1e-12
+        return self.threshold - 1e-12 <= P
 
     def to_dict(self) -> dict[str, Any]:
         """Return the gate as plain JSON types, with its threshold for readers."""

@@ -149,7 +149,8 @@ class BitPlan:
             if name not in names:
                 raise PlanError(
                     f"plan layer {name!r} is not a quantizable layer of model "
-                    f"{self.model!r}." + did_you_mean(name, names)
+                    f"{self.model!r}."
+                    + did_you_mean(name, names)
                     + f" Quantizable layers: {', '.join(names)}."
                 )
 
@@ -191,8 +192,9 @@ class BitPlan:
             )
         for key in ("model", "dataset"):
             if not isinstance(data.get(key), str) or not data[key]:
-                raise PlanError(f"plan field {key!r} must be a non-empty string, "
-                                f"but got {data.get(key)!r}.")
+                raise PlanError(
+                    f"plan field {key!r} must be a non-empty string, but got {data.get(key)!r}."
+                )
         layers = _layers_from_map(data.get("quantization_map"))
         stated = data.get("layers")
         if stated is not None:
@@ -242,15 +244,19 @@ def read_plan_file(path: str | os.PathLike[str]) -> tuple[BitPlan, dict[str, Any
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError as e:
-        raise PlanError(f"plan file {str(p)!r} does not exist. Export one with "
-                        "`quide-search export --study NAME --out plan.json`.") from e
+        raise PlanError(
+            f"plan file {str(p)!r} does not exist. Export one with "
+            "`quide-search export --study NAME --out plan.json`."
+        ) from e
     except (OSError, UnicodeDecodeError) as e:
         raise PlanError(f"plan file {str(p)!r} cannot be read as UTF-8 text: {e}.") from e
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise PlanError(f"plan file {str(p)!r} is not valid JSON ({e.msg} at line {e.lineno} "
-                        f"column {e.colno}).") from e
+        raise PlanError(
+            f"plan file {str(p)!r} is not valid JSON ({e.msg} at line {e.lineno} "
+            f"column {e.colno})."
+        ) from e
     plan = BitPlan.from_dict(data)
     return plan, data
 

@@ -11,17 +11,10 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-import logging
-
 import torch
+from optimum.quanto import freeze, quantize, requantize
+from optimum.quanto import quantization_map as _quanto_map
 from torch import nn
-
-# quanto imports torch's extension builder, which warns about a missing CUDA runtime on every
-# CPU-only machine; the warning says nothing about quide-search's work.
-logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-from optimum.quanto import freeze, quantize, requantize  # noqa: E402
-from optimum.quanto import quantization_map as _quanto_map  # noqa: E402
 
 from quide_search.errors import PlanError, TrialEvaluationError
 from quide_search.plan import BitPlan
@@ -47,11 +40,13 @@ def quantizable_layers(model: nn.Module) -> dict[str, int]:
 
     The order is the module order, which is also the order of the search space.
     """
-    return {
-        name: int(module.weight.numel())
-        for name, module in model.named_modules()
-        if isinstance(module, QUANTIZABLE_TYPES) and name
-    }
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if name and isinstance(module, QUANTIZABLE_TYPES):
+            weight = module.weight
+            assert isinstance(weight, torch.Tensor)  # Linear and Conv2d always have one
+            counts[name] = int(weight.numel())
+    return counts
 
 
 def apply_plan(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
@@ -103,7 +98,7 @@ def model_bytes(model: nn.Module) -> int:
     for tensor in model.state_dict().values():
         if not isinstance(tensor, torch.Tensor):
             continue
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        key = (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))
         if key in seen and tensor.numel() > 0:
             continue
         seen.add(key)
@@ -128,6 +123,10 @@ def rebuild_quantized(
         if name not in layers:
             raise PlanError(f"quantization_map names layer {name!r}, which the model lacks.")
     with torch.no_grad():
-        requantize(model, dict(state_dict), {k: dict(v) for k, v in quantization_map.items()},
-                   device=torch.device("cpu"))
+        requantize(
+            model,
+            dict(state_dict),
+            {k: dict(v) for k, v in quantization_map.items()},
+            device=torch.device("cpu"),
+        )
     return model

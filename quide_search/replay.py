@@ -27,7 +27,7 @@ class Replay:
         """Whether P equals the stored P exactly (None if the record holds no P)."""
         if "P" not in self.stored:
             return None
-        return self.measured.P == self.stored["P"]
+        return self.stored["P"] == self.measured.P
 
 
 def evaluate_plan(
@@ -52,18 +52,32 @@ def evaluate_plan(
     from quide_search.task import load_task
 
     plan, record = load_plan(path)
-    for flag, given, planned in (("--model", model, plan.model),
-                                 ("--dataset", dataset, plan.dataset)):
+    for flag, given, planned in (
+        ("--model", model, plan.model),
+        ("--dataset", dataset, plan.dataset),
+    ):
         if given is not None and given.lower() != planned.lower():
-            raise ConfigError(f"{flag} must match the plan's, but the plan is for {planned!r} "
-                              f"and {flag} is {given!r}. Drop {flag} or use a plan for {given!r}.")
+            raise ConfigError(
+                f"{flag} must match the plan's, but the plan is for {planned!r} "
+                f"and {flag} is {given!r}. Drop {flag} or use a plan for {given!r}."
+            )
+    from quide_search.models import MODELS
+
+    if plan.model not in MODELS:
+        raise PlanError(
+            f"plan {str(path)!r} is for model {plan.model!r}, which is not "
+            f"registered. Registered: {', '.join(MODELS.names())}."
+        )
     protocol = record.get("protocol", {})
     task = load_task(model=plan.model, dataset=plan.dataset)
     plan.validate_layers(task.layers)
     latency = protocol.get("latency", {})
-    scorer = Scorer(task, device=resolve_device(device),
-                    batch_size=int(latency.get("batch_size", 1)),
-                    eval_batch_size=int(protocol.get("eval_batch_size", 256)))
+    scorer = Scorer(
+        task,
+        device=resolve_device(device),
+        batch_size=int(latency.get("batch_size", 1)),
+        eval_batch_size=int(protocol.get("eval_batch_size", 256)),
+    )
     measured = scorer.measure(plan)
     baseline_p = record.get("baseline", {}).get("P")
     if baseline_p is None:
@@ -74,5 +88,9 @@ def evaluate_plan(
     except TypeError as e:
         raise PlanError(f"plan field 'protocol.gate' is malformed: {gate_settings!r}.") from e
     metrics = measured.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
-    return Replay(plan=plan, measured=metrics, stored=dict(record.get("metrics", {})),
-                  latency=scorer.context.to_dict())
+    return Replay(
+        plan=plan,
+        measured=metrics,
+        stored=dict(record.get("metrics", {})),
+        latency=scorer.context.to_dict(),
+    )

@@ -69,19 +69,28 @@ def format_summary(summary: SearchSummary) -> str:
 
 def format_sweep(result: SweepResult) -> str:
     """Return the uniform-precision table with the knee marked."""
-    rows = [[r["precision"], *(r[c] for c in _COLUMNS), r["gate_passed"],
-             "<- knee" if r is result.knee else ""] for r in result.rows]
+    rows = [
+        [
+            r["precision"],
+            *(r[c] for c in _COLUMNS),
+            r["gate_passed"],
+            "<- knee" if r is result.knee else "",
+        ]
+        for r in result.rows
+    ]
     lat = result.latency
-    return "\n".join([
-        f"uniform sweep of {result.name}: T in ms, batch {lat['batch_size']}, "
-        f"{lat['threads']} threads on {lat['device']} ({lat['method']})",
-        f"gate: P >= {result.gate['threshold']:.4f}",
-        "",
-        format_table(["precision", *_COLUMNS, "gate", ""], rows),
-        "",
-        f"knee: {result.knee['precision']}",
-        f"wrote {result.json_path} and {result.csv_path}",
-    ])
+    return "\n".join(
+        [
+            f"uniform sweep of {result.name}: T in ms, batch {lat['batch_size']}, "
+            f"{lat['threads']} threads on {lat['device']} ({lat['method']})",
+            f"gate: P >= {result.gate['threshold']:.4f}",
+            "",
+            format_table(["precision", *_COLUMNS, "gate", ""], rows),
+            "",
+            f"knee: {result.knee['precision']}",
+            f"wrote {result.json_path} and {result.csv_path}",
+        ]
+    )
 
 
 def format_replay(replay: Replay) -> str:
@@ -89,6 +98,9 @@ def format_replay(replay: Replay) -> str:
     rows = [_row("measured", replay.measured.to_dict())]
     if all(c in replay.stored for c in _COLUMNS):
         rows.append(_row("stored", replay.stored))
-    verdict = {True: "P reproduced exactly", False: "P differs from the stored P",
-               None: "the plan stores no P to compare"}[replay.reproduced]
+    verdict = {
+        True: "P reproduced exactly",
+        False: "P differs from the stored P",
+        None: "the plan stores no P to compare",
+    }[replay.reproduced]
     return "\n".join([format_table(["", *_COLUMNS, "gate"], rows), "", verdict])

@@ -99,7 +99,9 @@ def _same_plan(trial: optuna.Trial, plan: BitPlan) -> optuna.trial.FrozenTrial |
     import optuna
 
     params = {name: plan.layers.get(name, "none") for name in trial.params}
-    for frozen in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    for frozen in trial.study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+    ):
         if frozen.number != trial.number and frozen.params == params and "P" in frozen.user_attrs:
             return frozen
     return None

@@ -85,8 +85,21 @@ def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
         if "P" not in t.user_attrs:
             continue
         row = {"trial": t.number, "plan": dict(t.params)}
-        row.update({k: t.user_attrs[k] for k in ("C", "P", "T_ms", "I", "I_prime", "gate_passed",
-                                                 "avg_weight_bits", "stored_bytes")})
+        row.update(
+            {
+                k: t.user_attrs[k]
+                for k in (
+                    "C",
+                    "P",
+                    "T_ms",
+                    "I",
+                    "I_prime",
+                    "gate_passed",
+                    "avg_weight_bits",
+                    "stored_bytes",
+                )
+            }
+        )
         rows.append(row)
     return rows
 
@@ -109,9 +122,12 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "eval_batch_size": config.eval_batch_size,
         "seed": config.seed,
         "unit": LATENCY_UNIT,
-        "versions": {"quide_search": __version__, "torch": torch.__version__,
-                     "optuna": optuna.__version__,
-                     "optimum_quanto": getattr(optimum.quanto, "__version__", "unknown")},
+        "versions": {
+            "quide_search": __version__,
+            "torch": torch.__version__,
+            "optuna": optuna.__version__,
+            "optimum_quanto": getattr(optimum.quanto, "__version__", "unknown"),
+        },
     }
 
 
@@ -172,8 +188,9 @@ def run_search(
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     backend = open_storage(storage_url)
     torch.manual_seed(config.seed)
-    scorer = Scorer(task, device=device, batch_size=config.batch_size,
-                    eval_batch_size=config.eval_batch_size)
+    scorer = Scorer(
+        task, device=device, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size
+    )
     protocol = _protocol(config, scorer)
     existing = config.study_name in study_names(backend)
     if existing:
@@ -181,8 +198,11 @@ def run_search(
         _check_protocol(stored.user_attrs.get("protocol", {}), protocol, config.study_name)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(
-        study_name=config.study_name, storage=backend, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=config.seed), load_if_exists=True,
+        study_name=config.study_name,
+        storage=backend,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=config.seed),
+        load_if_exists=True,
     )
     if not existing:
         study.set_user_attr("protocol", protocol)
@@ -197,9 +217,14 @@ def run_search(
     return summarize(study, storage_url=storage_url, out_dir=config.out_dir)
 
 
-def _optimize(study: optuna.Study, objective: Any, target: int, *, progress: bool,
-              echo: Callable[[str], None]) -> None:
-    import optuna
+def _optimize(
+    study: optuna.Study,
+    objective: Any,
+    target: int,
+    *,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> None:
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
     from tqdm import tqdm
@@ -223,7 +248,9 @@ def _optimize(study: optuna.Study, objective: Any, target: int, *, progress: boo
     try:
         # Failed trials do not count towards the target, so allow as many again before giving up.
         study.optimize(
-            objective, n_trials=2 * remaining + 10, catch=(TrialEvaluationError,),
+            objective,
+            n_trials=2 * remaining + 10,
+            catch=(TrialEvaluationError,),
             callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), _report],
         )
     finally:
@@ -243,18 +270,28 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
         best = {**best, "feasible": bool(feasible)}
     front = [dict(p) for p in pareto_front(rows)]
     path = _pareto_path(study.study_name, storage_url, out_dir)
-    payload = {"study": study.study_name, "unit": LATENCY_UNIT,
-               "objectives": {"C": "max", "P": "max", "T_ms": "min"}, "front": front}
+    payload = {
+        "study": study.study_name,
+        "unit": LATENCY_UNIT,
+        "objectives": {"C": "max", "P": "max", "T_ms": "min"},
+        "front": front,
+    }
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
-    study.set_user_attr("pareto_front", [{k: p[k] for k in ("trial", "C", "P", "T_ms")}
-                                         for p in front])
+    study.set_user_attr(
+        "pareto_front", [{k: p[k] for k in ("trial", "C", "P", "T_ms")} for p in front]
+    )
     failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
     return SearchSummary(
-        study_name=study.study_name, storage_url=storage_url,
-        baseline=dict(study.user_attrs.get("baseline", {})), uniform=uniform, best=best,
-        completed=len(rows), failed=failed,
+        study_name=study.study_name,
+        storage_url=storage_url,
+        baseline=dict(study.user_attrs.get("baseline", {})),
+        uniform=uniform,
+        best=best,
+        completed=len(rows),
+        failed=failed,
         distinct_plans=len({json.dumps(r["plan"], sort_keys=True) for r in rows}),
-        pareto_path=path, pareto=front,
+        pareto_path=path,
+        pareto=front,
         latency=dict(study.user_attrs.get("protocol", {}).get("latency", {})),
     )
 
@@ -270,4 +307,3 @@ def _pareto_path(study: str, storage_url: str, out_dir: str | Path) -> Path:
     db = sqlite_path(storage_url)
     folder = db.parent if db is not None else Path(out_dir)
     return folder / f"{study}.pareto.json"
-

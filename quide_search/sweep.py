@@ -19,8 +19,17 @@ from quide_search.plan import FLOAT, BitPlan, atomic_write_text
 
 __all__ = ["SWEEP_COLUMNS", "SweepResult", "precision_label", "run_sweep"]
 
-SWEEP_COLUMNS = ("precision", "C", "P", "T_ms", "I", "I_prime", "gate_passed",
-                 "avg_weight_bits", "stored_bytes")
+SWEEP_COLUMNS = (
+    "precision",
+    "C",
+    "P",
+    "T_ms",
+    "I",
+    "I_prime",
+    "gate_passed",
+    "avg_weight_bits",
+    "stored_bytes",
+)
 _LABELS = {FLOAT: "fp32", "qint8": "int8", "qint4": "int4", "qint2": "int2", "qfloat8": "fp8"}
 
 
@@ -54,32 +63,51 @@ def run_sweep(config: RunConfig) -> SweepResult:
 
     device = resolve_device(config.device)
     task = load_task(model=config.model, dataset=config.dataset)
-    scorer = Scorer(task, device=device, batch_size=config.batch_size,
-                    eval_batch_size=config.eval_batch_size)
+    scorer = Scorer(
+        task, device=device, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size
+    )
     baseline = scorer.measure(scorer.float_plan())
     gate = Gate(baseline_P=baseline.P, **config.gate_settings())
     rows = []
     for qtype in (FLOAT, *[b for b in config.bits if b != FLOAT]):
-        plan = BitPlan.uniform(model=task.model_name, dataset=task.dataset_name,
-                               layers=task.layers, qtype=qtype)
+        plan = BitPlan.uniform(
+            model=task.model_name, dataset=task.dataset_name, layers=task.layers, qtype=qtype
+        )
         measured = baseline if qtype == FLOAT else scorer.measure(plan)
         metrics = measured.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
-        rows.append({"precision": precision_label(qtype), **metrics.to_dict(),
-                     "latency_repeats": measured.latency_repeats})
+        rows.append(
+            {
+                "precision": precision_label(qtype),
+                **metrics.to_dict(),
+                "latency_repeats": measured.latency_repeats,
+            }
+        )
     knee = max(rows, key=lambda r: (r["I_prime"], r["I"]))
     name = config.study or f"{task.model_name}-{task.dataset_name}"
     out = Path(config.out_dir)
     result = SweepResult(
-        name=name, rows=rows, knee=knee, gate=gate.to_dict(), latency=scorer.context.to_dict(),
-        json_path=out / f"{name}.sweep.json", csv_path=out / f"{name}.sweep.csv",
+        name=name,
+        rows=rows,
+        knee=knee,
+        gate=gate.to_dict(),
+        latency=scorer.context.to_dict(),
+        json_path=out / f"{name}.sweep.json",
+        csv_path=out / f"{name}.sweep.csv",
     )
     _write(result, task.describe())
     return result
 
 
 def _write(result: SweepResult, task: dict[str, Any]) -> None:
-    payload = {"name": result.name, "unit": LATENCY_UNIT, "task": task, "gate": result.gate,
-               "latency": result.latency, "knee": result.knee["precision"], "rows": result.rows}
+    payload = {
+        "name": result.name,
+        "unit": LATENCY_UNIT,
+        "task": task,
+        "gate": result.gate,
+        "latency": result.latency,
+        "knee": result.knee["precision"],
+        "rows": result.rows,
+    }
     atomic_write_text(result.json_path, json.dumps(payload, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[*SWEEP_COLUMNS, "knee"], extrasaction="ignore")

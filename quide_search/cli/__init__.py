@@ -31,22 +31,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser = QuideArgumentParser(
         prog="quide-search",
         description="Find the mixed-precision quantization plan that maximises the QuIDE "
-                    "Intelligence Index I' = C*P/log2(T+1), gated on accuracy.",
+        "Intelligence Index I' = C*P/log2(T+1), gated on accuracy.",
     )
     parser.add_argument("--version", action="version", version=f"quide-search {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                       parser_class=QuideArgumentParser)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=QuideArgumentParser
+    )
     subs: dict[str, argparse.ArgumentParser] = {}
     for command_type in _COMMANDS:
         command = command_type()
         doc = inspect.getdoc(command_type) or ""
         sub = subparsers.add_parser(
-            command.name, help=doc.splitlines()[0], description=doc, epilog=command.epilog,
+            command.name,
+            help=doc.splitlines()[0],
+            description=doc,
+            epilog=command.epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                         help="show tracebacks of errors")
+        sub.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show tracebacks of errors",
+        )
         command.add_arguments(sub)
         sub.set_defaults(_command=command)
         subs[command.name] = sub
@@ -58,13 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from quide_search.errors import QuideError
 
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (
+        args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")
+    ):
+        # With no subcommand, `run` is meant: `quide-search` alone runs the embedded default.
+        args_list = ["run", *args_list]
     parser, _ = build_parser()
     debug = "--debug" in args_list
     try:
         args = parser.parse_args(args_list)
-        if getattr(args, "command", None) is None:
-            # `quide-search` alone would do nothing; the embedded default is `run`.
-            args = parser.parse_args(["run", *args_list])
         return int(args._command.run(args))
     except UsageError as e:
         print(f"{e.prog}: error: {e} (see '{e.prog} --help')", file=sys.stderr)
@@ -72,14 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QuideError as e:
         if debug:
             raise
-        print(f"quide-search {args_list[0] if args_list else 'run'}: error: {e}",
-              file=sys.stderr)
+        print(f"quide-search {args_list[0]}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
             raise
-        print("quide-search: interrupted; completed trials are kept in the study.",
-              file=sys.stderr)
+        print(
+            "quide-search: interrupted; completed trials are kept in the study.", file=sys.stderr
+        )
         return 130
 
 

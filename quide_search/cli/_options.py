@@ -7,8 +7,14 @@ from typing import Any
 
 from quide_search.plan import parse_bits
 
-__all__ = ["add_gate_args", "add_measure_args", "add_task_args", "config_from_args",
-           "gate_fraction", "positive_int"]
+__all__ = [
+    "add_gate_args",
+    "add_measure_args",
+    "add_task_args",
+    "config_from_args",
+    "gate_fraction",
+    "positive_int",
+]
 
 
 def positive_int(text: str) -> int:
@@ -36,30 +42,56 @@ def gate_fraction(text: str) -> float:
 def add_task_args(parser: argparse.ArgumentParser) -> None:
     """Add --model and --dataset."""
     group = parser.add_argument_group("task")
-    group.add_argument("--model", type=str, default="simplecnn",
-                       help="registered model name (default: simplecnn)")
-    group.add_argument("--dataset", type=str, default="digits",
-                       help="registered dataset name (default: digits, bundled with scikit-learn)")
+    group.add_argument(
+        "--model", type=str, default="simplecnn", help="registered model name (default: simplecnn)"
+    )
+    group.add_argument(
+        "--dataset",
+        type=str,
+        default="digits",
+        help="registered dataset name (default: digits, bundled with scikit-learn)",
+    )
 
 
 def add_gate_args(parser: argparse.ArgumentParser) -> None:
     """Add the accuracy-gate flags; defaults are suppressed to tell 'given' from 'default'."""
     group = parser.add_argument_group("accuracy gate (I' = 0 when it fails)")
-    group.add_argument("--max-accuracy-drop", type=gate_fraction, default=argparse.SUPPRESS,
-                       help="pass when P >= P_fp32 - DROP (default 0.01 unless --min-accuracy)")
-    group.add_argument("--min-accuracy", type=gate_fraction, default=argparse.SUPPRESS,
-                       help="pass when P >= this absolute floor; alone it replaces the drop rule")
+    group.add_argument(
+        "--max-accuracy-drop",
+        type=gate_fraction,
+        default=argparse.SUPPRESS,
+        help="pass when P >= P_fp32 - DROP (default 0.01 unless --min-accuracy)",
+    )
+    group.add_argument(
+        "--min-accuracy",
+        type=gate_fraction,
+        default=argparse.SUPPRESS,
+        help="pass when P >= this absolute floor; alone it replaces the drop rule",
+    )
 
 
 def add_measure_args(parser: argparse.ArgumentParser) -> None:
     """Add --device, --batch-size and --eval-batch-size."""
     group = parser.add_argument_group("measurement")
-    group.add_argument("--device", type=str, choices=("auto", "cpu", "cuda"), default="auto",
-                       help="where to evaluate and time (default: auto = cuda if available)")
-    group.add_argument("--batch-size", type=positive_int, default=1,
-                       help="batch size of the latency measurement, recorded with T (default: 1)")
-    group.add_argument("--eval-batch-size", type=positive_int, default=256,
-                       help="batch size of the accuracy pass; does not change P (default: 256)")
+    group.add_argument(
+        "--device",
+        type=str,
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to evaluate and time (default: auto = cuda if available)",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        help="batch size of the latency measurement, recorded with T (default: 1)",
+    )
+    group.add_argument(
+        "--eval-batch-size",
+        type=positive_int,
+        default=256,
+        help="batch size of the accuracy pass; does not change P (default: 256)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
@@ -71,8 +103,12 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     if drop is None and floor is None:
         drop = 0.01
     values: dict[str, Any] = {
-        "model": args.model, "dataset": args.dataset, "max_accuracy_drop": drop,
-        "min_accuracy": floor, "device": args.device, "batch_size": args.batch_size,
+        "model": args.model,
+        "dataset": args.dataset,
+        "max_accuracy_drop": drop,
+        "min_accuracy": floor,
+        "device": args.device,
+        "batch_size": args.batch_size,
         "eval_batch_size": args.eval_batch_size,
     }
     if getattr(args, "bits", None) is not None:

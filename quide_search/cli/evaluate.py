@@ -18,18 +18,32 @@ class EvaluateCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--plan", type=str, required=True, help="an exported plan JSON file")
-        parser.add_argument("--model", type=str, default=None,
-                            help="expected model; an error if the plan is for another one")
-        parser.add_argument("--dataset", type=str, default=None,
-                            help="expected dataset; an error if the plan is for another one")
-        parser.add_argument("--device", type=str, choices=("auto", "cpu", "cuda"),
-                            default="auto", help="where to evaluate and time (default: auto)")
+        parser.add_argument(
+            "--model",
+            type=str,
+            default=None,
+            help="expected model; an error if the plan is for another one",
+        )
+        parser.add_argument(
+            "--dataset",
+            type=str,
+            default=None,
+            help="expected dataset; an error if the plan is for another one",
+        )
+        parser.add_argument(
+            "--device",
+            type=str,
+            choices=("auto", "cpu", "cuda"),
+            default="auto",
+            help="where to evaluate and time (default: auto)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.replay import evaluate_plan
         from quide_search.report import format_replay
 
-        replay = evaluate_plan(args.plan, device=args.device, model=args.model,
-                               dataset=args.dataset)
+        replay = evaluate_plan(
+            args.plan, device=args.device, model=args.model, dataset=args.dataset
+        )
         print(format_replay(replay))
         return 1 if replay.reproduced is False else 0

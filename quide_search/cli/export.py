@@ -19,10 +19,18 @@ class ExportCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--study", type=str, required=True, help="name of the study")
-        parser.add_argument("--storage", type=str, default=None,
-                            help="storage URL (default: sqlite:///studies/<study>.db)")
-        parser.add_argument("--trial", type=str, default="best",
-                            help="'best' (highest I' passing the gate) or a trial number")
+        parser.add_argument(
+            "--storage",
+            type=str,
+            default=None,
+            help="storage URL (default: sqlite:///studies/<study>.db)",
+        )
+        parser.add_argument(
+            "--trial",
+            type=str,
+            default="best",
+            help="'best' (highest I' passing the gate) or a trial number",
+        )
         parser.add_argument("--out", type=str, required=True, help="path of the plan JSON")
 
     def run(self, args: argparse.Namespace) -> int:

@@ -29,31 +29,53 @@ class RunCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_task_args(parser)
         search = parser.add_argument_group("search")
-        search.add_argument("--trials", type=positive_int, default=50,
-                            help="completed trials the study should hold in total (default: 50)")
-        search.add_argument("--bits", type=str, default="8,4,2",
-                            help="per-layer choices: 8, 4, 2, f8 (float8), fp (keep float) "
-                                 "(default: 8,4,2)")
+        search.add_argument(
+            "--trials",
+            type=positive_int,
+            default=50,
+            help="completed trials the study should hold in total (default: 50)",
+        )
+        search.add_argument(
+            "--bits",
+            type=str,
+            default="8,4,2",
+            help="per-layer choices: 8, 4, 2, f8 (float8), fp (keep float) (default: 8,4,2)",
+        )
         search.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
         add_gate_args(parser)
         add_measure_args(parser)
         study = parser.add_argument_group("study storage")
-        study.add_argument("--study", type=str, default=None,
-                           help="study name (default: <model>-<dataset>)")
-        study.add_argument("--storage", type=str, default=None,
-                           help="Optuna storage URL or journal:PATH "
-                                "(default: sqlite:///studies/<study>.db)")
-        study.add_argument("--out-dir", type=str, default="studies",
-                           help="directory of the default storage and the Pareto JSON")
-        study.add_argument("--no-progress", action="store_true",
-                           help="do not draw the progress bar")
+        study.add_argument(
+            "--study", type=str, default=None, help="study name (default: <model>-<dataset>)"
+        )
+        study.add_argument(
+            "--storage",
+            type=str,
+            default=None,
+            help="Optuna storage URL or journal:PATH (default: sqlite:///studies/<study>.db)",
+        )
+        study.add_argument(
+            "--out-dir",
+            type=str,
+            default="studies",
+            help="directory of the default storage and the Pareto JSON",
+        )
+        study.add_argument(
+            "--no-progress", action="store_true", help="do not draw the progress bar"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.report import format_summary
         from quide_search.study import run_search
 
-        config = config_from_args(args, trials=args.trials, seed=args.seed, study=args.study,
-                                  storage=args.storage, out_dir=args.out_dir)
+        config = config_from_args(
+            args,
+            trials=args.trials,
+            seed=args.seed,
+            study=args.study,
+            storage=args.storage,
+            out_dir=args.out_dir,
+        )
         summary = run_search(config, progress=not args.no_progress)
         print(format_summary(summary))
         return 0

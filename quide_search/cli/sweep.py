@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 
 from quide_search.cli._base import Command
-from quide_search.cli._options import add_gate_args, add_measure_args, add_task_args, config_from_args
+from quide_search.cli._options import (
+    add_gate_args,
+    add_measure_args,
+    add_task_args,
+    config_from_args,
+)
 
 __all__ = ["SweepCommand"]
 
@@ -20,15 +25,27 @@ class SweepCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_task_args(parser)
-        parser.add_argument("--bits", type=str, default="fp32,8,4,2,f8",
-                            help="precisions to sweep; fp32 is always measured as the baseline "
-                                 "(default: fp32,8,4,2,f8)")
+        parser.add_argument(
+            "--bits",
+            type=str,
+            default="fp32,8,4,2,f8",
+            help="precisions to sweep; fp32 is always measured as the baseline "
+            "(default: fp32,8,4,2,f8)",
+        )
         add_gate_args(parser)
         add_measure_args(parser)
-        parser.add_argument("--out-dir", type=str, default="studies",
-                            help="where the sweep JSON and CSV are written (default: studies)")
-        parser.add_argument("--name", type=str, default=None,
-                            help="file name stem of the outputs (default: <model>-<dataset>)")
+        parser.add_argument(
+            "--out-dir",
+            type=str,
+            default="studies",
+            help="where the sweep JSON and CSV are written (default: studies)",
+        )
+        parser.add_argument(
+            "--name",
+            type=str,
+            default=None,
+            help="file name stem of the outputs (default: <model>-<dataset>)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.report import format_sweep

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quide_search.cli import build_parser, main
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding one 4-trial study, an exported plan and plan files to break."""
+    tmp = tmp_path_factory.mktemp("cli")
+    old = os.getcwd()
+    os.chdir(tmp)
+    try:
+        assert main(["run", "--trials", "4", "--no-progress", "--device", "cpu"]) == 0
+        assert main(["export", "--study", "simplecnn-digits", "--out", "plan.json"]) == 0
+    finally:
+        os.chdir(old)
+    record = json.loads((tmp / "plan.json").read_text())
+    (tmp / "other-model.json").write_text(json.dumps({**record, "model": "resnet50"}))
+    (tmp / "bad-layer.json").write_text(
+        json.dumps(
+            {
+                **record,
+                "layers": None,
+                "quantization_map": {"fc9": {"weights": "qint8", "activations": "none"}},
+            }
+        )
+    )
+    (tmp / "broken.json").write_text('{"schema_version": 1,')
+    (tmp / "v9.json").write_text(json.dumps({**record, "schema_version": 9}))
+    return tmp
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+BAD_INPUTS = [
+    (["run", "--model", "simplecn"], "Did you mean: 'simplecnn'"),
+    (["run", "--dataset", "digit"], "Did you mean: 'digits'"),
+    (["run", "--bits", "3,8"], "--bits must be a subset of {fp32, 8, 4, 2, f8}"),
+    (["run", "--bits", "fp"], "at least one quantized precision"),
+    (["run", "--trials", "0"], "--trials: must be an integer >= 1, but got 0"),
+    (["run", "--trials", "ten"], "--trials: must be an integer >= 1, but got 'ten'"),
+    (["run", "--max-accuracy-drop", "1.5"], "--max-accuracy-drop: must lie in [0, 1]"),
+    (["run", "--min-accuracy", "-0.1"], "--min-accuracy: must lie in [0, 1]"),
+    (["run", "--storage", "foo://bar"], "--storage must be an Optuna storage URL"),
+    (["run", "--storage", "sqlite:///no/such/dir/x.db"], "directory 'no/such/dir' does not exist"),
+    (["run", "--storage", "sqlite://"], "--storage sqlite URLs must name a file"),
+    (["run", "--study", "bad name!"], "--study must be 1-128 letters"),
+    (["run", "--batch-size", "0"], "--batch-size: must be an integer >= 1"),
+    (["run", "--device", "tpu"], "invalid choice: 'tpu'"),
+    (["run", "--bits", "8,4", "--trials", "6"], "needs the same bits"),
+    (["sweep", "--bits", "9"], "--bits must be a subset"),
+    (
+        ["export", "--study", "simplecnn-digits", "--trial", "99", "--out", "x.json"],
+        "must name a completed trial",
+    ),
+    (
+        ["export", "--study", "simplecnn-digits", "--trial", "last", "--out", "x.json"],
+        "--trial must be 'best' or a trial number",
+    ),
+    (["export", "--study", "nope", "--out", "x.json"], "does not exist"),
+    (
+        [
+            "export",
+            "--study",
+            "simplecnn-digit",
+            "--storage",
+            "sqlite:///studies/simplecnn-digits.db",
+            "--out",
+            "x.json",
+        ],
+        "Did you mean: 'simplecnn-digits'",
+    ),
+    (["export", "--study", "simplecnn-digits"], "the following arguments are required: --out"),
+    (["evaluate", "--plan", "missing.json"], "does not exist"),
+    (["evaluate", "--plan", "broken.json"], "is not valid JSON"),
+    (["evaluate", "--plan", "v9.json"], "schema_version must be 1"),
+    (
+        ["evaluate", "--plan", "other-model.json"],
+        "is for model 'resnet50', which is not registered",
+    ),
+    (["evaluate", "--plan", "bad-layer.json"], "'fc9' is not a quantizable layer"),
+    (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS]
+)
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    workdir: Path,
+    argv: list[str],
+    fragment: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(workdir)
+    before = _snapshot(workdir)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert fragment in err
+    assert _snapshot(workdir) == before
+
+
+def test_debug_shows_the_traceback(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quide_search.errors import ConfigError
+
+    monkeypatch.chdir(workdir)
+    with pytest.raises(ConfigError):
+        main(["run", "--model", "nope", "--debug"])
+
+
+def test_evaluate_and_sweep_commands(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(workdir)
+    assert main(["evaluate", "--plan", "plan.json", "--device", "cpu"]) == 0
+    assert "P reproduced exactly" in capsys.readouterr().out
+    assert main(["sweep", "--bits", "fp32,8,4", "--device", "cpu", "--out-dir", "sw"]) == 0
+    out = capsys.readouterr().out
+    assert "knee:" in out and (workdir / "sw" / "simplecnn-digits.sweep.csv").exists()
+
+
+def test_every_argument_has_a_type_and_unique_help() -> None:
+    _, subs = build_parser()
+    for name, sub in subs.items():
+        helps = []
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            helps.append(action.help)
+            assert action.help, (name, action.dest)
+            takes_value = action.nargs != 0
+            if takes_value:
+                assert action.type is not None, (name, action.dest)
+        assert len(helps) == len(set(helps)), name
+
+
+def test_help_is_fast_and_works_as_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "quide_search", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "run" in result.stdout and "sweep" in result.stdout
+    code = (
+        "import sys, quide_search.cli; "
+        "print(any(m in sys.modules for m in ('torch', 'optuna', 'optimum')))"
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert probe.stdout.strip() == "False"  # the CLI imports no heavy library up front
+
+
+@pytest.mark.parametrize("argv", [[], ["run"]], ids=["no-args", "run"])
+def test_console_script_runs_embedded_default(tmp_path: Path, argv: list[str]) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # With no subcommand the CLI runs `run`; its flags may follow directly.
+    cmd = [sys.executable, "-m", "quide_search", *argv, "--trials", "3", "--no-progress"]
+    result = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "best found" in result.stdout and "fp32 baseline" in result.stdout

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optimum.quanto import requantize
+
+from quide_search.config import RunConfig
+from quide_search.errors import ConfigError
+from quide_search.export import export_plan, load_plan
+from quide_search.models import SimpleCNN
+from quide_search.quantize import apply_plan
+from quide_search.replay import evaluate_plan
+from quide_search.study import load_study, run_search
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("export")
+    run_search(RunConfig(out_dir=str(tmp), device="cpu", trials=6), progress=False)
+    return tmp
+
+
+def _storage(d: Path) -> str:
+    return f"sqlite:///{d}/simplecnn-digits.db"
+
+
+def test_export_best_has_required_fields(study_dir: Path) -> None:
+    out = export_plan(
+        study="simplecnn-digits", storage=_storage(study_dir), out=study_dir / "p.json"
+    )
+    record = json.loads(out.read_text())
+    assert record["schema_version"] == 1
+    assert (record["model"], record["dataset"]) == ("simplecnn", "digits")
+    assert set(record["metrics"]) >= {"C", "P", "T_ms", "I", "I_prime", "gate_passed", "latency"}
+    assert set(record["metrics"]["latency"]) >= {"device", "batch_size", "threads", "unit"}
+    study = load_study(study="simplecnn-digits", storage=_storage(study_dir))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    feasible = [t for t in done if t.user_attrs["gate_passed"]]
+    assert record["metrics"]["I_prime"] == max(t.user_attrs["I_prime"] for t in feasible)
+
+
+def test_export_trial_number_and_bad_selector(study_dir: Path) -> None:
+    out = export_plan(
+        study="simplecnn-digits", storage=_storage(study_dir), trial=1, out=study_dir / "t1.json"
+    )
+    plan, record = load_plan(out)
+    assert record["source"]["trial"] == 1 and set(plan.layers.values()) == {"qint4"}
+    with pytest.raises(ConfigError, match="must name a completed trial"):
+        export_plan(
+            study="simplecnn-digits",
+            storage=_storage(study_dir),
+            trial=99,
+            out=study_dir / "x.json",
+        )
+    assert not (study_dir / "x.json").exists()
+
+
+def test_requantize_exported_map_equals_trial_model(study_dir: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    out = export_plan(
+        study="simplecnn-digits", storage=_storage(study_dir), out=study_dir / "q.json"
+    )
+    plan, record = load_plan(out)
+    trial_model = apply_plan(digits_task.model, plan)
+    skeleton = SimpleCNN(in_channels=1, image_size=8, num_classes=10)
+    # quanto's own requantize takes the exported map as it is.
+    with torch.no_grad():
+        requantize(
+            skeleton,
+            trial_model.state_dict(),
+            record["quantization_map"],
+            device=torch.device("cpu"),
+        )
+        x = digits_task.splits.eval.inputs[:64]
+        assert torch.equal(skeleton(x), trial_model(x))
+
+
+def test_evaluate_reproduces_p_exactly(study_dir: Path) -> None:
+    out = export_plan(
+        study="simplecnn-digits", storage=_storage(study_dir), out=study_dir / "e.json"
+    )
+    replay = evaluate_plan(out, device="cpu")
+    _, record = load_plan(out)
+    assert replay.reproduced is True
+    assert record["metrics"]["P"] == replay.measured.P
+    assert record["metrics"]["C"] == replay.measured.C
+    with pytest.raises(ConfigError, match="--model must match"):
+        evaluate_plan(out, device="cpu", model="resnet18")
