@@ -1,0 +1,38 @@
+# Two set-up commands that work on a fresh machine: `make run` and `make test`.
+# Each creates .venv and installs what it needs on its own.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch build to install; override for other platforms, e.g.
+#   make test TORCH_SPEC="torch==2.9.1 torchvision==0.24.1"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install run test test-all lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/quide-search run
+
+lint: install
+	$(PY) -m ruff check quide_search tests benchmarks
+	$(PY) -m mypy
+
+test: install lint
+	$(PY) -m pytest -q
+
+test-all: install lint
+	$(PY) -m pytest -q -m ""
+
+bench: install
+	$(PY) benchmarks/core_run.py --write benchmarks/RESULTS.md
+
+clean:
+	rm -rf $(VENV) studies/*.db studies/*.json studies/*.csv
