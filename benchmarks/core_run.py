@@ -39,8 +39,11 @@ def _trial_split(scorer: Scorer, n: int, seed: int) -> dict[str, float]:
     phases: dict[str, list[float]] = {"quantize": [], "evaluate": [], "latency": [], "total": []}
     floors: list[float] = []
     for _ in range(n):
-        plan = BitPlan(model="simplecnn", dataset="digits",
-                       layers={name: rng.choice(["qint8", "qint4", "qint2"]) for name in layers})
+        plan = BitPlan(
+            model="simplecnn",
+            dataset="digits",
+            layers={name: rng.choice(["qint8", "qint4", "qint2"]) for name in layers},
+        )
         t0 = time.perf_counter()
         m = scorer.measure(plan)
         phases["total"].append(time.perf_counter() - t0)
@@ -62,8 +65,13 @@ def _default_run_seconds() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "QUIDE_CACHE_DIR": str(Path(tmp) / "cache")}
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "quide_search", "run", "--no-progress"],
-                       cwd=tmp, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "quide_search", "run", "--no-progress"],
+            cwd=tmp,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         return time.perf_counter() - start
 
 

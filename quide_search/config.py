@@ -40,6 +40,7 @@ class RunConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     batch_size: int = field(default=1, metadata={"help": "latency batch size"})
     eval_batch_size: int = field(default=256, metadata={"help": "accuracy batch size"})
+    threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
     out_dir: str = field(default="studies", metadata={"help": "where studies and files go"})
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class RunConfig:
         for flag, value in (
             ("--batch-size", self.batch_size),
             ("--eval-batch-size", self.eval_batch_size),
+            ("--threads", 1 if self.threads is None else self.threads),
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, but got {value}.")

@@ -77,6 +77,7 @@ def evaluate_plan(
         device=resolve_device(device),
         batch_size=int(latency.get("batch_size", 1)),
         eval_batch_size=int(protocol.get("eval_batch_size", 256)),
+        threads=latency.get("threads"),
     )
     measured = scorer.measure(plan)
     baseline_p = record.get("baseline", {}).get("P")

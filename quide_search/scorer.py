@@ -55,11 +55,21 @@ class Scorer:
         device: Where evaluation and timing run.
         batch_size: Batch size of the latency measurement (recorded with T).
         eval_batch_size: Batch size of the accuracy evaluation (does not change P).
+        threads: torch intra-op threads to fix for the whole run (None keeps torch's default);
+            the count in force is recorded with every T either way.
     """
 
     def __init__(
-        self, task: Task, *, device: torch.device, batch_size: int = 1, eval_batch_size: int = 256
+        self,
+        task: Task,
+        *,
+        device: torch.device,
+        batch_size: int = 1,
+        eval_batch_size: int = 256,
+        threads: int | None = None,
     ) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.task = task
         self.device = device
         self.model = task.model.to(device)

@@ -189,7 +189,11 @@ def run_search(
     backend = open_storage(storage_url)
     torch.manual_seed(config.seed)
     scorer = Scorer(
-        task, device=device, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size
+        task,
+        device=device,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        threads=config.threads,
     )
     protocol = _protocol(config, scorer)
     existing = config.study_name in study_names(backend)

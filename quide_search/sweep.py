@@ -64,7 +64,11 @@ def run_sweep(config: RunConfig) -> SweepResult:
     device = resolve_device(config.device)
     task = load_task(model=config.model, dataset=config.dataset)
     scorer = Scorer(
-        task, device=device, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size
+        task,
+        device=device,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        threads=config.threads,
     )
     baseline = scorer.measure(scorer.float_plan())
     gate = Gate(baseline_P=baseline.P, **config.gate_settings())

@@ -127,3 +127,19 @@ def test_failed_trials_are_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     )
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert failed[0].user_attrs["fail_reason"] == "model output contains NaN or inf"
+
+
+def test_thread_count_is_fixed_and_recorded(tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        run_search(_config(tmp_path, trials=3, threads=1), progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    study = load_study(
+        study="simplecnn-digits", storage=f"sqlite:///{tmp_path}/simplecnn-digits.db"
+    )
+    latency = study.user_attrs["protocol"]["latency"]
+    assert latency["threads"] == 1 and latency["batch_size"] == 1 and latency["unit"] == "ms"

@@ -92,6 +92,12 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="batch size of the accuracy pass; does not change P (default: 256)",
     )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads, fixed for the run and recorded with T (default: torch's choice)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
@@ -110,6 +116,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "device": args.device,
         "batch_size": args.batch_size,
         "eval_batch_size": args.eval_batch_size,
+        "threads": args.threads,
     }
     if getattr(args, "bits", None) is not None:
         values["bits"] = parse_bits(args.bits)
