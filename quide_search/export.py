@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import ConfigError, StorageError
+from quide_search.metric import RECORD_KEYS
 from quide_search.plan import BitPlan, atomic_write_text, read_plan_file
 
 if TYPE_CHECKING:
@@ -20,19 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["export_plan", "load_plan", "plan_record", "select_trial"]
 
-_METRIC_KEYS = (
-    "C",
-    "P",
-    "T_ms",
-    "I",
-    "I_prime",
-    "gate_passed",
-    "avg_weight_bits",
-    "stored_bytes",
-    "baseline_bytes",
-    "unit",
-    "latency_repeats",
-)
+_METRIC_KEYS = (*RECORD_KEYS, "baseline_bytes", "unit", "latency_repeats")
 
 
 def select_trial(study: optuna.Study, trial: str | int) -> optuna.trial.FrozenTrial:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from quide_search.config import RunConfig
 from quide_search.evaluator import Evaluator
 from quide_search.latency import LatencyContext, measure_latency
 from quide_search.metric import Gate, Metrics
@@ -83,6 +84,17 @@ class Scorer:
         self.example = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].to(device)
         self.weight_counts = task.layers
         self.baseline_bytes = model_bytes(self.model)
+
+    @classmethod
+    def for_config(cls, task: Task, config: RunConfig, *, device: torch.device) -> Scorer:
+        """Return the scorer of ``task`` under the measurement settings of ``config``."""
+        return cls(
+            task,
+            device=device,
+            batch_size=config.batch_size,
+            eval_batch_size=config.eval_batch_size,
+            threads=config.threads,
+        )
 
     def measure(self, plan: BitPlan) -> Measurement:
         """Apply ``plan`` to a copy of the float model and measure it.

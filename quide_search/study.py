@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from quide_search.config import RunConfig
 from quide_search.errors import ConfigError, StorageError, did_you_mean
-from quide_search.metric import LATENCY_UNIT, Gate
+from quide_search.metric import LATENCY_UNIT, RECORD_KEYS, Gate
 from quide_search.pareto import pareto_front
 from quide_search.plan import FLOAT, atomic_write_text
 from quide_search.storage import open_storage, sqlite_path, study_names
@@ -85,21 +85,7 @@ def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
         if "P" not in t.user_attrs:
             continue
         row = {"trial": t.number, "plan": dict(t.params)}
-        row.update(
-            {
-                k: t.user_attrs[k]
-                for k in (
-                    "C",
-                    "P",
-                    "T_ms",
-                    "I",
-                    "I_prime",
-                    "gate_passed",
-                    "avg_weight_bits",
-                    "stored_bytes",
-                )
-            }
-        )
+        row.update({k: t.user_attrs[k] for k in RECORD_KEYS})
         rows.append(row)
     return rows
 
@@ -188,13 +174,7 @@ def run_search(
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     backend = open_storage(storage_url)
     torch.manual_seed(config.seed)
-    scorer = Scorer(
-        task,
-        device=device,
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
-        threads=config.threads,
-    )
+    scorer = Scorer.for_config(task, config, device=device)
     protocol = _protocol(config, scorer)
     existing = config.study_name in study_names(backend)
     if existing:

@@ -14,22 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from quide_search.config import RunConfig
-from quide_search.metric import LATENCY_UNIT, Gate
+from quide_search.metric import LATENCY_UNIT, RECORD_KEYS, Gate
 from quide_search.plan import FLOAT, BitPlan, atomic_write_text
 
 __all__ = ["SWEEP_COLUMNS", "SweepResult", "precision_label", "run_sweep"]
 
-SWEEP_COLUMNS = (
-    "precision",
-    "C",
-    "P",
-    "T_ms",
-    "I",
-    "I_prime",
-    "gate_passed",
-    "avg_weight_bits",
-    "stored_bytes",
-)
+SWEEP_COLUMNS = ("precision", *RECORD_KEYS)
 _LABELS = {FLOAT: "fp32", "qint8": "int8", "qint4": "int4", "qint2": "int2", "qfloat8": "fp8"}
 
 
@@ -63,13 +53,7 @@ def run_sweep(config: RunConfig) -> SweepResult:
 
     device = resolve_device(config.device)
     task = load_task(model=config.model, dataset=config.dataset)
-    scorer = Scorer(
-        task,
-        device=device,
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
-        threads=config.threads,
-    )
+    scorer = Scorer.for_config(task, config, device=device)
     baseline = scorer.measure(scorer.float_plan())
     gate = Gate(baseline_P=baseline.P, **config.gate_settings())
     rows = []

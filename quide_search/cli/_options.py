@@ -8,6 +8,7 @@ from typing import Any
 from quide_search.plan import parse_bits
 
 __all__ = [
+    "add_device_arg",
     "add_gate_args",
     "add_measure_args",
     "add_task_args",
@@ -70,16 +71,21 @@ def add_gate_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_measure_args(parser: argparse.ArgumentParser) -> None:
-    """Add --device, --batch-size and --eval-batch-size."""
-    group = parser.add_argument_group("measurement")
-    group.add_argument(
+def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add --device auto|cpu|cuda."""
+    parser.add_argument(
         "--device",
         type=str,
         choices=("auto", "cpu", "cuda"),
         default="auto",
         help="where to evaluate and time (default: auto = cuda if available)",
     )
+
+
+def add_measure_args(parser: argparse.ArgumentParser) -> None:
+    """Add --device, --batch-size, --eval-batch-size and --threads."""
+    group = parser.add_argument_group("measurement")
+    add_device_arg(group)
     group.add_argument(
         "--batch-size",
         type=positive_int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from quide_search.cli._base import Command
+from quide_search.cli._options import add_device_arg
 
 __all__ = ["EvaluateCommand"]
 
@@ -30,13 +31,7 @@ class EvaluateCommand(Command):
             default=None,
             help="expected dataset; an error if the plan is for another one",
         )
-        parser.add_argument(
-            "--device",
-            type=str,
-            choices=("auto", "cpu", "cuda"),
-            default="auto",
-            help="where to evaluate and time (default: auto)",
-        )
+        add_device_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.replay import evaluate_plan
