@@ -221,10 +221,13 @@ def _optimize(
         return
     bar = tqdm(total=target, initial=done, desc="trials", unit="trial", disable=not progress)
 
+    best = [float("-inf")]
+
     def _report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
+            best[0] = max(best[0], float(trial.value or 0.0))
             bar.update(1)
-            bar.set_postfix(I_prime=f"{trial.value:.3f}")
+            bar.set_postfix(best_I_prime=f"{best[0]:.3f}")
         elif trial.state == TrialState.FAIL:
             reason = trial.user_attrs.get("fail_reason", "unexpected error")
             (bar.write if progress else echo)(f"trial {trial.number} failed: {reason}")
