@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from quide_search.evaluator import Evaluator
 from quide_search.latency import measure_latency
 from quide_search.plan import BitPlan
 from quide_search.scorer import Scorer
@@ -50,9 +49,8 @@ def _trial_split(scorer: Scorer, n: int, seed: int) -> dict[str, float]:
         for key, value in m.seconds.items():
             phases[key].append(value)
         # The floor, measured right after in the same process: bare fp32 eval + latency.
-        evaluator = Evaluator.from_split(scorer.task.splits.eval, device=scorer.device)
         t1 = time.perf_counter()
-        evaluator.accuracy(scorer.model)
+        scorer.evaluator.accuracy(scorer.model)
         measure_latency(scorer.model, scorer.example, context=scorer.context)
         floors.append(time.perf_counter() - t1)
     result = {k: statistics.median(v) * 1e3 for k, v in phases.items()}

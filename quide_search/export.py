@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from quide_search.errors import ConfigError, StorageError
 from quide_search.metric import RECORD_KEYS
 from quide_search.plan import BitPlan, atomic_write_text, read_plan_file
+from quide_search.study import best_row, completed_rows, load_study
 
 if TYPE_CHECKING:
     import optuna
@@ -33,30 +34,28 @@ def select_trial(study: optuna.Study, trial: str | int) -> optuna.trial.FrozenTr
     Raises:
         ConfigError: For an unknown selector or a trial that is not completed.
     """
-    import optuna
-
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if "P" in t.user_attrs
-    ]
-    if not done:
+    rows = completed_rows(study)
+    best = best_row(rows)
+    if best is None:
         raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
     if trial == "best":
-        feasible = [t for t in done if t.user_attrs["gate_passed"]] or done
-        return max(feasible, key=lambda t: (t.user_attrs["I_prime"], t.user_attrs["I"], -t.number))
-    try:
-        number = int(trial)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"--trial must be 'best' or a trial number, but got {trial!r}.") from e
-    for t in done:
-        if t.number == number:
-            return t
-    numbers = ", ".join(str(t.number) for t in done[:20])
-    raise ConfigError(
-        f"--trial must name a completed trial of {study.study_name!r}, but got {number}. "
-        f"Completed: {numbers}{' ...' if len(done) > 20 else ''}."
-    )
+        number = best["trial"]
+    else:
+        try:
+            number = int(trial)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"--trial must be 'best' or a trial number, but got {trial!r}."
+            ) from e
+        done = [r["trial"] for r in rows]
+        if number not in done:
+            numbers = ", ".join(str(n) for n in done[:20])
+            raise ConfigError(
+                f"--trial must name a completed trial of {study.study_name!r}, but got {number}. "
+                f"Completed: {numbers}{' ...' if len(done) > 20 else ''}."
+            )
+    # Optuna numbers a study's trials consecutively from 0, so the number is the index.
+    return study.get_trials(deepcopy=False)[number]
 
 
 def plan_record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -84,8 +83,6 @@ def export_plan(
         StorageError: If the study or storage does not exist.
         ConfigError: If the trial selector is not valid.
     """
-    from quide_search.study import load_study
-
     loaded = load_study(study=study, storage=storage)
     record = plan_record(loaded, select_trial(loaded, trial))
     path = Path(out)

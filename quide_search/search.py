@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import MetricError, TrialEvaluationError
-from quide_search.metric import Gate
+from quide_search.metric import RECORD_KEYS, Gate
 from quide_search.plan import BitPlan
 from quide_search.scorer import Scorer
 
@@ -24,8 +24,7 @@ GATE_CONSTRAINT = "accuracy_gate"
 """Constraint key: ``threshold - P``, feasible when <= 0."""
 
 _COPIED_ATTRS = (
-    "C", "P", "T_ms", "I", "I_prime", "gate_passed", "stored_bytes", "baseline_bytes",
-    "avg_weight_bits", "unit", "latency_repeats", "latency_spread", "eval_samples",
+    *RECORD_KEYS, "baseline_bytes", "unit", "latency_repeats", "latency_spread", "eval_samples",
 )  # fmt: skip
 
 
@@ -64,15 +63,16 @@ class PlanObjective:
                 and its reason in the ``fail_reason`` user attribute.
         """
         plan = self.suggest(trial)
-        earlier = _same_plan(trial, plan)
-        try:
-            attrs = dict(earlier.user_attrs) if earlier else self._measure(plan)
-        except (TrialEvaluationError, MetricError) as e:
-            trial.set_user_attr("fail_reason", str(e))
-            raise TrialEvaluationError(str(e)) from e
+        earlier = _same_plan(trial)
         if earlier is not None:
-            attrs = {k: attrs[k] for k in _COPIED_ATTRS if k in attrs}
+            attrs = {k: earlier.user_attrs[k] for k in _COPIED_ATTRS if k in earlier.user_attrs}
             attrs["duplicate_of"] = earlier.number
+        else:
+            try:
+                attrs = self._measure(plan)
+            except (TrialEvaluationError, MetricError) as e:
+                trial.set_user_attr("fail_reason", str(e))
+                raise TrialEvaluationError(str(e)) from e
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         trial.set_constraint(GATE_CONSTRAINT, self.gate.threshold - float(attrs["P"]))
@@ -90,7 +90,7 @@ class PlanObjective:
         }
 
 
-def _same_plan(trial: optuna.Trial, plan: BitPlan) -> optuna.trial.FrozenTrial | None:
+def _same_plan(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
     """Return an earlier completed trial with exactly these parameters, if any.
 
     Re-measuring an identical plan would only re-sample latency noise; reusing the stored
@@ -98,10 +98,9 @@ def _same_plan(trial: optuna.Trial, plan: BitPlan) -> optuna.trial.FrozenTrial |
     """
     import optuna
 
-    params = {name: plan.layers.get(name, "none") for name in trial.params}
     for frozen in trial.study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
     ):
-        if frozen.number != trial.number and frozen.params == params and "P" in frozen.user_attrs:
+        if frozen.params == trial.params and "P" in frozen.user_attrs:
             return frozen
     return None

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROTOCOL_SCHEMA_VERSION",
     "SearchSummary",
+    "best_row",
     "completed_rows",
     "load_study",
     "run_search",
@@ -88,6 +89,21 @@ def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
         row.update({k: t.user_attrs[k] for k in RECORD_KEYS})
         rows.append(row)
     return rows
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Return the best completed row, with a ``feasible`` flag; None when there are no rows.
+
+    The best row has the highest I' among rows passing the gate; when none passes, the highest
+    I' (then I) among all rows, so a run without a feasible plan still reports its best-so-far.
+    Ties go to the earlier trial.
+    """
+    feasible = [r for r in rows if r["gate_passed"]]
+    pool = feasible or rows
+    if not pool:
+        return None
+    best = max(pool, key=lambda r: (r["I_prime"], r["I"], -r["trial"]))
+    return {**best, "feasible": bool(feasible)}
 
 
 def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
@@ -250,11 +266,7 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
 
     rows = completed_rows(study)
     uniform = _unique_by_plan([r for r in rows if len(set(r["plan"].values())) == 1])
-    feasible = [r for r in rows if r["gate_passed"]]
-    pool = feasible or rows
-    best = max(pool, key=lambda r: (r["I_prime"], r["I"], -r["trial"])) if pool else None
-    if best is not None:
-        best = {**best, "feasible": bool(feasible)}
+    best = best_row(rows)
     front = [dict(p) for p in pareto_front(rows)]
     path = _pareto_path(study.study_name, storage_url, out_dir)
     payload = {
