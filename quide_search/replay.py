@@ -61,13 +61,19 @@ def evaluate_plan(
                 f"{flag} must match the plan's, but the plan is for {planned!r} "
                 f"and {flag} is {given!r}. Drop {flag} or use a plan for {given!r}."
             )
+    from quide_search.data import DATASETS
     from quide_search.models import MODELS
 
-    if plan.model not in MODELS:
-        raise PlanError(
-            f"plan {str(path)!r} is for model {plan.model!r}, which is not "
-            f"registered. Registered: {', '.join(MODELS.names())}."
-        )
+    # The registries' own errors name the CLI flags; here the names come from the file.
+    for kind, name, registry in (
+        ("model", plan.model, MODELS),
+        ("dataset", plan.dataset, DATASETS),
+    ):
+        if name not in registry:
+            raise PlanError(
+                f"plan {str(path)!r} is for {kind} {name!r}, which is not "
+                f"registered. Registered: {', '.join(registry.names())}."
+            )
     protocol = record.get("protocol", {})
     task = load_task(model=plan.model, dataset=plan.dataset)
     plan.validate_layers(task.layers)

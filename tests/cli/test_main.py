@@ -26,6 +26,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.chdir(old)
     record = json.loads((tmp / "plan.json").read_text())
     (tmp / "other-model.json").write_text(json.dumps({**record, "model": "resnet50"}))
+    (tmp / "other-dataset.json").write_text(json.dumps({**record, "dataset": "imagenet"}))
     (tmp / "bad-layer.json").write_text(
         json.dumps(
             {
@@ -94,6 +95,10 @@ BAD_INPUTS = [
     (
         ["evaluate", "--plan", "other-model.json"],
         "is for model 'resnet50', which is not registered",
+    ),
+    (
+        ["evaluate", "--plan", "other-dataset.json"],
+        "is for dataset 'imagenet', which is not registered",
     ),
     (["evaluate", "--plan", "bad-layer.json"], "'fc9' is not a quantizable layer"),
     (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
