@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from quide_search.data import DATASETS, DataRequest, Splits
@@ -23,6 +24,11 @@ __all__ = ["Task", "load_task"]
 DATA_SEED = 0
 """Seed of the data splits and of float-model training: fixed so that every search seed is
 scored on the same data with the same float model."""
+
+
+_RECIPE_VERSION = 2
+"""Version of the training recipe in the cache key; 2 seeds the initial weights too, so weights
+cached by version 1 (unseeded initialisation) are not reused."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +70,16 @@ def load_task(*, model: str = "simplecnn", dataset: str = "digits") -> Task:
             f"but got {dataset!r}."
         )
     splits = loader(DataRequest(seed=DATA_SEED))
+    # The initial weights are part of the seeded training run: without this the cached model
+    # depends on whatever the global RNG held when the process got here.
+    torch.manual_seed(DATA_SEED)
     float_model = spec.build(splits)
     weights: Path | None = None
     if spec.train_epochs > 0:
-        key = f"{spec.name}-{splits.name}-v{spec.arch_version}-e{spec.train_epochs}-s{DATA_SEED}"
+        key = (
+            f"{spec.name}-{splits.name}-v{spec.arch_version}-e{spec.train_epochs}"
+            f"-s{DATA_SEED}-r{_RECIPE_VERSION}"
+        )
         float_model, weights = load_or_train(
             float_model, splits.train, key=key, epochs=spec.train_epochs, seed=DATA_SEED
         )
