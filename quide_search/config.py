@@ -26,7 +26,9 @@ class RunConfig:
 
     model: str = field(default="simplecnn", metadata={"help": "registered model name"})
     dataset: str = field(default="digits", metadata={"help": "registered dataset name"})
-    trials: int = field(default=50, metadata={"help": "completed trials the study should hold"})
+    trials: int = field(
+        default=50, metadata={"help": "completed trials the study should hold (0: only create it)"}
+    )
     bits: tuple[str, ...] = field(
         default=("qint8", "qint4", "qint2"), metadata={"help": "per-layer choices"}
     )
@@ -42,10 +44,19 @@ class RunConfig:
     eval_batch_size: int = field(default=256, metadata={"help": "accuracy batch size"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
     out_dir: str = field(default="studies", metadata={"help": "where studies and files go"})
+    workers: int = field(default=1, metadata={"help": "local worker processes sharing the study"})
+    heartbeat: int = field(
+        default=60, metadata={"help": "seconds between trial heartbeats (0: off; RDB only)"}
+    )
 
     def __post_init__(self) -> None:
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
-            raise ConfigError(f"--trials must be an integer >= 1, but got trials={self.trials!r}.")
+        for flag, number, low in (
+            ("--trials", self.trials, 0),
+            ("--workers", self.workers, 1),
+            ("--heartbeat", self.heartbeat, 0),
+        ):
+            if isinstance(number, bool) or not isinstance(number, int) or number < low:
+                raise ConfigError(f"{flag} must be an integer >= {low}, but got {number!r}.")
         bits = tuple(normalize_qtype(b, where="--bits entry") for b in self.bits)
         if not bits or all(b == FLOAT for b in bits):
             raise ConfigError(

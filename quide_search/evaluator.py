@@ -68,12 +68,16 @@ class Evaluator:
                         )
                     batch = self.labels[start : start + self.batch_size]
                     correct += int((logits.argmax(dim=-1) == batch).sum())
+        except TrialEvaluationError:
+            raise
         except torch.cuda.OutOfMemoryError as e:
             raise TrialEvaluationError(f"out of GPU memory during evaluation: {e}") from e
         except MemoryError as e:
             raise TrialEvaluationError(f"out of memory during evaluation: {e}") from e
-        except (RuntimeError, ValueError, TypeError) as e:
-            raise TrialEvaluationError(f"forward pass failed during evaluation: {e}") from e
+        except Exception as e:  # forward may raise anything; the trial fails, not the run
+            raise TrialEvaluationError(
+                f"forward pass failed during evaluation: {type(e).__name__}: {e}"
+            ) from e
         return correct / self.samples
 
 

@@ -116,8 +116,10 @@ def measure_latency(
                     and _spread(samples) <= context.target_spread
                 ):
                     break
-    except (RuntimeError, MemoryError) as e:
-        raise TrialEvaluationError(f"latency measurement failed: {e}") from e
+    except MemoryError as e:
+        raise TrialEvaluationError(f"out of memory during latency measurement: {e}") from e
+    except Exception as e:  # forward already passed evaluation; anything here fails the trial
+        raise TrialEvaluationError(f"latency measurement failed: {type(e).__name__}: {e}") from e
     median = statistics.median(samples)
     if not (median > 0 and median < float("inf")):
         raise TrialEvaluationError(f"latency must be finite and > 0 ms, but measured {median!r}")

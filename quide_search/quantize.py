@@ -76,8 +76,12 @@ def apply_plan(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.
             for qtype, names in groups.items():
                 quantize(target, weights=_QUANTO_NAME[qtype], include=names)
             freeze(target)
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise TrialEvaluationError(f"quanto could not apply the plan: {e}") from e
+    except MemoryError as e:
+        raise TrialEvaluationError(f"out of memory while quantizing: {e}") from e
+    except Exception as e:  # any quanto failure on one plan fails that trial, not the run
+        raise TrialEvaluationError(
+            f"quanto could not apply the plan: {type(e).__name__}: {e}"
+        ) from e
     return target
 
 

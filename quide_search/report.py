@@ -63,6 +63,12 @@ def format_summary(summary: SearchSummary) -> str:
             lines.append("\nno trial passed the accuracy gate; the best-so-far by I is shown.")
         plan = ", ".join(f"{k}={v}" for k, v in summary.best["plan"].items())
         lines.append(f"\nbest plan: {plan}")
+    if summary.running:
+        lines.append(
+            f"\n{summary.running} trial(s) still marked RUNNING: other workers' trials, or those "
+            "of a worker killed recently; once their heartbeat is stale the next run fails them "
+            "and retries their plans once."
+        )
     lines.append(f"Pareto front ({len(summary.pareto)} points): {summary.pareto_path}")
     return "\n".join(lines)
 

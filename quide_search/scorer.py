@@ -104,7 +104,7 @@ class Scorer:
             TrialEvaluationError: If quantization, evaluation or timing fails.
         """
         t0 = time.perf_counter()
-        model = apply_plan(self.model, plan) if plan.quantized_layers() else self.model
+        model = self._quantized(plan)
         t1 = time.perf_counter()
         accuracy = self.evaluator.accuracy(model)
         t2 = time.perf_counter()
@@ -120,6 +120,9 @@ class Scorer:
             eval_samples=self.evaluator.samples,
             seconds={"quantize": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
         )
+
+    def _quantized(self, plan: BitPlan) -> torch.nn.Module:
+        return apply_plan(self.model, plan) if plan.quantized_layers() else self.model
 
     def float_plan(self) -> BitPlan:
         """Return the plan that keeps every layer in float (the baseline)."""

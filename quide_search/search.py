@@ -7,6 +7,8 @@ user attributes, and the accuracy gate as an Optuna constraint so constrained sa
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +20,24 @@ from quide_search.scorer import Scorer
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["GATE_CONSTRAINT", "PlanObjective", "uniform_params"]
+__all__ = [
+    "GATE_CONSTRAINT",
+    "INTERRUPTED",
+    "NO_HEARTBEAT",
+    "PlanObjective",
+    "requeue_stale",
+    "retry_once",
+    "uniform_params",
+]
 
 GATE_CONSTRAINT = "accuracy_gate"
 """Constraint key: ``threshold - P``, feasible when <= 0."""
+
+INTERRUPTED = "interrupted by SIGINT (Ctrl-C) while the trial ran"
+"""``fail_reason`` of a trial stopped by Ctrl-C."""
+
+NO_HEARTBEAT = "its worker stopped sending heartbeats (killed or lost)"
+"""``retry_reason`` of a plan re-queued after Optuna failed its trial as stale."""
 
 _COPIED_ATTRS = (
     *RECORD_KEYS, "baseline_bytes", "unit", "latency_repeats", "latency_spread", "eval_samples",
@@ -61,7 +77,19 @@ class PlanObjective:
         Raises:
             TrialEvaluationError: For an expected fault; the study records the trial as FAIL
                 and its reason in the ``fail_reason`` user attribute.
+            KeyboardInterrupt: After recording the interruption and queueing the plan again.
         """
+        trial.set_user_attr("worker", _WORKER)
+        try:
+            return self._score(trial)
+        except KeyboardInterrupt:
+            # Optuna marks the trial FAIL and re-raises; the reason and one retry are ours.
+            trial.set_user_attr("fail_reason", INTERRUPTED)
+            if len(trial.params) == len(self.layers):
+                retry_once(trial.study, trial.params, trial.user_attrs, trial.number, INTERRUPTED)
+            raise
+
+    def _score(self, trial: optuna.Trial) -> float:
         plan = self.suggest(trial)
         earlier = _same_plan(trial)
         if earlier is not None:
@@ -88,6 +116,32 @@ class PlanObjective:
             "eval_samples": measurement.eval_samples,
             "seconds": measurement.seconds,
         }
+
+
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def retry_once(
+    study: optuna.Study,
+    params: dict[str, Any],
+    user_attrs: dict[str, Any],
+    number: int,
+    reason: str,
+) -> bool:
+    """Queue the plan of failed trial ``number`` again unless that trial was itself a retry.
+
+    Returns:
+        Whether the plan was queued.
+    """
+    if "retry_of" in user_attrs:
+        return False
+    study.enqueue_trial(dict(params), user_attrs={"retry_of": number, "retry_reason": reason})
+    return True
+
+
+def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna heartbeat callback: retry once the plan of a trial whose worker went silent."""
+    retry_once(study, trial.params, trial.user_attrs, trial.number, NO_HEARTBEAT)
 
 
 def _same_plan(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:

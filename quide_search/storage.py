@@ -8,17 +8,30 @@ storage (safe for several local processes without a database server).
 from __future__ import annotations
 
 import os
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quide_search.errors import StorageError
 
 if TYPE_CHECKING:
+    import optuna
     from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
-__all__ = ["check_url", "default_storage_url", "open_storage", "sqlite_path", "study_names"]
+__all__ = [
+    "check_url",
+    "default_storage_url",
+    "open_storage",
+    "sqlite_path",
+    "study_names",
+    "supports_heartbeat",
+]
 
 _RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+_OPEN_ATTEMPTS = 3
 
 
 def default_storage_url(*, study: str, out_dir: str | os.PathLike[str] = "studies") -> str:
@@ -76,8 +89,26 @@ def check_url(url: str, *, must_exist: bool) -> None:
         raise StorageError(f"--storage file {str(path)!r} is not writable. Choose another path.")
 
 
-def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
+def supports_heartbeat(url: str) -> bool:
+    """Whether trials in this storage can have heartbeats: Optuna's RDB storages, not journals."""
+    return _journal_path(url) is None
+
+
+def open_storage(
+    url: str,
+    *,
+    must_exist: bool = False,
+    heartbeat: int | None = None,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> BaseStorage:
     """Validate ``url`` and return an Optuna storage for it.
+
+    Args:
+        url: The ``--storage`` value.
+        must_exist: Refuse to create a missing storage file.
+        heartbeat: Seconds between a running trial's heartbeats (RDB storages only). A trial
+            silent for twice as long is failed by the next worker that starts a trial.
+        on_stale: Called by Optuna for each trial it failed for a missing heartbeat.
 
     Raises:
         StorageError: If the URL is malformed or the storage cannot be opened.
@@ -87,14 +118,31 @@ def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     journal = _journal_path(url)
-    try:
-        if journal is not None:
-            return JournalStorage(JournalFileBackend(str(journal)))
-        # A generous timeout lets several local workers share one SQLite file.
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as e:  # SQLAlchemy and drivers raise many unrelated types here.
-        raise StorageError(f"--storage {url!r} cannot be opened: {type(e).__name__}: {e}") from e
+    if journal is not None:
+        return JournalStorage(JournalFileBackend(str(journal)))
+    # SQLite serialises writers with file locks; a long busy timeout makes concurrent local
+    # workers (and the heartbeat thread) wait for the lock instead of failing on it.
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                # The heartbeat callback argument is marked experimental; it is stable in use.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=heartbeat or None,
+                    heartbeat_stale_trial_callback=on_stale if heartbeat else None,
+                )
+        except Exception as e:  # SQLAlchemy and drivers raise many unrelated types here.
+            # Workers that start together on an empty database race to create Optuna's
+            # tables; the loser sees a duplicate-object error and succeeds on a retry.
+            if attempt + 1 == _OPEN_ATTEMPTS or url.startswith("sqlite"):
+                raise StorageError(
+                    f"--storage {url!r} cannot be opened: {type(e).__name__}: {e}"
+                ) from e
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def study_names(storage: BaseStorage) -> list[str]:

@@ -8,26 +8,22 @@ read the same facts the search used.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.config import RunConfig
-from quide_search.errors import ConfigError, StorageError, did_you_mean
-from quide_search.metric import LATENCY_UNIT, RECORD_KEYS, Gate
+from quide_search.errors import StorageError, did_you_mean
+from quide_search.metric import LATENCY_UNIT, RECORD_KEYS
 from quide_search.pareto import pareto_front
-from quide_search.plan import FLOAT, atomic_write_text
+from quide_search.plan import atomic_write_text
 from quide_search.storage import open_storage, sqlite_path, study_names
 
 if TYPE_CHECKING:
     import optuna
 
-    from quide_search.scorer import Scorer
-
 __all__ = [
-    "PROTOCOL_SCHEMA_VERSION",
     "SearchSummary",
     "best_row",
     "completed_rows",
@@ -35,10 +31,6 @@ __all__ = [
     "run_search",
     "summarize",
 ]
-
-PROTOCOL_SCHEMA_VERSION = 1
-# The protocol fields that must match for a resume: anything that changes what a number means.
-_PROTOCOL_KEYS = ("model", "dataset", "splits", "bits", "gate", "latency", "eval_batch_size")
 
 
 @dataclass(frozen=True)
@@ -52,6 +44,7 @@ class SearchSummary:
     best: dict[str, Any] | None
     completed: int
     failed: int
+    running: int
     distinct_plans: int
     pareto_path: Path
     pareto: list[dict[str, Any]]
@@ -106,158 +99,42 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**best, "feasible": bool(feasible)}
 
 
-def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
-    import optimum.quanto
-    import optuna
-    import torch
-
-    from quide_search import __version__
-
-    return {
-        "schema_version": PROTOCOL_SCHEMA_VERSION,
-        "model": config.model,
-        "dataset": config.dataset,
-        "splits": scorer.task.splits.describe(),
-        "bits": list(config.bits),
-        "gate": config.gate_settings(),
-        "latency": {k: v for k, v in scorer.context.to_dict().items() if k != "torch_version"},
-        "eval_batch_size": config.eval_batch_size,
-        "seed": config.seed,
-        "unit": LATENCY_UNIT,
-        "versions": {
-            "quide_search": __version__,
-            "torch": torch.__version__,
-            "optuna": optuna.__version__,
-            "optimum_quanto": getattr(optimum.quanto, "__version__", "unknown"),
-        },
-    }
-
-
-def _check_protocol(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
-    for key in _PROTOCOL_KEYS:
-        if stored.get(key) != current.get(key):
-            raise ConfigError(
-                f"resuming study {name!r} needs the same {key} as when it was created, but it "
-                f"was {stored.get(key)!r} and is now {current.get(key)!r}. Use the original "
-                "flags, or start a new study with --study NAME."
-            )
-
-
-def _baseline(study: optuna.Study, scorer: Scorer, gate_settings: dict[str, Any]) -> Gate:
-    """Measure the fp32 baseline once per study and return the gate built from it."""
-    stored = study.user_attrs.get("baseline")
-    if stored is None:
-        measurement = scorer.measure(scorer.float_plan())
-        provisional = Gate(baseline_P=measurement.P, **gate_settings)
-        metrics = measurement.metrics(baseline_bytes=scorer.baseline_bytes, gate=provisional)
-        stored = {**metrics.to_dict(), "latency_repeats": measurement.latency_repeats}
-        study.set_user_attr("baseline", stored)
-    return Gate(baseline_P=stored["P"], **gate_settings)
-
-
-def _enqueue_uniform(study: optuna.Study, layers: list[str], bits: tuple[str, ...]) -> None:
-    if study.user_attrs.get("uniform_enqueued"):
-        return
-    for qtype in bits:
-        if qtype != FLOAT:
-            study.enqueue_trial({name: qtype for name in layers}, skip_if_exists=True)
-    study.set_user_attr("uniform_enqueued", True)
-
-
 def run_search(
     config: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print
 ) -> SearchSummary:
     """Create or resume the study of ``config`` and run it until it holds ``trials`` completed.
 
     Running again with the same config does nothing more; a larger ``trials`` extends the study.
+    With ``config.workers > 1``, that many processes (this one included) share the work.
 
     Raises:
         QuideError: For bad settings or an unusable storage, before anything is written.
+        KeyboardInterrupt: After the running trials are recorded as failed and queued again.
     """
-    import optuna
-    import torch
+    import os
 
-    from quide_search.latency import resolve_device
-    from quide_search.scorer import Scorer
-    from quide_search.search import PlanObjective
-    from quide_search.task import load_task
+    from quide_search.session import open_session, optimize
+    from quide_search.workers import start_workers, stop_workers
 
-    device = resolve_device(config.device)
-    # The task first: an unknown model or dataset must fail before any storage file exists.
-    task = load_task(model=config.model, dataset=config.dataset)
-    storage_url = config.storage_url
-    if config.storage is None:
-        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-    backend = open_storage(storage_url)
-    torch.manual_seed(config.seed)
-    scorer = Scorer.for_config(task, config, device=device)
-    protocol = _protocol(config, scorer)
-    existing = config.study_name in study_names(backend)
-    if existing:
-        stored = optuna.load_study(study_name=config.study_name, storage=backend)
-        _check_protocol(stored.user_attrs.get("protocol", {}), protocol, config.study_name)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(
-        study_name=config.study_name,
-        storage=backend,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
-        load_if_exists=True,
-    )
-    if not existing:
-        study.set_user_attr("protocol", protocol)
-        with warnings.catch_warnings():
-            # set_metric_names is marked experimental but has been stable since Optuna 3.2.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["I_prime"])
-    gate = _baseline(study, scorer, config.gate_settings())
-    _enqueue_uniform(study, list(task.layers), config.bits)
-    objective = PlanObjective(scorer=scorer, gate=gate, choices=config.bits)
-    _optimize(study, objective, config.trials, progress=progress, echo=echo)
-    return summarize(study, storage_url=storage_url, out_dir=config.out_dir)
-
-
-def _optimize(
-    study: optuna.Study,
-    objective: Any,
-    target: int,
-    *,
-    progress: bool,
-    echo: Callable[[str], None],
-) -> None:
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-    from tqdm import tqdm
-
-    from quide_search.errors import TrialEvaluationError
-
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    remaining = target - done
-    if remaining <= 0:
-        return
-    bar = tqdm(total=target, initial=done, desc="trials", unit="trial", disable=not progress)
-
-    best = [float("-inf")]
-
-    def _report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.COMPLETE:
-            best[0] = max(best[0], float(trial.value or 0.0))
-            bar.update(1)
-            bar.set_postfix(best_I_prime=f"{best[0]:.3f}")
-        elif trial.state == TrialState.FAIL:
-            reason = trial.user_attrs.get("fail_reason", "unexpected error")
-            (bar.write if progress else echo)(f"trial {trial.number} failed: {reason}")
-
+    session = open_session(config)
+    workers = []
+    if config.workers > 1 and config.trials > 0:
+        if session.objective.scorer.device.type == "cpu":
+            echo(
+                f"note: {config.workers} workers share {os.cpu_count()} CPU cores, so T is "
+                "measured while other trials run; --threads 1 keeps them from oversubscribing."
+            )
+        workers = start_workers(config, config.workers - 1)
+    interrupted = False
     try:
-        # Failed trials do not count towards the target, so allow as many again before giving up.
-        study.optimize(
-            objective,
-            n_trials=2 * remaining + 10,
-            catch=(TrialEvaluationError,),
-            callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), _report],
-        )
+        optimize(session, config.trials, progress=progress, echo=echo)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        bar.close()
+        for problem in stop_workers(workers, interrupted=interrupted):
+            echo(f"warning: {problem}")
+    return summarize(session.study, storage_url=session.storage_url, out_dir=config.out_dir)
 
 
 def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> SearchSummary:
@@ -279,7 +156,9 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
     study.set_user_attr(
         "pareto_front", [{k: p[k] for k in ("trial", "C", "P", "T_ms")} for p in front]
     )
-    failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+    states = optuna.trial.TrialState
+    failed = len(study.get_trials(deepcopy=False, states=(states.FAIL,)))
+    running = len(study.get_trials(deepcopy=False, states=(states.RUNNING,)))
     return SearchSummary(
         study_name=study.study_name,
         storage_url=storage_url,
@@ -288,6 +167,7 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
         best=best,
         completed=len(rows),
         failed=failed,
+        running=running,
         distinct_plans=len({json.dumps(r["plan"], sort_keys=True) for r in rows}),
         pareto_path=path,
         pareto=front,

@@ -13,20 +13,32 @@ __all__ = [
     "add_measure_args",
     "add_task_args",
     "config_from_args",
+    "count",
     "gate_fraction",
     "positive_int",
 ]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, but got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, but got {value}")
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= {low}, but got {text!r}"
+        ) from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {low}, but got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
 
 
 def gate_fraction(text: str) -> float:

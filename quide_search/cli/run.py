@@ -10,6 +10,7 @@ from quide_search.cli._options import (
     add_measure_args,
     add_task_args,
     config_from_args,
+    count,
     positive_int,
 )
 
@@ -24,16 +25,18 @@ class RunCommand(Command):
   quide-search run                                  # SimpleCNN on bundled digits, 50 trials
   quide-search run --trials 100                     # extend the same study to 100 trials
   quide-search run --bits 8,4,2,fp --min-accuracy 0.95
-  quide-search run --storage sqlite:///studies/x.db --study my-study --seed 1"""
+  quide-search run --storage sqlite:///studies/x.db --study my-study --seed 1
+  quide-search run --workers 3 --threads 1 --trials 120  # three local processes, one study"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_task_args(parser)
         search = parser.add_argument_group("search")
         search.add_argument(
             "--trials",
-            type=positive_int,
+            type=count,
             default=50,
-            help="completed trials the study should hold in total (default: 50)",
+            help="completed trials the study should hold in total; 0 only creates the study "
+            "(protocol, baseline, uniform plans queued) for workers to join (default: 50)",
         )
         search.add_argument(
             "--bits",
@@ -63,6 +66,21 @@ class RunCommand(Command):
         study.add_argument(
             "--no-progress", action="store_true", help="do not draw the progress bar"
         )
+        workers = parser.add_argument_group("workers and recovery")
+        workers.add_argument(
+            "--workers",
+            type=positive_int,
+            default=1,
+            help="local processes sharing the study, this one included (default: 1)",
+        )
+        workers.add_argument(
+            "--heartbeat",
+            type=count,
+            default=60,
+            help="seconds between a running trial's heartbeats; a trial silent for twice as "
+            "long is failed and its plan retried once (0: off; not for journal storage) "
+            "(default: 60)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.report import format_summary
@@ -75,6 +93,8 @@ class RunCommand(Command):
             study=args.study,
             storage=args.storage,
             out_dir=args.out_dir,
+            workers=args.workers,
+            heartbeat=args.heartbeat,
         )
         summary = run_search(config, progress=not args.no_progress)
         print(format_summary(summary))

@@ -1,0 +1,233 @@
+"""One worker's session on a study: open or create it safely, then run trials until the target.
+
+Every process that works on a study (the first, the ``--workers`` it spawns, or one started by
+hand on another host) goes through :func:`open_session`, so all of them check the same protocol,
+use the same stored baseline and gate, and count the same completed trials.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quide_search.config import RunConfig
+from quide_search.errors import ConfigError
+from quide_search.metric import LATENCY_UNIT, Gate
+from quide_search.plan import FLOAT
+from quide_search.storage import open_storage, supports_heartbeat
+
+if TYPE_CHECKING:
+    import optuna
+
+    from quide_search.scorer import Scorer
+    from quide_search.search import PlanObjective
+
+__all__ = ["PROTOCOL_SCHEMA_VERSION", "Session", "open_session", "optimize"]
+
+PROTOCOL_SCHEMA_VERSION = 1
+# The protocol fields that must match for a resume: anything that changes what a number means.
+_PROTOCOL_KEYS = ("model", "dataset", "splits", "bits", "gate", "latency", "eval_batch_size")
+# How long a process that lost the race to create a study waits for its creator's baseline.
+_CREATOR_WAIT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Session:
+    """A study ready for trials, and the objective that scores them in this process."""
+
+    study: optuna.Study
+    objective: PlanObjective
+    storage_url: str
+
+
+def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Session:
+    """Create or join the study of ``config``: protocol checked, baseline measured once.
+
+    Args:
+        config: The run settings.
+        sampler_seed: Seed of this process's sampler (default ``config.seed``); parallel
+            workers use distinct seeds so they do not propose the same plans.
+
+    Raises:
+        QuideError: For bad settings, an unusable storage or a protocol that differs from the
+            stored one; nothing is written in those cases.
+    """
+    import torch
+
+    from quide_search.latency import resolve_device
+    from quide_search.scorer import Scorer
+    from quide_search.search import PlanObjective, requeue_stale
+    from quide_search.task import load_task
+
+    device = resolve_device(config.device)
+    # The task first: an unknown model or dataset must fail before any storage file exists.
+    task = load_task(model=config.model, dataset=config.dataset)
+    url = config.storage_url
+    if config.storage is None:
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    heartbeat = config.heartbeat if supports_heartbeat(url) else 0
+    backend = open_storage(url, heartbeat=heartbeat, on_stale=requeue_stale)
+    torch.manual_seed(config.seed)
+    scorer = Scorer.for_config(task, config, device=device)
+    protocol = _protocol(config, scorer)
+    seed = config.seed if sampler_seed is None else sampler_seed
+    study = _create_or_join(config.study_name, backend, protocol, seed)
+    gate = _baseline(study, scorer, config.gate_settings())
+    _enqueue_uniform(study, list(task.layers), config.bits)
+    objective = PlanObjective(scorer=scorer, gate=gate, choices=config.bits)
+    return Session(study=study, objective=objective, storage_url=url)
+
+
+def _create_or_join(name: str, backend: Any, protocol: dict[str, Any], seed: int) -> optuna.Study:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    try:
+        study = optuna.create_study(
+            study_name=name, storage=backend, direction="maximize", sampler=sampler
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=backend, sampler=sampler)
+        stored = _wait_for(study, "protocol")
+        if stored is not None:
+            _check_protocol(stored, protocol, name)
+            _wait_for(study, "baseline")
+            return study
+    # This process created the study (or found it left half-made by a creator that died);
+    # others that started with it wait for these attributes.
+    study.set_user_attr("protocol", protocol)
+    with warnings.catch_warnings():
+        # set_metric_names is marked experimental but has been stable since Optuna 3.2.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["I_prime"])
+    return study
+
+
+def _wait_for(study: optuna.Study, key: str) -> Any:
+    """Return the study attribute ``key``, waiting a while if its creator is still writing it.
+
+    A study found without it after the wait was left half-made by a creator that died; the
+    caller then writes it itself.
+    """
+    deadline = time.monotonic() + _CREATOR_WAIT_S
+    while True:
+        value = study.user_attrs.get(key)
+        if value is not None or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
+
+
+def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
+    import optimum.quanto
+    import optuna
+    import torch
+
+    from quide_search import __version__
+
+    return {
+        "schema_version": PROTOCOL_SCHEMA_VERSION,
+        "model": config.model,
+        "dataset": config.dataset,
+        "splits": scorer.task.splits.describe(),
+        "bits": list(config.bits),
+        "gate": config.gate_settings(),
+        "latency": {k: v for k, v in scorer.context.to_dict().items() if k != "torch_version"},
+        "eval_batch_size": config.eval_batch_size,
+        "seed": config.seed,
+        "unit": LATENCY_UNIT,
+        "versions": {
+            "quide_search": __version__,
+            "torch": torch.__version__,
+            "optuna": optuna.__version__,
+            "optimum_quanto": getattr(optimum.quanto, "__version__", "unknown"),
+        },
+    }
+
+
+def _check_protocol(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
+    for key in _PROTOCOL_KEYS:
+        if stored.get(key) != current.get(key):
+            raise ConfigError(
+                f"resuming study {name!r} needs the same {key} as when it was created, but it "
+                f"was {stored.get(key)!r} and is now {current.get(key)!r}. Use the original "
+                "flags, or start a new study with --study NAME."
+            )
+
+
+def _baseline(study: optuna.Study, scorer: Scorer, gate_settings: dict[str, Any]) -> Gate:
+    """Measure the fp32 baseline once per study and return the gate built from it."""
+    stored = study.user_attrs.get("baseline")
+    if stored is None:
+        measurement = scorer.measure(scorer.float_plan())
+        provisional = Gate(baseline_P=measurement.P, **gate_settings)
+        metrics = measurement.metrics(baseline_bytes=scorer.baseline_bytes, gate=provisional)
+        stored = {**metrics.to_dict(), "latency_repeats": measurement.latency_repeats}
+        study.set_user_attr("baseline", stored)
+    return Gate(baseline_P=stored["P"], **gate_settings)
+
+
+def _enqueue_uniform(study: optuna.Study, layers: list[str], bits: tuple[str, ...]) -> None:
+    if study.user_attrs.get("uniform_enqueued"):
+        return
+    for qtype in bits:
+        if qtype != FLOAT:
+            study.enqueue_trial({name: qtype for name in layers}, skip_if_exists=True)
+    study.set_user_attr("uniform_enqueued", True)
+
+
+def optimize(
+    session: Session,
+    target: int,
+    *,
+    progress: bool,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run trials in this process until the study holds ``target`` completed trials.
+
+    Other processes may be adding trials to the same study; each stops once the shared count
+    reaches the target, so a study can end up to (workers - 1) over it, by the trials that
+    were already running then.
+    """
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+    from tqdm import tqdm
+
+    from quide_search.errors import TrialEvaluationError
+
+    study = session.study
+    done = _completed(study)
+    if target - done <= 0:
+        return
+    bar = tqdm(total=target, initial=done, desc="trials", unit="trial", disable=not progress)
+    best = [float("-inf")]
+
+    def _report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            best[0] = max(best[0], float(trial.value or 0.0))
+            bar.n = min(target, _completed(study))
+            bar.set_postfix(best_I_prime=f"{best[0]:.3f}")
+        elif trial.state == TrialState.FAIL:
+            reason = trial.user_attrs.get("fail_reason", "unexpected error")
+            (bar.write if progress else echo)(f"trial {trial.number} failed: {reason}")
+
+    try:
+        # Failed trials do not count towards the target, so allow as many again before giving up.
+        study.optimize(
+            session.objective,
+            n_trials=2 * (target - done) + 10,
+            catch=(TrialEvaluationError,),
+            callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), _report],
+        )
+    finally:
+        bar.close()
+
+
+def _completed(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
