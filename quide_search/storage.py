@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import StorageError
 
@@ -128,21 +128,49 @@ def open_storage(
             with warnings.catch_warnings():
                 # The heartbeat callback argument is marked experimental; it is stable in use.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=kwargs,
                     heartbeat_interval=heartbeat or None,
                     heartbeat_stale_trial_callback=on_stale if heartbeat else None,
                 )
+            if url.startswith("sqlite"):
+                _serialize_sqlite(storage.engine)
+            return storage
         except Exception as e:  # SQLAlchemy and drivers raise many unrelated types here.
             # Workers that start together on an empty database race to create Optuna's
             # tables; the loser sees a duplicate-object error and succeeds on a retry.
-            if attempt + 1 == _OPEN_ATTEMPTS or url.startswith("sqlite"):
+            if attempt + 1 == _OPEN_ATTEMPTS:
+                first_line = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
                 raise StorageError(
-                    f"--storage {url!r} cannot be opened: {type(e).__name__}: {e}"
+                    f"--storage {url!r} cannot be opened: {type(e).__name__}: {first_line}. "
+                    "Check that the server runs and that the URL's user, host, port and "
+                    "database are right."
                 ) from e
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _serialize_sqlite(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    SQLite has no row locks, so Optuna's read-then-update steps (such as claiming a queued
+    trial) can interleave between processes under SQLite's default deferred transactions: two
+    workers then run the same trial and the second fails to store it. Taking the lock at
+    BEGIN serialises those steps; the busy timeout makes the others wait their turn. This is
+    SQLAlchemy's documented recipe for serializable SQLite transactions.
+    """
+    from sqlalchemy import event
+
+    def no_driver_begin(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy, not sqlite3, issues BEGIN
+
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", no_driver_begin)
+    event.listen(engine, "begin", begin_immediate)
+    engine.dispose()  # connections opened before the listeners existed are not reused
 
 
 def study_names(storage: BaseStorage) -> list[str]:
