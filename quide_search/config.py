@@ -13,7 +13,7 @@ from typing import Any
 
 from quide_search.errors import ConfigError
 from quide_search.plan import FLOAT, normalize_qtype
-from quide_search.storage import check_url, default_storage_url
+from quide_search.storage import check_url, default_storage_url, supports_heartbeat
 
 __all__ = ["RunConfig"]
 
@@ -26,6 +26,9 @@ class RunConfig:
 
     model: str = field(default="simplecnn", metadata={"help": "registered model name"})
     dataset: str = field(default="digits", metadata={"help": "registered dataset name"})
+    data_dir: str | None = field(default=None, metadata={"help": "where dataset files live"})
+    download: bool = field(default=False, metadata={"help": "let loaders download datasets"})
+    weights: str | None = field(default=None, metadata={"help": "local float state dict"})
     trials: int = field(
         default=50, metadata={"help": "completed trials the study should hold (0: only create it)"}
     )
@@ -45,15 +48,16 @@ class RunConfig:
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
     out_dir: str = field(default="studies", metadata={"help": "where studies and files go"})
     workers: int = field(default=1, metadata={"help": "local worker processes sharing the study"})
-    heartbeat: int = field(
-        default=60, metadata={"help": "seconds between trial heartbeats (0: off; RDB only)"}
+    heartbeat: int | None = field(
+        default=None,
+        metadata={"help": "seconds between trial heartbeats (None: 60 on RDB storages; 0: off)"},
     )
 
     def __post_init__(self) -> None:
         for flag, number, low in (
             ("--trials", self.trials, 0),
             ("--workers", self.workers, 1),
-            ("--heartbeat", self.heartbeat, 0),
+            ("--heartbeat", 0 if self.heartbeat is None else self.heartbeat, 0),
         ):
             if isinstance(number, bool) or not isinstance(number, int) or number < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, but got {number!r}.")
@@ -89,6 +93,12 @@ class RunConfig:
             )
         if self.storage is not None:
             check_url(self.storage, must_exist=False)
+            if self.heartbeat and not supports_heartbeat(self.storage):
+                raise ConfigError(
+                    "--heartbeat needs an RDB storage (sqlite:///, postgresql://, mysql://), "
+                    f"but got --heartbeat {self.heartbeat} with --storage {self.storage!r}, a "
+                    "journal file, which has no heartbeats. Drop --heartbeat or use an RDB URL."
+                )
 
     @property
     def study_name(self) -> str:
@@ -99,6 +109,16 @@ class RunConfig:
     def storage_url(self) -> str:
         """The storage URL: ``--storage`` or a SQLite file under ``out_dir``."""
         return self.storage or default_storage_url(study=self.study_name, out_dir=self.out_dir)
+
+    def task_options(self) -> dict[str, Any]:
+        """Return the keyword arguments of :func:`quide_search.task.load_task`."""
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "data_dir": self.data_dir,
+            "download": self.download,
+            "weights": self.weights,
+        }
 
     def gate_settings(self) -> dict[str, float | None]:
         """Return the gate parameters (the baseline P is measured, not configured)."""

@@ -36,6 +36,8 @@ def evaluate_plan(
     device: str = "auto",
     model: str | None = None,
     dataset: str | None = None,
+    data_dir: str | None = None,
+    weights: str | None = None,
 ) -> Replay:
     """Load a plan file, apply it to a fresh float model and measure C, P, T, I, I'.
 
@@ -75,7 +77,7 @@ def evaluate_plan(
                 f"registered. Registered: {', '.join(registry.names())}."
             )
     protocol = record.get("protocol", {})
-    task = load_task(model=plan.model, dataset=plan.dataset)
+    task = load_task(model=plan.model, dataset=plan.dataset, data_dir=data_dir, weights=weights)
     plan.validate_layers(task.layers)
     latency = protocol.get("latency", {})
     scorer = Scorer(

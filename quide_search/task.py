@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from quide_search.data import DATASETS, DataRequest, Splits
-from quide_search.errors import ConfigError
+from quide_search.errors import ConfigError, DataError
 from quide_search.models import MODELS
 from quide_search.models._train import load_or_train
 from quide_search.quantize import quantizable_layers
@@ -56,11 +56,27 @@ class Task:
         }
 
 
-def load_task(*, model: str = "simplecnn", dataset: str = "digits") -> Task:
+def load_task(
+    *,
+    model: str = "simplecnn",
+    dataset: str = "digits",
+    data_dir: str | None = None,
+    download: bool = False,
+    weights: str | None = None,
+) -> Task:
     """Build the float model for ``model`` on ``dataset`` and its data splits.
+
+    Args:
+        model: Registered model name.
+        dataset: Registered dataset name.
+        data_dir: Where datasets that need files read them from.
+        download: Let a dataset loader download missing files.
+        weights: A local state dict (``.pt`` or ``.safetensors``) to use instead of the seeded
+            training run cached on first use.
 
     Raises:
         ConfigError: For an unknown model or dataset, or a dataset the model does not serve.
+        DataError: For missing data, or weights that are missing or do not fit the model.
     """
     spec = MODELS.get(model)
     loader = DATASETS.get(dataset)
@@ -69,19 +85,24 @@ def load_task(*, model: str = "simplecnn", dataset: str = "digits") -> Task:
             f"--dataset must be one of {', '.join(spec.datasets)} for model {spec.name!r}, "
             f"but got {dataset!r}."
         )
-    splits = loader(DataRequest(seed=DATA_SEED))
+    if weights is not None:
+        _check_weights_file(weights)
+    splits = loader(DataRequest(seed=DATA_SEED, data_dir=data_dir, download=download))
     # The initial weights are part of the seeded training run: without this the cached model
     # depends on whatever the global RNG held when the process got here.
     torch.manual_seed(DATA_SEED)
     float_model = spec.build(splits)
-    weights: Path | None = None
-    if spec.train_epochs > 0:
+    path: Path | None = None
+    if weights is not None:
+        path = _load_weights(float_model, Path(weights), spec.name)
+    elif spec.epochs(splits.name) > 0:
+        epochs = spec.epochs(splits.name)
         key = (
-            f"{spec.name}-{splits.name}-v{spec.arch_version}-e{spec.train_epochs}"
+            f"{spec.name}-{splits.name}-v{spec.arch_version}-e{epochs}"
             f"-s{DATA_SEED}-r{_RECIPE_VERSION}"
         )
-        float_model, weights = load_or_train(
-            float_model, splits.train, key=key, epochs=spec.train_epochs, seed=DATA_SEED
+        float_model, path = load_or_train(
+            float_model, splits.train, key=key, epochs=epochs, seed=DATA_SEED
         )
     float_model.eval()
     for p in float_model.parameters():
@@ -91,5 +112,33 @@ def load_task(*, model: str = "simplecnn", dataset: str = "digits") -> Task:
         dataset_name=splits.name,
         model=float_model,
         splits=splits,
-        weights_path=weights,
+        weights_path=path,
     )
+
+
+def _check_weights_file(weights: str) -> None:
+    if not Path(weights).is_file():
+        raise DataError(
+            f"--weights must name a state-dict file (.pt or .safetensors), but {weights!r} "
+            "does not exist. Check the path, or drop --weights to use the trained default."
+        )
+
+
+def _load_weights(model: nn.Module, path: Path, name: str) -> Path:
+    """Load a local state dict into ``model``; every key and shape must fit."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # torch, pickle and safetensors raise many types for a bad file
+        reason = " ".join(str(e).split())[:300]
+        raise DataError(
+            f"--weights {str(path)!r} must hold a state dict that fits model {name!r}, but "
+            f"loading it failed: {type(e).__name__}: {reason}. Use weights saved from this "
+            "model (e.g. by `quide-search train`) or drop --weights."
+        ) from e
+    return path

@@ -32,3 +32,23 @@ def test_trained_model_reaches_the_accuracy_floor(digits_task) -> None:  # type:
 def test_model_dataset_mismatch_is_an_error() -> None:
     with pytest.raises(ConfigError, match="Did you mean: 'digits'"):
         load_task(model="simplecnn", dataset="digitz")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_weights_file_replaces_the_trained_default(
+    tmp_path: Path,
+    digits_task,  # type: ignore[no-untyped-def]
+    suffix: str,
+) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v * 0.5 for k, v in digits_task.model.state_dict().items()}
+    path = tmp_path / f"half{suffix}"
+    if suffix == ".pt":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    task = load_task(model="simplecnn", dataset="digits", weights=str(path))
+    assert task.weights_path == path
+    for key, value in task.model.state_dict().items():
+        assert torch.equal(value, state[key])

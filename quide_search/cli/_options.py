@@ -64,6 +64,23 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         default="digits",
         help="registered dataset name (default: digits, bundled with scikit-learn)",
     )
+    group.add_argument(
+        "--data-dir",
+        type=str,
+        default=None,
+        help="where dataset files live (default: $QUIDE_DATA_DIR or ./data)",
+    )
+    group.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download a missing dataset into --data-dir",
+    )
+    group.add_argument(
+        "--weights",
+        type=str,
+        default=None,
+        help="float state dict (.pt or .safetensors) to use instead of the cached training run",
+    )
 
 
 def add_gate_args(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +146,9 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     values: dict[str, Any] = {
         "model": args.model,
         "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "download": args.download,
+        "weights": args.weights,
         "max_accuracy_drop": drop,
         "min_accuracy": floor,
         "device": args.device,

@@ -31,6 +31,15 @@ class EvaluateCommand(Command):
             default=None,
             help="expected dataset; an error if the plan is for another one",
         )
+        parser.add_argument(
+            "--data-dir", type=str, default=None, help="where the plan's dataset files live"
+        )
+        parser.add_argument(
+            "--weights",
+            type=str,
+            default=None,
+            help="the float state dict the plan's study used, if not the trained default",
+        )
         add_device_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -38,7 +47,12 @@ class EvaluateCommand(Command):
         from quide_search.report import format_replay
 
         replay = evaluate_plan(
-            args.plan, device=args.device, model=args.model, dataset=args.dataset
+            args.plan,
+            device=args.device,
+            model=args.model,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            weights=args.weights,
         )
         print(format_replay(replay))
         return 1 if replay.reproduced is False else 0

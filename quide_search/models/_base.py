@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -24,6 +24,7 @@ class ModelSpec:
         description: One line for ``quide-search models``.
         train_epochs: Epochs of the seeded training run made on first use (0: no training).
         arch_version: Bumped whenever ``build`` changes, so stale cached weights are not reused.
+        dataset_epochs: Per-dataset overrides of ``train_epochs`` (large sets need fewer).
     """
 
     name: str
@@ -32,6 +33,11 @@ class ModelSpec:
     description: str
     train_epochs: int = 0
     arch_version: int = 1
+    dataset_epochs: Mapping[str, int] = field(default_factory=dict)
+
+    def epochs(self, dataset: str) -> int:
+        """Training epochs on ``dataset``."""
+        return self.dataset_epochs.get(dataset, self.train_epochs)
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "--model")
