@@ -37,6 +37,10 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for plug-ins and tests that register temporary entries)."""
+        self._items.pop(name.lower(), None)
+
     def get(self, name: str) -> T:
         """Return the object registered under ``name``.
 

@@ -63,6 +63,9 @@ class PlanObjective:
         self.gate = gate
         self.choices = list(choices)
         self.layers = list(scorer.weight_counts)
+        # Set by the SIGINT handler of ``session.optimize`` when Ctrl-C lands between trials.
+        self.interrupt_pending = False
+        self.in_trial = False
 
     def suggest(self, trial: optuna.Trial) -> BitPlan:
         """Ask the trial for one qtype per layer and return the plan."""
@@ -79,15 +82,21 @@ class PlanObjective:
                 and its reason in the ``fail_reason`` user attribute.
             KeyboardInterrupt: After recording the interruption and queueing the plan again.
         """
-        trial.set_user_attr("worker", _WORKER)
         try:
+            self.in_trial = True
+            if self.interrupt_pending:
+                raise KeyboardInterrupt
+            trial.set_user_attr("worker", _WORKER)
             return self._score(trial)
         except KeyboardInterrupt:
             # Optuna marks the trial FAIL and re-raises; the reason and one retry are ours.
+            self.in_trial = False
             trial.set_user_attr("fail_reason", INTERRUPTED)
             if len(trial.params) == len(self.layers):
                 retry_once(trial.study, trial.params, trial.user_attrs, trial.number, INTERRUPTED)
             raise
+        finally:
+            self.in_trial = False
 
     def _score(self, trial: optuna.Trial) -> float:
         plan = self.suggest(trial)

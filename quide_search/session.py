@@ -7,11 +7,15 @@ use the same stored baseline and gate, and count the same completed trials.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from quide_search.config import RunConfig
@@ -26,11 +30,13 @@ if TYPE_CHECKING:
     from quide_search.scorer import Scorer
     from quide_search.search import PlanObjective
 
-__all__ = ["PROTOCOL_SCHEMA_VERSION", "Session", "open_session", "optimize"]
+__all__ = ["DEFAULT_HEARTBEAT_S", "PROTOCOL_SCHEMA_VERSION", "Session", "open_session", "optimize"]
 
 PROTOCOL_SCHEMA_VERSION = 1
 # The protocol fields that must match for a resume: anything that changes what a number means.
 _PROTOCOL_KEYS = ("model", "dataset", "splits", "bits", "gate", "latency", "eval_batch_size")
+DEFAULT_HEARTBEAT_S = 60
+"""Heartbeat interval of RDB storages when --heartbeat is not given."""
 # How long a process that lost the race to create a study waits for its creator's baseline.
 _CREATOR_WAIT_S = 120.0
 
@@ -65,11 +71,13 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
 
     device = resolve_device(config.device)
     # The task first: an unknown model or dataset must fail before any storage file exists.
-    task = load_task(model=config.model, dataset=config.dataset)
+    task = load_task(**config.task_options())
     url = config.storage_url
     if config.storage is None:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-    heartbeat = config.heartbeat if supports_heartbeat(url) else 0
+    heartbeat = 0
+    if supports_heartbeat(url):
+        heartbeat = DEFAULT_HEARTBEAT_S if config.heartbeat is None else config.heartbeat
     backend = open_storage(url, heartbeat=heartbeat, on_stale=requeue_stale)
     torch.manual_seed(config.seed)
     scorer = Scorer.for_config(task, config, device=device)
@@ -133,6 +141,7 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "schema_version": PROTOCOL_SCHEMA_VERSION,
         "model": config.model,
         "dataset": config.dataset,
+        "weights": str(scorer.task.weights_path) if scorer.task.weights_path else None,
         "splits": scorer.task.splits.describe(),
         "bits": list(config.bits),
         "gate": config.gate_settings(),
@@ -215,16 +224,51 @@ def optimize(
             reason = trial.user_attrs.get("fail_reason", "unexpected error")
             (bar.write if progress else echo)(f"trial {trial.number} failed: {reason}")
 
+    def _stop_if_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if session.objective.interrupt_pending:
+            study.stop()
+
     try:
-        # Failed trials do not count towards the target, so allow as many again before giving up.
-        study.optimize(
-            session.objective,
-            n_trials=2 * (target - done) + 10,
-            catch=(TrialEvaluationError,),
-            callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), _report],
-        )
+        with _sigint_between_trials(session.objective):
+            # Failed trials do not count towards the target: allow as many again, then stop.
+            study.optimize(
+                session.objective,
+                n_trials=2 * (target - done) + 10,
+                catch=(TrialEvaluationError,),
+                callbacks=[
+                    MaxTrialsCallback(target, states=(TrialState.COMPLETE,)),
+                    _report,
+                    _stop_if_interrupted,
+                ],
+            )
     finally:
         bar.close()
+    if session.objective.interrupt_pending:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_between_trials(objective: PlanObjective) -> Iterator[None]:
+    """Make Ctrl-C interrupt a running trial at once, but never Optuna's own bookkeeping.
+
+    Inside the objective, SIGINT raises KeyboardInterrupt as usual (the objective records the
+    trial as failed and queues its plan again). Between trials it only sets a flag: the study
+    stops after the trial in hand is stored, so no trial is left RUNNING by the interrupt.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        objective.interrupt_pending = True
+        if objective.in_trial:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _completed(study: optuna.Study) -> int:

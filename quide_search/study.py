@@ -114,25 +114,28 @@ def run_search(
     import os
 
     from quide_search.session import open_session, optimize
-    from quide_search.workers import start_workers, stop_workers
+    from quide_search.workers import WorkerPool
 
     session = open_session(config)
-    workers = []
-    if config.workers > 1 and config.trials > 0:
-        if session.objective.scorer.device.type == "cpu":
-            echo(
-                f"note: {config.workers} workers share {os.cpu_count()} CPU cores, so T is "
-                "measured while other trials run; --threads 1 keeps them from oversubscribing."
-            )
-        workers = start_workers(config, config.workers - 1)
+    parallel = config.workers > 1 and config.trials > 0
+    if parallel and session.objective.scorer.device.type == "cpu":
+        echo(
+            f"note: {config.workers} workers share {os.cpu_count()} CPU cores, so T is "
+            "measured while other trials run; --threads 1 keeps them from oversubscribing."
+        )
+    pool: WorkerPool | None = None
     interrupted = False
     try:
+        if parallel:
+            pool = WorkerPool(config, config.workers - 1)
+            if not pool.wait_ready():
+                echo("warning: a worker failed to start; going on with those that did.")
         optimize(session, config.trials, progress=progress, echo=echo)
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
-        for problem in stop_workers(workers, interrupted=interrupted):
+        for problem in pool.stop(interrupted=interrupted) if pool else []:
             echo(f"warning: {problem}")
     return summarize(session.study, storage_url=session.storage_url, out_dir=config.out_dir)
 

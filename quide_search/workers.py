@@ -3,60 +3,81 @@
 Each worker is a fresh ``spawn`` process (no forked torch or database state) that opens the same
 storage, finds the study with its protocol and baseline already stored, and runs trials until the
 study holds the target number of completed trials. Workers use distinct sampler seeds so their
-first random proposals differ.
+first random proposals differ, and all processes start trials together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Barrier
 from typing import Any
 
 from quide_search.config import RunConfig
 
-__all__ = ["start_workers", "stop_workers"]
+__all__ = ["WorkerPool"]
 
+_READY_TIMEOUT_S = 900.0
 _INTERRUPT_GRACE_S = 5.0
 _STOP_GRACE_S = 60.0
 
 
-def start_workers(config: RunConfig, count: int) -> list[BaseProcess]:
-    """Start ``count`` worker processes on the study of ``config`` and return them."""
-    context = multiprocessing.get_context("spawn")
-    processes: list[BaseProcess] = []
-    for index in range(1, count + 1):
-        process = context.Process(
-            target=_work, args=(config.to_dict(), index), name=f"quide-worker-{index}"
-        )
-        process.start()
-        processes.append(process)
-    return processes
+class WorkerPool:
+    """``count`` worker processes on the study of ``config``, started at construction."""
+
+    def __init__(self, config: RunConfig, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._ready = context.Barrier(count + 1)
+        self.processes: list[BaseProcess] = []
+        for index in range(1, count + 1):
+            process = context.Process(
+                target=_work,
+                args=(config.to_dict(), index, self._ready),
+                name=f"quide-worker-{index}",
+            )
+            process.start()
+            self.processes.append(process)
+
+    def wait_ready(self) -> bool:
+        """Wait until every worker has loaded its task and joined the study.
+
+        Starting trials together keeps the load (and so the measured T) the same throughout.
+
+        Returns:
+            Whether all workers got ready; False when one failed to start.
+        """
+        try:
+            self._ready.wait(_READY_TIMEOUT_S)
+        except threading.BrokenBarrierError:
+            return False
+        return True
+
+    def stop(self, *, interrupted: bool) -> list[str]:
+        """Wait for the workers to finish and return one line per worker that did not end well.
+
+        After an interruption, a worker still running is sent SIGINT (so its trial is recorded
+        as failed and queued again) and, if it still does not stop, terminated.
+        """
+        problems = []
+        for process in self.processes:
+            process.join(_INTERRUPT_GRACE_S if interrupted else None)
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGINT)
+                process.join(_STOP_GRACE_S)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+            if process.exitcode != 0 and not (interrupted and process.exitcode == 130):
+                problems.append(f"{process.name} exited with code {process.exitcode}")
+        return problems
 
 
-def stop_workers(processes: list[BaseProcess], *, interrupted: bool) -> list[str]:
-    """Wait for the workers to finish and return one line per worker that did not end well.
-
-    After an interruption, a worker that is still running is sent SIGINT (so its trial is
-    recorded as failed and queued again) and, if it still does not stop, terminated.
-    """
-    problems = []
-    for process in processes:
-        process.join(_INTERRUPT_GRACE_S if interrupted else None)
-        if process.is_alive() and process.pid is not None:
-            os.kill(process.pid, signal.SIGINT)
-            process.join(_STOP_GRACE_S)
-        if process.is_alive():
-            process.terminate()
-            process.join()
-        if process.exitcode not in (0, 130) or (process.exitcode == 130 and not interrupted):
-            problems.append(f"{process.name} exited with code {process.exitcode}")
-    return problems
-
-
-def _work(config_data: dict[str, Any], index: int) -> None:
+def _work(config_data: dict[str, Any], index: int, ready: Barrier) -> None:
     from quide_search.errors import QuideError
     from quide_search.session import open_session, optimize
 
@@ -66,7 +87,13 @@ def _work(config_data: dict[str, Any], index: int) -> None:
         print(f"[worker {index}] {message}", file=sys.stderr)
 
     try:
-        session = open_session(config, sampler_seed=config.seed + index)
+        try:
+            session = open_session(config, sampler_seed=config.seed + index)
+        except BaseException:
+            ready.abort()  # the parent goes on with the workers that did start
+            raise
+        with contextlib.suppress(threading.BrokenBarrierError):
+            ready.wait(_READY_TIMEOUT_S)
         optimize(session, config.trials, progress=False, echo=echo)
     except QuideError as e:
         echo(f"error: {e}")

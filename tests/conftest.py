@@ -36,3 +36,14 @@ def cpu_scorer(digits_task):  # type: ignore[no-untyped-def]
     from quide_search.scorer import Scorer
 
     return Scorer(digits_task, device=torch.device("cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    # run_search fixes torch's thread count for the process (--threads); tests must not leak
+    # it, because float training reproduces bit-for-bit only at the same thread count.
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

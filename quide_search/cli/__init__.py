@@ -82,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QuideError as e:
         if debug:
             raise
-        print(f"quide-search {args_list[0]}: error: {e}", file=sys.stderr)
+        # One line, whatever a library put into the message.
+        message = " ".join(str(e).split())
+        print(f"quide-search {args_list[0]}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:

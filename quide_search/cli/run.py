@@ -76,10 +76,10 @@ class RunCommand(Command):
         workers.add_argument(
             "--heartbeat",
             type=count,
-            default=60,
+            default=None,
             help="seconds between a running trial's heartbeats; a trial silent for twice as "
-            "long is failed and its plan retried once (0: off; not for journal storage) "
-            "(default: 60)",
+            "long is failed and its plan retried once (0: off; RDB storages only, where the "
+            "default is 60)",
         )
 
     def run(self, args: argparse.Namespace) -> int:

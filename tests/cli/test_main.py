@@ -37,6 +37,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     )
     (tmp / "broken.json").write_text('{"schema_version": 1,')
+    import torch
+
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp / "wrong.pt")
+    (tmp / "garbage.pt").write_bytes(b"not a checkpoint")
     (tmp / "v9.json").write_text(json.dumps({**record, "schema_version": 9}))
     return tmp
 
@@ -103,6 +107,33 @@ BAD_INPUTS = [
     (["evaluate", "--plan", "bad-layer.json"], "'fc9' is not a quantizable layer"),
     (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "--dataset", "mnist", "--data-dir", "nodata"], "laid out as MNIST/raw/"),
+    (["sweep", "--dataset", "cifar10", "--data-dir", "nodata"], "or add --download"),
+    (["run", "--bits", "8,int8"], "--bits must not repeat a precision"),
+    (["run", "--weights", "missing.pt"], "--weights must name a state-dict file"),
+    (["run", "--weights", "wrong.pt"], "must hold a state dict that fits model 'simplecnn'"),
+    (["run", "--weights", "garbage.pt"], "must hold a state dict that fits model 'simplecnn'"),
+    (["evaluate", "--plan", "plan.json", "--weights", "garbage.pt"], "fits model"),
+    (["evaluate", "--plan", "plan.json", "--dataset", "mnist"], "--dataset must match"),
+    (["run", "--workers", "0"], "--workers: must be an integer >= 1, but got 0"),
+    (["run", "--heartbeat", "-5"], "--heartbeat: must be an integer >= 0, but got -5"),
+    (
+        ["run", "--storage", "journal:studies/j.log", "--heartbeat", "5"],
+        "--heartbeat needs an RDB storage",
+    ),
+    (["run", "--storage", "postgresql://nobody@127.0.0.1:1/x"], "cannot be opened"),
+    (
+        [
+            "export",
+            "--study",
+            "nope",
+            "--storage",
+            "sqlite:///studies/simplecnn-digits.db",
+            "--out",
+            "x.json",
+        ],
+        "Studies: simplecnn-digits",
+    ),
 ]
 
 

@@ -1,0 +1,70 @@
+"""Helpers for tests that run quide-search in real processes and watch its study storage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import optuna
+
+STUDY = "simplecnn-digits"
+ATTRS = {"C", "P", "T_ms", "I", "I_prime", "gate_passed", "avg_weight_bits", "stored_bytes"}
+
+
+def cli(*args: str) -> list[str]:
+    """The command line of ``quide-search ARGS`` in this interpreter."""
+    return [sys.executable, "-m", "quide_search", *args]
+
+
+def run_args(out_dir: Path, trials: int, *extra: str) -> list[str]:
+    """A quiet, single-threaded CPU `run` on the default task with its study under ``out_dir``."""
+    return cli(
+        "run", "--trials", str(trials), "--out-dir", str(out_dir), "--device", "cpu",
+        "--threads", "1", "--no-progress", *extra,
+    )  # fmt: skip
+
+
+def start(argv: Sequence[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def trials(storage: str, study: str = STUDY) -> list[optuna.trial.FrozenTrial]:
+    """Every trial of the study, read through a fresh connection (empty if not created yet)."""
+    kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
+    backend = optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
+    try:
+        names = [s.study_name for s in backend.get_all_studies()]
+        if study not in names:
+            return []
+        return optuna.load_study(study_name=study, storage=backend).get_trials()
+    finally:
+        backend.engine.dispose()
+
+
+def wait_until(
+    storage: str,
+    condition: Callable[[list[optuna.trial.FrozenTrial]], bool],
+    process: subprocess.Popen[str],
+    timeout: float = 120.0,
+) -> list[optuna.trial.FrozenTrial]:
+    """Poll the study until ``condition`` holds; fail if the process ends or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = trials(storage)
+        if condition(current):
+            return current
+        if process.poll() is not None:
+            raise AssertionError(f"process ended early: {process.communicate()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("condition not reached in time")
+
+
+Trials = list[optuna.trial.FrozenTrial]
+
+
+def by_state(all_trials: Trials, state: str) -> Trials:
+    return [t for t in all_trials if t.state.name == state]

@@ -1,0 +1,111 @@
+"""Kill, Ctrl-C and resume, with real processes: nothing completed is lost or duplicated."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from _procs import ATTRS, STUDY, by_state, run_args, start, trials, wait_until
+
+from quide_search.config import RunConfig
+from quide_search.search import INTERRUPTED, NO_HEARTBEAT
+from quide_search.study import load_study, run_search
+
+TARGET = 12
+
+
+def _running_with_plan(all_trials):  # type: ignore[no-untyped-def]
+    return len(by_state(all_trials, "COMPLETE")) >= 4 and any(
+        t.state.name == "RUNNING" and len(t.params) == 4 for t in all_trials
+    )
+
+
+def _completed_values(all_trials):  # type: ignore[no-untyped-def]
+    return {t.number: (t.params, t.value) for t in by_state(all_trials, "COMPLETE")}
+
+
+def test_sigkill_mid_trial_then_same_command_finishes(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    storage = f"sqlite:///{tmp_path}/{STUDY}.db"
+    argv = run_args(tmp_path, TARGET, "--heartbeat", "1")
+    process = start(argv)
+    seen = wait_until(storage, _running_with_plan, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = _completed_values(trials(storage))
+    assert set(_completed_values(seen)) <= set(before)
+    killed = [t for t in trials(storage) if t.state.name == "RUNNING"]
+    assert len(killed) == 1  # the trial in hand when the process died
+    time.sleep(2.5)  # past the heartbeat grace period (2 x 1 s): it is a crash, not a pause
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = trials(storage)
+    complete = by_state(after, "COMPLETE")
+    assert len(complete) == TARGET
+    # Nothing completed before the kill was lost, changed or measured again.
+    assert {n: v for n, v in _completed_values(after).items() if n in before} == before
+    measured = [t for t in complete if "duplicate_of" not in t.user_attrs]
+    plans = [tuple(sorted(t.params.items())) for t in measured]
+    assert len(plans) == len(set(plans))
+    # The killed trial failed on its stale heartbeat; its plan ran again exactly once.
+    stale = next(t for t in after if t.number == killed[0].number)
+    assert stale.state.name == "FAIL"
+    retries = [t for t in after if t.user_attrs.get("retry_of") == stale.number]
+    assert len(retries) == 1
+    assert retries[0].params == stale.params and retries[0].state.name == "COMPLETE"
+    assert retries[0].user_attrs["retry_reason"] == NO_HEARTBEAT
+    assert not by_state(after, "RUNNING") and not by_state(after, "WAITING")
+    assert all(set(t.user_attrs) >= ATTRS for t in complete)
+
+
+def test_sigint_records_the_trial_and_exits_130(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    storage = f"sqlite:///{tmp_path}/{STUDY}.db"
+    # Batch-1 evaluation makes each trial long, so the interrupt lands inside one.
+    argv = run_args(tmp_path, TARGET, "--eval-batch-size", "1")
+    process = start(argv)
+    wait_until(storage, _running_with_plan, process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "interrupted" in err
+    after = trials(storage)
+    assert not by_state(after, "RUNNING")
+    failed = by_state(after, "FAIL")
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == INTERRUPTED
+    queued = by_state(after, "WAITING")
+    assert [t.user_attrs["retry_of"] for t in queued] == [failed[0].number]
+    assert queued[0].system_attrs["fixed_params"] == failed[0].params  # how Optuna queues
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    final = trials(storage)
+    assert len(by_state(final, "COMPLETE")) == TARGET
+    retry = next(t for t in final if t.user_attrs.get("retry_of") == failed[0].number)
+    assert retry.state.name == "COMPLETE" and retry.params == failed[0].params
+
+
+def test_same_seed_proposes_same_plans_and_scores(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    def sequence(folder: Path) -> list[tuple[dict[str, str], float]]:
+        config = RunConfig(out_dir=str(folder), device="cpu", trials=14, seed=3, threads=1)
+        run_search(config, progress=False)
+        study = load_study(study=config.study_name, storage=config.storage_url)
+        ordered = sorted(study.trials, key=lambda t: t.number)
+        return [(t.params, t.user_attrs["P"]) for t in ordered]
+
+    first = sequence(tmp_path / "a")
+    second = sequence(tmp_path / "b")
+    assert len(first) == 14
+    assert first == second
+    # The TPE proposals after the uniform plans are not all the same plan.
+    assert len({tuple(sorted(p.items())) for p, _ in first}) >= 8
+
+
+def test_trials_zero_only_prepares_the_study(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    done = subprocess.run(run_args(tmp_path, 0), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    study = load_study(study=STUDY, storage=f"sqlite:///{tmp_path}/{STUDY}.db")
+    assert "baseline" in study.user_attrs and "protocol" in study.user_attrs
+    assert [t.state.name for t in study.trials] == ["WAITING"] * 3  # the uniform plans

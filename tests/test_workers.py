@@ -1,0 +1,68 @@
+"""Several processes on one study: local --workers, a worker joined by hand, PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import _postgres
+import pytest
+from _procs import ATTRS, STUDY, by_state, run_args, start, trials
+
+
+def _check_shared_study(storage: str, target: int, processes: int) -> None:
+    all_trials = trials(storage)
+    complete = by_state(all_trials, "COMPLETE")
+    # Each worker stops once the shared count reaches the target; trials already running then
+    # are let finish, so the study may hold up to (processes - 1) more.
+    assert target <= len(complete) <= target + processes - 1
+    numbers = [t.number for t in all_trials]
+    assert len(numbers) == len(set(numbers))
+    assert all(set(t.user_attrs) >= ATTRS for t in complete)
+    assert not by_state(all_trials, "RUNNING") and not by_state(all_trials, "FAIL")
+    workers = {t.user_attrs["worker"] for t in complete}
+    assert len(workers) == processes, workers  # every process really ran trials
+
+
+def test_three_local_workers_share_one_study(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    done = subprocess.run(
+        run_args(tmp_path, 24, "--workers", "3"), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    _check_shared_study(f"sqlite:///{tmp_path}/{STUDY}.db", 24, 3)
+    assert (
+        "24 completed trials" in done.stdout
+        or "25 completed" in done.stdout
+        or ("26 completed" in done.stdout)
+    )
+
+
+def test_process_started_by_hand_joins_the_same_study(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    # Both start together on an empty storage: one creates the study, the other waits for its
+    # baseline. Batch-1 evaluation makes trials long enough that all three processes get some.
+    slow = ("--eval-batch-size", "1")
+    first = start(run_args(tmp_path, 40, "--workers", "2", *slow))
+    second = start(run_args(tmp_path, 40, "--seed", "7", *slow))
+    for process in (first, second):
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    _check_shared_study(f"sqlite:///{tmp_path}/{STUDY}.db", 40, 3)
+
+
+@pytest.mark.skipif(_postgres.unavailable() is not None, reason=str(_postgres.unavailable()))
+def test_two_hosts_share_a_postgresql_study(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    with _postgres.cluster() as url:
+        common = ("--storage", url, "--study", "pg-study")
+        # Create the study (tables, protocol, baseline) before the workers start.
+        init = subprocess.run(run_args(tmp_path, 0, *common), capture_output=True, text=True)
+        assert init.returncode == 0, init.stderr
+        workers = [start(run_args(tmp_path, 16, *common, "--seed", str(s))) for s in (1, 2)]
+        for process in workers:
+            _, err = process.communicate(timeout=600)
+            assert process.returncode == 0, err
+        all_trials = trials(url, "pg-study")
+        complete = by_state(all_trials, "COMPLETE")
+        assert 16 <= len(complete) <= 17
+        assert len({t.number for t in all_trials}) == len(all_trials)
+        assert all(set(t.user_attrs) >= ATTRS for t in complete)
+        assert len({t.user_attrs["worker"] for t in complete}) == 2
