@@ -36,6 +36,8 @@ _EXPORTS = {
     "gated_index": "quide_search.metric",
     "intelligence_index": "quide_search.metric",
     "load_plan": "quide_search.export",
+    "load_quantized": "quide_search.checkpoint",
+    "save_quantized": "quide_search.checkpoint",
     "load_task": "quide_search.task",
     "pareto_front": "quide_search.pareto",
     "register_dataset": "quide_search.data",
@@ -60,15 +62,18 @@ __all__ = [
     "gated_index",
     "intelligence_index",
     "load_plan",
+    "load_quantized",
     "load_task",
     "pareto_front",
     "register_dataset",
     "register_model",
     "run_search",
     "run_sweep",
+    "save_quantized",
 ]
 
 if TYPE_CHECKING:
+    from quide_search.checkpoint import load_quantized, save_quantized
     from quide_search.config import RunConfig
     from quide_search.data import register_dataset
     from quide_search.errors import ConfigError, PlanError, QuideError, TrialEvaluationError

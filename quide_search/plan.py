@@ -235,7 +235,7 @@ def _layers_from_map(qmap: object) -> dict[str, str]:
 
 
 def read_plan_file(path: str | os.PathLike[str]) -> tuple[BitPlan, dict[str, Any]]:
-    """Read a plan JSON file; return the plan and the whole record (metrics, protocol ...).
+    """Read a plan file (JSON, or YAML by its suffix); return the plan and the whole record.
 
     Raises:
         PlanError: If the file is missing, not JSON, or not a valid plan.
@@ -250,15 +250,34 @@ def read_plan_file(path: str | os.PathLike[str]) -> tuple[BitPlan, dict[str, Any
         ) from e
     except (OSError, UnicodeDecodeError) as e:
         raise PlanError(f"plan file {str(p)!r} cannot be read as UTF-8 text: {e}.") from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PlanError(
-            f"plan file {str(p)!r} is not valid JSON ({e.msg} at line {e.lineno} "
-            f"column {e.colno})."
-        ) from e
+    if p.suffix.lower() in (".yaml", ".yml"):
+        data = _parse_yaml(text, p)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(
+                f"plan file {str(p)!r} is not valid JSON ({e.msg} at line {e.lineno} "
+                f"column {e.colno})."
+            ) from e
     plan = BitPlan.from_dict(data)
     return plan, data
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        reason = " ".join(str(e).split())
+        raise PlanError(f"plan file {str(path)!r} is not valid YAML ({reason}).") from e
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -274,6 +293,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,7 +10,16 @@ if TYPE_CHECKING:
     from quide_search.study import SearchSummary
     from quide_search.sweep import SweepResult
 
-__all__ = ["format_replay", "format_summary", "format_sweep", "format_table"]
+__all__ = [
+    "format_replay",
+    "format_studies",
+    "format_study",
+    "format_summary",
+    "format_sweep",
+    "format_table",
+    "gate_text",
+    "plan_text",
+]
 
 _COLUMNS = ("C", "P", "T_ms", "I", "I_prime")
 
@@ -110,3 +119,77 @@ def format_replay(replay: Replay) -> str:
         None: "the plan stores no P to compare",
     }[replay.reproduced]
     return "\n".join([format_table(["", *_COLUMNS, "gate"], rows), "", verdict])
+
+
+def gate_text(summary: SearchSummary) -> str:
+    """Return the study's gate as ``P >= threshold`` with how the threshold was set."""
+    from quide_search.metric import Gate
+
+    settings = summary.protocol.get("gate") or {}
+    if "P" not in summary.baseline:
+        return str(settings)
+    gate = Gate(baseline_P=summary.baseline["P"], **settings)
+    parts = []
+    if settings.get("max_drop") is not None:
+        parts.append(f"fp32 P - {settings['max_drop']}")
+    if settings.get("min_accuracy") is not None:
+        parts.append(f"floor {settings['min_accuracy']}")
+    return f"P >= {gate.threshold:.4f} ({', '.join(parts)})"
+
+
+def plan_text(plan: Mapping[str, str]) -> str:
+    """Return a plan as ``layer=qtype, ...`` (short qtype names)."""
+    return ", ".join(f"{k}={v.removeprefix('q')}" for k, v in plan.items())
+
+
+def format_studies(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Return the ``studies`` table: one line per study with counts, best I' and baseline."""
+    if not rows:
+        return "no studies found"
+
+    def dash(value: Any) -> Any:
+        return "-" if value is None else value
+
+    table = [
+        [
+            r["study"], r["task"], r["complete"], r["failed"], r["running"],
+            dash(r["best_I_prime"]), dash(r["best_trial"]), dash(r["baseline_P"]),
+            dash(r["baseline_T_ms"]), r["storage"],
+        ]
+        for r in rows
+    ]  # fmt: skip
+    headers = ["study", "task", "done", "failed", "running", "best I'", "trial", "fp32 P"]
+    return format_table([*headers, "fp32 T_ms", "storage"], table)
+
+
+def format_study(summary: SearchSummary) -> str:
+    """Return ``show``: protocol, baseline, uniform rows, the best plan and the Pareto front."""
+    protocol = summary.protocol
+    lines = [
+        f"study {summary.study_name!r} in {summary.storage_url}",
+        f"task {protocol.get('model')}/{protocol.get('dataset')}, bits "
+        f"{','.join(protocol.get('bits', []))}, gate {gate_text(summary)}, T in ms at batch "
+        f"{summary.latency.get('batch_size')} on {summary.latency.get('device')} "
+        f"({summary.latency.get('method')}, {summary.latency.get('threads')} threads)",
+        f"{summary.completed} completed, {summary.failed} failed, {summary.running} running",
+        "",
+        format_table(
+            ["plan", *_COLUMNS, "gate", "trial"],
+            [_row("fp32 baseline", summary.baseline, ["-"])]
+            + [
+                _row("uniform " + next(iter(r["plan"].values())), r, [r["trial"]])
+                for r in summary.uniform
+            ],
+        ),
+    ]
+    if summary.best is not None:
+        kind = "best feasible" if summary.best["feasible"] else "best so far (none feasible)"
+        lines += ["", f"{kind}: trial {summary.best['trial']}, I' {summary.best['I_prime']:.4f}"]
+        lines.append(f"  {plan_text(summary.best['plan'])}")
+    front = [
+        [p["trial"], *(p[c] for c in _COLUMNS), p["gate_passed"], plan_text(p["plan"])]
+        for p in sorted(summary.pareto, key=lambda p: -p["C"])
+    ]
+    lines += ["", f"Pareto front over (C max, P max, T min): {len(front)} points", ""]
+    lines.append(format_table(["trial", *_COLUMNS, "gate", "plan"], front))
+    return "\n".join(lines)

@@ -7,6 +7,7 @@ read the same facts the search used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ __all__ = [
     "SearchSummary",
     "best_row",
     "completed_rows",
+    "list_studies",
+    "study_front",
     "load_study",
     "run_search",
     "summarize",
@@ -49,6 +52,13 @@ class SearchSummary:
     pareto_path: Path
     pareto: list[dict[str, Any]]
     latency: dict[str, Any]
+    protocol: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the summary as plain JSON types (for ``show --json``)."""
+        data = dataclasses.asdict(self)
+        data["pareto_path"] = str(self.pareto_path)
+        return data
 
 
 def load_study(*, study: str, storage: str) -> optuna.Study:
@@ -81,6 +91,48 @@ def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
         row = {"trial": t.number, "plan": dict(t.params)}
         row.update({k: t.user_attrs[k] for k in RECORD_KEYS})
         rows.append(row)
+    return rows
+
+
+def study_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the Pareto front of completed rows, one point per distinct plan.
+
+    A plan proposed again reuses its first trial's metrics, so its later trials are the same
+    point; the front keeps the first trial of each plan.
+    """
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault(json.dumps(r["plan"], sort_keys=True), r)
+    return [dict(p) for p in pareto_front(list(first.values()))]
+
+
+def list_studies(storage_urls: list[str]) -> list[dict[str, Any]]:
+    """Return one overview row per study in each storage: counts, best I', baseline."""
+    import optuna
+
+    rows = []
+    for url in storage_urls:
+        backend = open_storage(url, must_exist=True)
+        for name in study_names(backend):
+            study = optuna.load_study(study_name=name, storage=backend)
+            states = [t.state.name for t in study.get_trials(deepcopy=False)]
+            best = best_row(completed_rows(study))
+            baseline = study.user_attrs.get("baseline", {})
+            protocol = study.user_attrs.get("protocol", {})
+            rows.append(
+                {
+                    "storage": url,
+                    "study": name,
+                    "task": f"{protocol.get('model', '?')}/{protocol.get('dataset', '?')}",
+                    "complete": states.count("COMPLETE"),
+                    "failed": states.count("FAIL"),
+                    "running": states.count("RUNNING"),
+                    "best_I_prime": best["I_prime"] if best and best["feasible"] else None,
+                    "best_trial": best["trial"] if best else None,
+                    "baseline_P": baseline.get("P"),
+                    "baseline_T_ms": baseline.get("T_ms"),
+                }
+            )
     return rows
 
 
@@ -140,14 +192,20 @@ def run_search(
     return summarize(session.study, storage_url=session.storage_url, out_dir=config.out_dir)
 
 
-def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> SearchSummary:
-    """Summarise a study from storage and persist its Pareto front as JSON next to it."""
+def summarize(
+    study: optuna.Study, *, storage_url: str, out_dir: str | Path, persist: bool = True
+) -> SearchSummary:
+    """Summarise a study from storage, the Pareto front recomputed from its trials.
+
+    With ``persist`` (after every run) the front is also written as JSON next to the study and
+    stored as a study attribute; reading commands pass False and change nothing.
+    """
     import optuna
 
     rows = completed_rows(study)
     uniform = _unique_by_plan([r for r in rows if len(set(r["plan"].values())) == 1])
     best = best_row(rows)
-    front = [dict(p) for p in pareto_front(rows)]
+    front = study_front(rows)
     path = _pareto_path(study.study_name, storage_url, out_dir)
     payload = {
         "study": study.study_name,
@@ -155,10 +213,11 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
         "objectives": {"C": "max", "P": "max", "T_ms": "min"},
         "front": front,
     }
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
-    study.set_user_attr(
-        "pareto_front", [{k: p[k] for k in ("trial", "C", "P", "T_ms")} for p in front]
-    )
+    if persist:
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+        study.set_user_attr(
+            "pareto_front", [{k: p[k] for k in ("trial", "C", "P", "T_ms")} for p in front]
+        )
     states = optuna.trial.TrialState
     failed = len(study.get_trials(deepcopy=False, states=(states.FAIL,)))
     running = len(study.get_trials(deepcopy=False, states=(states.RUNNING,)))
@@ -175,6 +234,7 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
         pareto_path=path,
         pareto=front,
         latency=dict(study.user_attrs.get("protocol", {}).get("latency", {})),
+        protocol=dict(study.user_attrs.get("protocol", {})),
     )
 
 

@@ -89,3 +89,86 @@ def test_evaluate_reproduces_p_exactly(study_dir: Path) -> None:
     assert record["metrics"]["C"] == replay.measured.C
     with pytest.raises(ConfigError, match="--model must match"):
         evaluate_plan(out, device="cpu", model="resnet18")
+
+
+def test_yaml_export_reads_back_as_the_same_plan(study_dir: Path) -> None:
+    storage = _storage(study_dir)
+    as_json = export_plan(study="simplecnn-digits", storage=storage, out=study_dir / "b.json")
+    as_yaml = export_plan(
+        study="simplecnn-digits", storage=storage, out=study_dir / "b.yaml", fmt="yaml"
+    )
+    assert as_yaml.read_text().startswith("schema_version: 1\n")
+    assert load_plan(as_yaml) == load_plan(as_json)
+    assert evaluate_plan(as_yaml, device="cpu").reproduced is True
+
+
+def test_pareto_export_writes_every_front_point_and_an_index(study_dir: Path) -> None:
+    storage = _storage(study_dir)
+    out = export_plan(
+        study="simplecnn-digits", storage=storage, trial="pareto", out=study_dir / "front"
+    )
+    index = json.loads((out / "index.json").read_text())
+    stored = load_study(study="simplecnn-digits", storage=storage).user_attrs["pareto_front"]
+    assert [p["trial"] for p in index["front"]] == [p["trial"] for p in stored]
+    for point in index["front"]:
+        plan, record = load_plan(out / point["path"])
+        assert record["source"]["trial"] == point["trial"]
+        assert record["metrics"]["P"] == point["P"]
+
+
+def test_checkpoint_reloads_to_the_trial_model_and_its_bytes_are_c(study_dir: Path) -> None:
+    import struct
+
+    from quide_search import load_quantized
+    from quide_search.task import load_task
+
+    storage = _storage(study_dir)
+    out = export_plan(
+        study="simplecnn-digits", storage=storage, trial=1, out=study_dir / "ck", checkpoint=True
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.safetensors", "plan.json", "quantization_map.json",
+    ]  # fmt: skip
+    plan, record = load_plan(out / "plan.json")
+    task = load_task()
+    trial_model = apply_plan(task.model, plan)
+    torch.manual_seed(123)  # a skeleton with other float weights: they must not matter
+    reloaded = load_quantized(SimpleCNN(), out)
+    x = task.splits.eval.inputs
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), trial_model(x))
+    weights = out / "model.safetensors"
+    header = struct.unpack("<Q", weights.read_bytes()[:8])[0]
+    tensor_bytes = weights.stat().st_size - 8 - header
+    assert tensor_bytes == record["metrics"]["stored_bytes"]
+    assert record["metrics"]["C"] == pytest.approx(
+        record["metrics"]["baseline_bytes"] / tensor_bytes
+    )
+
+
+def test_interrupted_checkpoint_export_keeps_the_old_one(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors.torch
+
+    storage = _storage(study_dir)
+    out = study_dir / "ck-atomic"
+    export_plan(study="simplecnn-digits", storage=storage, trial=0, out=out, checkpoint=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def dies_half_way(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        export_plan(study="simplecnn-digits", storage=storage, trial=1, out=out, checkpoint=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in study_dir.iterdir() if p.name.startswith(".ck-atomic")] == []
+
+
+def test_load_quantized_names_missing_files(tmp_path: Path) -> None:
+    from quide_search import load_quantized
+    from quide_search.errors import DataError
+
+    with pytest.raises(DataError, match="lacks model.safetensors, quantization_map.json"):
+        load_quantized(SimpleCNN(), tmp_path)

@@ -18,3 +18,4 @@ def test_readme_python_example_runs(
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "True"
     assert (tmp_path / "plan.json").exists()
+    assert (tmp_path / "best" / "model.safetensors").exists()

@@ -14,14 +14,26 @@ import sys
 from collections.abc import Sequence
 
 from quide_search.cli._base import Command, QuideArgumentParser, UsageError
+from quide_search.cli.dashboard import DashboardCommand
 from quide_search.cli.evaluate import EvaluateCommand
 from quide_search.cli.export import ExportCommand
+from quide_search.cli.report import ReportCommand
 from quide_search.cli.run import RunCommand
+from quide_search.cli.studies import ShowCommand, StudiesCommand
 from quide_search.cli.sweep import SweepCommand
 
 __all__ = ["build_parser", "console_main", "main"]
 
-_COMMANDS: tuple[type[Command], ...] = (RunCommand, SweepCommand, ExportCommand, EvaluateCommand)
+_COMMANDS: tuple[type[Command], ...] = (
+    RunCommand,
+    SweepCommand,
+    StudiesCommand,
+    ShowCommand,
+    ReportCommand,
+    DashboardCommand,
+    ExportCommand,
+    EvaluateCommand,
+)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

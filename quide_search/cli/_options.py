@@ -11,11 +11,13 @@ __all__ = [
     "add_device_arg",
     "add_gate_args",
     "add_measure_args",
+    "add_study_args",
     "add_task_args",
     "config_from_args",
     "count",
     "gate_fraction",
     "positive_int",
+    "study_storage",
 ]
 
 
@@ -133,6 +135,24 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch threads, fixed for the run and recorded with T (default: torch's choice)",
     )
+
+
+def add_study_args(parser: argparse.ArgumentParser) -> None:
+    """Add --study (required) and --storage, for the commands that read one study."""
+    parser.add_argument("--study", type=str, required=True, help="name of the study")
+    parser.add_argument(
+        "--storage",
+        type=str,
+        default=None,
+        help="storage URL (default: sqlite:///studies/<study>.db)",
+    )
+
+
+def study_storage(args: argparse.Namespace) -> str:
+    """The storage URL of ``--study``: ``--storage`` or the default SQLite file."""
+    from quide_search.storage import default_storage_url
+
+    return str(args.storage or default_storage_url(study=args.study))
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:

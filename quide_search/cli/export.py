@@ -10,12 +10,14 @@ __all__ = ["ExportCommand"]
 
 
 class ExportCommand(Command):
-    """Write a trial's plan, metrics and protocol as a versioned JSON file."""
+    """Write a trial's plan (JSON or YAML), the Pareto front's plans, or a quantized checkpoint."""
 
     name = "export"
     epilog = """examples:
   quide-search export --study simplecnn-digits --out plan.json
-  quide-search export --study simplecnn-digits --trial 7 --out plan7.json"""
+  quide-search export --study simplecnn-digits --trial 7 --out plan7.json
+  quide-search export --study simplecnn-digits --trial pareto --out front/ --format yaml
+  quide-search export --study simplecnn-digits --checkpoint --out best-int/"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--study", type=str, required=True, help="name of the study")
@@ -29,15 +31,41 @@ class ExportCommand(Command):
             "--trial",
             type=str,
             default="best",
-            help="'best' (highest I' passing the gate) or a trial number",
+            help="'best' (highest I' passing the gate), a trial number, or 'pareto' (one "
+            "plan per front point in the directory --out, with index.json)",
         )
-        parser.add_argument("--out", type=str, required=True, help="path of the plan JSON")
+        parser.add_argument(
+            "--out",
+            type=str,
+            required=True,
+            help="plan file; a directory for --trial pareto or --checkpoint",
+        )
+        parser.add_argument(
+            "--format",
+            type=str,
+            choices=("json", "yaml"),
+            default="json",
+            help="plan file format (default: json)",
+        )
+        parser.add_argument(
+            "--checkpoint",
+            action="store_true",
+            help="also write the quantized model (model.safetensors) and quanto's "
+            "quantization_map.json; reload with quide_search.load_quantized(model, DIR)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.export import export_plan
         from quide_search.storage import default_storage_url
 
         storage = args.storage or default_storage_url(study=args.study)
-        path = export_plan(study=args.study, storage=storage, trial=args.trial, out=args.out)
+        path = export_plan(
+            study=args.study,
+            storage=storage,
+            trial=args.trial,
+            out=args.out,
+            fmt=args.format,
+            checkpoint=args.checkpoint,
+        )
         print(f"wrote {path}")
         return 0

@@ -77,7 +77,7 @@ BAD_INPUTS = [
     ),
     (
         ["export", "--study", "simplecnn-digits", "--trial", "last", "--out", "x.json"],
-        "--trial must be 'best' or a trial number",
+        "--trial must be 'best', 'pareto' or a trial number",
     ),
     (["export", "--study", "nope", "--out", "x.json"], "does not exist"),
     (
@@ -107,6 +107,20 @@ BAD_INPUTS = [
     (["evaluate", "--plan", "bad-layer.json"], "'fc9' is not a quantizable layer"),
     (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["show", "--study", "nope"], "does not exist"),
+    (["report", "--study", "nope", "--out", "r.html"], "does not exist"),
+    (["dashboard", "--study", "nope"], "does not exist"),
+    (["dashboard", "--study", "simplecnn-digits", "--port", "0"], "--port: must be an integer"),
+    (["studies", "--out-dir", "nowhere"], "--out-dir must be a directory of studies"),
+    (["studies", "--storage", "sqlite:///studies/none.db"], "does not exist"),
+    (
+        ["export", "--study", "simplecnn-digits", "--out", "x.xml", "--format", "xml"],
+        "invalid choice: 'xml'",
+    ),
+    (
+        ["export", "--study", "simplecnn-digits", "--trial", "pareto", "--out", "plan.json"],
+        "must be a directory",
+    ),
     (["run", "--dataset", "mnist", "--data-dir", "nodata"], "laid out as MNIST/raw/"),
     (["sweep", "--dataset", "cifar10", "--data-dir", "nodata"], "or add --download"),
     (["run", "--bits", "8,int8"], "--bits must not repeat a precision"),
@@ -219,3 +233,41 @@ def test_console_script_runs_embedded_default(tmp_path: Path, argv: list[str]) -
     )
     assert result.returncode == 0, result.stderr
     assert "best found" in result.stdout and "fp32 baseline" in result.stdout
+
+
+def test_study_manager_commands(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(workdir)
+    assert main(["studies"]) == 0
+    listing = capsys.readouterr().out
+    assert "simplecnn-digits" in listing and "simplecnn/digits" in listing
+    assert main(["studies", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["study"], row["complete"], row["failed"]) == ("simplecnn-digits", 4, 0)
+    assert main(["show", "--study", "simplecnn-digits", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["completed"] == 4 and shown["best"]["trial"] == row["best_trial"]
+    assert {p["trial"] for p in shown["pareto"]} <= set(range(4))
+    assert shown["protocol"]["latency_source"] == "measured"
+    assert main(["show", "--study", "simplecnn-digits"]) == 0
+    text = capsys.readouterr().out
+    assert "Pareto front over (C max, P max, T min)" in text and "uniform qint8" in text
+
+
+def test_export_formats_from_the_command_line(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(workdir)
+    common = ["export", "--study", "simplecnn-digits"]
+    assert main([*common, "--format", "yaml", "--out", str(tmp_path / "p.yaml")]) == 0
+    assert (tmp_path / "p.yaml").read_text().startswith("schema_version: 1")
+    assert main([*common, "--trial", "pareto", "--out", str(tmp_path / "front")]) == 0
+    index = json.loads((tmp_path / "front" / "index.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "front").iterdir()) == sorted(
+        ["index.json", *(p["path"] for p in index["front"])]
+    )
+    assert main([*common, "--checkpoint", "--out", str(tmp_path / "ck")]) == 0
+    assert {p.name for p in (tmp_path / "ck").iterdir()} == {
+        "plan.json", "model.safetensors", "quantization_map.json",
+    }  # fmt: skip

@@ -1,0 +1,75 @@
+"""``quide-search studies`` and ``quide-search show``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from quide_search.cli._base import Command
+from quide_search.cli._options import add_study_args, study_storage
+
+__all__ = ["ShowCommand", "StudiesCommand"]
+
+
+class StudiesCommand(Command):
+    """List studies with their trial counts, best I' and fp32 baseline."""
+
+    name = "studies"
+    epilog = """examples:
+  quide-search studies                           # every studies/*.db
+  quide-search studies --storage postgresql://user@db-host/quide"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--storage", type=str, default=None, help="one storage URL (default: --out-dir)"
+        )
+        parser.add_argument(
+            "--out-dir",
+            type=str,
+            default="studies",
+            help="directory whose *.db SQLite studies are listed (default: studies)",
+        )
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from quide_search.errors import StorageError
+        from quide_search.report import format_studies
+        from quide_search.study import list_studies
+
+        if args.storage:
+            urls = [args.storage]
+        else:
+            folder = Path(args.out_dir)
+            if not folder.is_dir():
+                raise StorageError(
+                    f"--out-dir must be a directory of studies, but {args.out_dir!r} does not "
+                    "exist. Run `quide-search run` first, or pass --storage URL."
+                )
+            urls = [f"sqlite:///{p}" for p in sorted(folder.glob("*.db"))]
+        rows = list_studies(urls)
+        print(json.dumps(rows, indent=2) if args.json else format_studies(rows))
+        return 0
+
+
+class ShowCommand(Command):
+    """Show one study: baseline, uniform plans, best feasible plan and the Pareto front."""
+
+    name = "show"
+    epilog = """examples:
+  quide-search show --study simplecnn-digits
+  quide-search show --study simplecnn-digits --json | jq .best.plan"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_study_args(parser)
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from quide_search.report import format_study
+        from quide_search.study import load_study, summarize
+
+        storage = study_storage(args)
+        study = load_study(study=args.study, storage=storage)
+        summary = summarize(study, storage_url=storage, out_dir="studies", persist=False)
+        print(json.dumps(summary.to_dict(), indent=2) if args.json else format_study(summary))
+        return 0

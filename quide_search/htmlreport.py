@@ -1,0 +1,256 @@
+"""One self-contained HTML report of a study, drawn with plotly (its JavaScript embedded once).
+
+The report opens offline: no CDN, no server. It holds the Pareto front (C against P, colour T,
+the knee and the best I' marked, the plan on hover), I' over the trials, the per-layer bit-widths
+of the front's plans, the sensitivity table when the study stores one, and the uniform rows.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quide_search.plan import atomic_write_text
+from quide_search.report import gate_text, plan_text
+from quide_search.study import SearchSummary, completed_rows, load_study, summarize
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+__all__ = ["PLOT_IDS", "build_figures", "write_report"]
+
+PLOT_IDS = ("pareto", "progress", "bits")
+_BITS = {"qint8": 8, "qfloat8": 8, "qint4": 4, "qint2": 2, "none": 32}
+_COLUMNS = ("C", "P", "T_ms", "I", "I_prime")
+
+
+def write_report(
+    *, study: str, storage: str, out: str | os.PathLike[str], png: bool = False
+) -> list[Path]:
+    """Write the HTML report of a study (and, with ``png``, one PNG per plot); return paths.
+
+    Raises:
+        StorageError: If the study does not exist.
+        ConfigError: If ``png`` is asked and kaleido cannot render.
+    """
+    import plotly.offline
+
+    loaded = load_study(study=study, storage=storage)
+    summary = summarize(loaded, storage_url=storage, out_dir="studies", persist=False)
+    rows = completed_rows(loaded)
+    figures = build_figures(summary, rows)
+    sections = [
+        figures[k].to_html(full_html=False, include_plotlyjs=False, div_id=k) for k in PLOT_IDS
+    ]
+    page = _page(summary, sections, loaded.user_attrs.get("sensitivity"))
+    page = page.replace("/*PLOTLY*/", plotly.offline.get_plotlyjs())
+    path = Path(out)
+    atomic_write_text(path, page)
+    written = [path]
+    if png:
+        written += _write_pngs(figures, path)
+    return written
+
+
+def _knee(summary: SearchSummary) -> Mapping[str, Any]:
+    """The uniform-protocol knee: the highest I' among fp32 and the uniform plans."""
+    candidates = [{**summary.baseline, "trial": "fp32", "plan": {}}, *summary.uniform]
+    return max(candidates, key=lambda r: (r["I_prime"], r["I"]))
+
+
+def build_figures(
+    summary: SearchSummary, rows: Sequence[Mapping[str, Any]]
+) -> dict[str, go.Figure]:
+    """Return the report's plotly figures, keyed by the ids in :data:`PLOT_IDS`."""
+    return {
+        "pareto": _pareto_figure(summary, rows),
+        "progress": _progress_figure(rows),
+        "bits": _bits_figure(summary),
+    }
+
+
+def _hover(r: Mapping[str, Any]) -> str:
+    plan = plan_text(r["plan"]) if r["plan"] else "all layers float (fp32)"
+    return (
+        f"trial {r['trial']}<br>C {r['C']:.3f}, P {r['P']:.4f}, T {r['T_ms']:.4f} ms<br>"
+        f"I' {r['I_prime']:.4f}<br>{plan}"
+    )
+
+
+def _pareto_figure(summary: SearchSummary, rows: Sequence[Mapping[str, Any]]) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[r["C"] for r in rows], y=[r["P"] for r in rows], mode="markers",
+            name="all trials", marker={"color": "lightgrey", "size": 7},
+            hovertext=[_hover(r) for r in rows], hoverinfo="text",
+        )
+    )  # fmt: skip
+    front = summary.pareto
+    fig.add_trace(
+        go.Scatter(
+            x=[p["C"] for p in front], y=[p["P"] for p in front], mode="markers",
+            name="Pareto front over (C, P, T)", hovertext=[_hover(p) for p in front],
+            hoverinfo="text",
+            marker={
+                "size": 11, "color": [p["T_ms"] for p in front], "colorscale": "Viridis",
+                "colorbar": {"title": {"text": "T (ms)"}}, "showscale": True,
+            },
+        )
+    )  # fmt: skip
+    for label, point, symbol in (
+        ("knee (best uniform I')", _knee(summary), "star"),
+        ("best I'", summary.best, "diamond"),
+    ):
+        if point:
+            fig.add_trace(
+                go.Scatter(
+                    x=[point["C"]], y=[point["P"]], mode="markers", name=label,
+                    marker={"symbol": symbol, "size": 18, "color": "crimson",
+                            "line": {"width": 1, "color": "black"}},
+                    hovertext=[_hover(point)], hoverinfo="text",
+                )
+            )  # fmt: skip
+    fig.update_layout(
+        title=f"C against P (colour: T in ms); gate: {gate_text(summary)}",
+        xaxis_title="C (compression from stored bytes)", yaxis_title="P (accuracy)",
+        height=560, legend={"orientation": "h", "y": -0.2},
+    )  # fmt: skip
+    return fig
+
+
+def _progress_figure(rows: Sequence[Mapping[str, Any]]) -> go.Figure:
+    import plotly.graph_objects as go
+
+    ordered = sorted(rows, key=lambda r: r["trial"])
+    best, running = float("-inf"), []
+    for r in ordered:
+        best = max(best, r["I_prime"])
+        running.append(best)
+    numbers = [r["trial"] for r in ordered]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=numbers, y=[r["I_prime"] for r in ordered], mode="markers", name="I' of the trial",
+            hovertext=[_hover(r) for r in ordered], hoverinfo="text",
+        )
+    )  # fmt: skip
+    fig.add_trace(go.Scatter(x=numbers, y=running, mode="lines", name="best so far"))
+    fig.update_layout(title="I' over trials", xaxis_title="trial", yaxis_title="I'", height=420)
+    return fig
+
+
+def _bits_figure(summary: SearchSummary) -> go.Figure:
+    import plotly.graph_objects as go
+
+    front = summary.pareto
+    layers = list(front[0]["plan"]) if front else []
+    z = [[_BITS.get(p["plan"][name], 0) for name in layers] for p in front]
+    text = [[p["plan"][name].removeprefix("q") for name in layers] for p in front]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=layers, y=[f"trial {p['trial']} (C {p['C']:.2f})" for p in front],
+            text=text, texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=32,
+            colorbar={"title": {"text": "bits"}},
+        )
+    )  # fmt: skip
+    fig.update_layout(
+        title="Per-layer weight precision of the Pareto front's plans",
+        height=max(300, 60 + 28 * len(front)),
+    )
+    return fig
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, bool):
+            return "pass" if v else "FAIL"
+        return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _uniform_table(summary: SearchSummary) -> str:
+    knee = _knee(summary)
+    rows = [
+        [label, *(r[c] for c in _COLUMNS), r["gate_passed"], "knee" if r is knee else ""]
+        for label, r in [
+            ("fp32", summary.baseline),
+            *((next(iter(r["plan"].values())), r) for r in summary.uniform),
+        ]
+    ]
+    # The knee was built from a copy of the baseline, so compare values for that row.
+    if knee.get("trial") == "fp32":
+        rows[0][-1] = "knee"
+    return _table(["precision", *_COLUMNS, "gate", ""], rows)
+
+
+def _sensitivity_table(sensitivity: Any) -> str:
+    if not sensitivity:
+        return "<p>This study stores no sensitivity analysis.</p>"
+    entries = sensitivity if isinstance(sensitivity, list) else []
+    headers = list(entries[0]) if entries else []
+    return _table(headers, [[e.get(h) for h in headers] for e in entries])
+
+
+def _page(summary: SearchSummary, sections: Sequence[str], sensitivity: Any) -> str:
+    lat = summary.latency
+    title = html.escape(f"quide-search report: {summary.study_name}")
+    protocol = summary.protocol
+    facts = html.escape(
+        f"{protocol.get('model')}/{protocol.get('dataset')}; bits "
+        f"{', '.join(protocol.get('bits', []))}; {summary.completed} completed, "
+        f"{summary.failed} failed trials; T in ms at batch {lat.get('batch_size')} on "
+        f"{lat.get('device')} ({lat.get('method')}, {lat.get('threads')} threads)"
+    )
+    best = summary.best
+    best_line = (
+        html.escape(
+            f"best I' {best['I_prime']:.4f} (trial {best['trial']}): {plan_text(best['plan'])}"
+        )
+        if best
+        else "no completed trial"
+    )
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}"
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>{style}</style><script>/*PLOTLY*/</script></head><body>
+<h1>{title}</h1>
+<p>{facts}</p>
+<p>I = C&middot;P / log2(T+1); I&prime; = I when P passes the gate, else 0. {best_line}</p>
+<h2>Pareto front</h2>{sections[0]}
+<h2>Search progress</h2>{sections[1]}
+<h2>Bit-widths on the front</h2>{sections[2]}
+<h2>Uniform precisions</h2>{_uniform_table(summary)}
+<h2>Sensitivity</h2>{_sensitivity_table(sensitivity)}
+</body></html>
+"""
+
+
+def _write_pngs(figures: Mapping[str, go.Figure], html_path: Path) -> list[Path]:
+    from quide_search.errors import ConfigError
+
+    paths = []
+    for key, fig in figures.items():
+        path = html_path.with_name(f"{html_path.stem}-{key}.png")
+        try:
+            fig.write_image(str(path), width=1100, height=int(fig.layout.height or 500))
+        except Exception as e:  # kaleido missing, or no browser it can start
+            reason = " ".join(str(e).split())[:200]
+            raise ConfigError(
+                f"--png needs kaleido and a Chrome or Chromium it can start, but writing "
+                f"{str(path)!r} failed: {reason}. Install kaleido, or drop --png."
+            ) from e
+        paths.append(path)
+    return paths
