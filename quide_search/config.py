@@ -46,6 +46,9 @@ class RunConfig:
     batch_size: int = field(default=1, metadata={"help": "latency batch size"})
     eval_batch_size: int = field(default=256, metadata={"help": "accuracy batch size"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
+    latency: str = field(
+        default="measured", metadata={"help": "T source: measured, or model:PROFILE (estimated)"}
+    )
     out_dir: str = field(default="studies", metadata={"help": "where studies and files go"})
     workers: int = field(default=1, metadata={"help": "local worker processes sharing the study"})
     heartbeat: int | None = field(
@@ -84,6 +87,14 @@ class RunConfig:
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, but got {value}.")
+        if self.latency != "measured":
+            if not self.latency.startswith("model:"):
+                raise ConfigError(
+                    f"--latency must be 'measured' or 'model:NAME', but got {self.latency!r}."
+                )
+            from quide_search.latency_model import profile
+
+            profile(self.latency.removeprefix("model:"))
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be one of auto, cpu, cuda, but got {self.device!r}.")
         if self.study is not None and not _STUDY_NAME.match(self.study):

@@ -52,6 +52,7 @@ class LatencyContext:
     max_repeats: int = 200
     target_spread: float = 0.02
     unit: str = LATENCY_UNIT
+    profile: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -65,8 +66,28 @@ class LatencyContext:
             )
 
     @classmethod
-    def create(cls, *, device: torch.device, batch_size: int = 1) -> LatencyContext:
-        """Describe measurements on ``device`` with the current torch thread count."""
+    def create(
+        cls, *, device: torch.device, batch_size: int = 1, source: str = "measured"
+    ) -> LatencyContext:
+        """Describe how T is obtained: measured on ``device``, or ``model:NAME`` estimated.
+
+        Raises:
+            ConfigError: For an unknown source or device profile.
+        """
+        from quide_search.latency_model import profile
+
+        if source.startswith("model:"):
+            target = profile(source.removeprefix("model:"))
+            return cls(
+                device=target.name,
+                batch_size=batch_size,
+                threads=torch.get_num_threads(),
+                torch_version=torch.__version__,
+                method=source,
+                profile=target.to_dict(),
+            )
+        if source != "measured":
+            raise ConfigError(f"--latency must be 'measured' or 'model:NAME', but got {source!r}.")
         method = "cuda_events" if device.type == "cuda" else "wall_clock"
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         return cls(
@@ -76,6 +97,11 @@ class LatencyContext:
             torch_version=torch.__version__,
             method=method,
         )
+
+    @property
+    def estimated(self) -> bool:
+        """Whether T comes from the analytic model rather than a measurement."""
+        return self.method.startswith("model:")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the context as plain JSON types."""

@@ -86,6 +86,7 @@ def evaluate_plan(
         batch_size=int(latency.get("batch_size", 1)),
         eval_batch_size=int(protocol.get("eval_batch_size", 256)),
         threads=latency.get("threads"),
+        latency=str(latency.get("method", "")) if latency.get("profile") else "measured",
     )
     measured = scorer.measure(plan)
     baseline_p = record.get("baseline", {}).get("P")

@@ -14,7 +14,8 @@ import torch
 
 from quide_search.config import RunConfig
 from quide_search.evaluator import Evaluator
-from quide_search.latency import LatencyContext, measure_latency
+from quide_search.latency import LatencyContext, LatencyResult, measure_latency
+from quide_search.latency_model import estimate_ms, layer_shapes, profile
 from quide_search.metric import Gate, Metrics
 from quide_search.plan import BitPlan
 from quide_search.quantize import apply_plan, model_bytes
@@ -68,6 +69,7 @@ class Scorer:
         batch_size: int = 1,
         eval_batch_size: int = 256,
         threads: int | None = None,
+        latency: str = "measured",
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -77,13 +79,14 @@ class Scorer:
         self.evaluator = Evaluator.from_split(
             task.splits.eval, device=device, batch_size=eval_batch_size
         )
-        self.context = LatencyContext.create(device=device, batch_size=batch_size)
+        self.context = LatencyContext.create(device=device, batch_size=batch_size, source=latency)
         # Real eval samples as the latency input, repeated if the split is smaller.
         inputs = task.splits.eval.inputs
         reps = -(-batch_size // inputs.shape[0])
         self.example = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].to(device)
         self.weight_counts = task.layers
         self.baseline_bytes = model_bytes(self.model)
+        self._shapes = layer_shapes(self.model, self.example) if self.context.estimated else []
 
     @classmethod
     def for_config(cls, task: Task, config: RunConfig, *, device: torch.device) -> Scorer:
@@ -94,6 +97,7 @@ class Scorer:
             batch_size=config.batch_size,
             eval_batch_size=config.eval_batch_size,
             threads=config.threads,
+            latency=config.latency,
         )
 
     def measure(self, plan: BitPlan) -> Measurement:
@@ -108,7 +112,7 @@ class Scorer:
         t1 = time.perf_counter()
         accuracy = self.evaluator.accuracy(model)
         t2 = time.perf_counter()
-        latency = measure_latency(model, self.example, context=self.context)
+        latency = self._latency(model)
         t3 = time.perf_counter()
         return Measurement(
             P=accuracy,
@@ -120,6 +124,14 @@ class Scorer:
             eval_samples=self.evaluator.samples,
             seconds={"quantize": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
         )
+
+    def _latency(self, model: torch.nn.Module) -> LatencyResult:
+        if not self.context.estimated:
+            return measure_latency(model, self.example, context=self.context)
+        assert self.context.profile is not None
+        device = profile(self.context.profile["name"])
+        estimate = estimate_ms(model, self._shapes, device, self.context.batch_size)
+        return LatencyResult(median_ms=estimate, repeats=0, spread=0.0)
 
     def _quantized(self, plan: BitPlan) -> torch.nn.Module:
         return apply_plan(self.model, plan) if plan.quantized_layers() else self.model

@@ -41,6 +41,7 @@ NO_HEARTBEAT = "its worker stopped sending heartbeats (killed or lost)"
 
 _COPIED_ATTRS = (
     *RECORD_KEYS, "baseline_bytes", "unit", "latency_repeats", "latency_spread", "eval_samples",
+    "latency_source",
 )  # fmt: skip
 
 
@@ -122,6 +123,7 @@ class PlanObjective:
             **metrics.to_dict(),
             "latency_repeats": measurement.latency_repeats,
             "latency_spread": measurement.latency_spread,
+            "latency_source": self.scorer.context.method,
             "eval_samples": measurement.eval_samples,
             "seconds": measurement.seconds,
         }

@@ -109,6 +109,24 @@ def test_same_seed_proposes_same_plans_and_scores(tmp_path: Path, digits_task) -
         assert p_of.get(tuple(sorted(plan.items())), score) == score
 
 
+def test_with_model_latency_the_whole_search_repeats(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    # The analytic T is deterministic, so every proposal, P, T and I' repeats exactly.
+    def sequence(folder: Path) -> list[tuple[dict[str, str], float, float, float]]:
+        config = RunConfig(
+            out_dir=str(folder), device="cpu", trials=20, seed=5, latency="model:cpu-epyc-2c"
+        )
+        run_search(config, progress=False)
+        study = load_study(study=config.study_name, storage=config.storage_url)
+        ordered = sorted(study.trials, key=lambda t: t.number)
+        assert {t.user_attrs["latency_source"] for t in ordered} == {"model:cpu-epyc-2c"}
+        return [(t.params, t.user_attrs["P"], t.user_attrs["T_ms"], t.value) for t in ordered]
+
+    first = sequence(tmp_path / "a")
+    assert len(first) == 20
+    assert sequence(tmp_path / "b") == first
+    assert len({tuple(sorted(p.items())) for p, *_ in first}) >= 12
+
+
 def test_trials_zero_only_prepares_the_study(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
     done = subprocess.run(run_args(tmp_path, 0), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

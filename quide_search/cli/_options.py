@@ -135,6 +135,13 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch threads, fixed for the run and recorded with T (default: torch's choice)",
     )
+    group.add_argument(
+        "--latency",
+        type=str,
+        default="measured",
+        help="where T comes from: 'measured' on --device, or 'model:PROFILE', an analytic "
+        "estimate for a target device (cpu-epyc-2c, gpu-h100-sxm); deterministic",
+    )
 
 
 def add_study_args(parser: argparse.ArgumentParser) -> None:
@@ -175,6 +182,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "batch_size": args.batch_size,
         "eval_batch_size": args.eval_batch_size,
         "threads": args.threads,
+        "latency": args.latency,
     }
     if getattr(args, "bits", None) is not None:
         values["bits"] = parse_bits(args.bits)

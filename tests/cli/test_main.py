@@ -107,6 +107,8 @@ BAD_INPUTS = [
     (["evaluate", "--plan", "bad-layer.json"], "'fc9' is not a quantizable layer"),
     (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "--latency", "model:cpu-epyc"], "Did you mean: 'cpu-epyc-2c'"),
+    (["sweep", "--latency", "guessed"], "--latency must be 'measured' or 'model:NAME'"),
     (["show", "--study", "nope"], "does not exist"),
     (["report", "--study", "nope", "--out", "r.html"], "does not exist"),
     (["dashboard", "--study", "nope"], "does not exist"),
