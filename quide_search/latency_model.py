@@ -63,17 +63,17 @@ PROFILES: Mapping[str, DeviceProfile] = {
     for p in (
         DeviceProfile(
             name="cpu-epyc-2c",
-            bandwidth_gbps=28.9,
-            peak_gflops=170.0,
+            bandwidth_gbps=49.1,
+            peak_gflops=181.0,
             activation_bytes=4,
             layer_overhead_us=5.0,
             sources=(
                 "2 vCPUs of an AMD EPYC with AVX-512 and AVX512-VNNI (this project's CI "
                 "machine), float32 activations",
-                "bandwidth: 28.9 GB/s measured with torch.Tensor.copy_ of 256 MiB, 2 threads "
-                "(read + write bytes), 2026-11-26",
-                "peak: 170 GFLOP/s measured with a 2048x2048 float32 matmul, 2 threads, "
-                "2026-11-26; AMD documents 2 x 256-bit FMA pipes per Zen 4 core, i.e. 32 "
+                "bandwidth: 49.1 GB/s, median of torch.Tensor.copy_ of 256 MiB, 2 threads, read "
+                "+ write bytes (benchmarks/device_profile.py, RESULTS.md, 2026-11-26)",
+                "peak: 181 GFLOP/s, median of a 2048x2048 float32 matmul, 2 threads (same "
+                "script and date); AMD documents 2 x 256-bit FMA pipes per Zen 4 core, i.e. 32 "
                 "float32 FLOP per cycle per core (Software Optimization Guide for AMD Family "
                 "19h Processors)",
                 "overhead: 5 us per layer, the order of PyTorch's eager dispatch cost on CPU",
