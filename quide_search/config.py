@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from quide_search.errors import ConfigError
@@ -29,6 +30,14 @@ class RunConfig:
     data_dir: str | None = field(default=None, metadata={"help": "where dataset files live"})
     download: bool = field(default=False, metadata={"help": "let loaders download datasets"})
     weights: str | None = field(default=None, metadata={"help": "local float state dict"})
+    text_file: str | None = field(default=None, metadata={"help": "text for hf: models"})
+    seq_len: int = field(default=512, metadata={"help": "tokens per eval window (hf: models)"})
+    eval_windows: int = field(default=64, metadata={"help": "eval windows (hf: models)"})
+    dtype: str = field(default="auto", metadata={"help": "hf: model dtype"})
+    include_head: bool = field(default=False, metadata={"help": "quantize lm_head too"})
+    granularity: str = field(
+        default="layer", metadata={"help": "one choice per layer, per block or per layer type"}
+    )
     trials: int = field(
         default=50, metadata={"help": "completed trials the study should hold (0: only create it)"}
     )
@@ -95,6 +104,13 @@ class RunConfig:
             from quide_search.latency_model import profile
 
             profile(self.latency.removeprefix("model:"))
+        if self.granularity not in ("layer", "block", "type"):
+            raise ConfigError(
+                f"--granularity must be layer, block or type, but got {self.granularity!r}."
+            )
+        for flag, size in (("--seq-len", self.seq_len), ("--eval-windows", self.eval_windows)):
+            if size < 1:
+                raise ConfigError(f"{flag} must be >= 1, but got {size}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be one of auto, cpu, cuda, but got {self.device!r}.")
         if self.study is not None and not _STUDY_NAME.match(self.study):
@@ -114,7 +130,14 @@ class RunConfig:
     @property
     def study_name(self) -> str:
         """The study name: ``--study`` or ``<model>-<dataset>``."""
-        return self.study or f"{self.model}-{self.dataset}".lower()
+        if self.study:
+            return self.study
+        if self.model.startswith("hf:"):
+            text = Path(self.text_file or "text").stem
+            name = f"{Path(self.model.removeprefix('hf:')).name}-{text}"
+        else:
+            name = f"{self.model}-{self.dataset}"
+        return re.sub(r"[^A-Za-z0-9_.\-]+", "-", name).strip("-.").lower()[:128] or "study"
 
     @property
     def storage_url(self) -> str:
@@ -123,12 +146,25 @@ class RunConfig:
 
     def task_options(self) -> dict[str, Any]:
         """Return the keyword arguments of :func:`quide_search.task.load_task`."""
+        from quide_search.models.causal_lm import HF_PREFIX, TextTask
+
+        text = None
+        if self.model.startswith(HF_PREFIX):
+            text = TextTask(
+                path=self.model.removeprefix(HF_PREFIX),
+                text_file=self.text_file,
+                seq_len=self.seq_len,
+                eval_windows=self.eval_windows,
+                dtype=self.dtype,
+                include_head=self.include_head,
+            )
         return {
             "model": self.model,
             "dataset": self.dataset,
             "data_dir": self.data_dir,
             "download": self.download,
             "weights": self.weights,
+            "text": text,
         }
 
     def gate_settings(self) -> dict[str, float | None]:

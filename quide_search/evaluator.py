@@ -7,6 +7,7 @@ them as failed trials.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,12 +53,23 @@ class Evaluator:
         return int(self.labels.shape[0])
 
     def accuracy(self, model: nn.Module) -> float:
-        """Return the fraction of samples whose arg-max prediction equals the label.
+        """Return the fraction of labels whose arg-max prediction equals the label.
 
         Raises:
             TrialEvaluationError: If forward fails, runs out of memory, or yields NaN or inf.
         """
-        correct = 0
+        return self.evaluate(model)[0]
+
+    def evaluate(self, model: nn.Module) -> tuple[float, float | None]:
+        """Return top-1 accuracy, and perplexity when the labels are token sequences.
+
+        For a classifier each sample has one label; for a causal LM each eval window has one
+        label per position (the next token), and accuracy counts every position.
+
+        Raises:
+            TrialEvaluationError: If forward fails, runs out of memory, or yields NaN or inf.
+        """
+        correct, nll = 0, 0.0
         try:
             with torch.no_grad():
                 for start in range(0, self.samples, self.batch_size):
@@ -68,6 +80,12 @@ class Evaluator:
                         )
                     batch = self.labels[start : start + self.batch_size]
                     correct += int((logits.argmax(dim=-1) == batch).sum())
+                    if batch.dim() > 1:
+                        nll += float(
+                            torch.nn.functional.cross_entropy(
+                                logits.flatten(0, -2).float(), batch.flatten(), reduction="sum"
+                            )
+                        )
         except TrialEvaluationError:
             raise
         except torch.cuda.OutOfMemoryError as e:
@@ -78,7 +96,9 @@ class Evaluator:
             raise TrialEvaluationError(
                 f"forward pass failed during evaluation: {type(e).__name__}: {e}"
             ) from e
-        return correct / self.samples
+        total = int(self.labels.numel())
+        perplexity = math.exp(nll / total) if self.labels.dim() > 1 else None
+        return correct / total, perplexity
 
 
 def _logits(output: object) -> torch.Tensor:

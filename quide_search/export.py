@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from quide_search.errors import ConfigError, StorageError
 from quide_search.metric import RECORD_KEYS
 from quide_search.plan import BitPlan, atomic_write_text, read_plan_file
+from quide_search.search import trial_plan
 from quide_search.study import best_row, completed_rows, load_study, study_front
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["FORMATS", "export_plan", "load_plan", "plan_record", "select_trial"]
+__all__ = ["FORMATS", "export_plan", "task_options", "load_plan", "plan_record", "select_trial"]
 
 _METRIC_KEYS = (*RECORD_KEYS, "baseline_bytes", "unit", "latency_repeats")
 
@@ -62,7 +63,7 @@ def select_trial(study: optuna.Study, trial: str | int) -> optuna.trial.FrozenTr
 def plan_record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """Return the export record of ``trial``: plan, metrics, latency context and protocol."""
     protocol = dict(study.user_attrs.get("protocol", {}))
-    plan = BitPlan(model=protocol["model"], dataset=protocol["dataset"], layers=trial.params)
+    plan = BitPlan(model=protocol["model"], dataset=protocol["dataset"], layers=trial_plan(trial))
     baseline = study.user_attrs.get("baseline", {})
     metrics = {k: trial.user_attrs[k] for k in _METRIC_KEYS if k in trial.user_attrs}
     metrics["latency"] = protocol.get("latency", {})
@@ -142,17 +143,25 @@ def _write_checkpoint(record: dict[str, Any], out: Path, fmt: str) -> Path:
     from quide_search.quantize import apply_plan
     from quide_search.task import load_task
 
-    protocol = record.get("protocol", {})
-    task = load_task(
-        model=record["model"],
-        dataset=record["dataset"],
-        data_dir=protocol.get("data_dir"),
-        weights=protocol.get("weights") if protocol.get("weights_source") == "file" else None,
-    )
+    task = load_task(**task_options(record.get("protocol", {}), record))
     path = save_quantized(apply_plan(task.model, BitPlan.from_dict(record)), record, out)
     if fmt != "json":
         atomic_write_text(path / Path(PLAN_FILE).with_suffix(".yaml"), _dump(record, fmt))
     return path
+
+
+def task_options(protocol: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``load_task`` arguments that rebuild the float model a study's plans apply to."""
+    from quide_search.models.causal_lm import TextTask
+
+    text = protocol.get("text")
+    return {
+        "model": record["model"],
+        "dataset": record["dataset"],
+        "data_dir": protocol.get("data_dir"),
+        "weights": protocol.get("weights") if protocol.get("weights_source") == "file" else None,
+        "text": TextTask(**text) if text else None,
+    }
 
 
 def _export_front(study: optuna.Study, out: Path, *, fmt: str, checkpoint: bool) -> Path:

@@ -53,6 +53,7 @@ class LatencyContext:
     target_spread: float = 0.02
     unit: str = LATENCY_UNIT
     profile: dict[str, Any] | None = None
+    decode: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

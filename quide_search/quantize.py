@@ -90,6 +90,17 @@ def quantization_map_of(model: nn.Module) -> dict[str, dict[str, str]]:
     return _quanto_map(model)
 
 
+def save_transformers_quantized(model: nn.Module, folder: str) -> None:
+    """Save a frozen quantized transformers causal LM the way optimum-quanto documents it.
+
+    ``QuantizedModelForCausalLM.save_pretrained`` writes ``config.json``, ``model.safetensors``
+    and ``quanto_qmap.json``; ``QuantizedModelForCausalLM.from_pretrained(folder)`` reloads it.
+    """
+    from optimum.quanto import QuantizedModelForCausalLM
+
+    QuantizedModelForCausalLM(model).save_pretrained(folder)
+
+
 def model_bytes(model: nn.Module) -> int:
     """Return the bytes the model stores: every tensor of its state dict, counted once.
 

@@ -48,8 +48,9 @@ def evaluate_plan(
         PlanError: If the file is not a valid plan, or names layers its model lacks.
         ConfigError: If ``model``/``dataset`` are given and differ from the plan's.
     """
-    from quide_search.export import load_plan
+    from quide_search.export import load_plan, task_options
     from quide_search.latency import resolve_device
+    from quide_search.models.causal_lm import HF_PREFIX
     from quide_search.scorer import Scorer
     from quide_search.task import load_task
 
@@ -71,13 +72,17 @@ def evaluate_plan(
         ("model", plan.model, MODELS),
         ("dataset", plan.dataset, DATASETS),
     ):
+        if plan.model.startswith(HF_PREFIX):
+            break  # a Hugging Face model and its text file are named by path, not registered
         if name not in registry:
             raise PlanError(
                 f"plan {str(path)!r} is for {kind} {name!r}, which is not "
                 f"registered. Registered: {', '.join(registry.names())}."
             )
     protocol = record.get("protocol", {})
-    task = load_task(model=plan.model, dataset=plan.dataset, data_dir=data_dir, weights=weights)
+    options = task_options(protocol, record)
+    options.update({k: v for k, v in (("data_dir", data_dir), ("weights", weights)) if v})
+    task = load_task(**options)
     plan.validate_layers(task.layers)
     latency = protocol.get("latency", {})
     scorer = Scorer(

@@ -7,6 +7,7 @@ in each phase, which the benchmarks use to show where a trial's time goes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -17,11 +18,14 @@ from quide_search.evaluator import Evaluator
 from quide_search.latency import LatencyContext, LatencyResult, measure_latency
 from quide_search.latency_model import estimate_ms, layer_shapes, profile
 from quide_search.metric import Gate, Metrics
+from quide_search.models.causal_lm import GreedyDecode
 from quide_search.plan import BitPlan
 from quide_search.quantize import apply_plan, model_bytes
 from quide_search.task import Task
 
 __all__ = ["Measurement", "Scorer"]
+
+_LM_EVAL_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Measurement:
     latency_repeats: int
     latency_spread: float
     eval_samples: int
+    perplexity: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def metrics(self, *, baseline_bytes: int, gate: Gate) -> Metrics:
@@ -76,17 +81,29 @@ class Scorer:
         self.task = task
         self.device = device
         self.model = task.model.to(device)
+        if task.decode is not None:
+            # Language-model logits are windows x tokens x vocabulary: keep batches small.
+            eval_batch_size = min(eval_batch_size, _LM_EVAL_BATCH)
         self.evaluator = Evaluator.from_split(
             task.splits.eval, device=device, batch_size=eval_batch_size
         )
-        self.context = LatencyContext.create(device=device, batch_size=batch_size, source=latency)
-        # Real eval samples as the latency input, repeated if the split is smaller.
+        context = LatencyContext.create(device=device, batch_size=batch_size, source=latency)
+        if task.decode is not None:
+            decode = {k: v for k, v in task.decode.items() if k != "pad_token_id"}
+            context = dataclasses.replace(context, decode={**decode, "per": "generated token"})
+        self.context = context
+        # Real eval samples as the latency input, repeated if the split is smaller; a causal
+        # LM's prompt is the start of an eval window.
         inputs = task.splits.eval.inputs
+        if task.decode is not None:
+            inputs = inputs[:, : task.decode["prompt_tokens"]]
         reps = -(-batch_size // inputs.shape[0])
         self.example = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].to(device)
         self.weight_counts = task.layers
         self.baseline_bytes = model_bytes(self.model)
-        self._shapes = layer_shapes(self.model, self.example) if self.context.estimated else []
+        # An estimated decoding step reads every weight for one new token.
+        step = self.example[:, :1] if task.decode is not None else self.example
+        self._shapes = layer_shapes(self.model, step) if self.context.estimated else []
 
     @classmethod
     def for_config(cls, task: Task, config: RunConfig, *, device: torch.device) -> Scorer:
@@ -110,7 +127,7 @@ class Scorer:
         t0 = time.perf_counter()
         model = self._quantized(plan)
         t1 = time.perf_counter()
-        accuracy = self.evaluator.accuracy(model)
+        accuracy, perplexity = self.evaluator.evaluate(model)
         t2 = time.perf_counter()
         latency = self._latency(model)
         t3 = time.perf_counter()
@@ -122,10 +139,16 @@ class Scorer:
             latency_repeats=latency.repeats,
             latency_spread=latency.spread,
             eval_samples=self.evaluator.samples,
+            perplexity=perplexity,
             seconds={"quantize": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
         )
 
     def _latency(self, model: torch.nn.Module) -> LatencyResult:
+        if self.task.decode is not None and not self.context.estimated:
+            tokens = self.task.decode["new_tokens"]
+            decoder = GreedyDecode(model, tokens, self.task.decode["pad_token_id"])
+            whole = measure_latency(decoder, self.example, context=self.context)
+            return dataclasses.replace(whole, median_ms=whole.median_ms / tokens)
         if not self.context.estimated:
             return measure_latency(model, self.example, context=self.context)
         assert self.context.profile is not None

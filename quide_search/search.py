@@ -8,6 +8,7 @@ user attributes, and the accuracy gate as an Optuna constraint so constrained sa
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,8 +26,10 @@ __all__ = [
     "INTERRUPTED",
     "NO_HEARTBEAT",
     "PlanObjective",
+    "group_layers",
     "requeue_stale",
     "retry_once",
+    "trial_plan",
     "uniform_params",
 ]
 
@@ -41,7 +44,7 @@ NO_HEARTBEAT = "its worker stopped sending heartbeats (killed or lost)"
 
 _COPIED_ATTRS = (
     *RECORD_KEYS, "baseline_bytes", "unit", "latency_repeats", "latency_spread", "eval_samples",
-    "latency_source",
+    "latency_source", "perplexity",
 )  # fmt: skip
 
 
@@ -59,18 +62,26 @@ class PlanObjective:
         choices: Plan values each layer may take.
     """
 
-    def __init__(self, *, scorer: Scorer, gate: Gate, choices: Sequence[str]) -> None:
+    def __init__(
+        self, *, scorer: Scorer, gate: Gate, choices: Sequence[str], granularity: str = "layer"
+    ) -> None:
         self.scorer = scorer
         self.gate = gate
         self.choices = list(choices)
         self.layers = list(scorer.weight_counts)
+        self.granularity = granularity
+        self.groups = group_layers(self.layers, granularity)
         # Set by the SIGINT handler of ``session.optimize`` when Ctrl-C lands between trials.
         self.interrupt_pending = False
         self.in_trial = False
 
     def suggest(self, trial: optuna.Trial) -> BitPlan:
-        """Ask the trial for one qtype per layer and return the plan."""
-        layers = {name: trial.suggest_categorical(name, self.choices) for name in self.layers}
+        """Ask the trial for one qtype per group of layers and return the per-layer plan."""
+        chosen = {group: trial.suggest_categorical(group, self.choices) for group in self.groups}
+        layers = {name: chosen[g] for g, names in self.groups.items() for name in names}
+        layers = {name: layers[name] for name in self.layers}  # module order
+        if self.granularity != "layer":
+            trial.set_user_attr("layers", layers)
         return BitPlan(
             model=self.scorer.task.model_name, dataset=self.scorer.task.dataset_name, layers=layers
         )
@@ -93,7 +104,7 @@ class PlanObjective:
             # Optuna marks the trial FAIL and re-raises; the reason and one retry are ours.
             self.in_trial = False
             trial.set_user_attr("fail_reason", INTERRUPTED)
-            if len(trial.params) == len(self.layers):
+            if len(trial.params) == len(self.groups):
                 retry_once(trial.study, trial.params, trial.user_attrs, trial.number, INTERRUPTED)
             raise
         finally:
@@ -124,12 +135,39 @@ class PlanObjective:
             "latency_repeats": measurement.latency_repeats,
             "latency_spread": measurement.latency_spread,
             "latency_source": self.scorer.context.method,
+            **({"perplexity": measurement.perplexity} if measurement.perplexity else {}),
             "eval_samples": measurement.eval_samples,
             "seconds": measurement.seconds,
         }
 
 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
+_BLOCK = re.compile(r"^(.*?\.\d+)(\.|$)")
+
+
+def group_layers(layers: Sequence[str], granularity: str) -> dict[str, list[str]]:
+    """Return search parameter -> the layers it sets, for ``--granularity``.
+
+    ``layer``: one parameter per layer. ``block``: one per numbered block (``model.layers.3``
+    holds every layer under it); layers outside blocks keep their own. ``type``: one per layer
+    name (every ``q_proj`` shares one choice).
+    """
+    groups: dict[str, list[str]] = {}
+    for name in layers:
+        if granularity == "block":
+            match = _BLOCK.match(name)
+            key = match.group(1) if match else name
+        elif granularity == "type":
+            key = name.rsplit(".", 1)[-1]
+        else:
+            key = name
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def trial_plan(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
+    """Return a trial's per-layer plan (its parameters, expanded when layers were grouped)."""
+    return dict(trial.user_attrs.get("layers") or trial.params)
 
 
 def retry_once(

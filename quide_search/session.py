@@ -8,6 +8,7 @@ use the same stored baseline and gate, and count the same completed trials.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -34,7 +35,9 @@ __all__ = ["DEFAULT_HEARTBEAT_S", "PROTOCOL_SCHEMA_VERSION", "Session", "open_se
 
 PROTOCOL_SCHEMA_VERSION = 1
 # The protocol fields that must match for a resume: anything that changes what a number means.
-_PROTOCOL_KEYS = ("model", "dataset", "splits", "bits", "gate", "latency", "eval_batch_size")
+_PROTOCOL_KEYS = (
+    "model", "dataset", "splits", "bits", "gate", "latency", "eval_batch_size", "granularity",
+)  # fmt: skip
 DEFAULT_HEARTBEAT_S = 60
 """Heartbeat interval of RDB storages when --heartbeat is not given."""
 # How long a process that lost the race to create a study waits for its creator's baseline.
@@ -71,7 +74,7 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
 
     device = resolve_device(config.device)
     # The task first: an unknown model or dataset must fail before any storage file exists.
-    task = load_task(**config.task_options())
+    task = load_task(**config.task_options(), device_type=device.type)
     url = config.storage_url
     if config.storage is None:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
@@ -85,8 +88,10 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     seed = config.seed if sampler_seed is None else sampler_seed
     study = _create_or_join(config.study_name, backend, protocol, seed)
     gate = _baseline(study, scorer, config.gate_settings())
-    _enqueue_uniform(study, list(task.layers), config.bits)
-    objective = PlanObjective(scorer=scorer, gate=gate, choices=config.bits)
+    objective = PlanObjective(
+        scorer=scorer, gate=gate, choices=config.bits, granularity=config.granularity
+    )
+    _enqueue_uniform(study, list(objective.groups), config.bits)
     return Session(study=study, objective=objective, storage_url=url)
 
 
@@ -139,14 +144,17 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
 
     return {
         "schema_version": PROTOCOL_SCHEMA_VERSION,
-        "model": config.model,
-        "dataset": config.dataset,
+        "model": scorer.task.model_name,
+        "dataset": scorer.task.dataset_name,
         "weights": str(scorer.task.weights_path) if scorer.task.weights_path else None,
         "weights_source": "file" if config.weights else "trained",
         "data_dir": config.data_dir,
         "latency_source": "measured",
         "splits": scorer.task.splits.describe(),
         "bits": list(config.bits),
+        "granularity": config.granularity,
+        "text": dataclasses.asdict(text) if (text := config.task_options()["text"]) else None,
+        "layers": list(scorer.weight_counts),
         "gate": config.gate_settings(),
         "latency": {k: v for k, v in scorer.context.to_dict().items() if k != "torch_version"},
         "eval_batch_size": config.eval_batch_size,

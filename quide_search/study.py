@@ -84,11 +84,13 @@ def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Return one row per completed trial: trial number, plan (params) and its metrics."""
     import optuna
 
+    from quide_search.search import trial_plan
+
     rows = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if "P" not in t.user_attrs:
             continue
-        row = {"trial": t.number, "plan": dict(t.params)}
+        row = {"trial": t.number, "plan": trial_plan(t)}
         row.update({k: t.user_attrs[k] for k in RECORD_KEYS})
         rows.append(row)
     return rows

@@ -52,7 +52,7 @@ def run_sweep(config: RunConfig) -> SweepResult:
     from quide_search.task import load_task
 
     device = resolve_device(config.device)
-    task = load_task(**config.task_options())
+    task = load_task(**config.task_options(), device_type=device.type)
     scorer = Scorer.for_config(task, config, device=device)
     baseline = scorer.measure(scorer.float_plan())
     gate = Gate(baseline_P=baseline.P, **config.gate_settings())

@@ -17,6 +17,7 @@ from quide_search.data import DATASETS, DataRequest, Splits
 from quide_search.errors import ConfigError, DataError
 from quide_search.models import MODELS
 from quide_search.models._train import load_or_train
+from quide_search.models.causal_lm import HF_PREFIX, TextTask, load_causal_lm
 from quide_search.quantize import quantizable_layers
 
 __all__ = ["Task", "load_task"]
@@ -40,11 +41,14 @@ class Task:
     model: nn.Module
     splits: Splits
     weights_path: Path | None
+    kind: str = "classifier"
+    exclude: tuple[str, ...] = ()
+    decode: dict[str, int] | None = None
 
     @property
     def layers(self) -> dict[str, int]:
-        """Quantizable layer name -> weight element count, in module order."""
-        return quantizable_layers(self.model)
+        """Quantizable layer name -> weight element count, in module order (minus exclusions)."""
+        return {k: v for k, v in quantizable_layers(self.model).items() if k not in self.exclude}
 
     def describe(self) -> dict[str, Any]:
         """Return what identifies the task in a study's protocol."""
@@ -63,6 +67,8 @@ def load_task(
     data_dir: str | None = None,
     download: bool = False,
     weights: str | None = None,
+    text: TextTask | None = None,
+    device_type: str = "cpu",
 ) -> Task:
     """Build the float model for ``model`` on ``dataset`` and its data splits.
 
@@ -73,11 +79,19 @@ def load_task(
         download: Let a dataset loader download missing files.
         weights: A local state dict (``.pt`` or ``.safetensors``) to use instead of the seeded
             training run cached on first use.
+        text: For ``hf:`` models, the text and window settings.
+        device_type: ``cpu`` or ``cuda``: picks an ``hf:`` model's dtype under ``auto``.
 
     Raises:
         ConfigError: For an unknown model or dataset, or a dataset the model does not serve.
         DataError: For missing data, or weights that are missing or do not fit the model.
     """
+    if model.startswith(HF_PREFIX):
+        return _causal_lm_task(
+            model,
+            text or TextTask(path=model.removeprefix(HF_PREFIX), text_file=None),
+            device_type,
+        )
     spec = MODELS.get(model)
     loader = DATASETS.get(dataset)
     if dataset.lower() not in spec.datasets:
@@ -113,6 +127,26 @@ def load_task(
         model=float_model,
         splits=splits,
         weights_path=path,
+    )
+
+
+def _causal_lm_task(model: str, text: TextTask, device_type: str = "cpu") -> Task:
+    lm, splits, pad = load_causal_lm(text, seed=DATA_SEED, device_type=device_type)
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return Task(
+        model_name=model,
+        dataset_name=splits.name,
+        model=lm,
+        splits=splits,
+        weights_path=None,
+        kind="causal-lm",
+        exclude=() if text.include_head else ("lm_head",),
+        decode={
+            "prompt_tokens": min(text.prompt_tokens, text.seq_len),
+            "new_tokens": text.new_tokens,
+            "pad_token_id": pad,
+        },
     )
 
 

@@ -170,5 +170,5 @@ def test_load_quantized_names_missing_files(tmp_path: Path) -> None:
     from quide_search import load_quantized
     from quide_search.errors import DataError
 
-    with pytest.raises(DataError, match="lacks model.safetensors, quantization_map.json"):
+    with pytest.raises(DataError, match=r"lacks model.safetensors, quantization_map.json \(or"):
         load_quantized(SimpleCNN(), tmp_path)

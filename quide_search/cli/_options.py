@@ -77,6 +77,34 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let torchvision download a missing dataset into --data-dir",
     )
+    lm = parser.add_argument_group("Hugging Face causal LMs (--model hf:PATH_OR_ID)")
+    lm.add_argument(
+        "--text-file", type=str, default=None, help="UTF-8 text to score on (e.g. WikiText-2 raw)"
+    )
+    lm.add_argument(
+        "--seq-len", type=positive_int, default=512, help="tokens per eval window (default: 512)"
+    )
+    lm.add_argument(
+        "--eval-windows", type=positive_int, default=64, help="eval windows (default: 64)"
+    )
+    lm.add_argument(
+        "--dtype",
+        type=str,
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default="auto",
+        help="model dtype (default: auto = float32 on CPU, the model's own on GPU)",
+    )
+    lm.add_argument(
+        "--include-head", action="store_true", help="quantize lm_head too (default: excluded)"
+    )
+    lm.add_argument(
+        "--granularity",
+        type=str,
+        choices=("layer", "block", "type"),
+        default="layer",
+        help="one bit-width choice per layer, per numbered block, or per layer type "
+        "(all q_proj share one) (default: layer)",
+    )
     group.add_argument(
         "--weights",
         type=str,
@@ -176,6 +204,12 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "data_dir": args.data_dir,
         "download": args.download,
         "weights": args.weights,
+        "text_file": args.text_file,
+        "seq_len": args.seq_len,
+        "eval_windows": args.eval_windows,
+        "dtype": args.dtype,
+        "include_head": args.include_head,
+        "granularity": args.granularity,
         "max_accuracy_drop": drop,
         "min_accuracy": floor,
         "device": args.device,

@@ -108,6 +108,8 @@ BAD_INPUTS = [
     (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run", "--latency", "model:cpu-epyc"], "Did you mean: 'cpu-epyc-2c'"),
+    (["run", "--model", "hf:./no-such-model"], "must name a local model directory"),
+    (["run", "--granularity", "row"], "invalid choice: 'row'"),
     (["sweep", "--latency", "guessed"], "--latency must be 'measured' or 'model:NAME'"),
     (["show", "--study", "nope"], "does not exist"),
     (["report", "--study", "nope", "--out", "r.html"], "does not exist"),
