@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BitPlan": "quide_search.plan",
     "ConfigError": "quide_search.errors",
+    "CustomTask": "quide_search.models.custom",
     "Gate": "quide_search.metric",
     "Metrics": "quide_search.metric",
     "PlanError": "quide_search.errors",
@@ -49,6 +50,7 @@ _EXPORTS = {
 __all__ = [
     "BitPlan",
     "ConfigError",
+    "CustomTask",
     "Gate",
     "Metrics",
     "PlanError",
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
     from quide_search.export import export_plan, load_plan
     from quide_search.metric import Gate, Metrics, gated_index, intelligence_index
     from quide_search.models import register_model
+    from quide_search.models.custom import CustomTask
     from quide_search.pareto import pareto_front
     from quide_search.plan import BitPlan
     from quide_search.quantize import apply_plan

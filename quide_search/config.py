@@ -135,6 +135,8 @@ class RunConfig:
         if self.model.startswith("hf:"):
             text = Path(self.text_file or "text").stem
             name = f"{Path(self.model.removeprefix('hf:')).name}-{text}"
+        elif ":" in self.model:  # package.module:factory
+            name = self.model
         else:
             name = f"{self.model}-{self.dataset}"
         return re.sub(r"[^A-Za-z0-9_.\-]+", "-", name).strip("-.").lower()[:128] or "study"

@@ -51,6 +51,7 @@ def evaluate_plan(
     from quide_search.export import load_plan, task_options
     from quide_search.latency import resolve_device
     from quide_search.models.causal_lm import HF_PREFIX
+    from quide_search.models.custom import is_factory_spec
     from quide_search.scorer import Scorer
     from quide_search.task import load_task
 
@@ -72,8 +73,8 @@ def evaluate_plan(
         ("model", plan.model, MODELS),
         ("dataset", plan.dataset, DATASETS),
     ):
-        if plan.model.startswith(HF_PREFIX):
-            break  # a Hugging Face model and its text file are named by path, not registered
+        if plan.model.startswith(HF_PREFIX) or is_factory_spec(plan.model):
+            break  # named by path or import path, not registered
         if name not in registry:
             raise PlanError(
                 f"plan {str(path)!r} is for {kind} {name!r}, which is not "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from quide_search.config import RunConfig
+from quide_search.errors import TrialEvaluationError
 from quide_search.evaluator import Evaluator
 from quide_search.latency import LatencyContext, LatencyResult, measure_latency
 from quide_search.latency_model import estimate_ms, layer_shapes, profile
@@ -97,6 +98,8 @@ class Scorer:
         inputs = task.splits.eval.inputs
         if task.decode is not None:
             inputs = inputs[:, : task.decode["prompt_tokens"]]
+        if task.example is not None:
+            inputs = task.example
         reps = -(-batch_size // inputs.shape[0])
         self.example = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].to(device)
         self.weight_counts = task.layers
@@ -127,7 +130,7 @@ class Scorer:
         t0 = time.perf_counter()
         model = self._quantized(plan)
         t1 = time.perf_counter()
-        accuracy, perplexity = self.evaluator.evaluate(model)
+        accuracy, perplexity = self._score(model)
         t2 = time.perf_counter()
         latency = self._latency(model)
         t3 = time.perf_counter()
@@ -142,6 +145,20 @@ class Scorer:
             perplexity=perplexity,
             seconds={"quantize": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
         )
+
+    def _score(self, model: torch.nn.Module) -> tuple[float, float | None]:
+        if self.task.score is None:
+            return self.evaluator.evaluate(model)
+        try:
+            with torch.no_grad():
+                value = float(self.task.score(model, self.evaluator.inputs, self.evaluator.labels))
+        except Exception as e:  # a user's score function may raise anything
+            raise TrialEvaluationError(
+                f"the task's score function failed: {type(e).__name__}: {e}"
+            ) from e
+        if not 0.0 <= value <= 1.0:
+            raise TrialEvaluationError(f"the task's score must lie in [0, 1], but gave {value!r}")
+        return value, None
 
     def _latency(self, model: torch.nn.Module) -> LatencyResult:
         if self.task.decode is not None and not self.context.estimated:

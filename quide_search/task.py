@@ -18,6 +18,7 @@ from quide_search.errors import ConfigError, DataError
 from quide_search.models import MODELS
 from quide_search.models._train import load_or_train
 from quide_search.models.causal_lm import HF_PREFIX, TextTask, load_causal_lm
+from quide_search.models.custom import ScoreFn, is_factory_spec, load_factory
 from quide_search.quantize import quantizable_layers
 
 __all__ = ["Task", "load_task"]
@@ -44,6 +45,8 @@ class Task:
     kind: str = "classifier"
     exclude: tuple[str, ...] = ()
     decode: dict[str, int] | None = None
+    score: ScoreFn | None = None
+    example: torch.Tensor | None = None
 
     @property
     def layers(self) -> dict[str, int]:
@@ -92,6 +95,8 @@ def load_task(
             text or TextTask(path=model.removeprefix(HF_PREFIX), text_file=None),
             device_type,
         )
+    if is_factory_spec(model):
+        return _custom_task(model)
     spec = MODELS.get(model)
     loader = DATASETS.get(dataset)
     if dataset.lower() not in spec.datasets:
@@ -147,6 +152,24 @@ def _causal_lm_task(model: str, text: TextTask, device_type: str = "cpu") -> Tas
             "new_tokens": text.new_tokens,
             "pad_token_id": pad,
         },
+    )
+
+
+def _custom_task(spec: str) -> Task:
+    custom = load_factory(spec)
+    model = custom.model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    splits = custom.splits()
+    return Task(
+        model_name=spec,
+        dataset_name=splits.name,
+        model=model,
+        splits=splits,
+        weights_path=None,
+        kind="custom",
+        score=custom.score,
+        example=custom.example,
     )
 
 
