@@ -72,6 +72,8 @@ def load_task(
     weights: str | None = None,
     text: TextTask | None = None,
     device_type: str = "cpu",
+    epochs: int | None = None,
+    retrain: bool = False,
 ) -> Task:
     """Build the float model for ``model`` on ``dataset`` and its data splits.
 
@@ -84,6 +86,8 @@ def load_task(
             training run cached on first use.
         text: For ``hf:`` models, the text and window settings.
         device_type: ``cpu`` or ``cuda``: picks an ``hf:`` model's dtype under ``auto``.
+        epochs: Training epochs instead of the model's default for the dataset.
+        retrain: Train again even if cached weights exist (``quide-search train``).
 
     Raises:
         ConfigError: For an unknown model or dataset, or a dataset the model does not serve.
@@ -114,14 +118,13 @@ def load_task(
     path: Path | None = None
     if weights is not None:
         path = _load_weights(float_model, Path(weights), spec.name)
-    elif spec.epochs(splits.name) > 0:
-        epochs = spec.epochs(splits.name)
+    elif (epochs := epochs or spec.epochs(splits.name)) > 0:
         key = (
             f"{spec.name}-{splits.name}-v{spec.arch_version}-e{epochs}"
             f"-s{DATA_SEED}-r{_RECIPE_VERSION}"
         )
         float_model, path = load_or_train(
-            float_model, splits.train, key=key, epochs=epochs, seed=DATA_SEED
+            float_model, splits.train, key=key, epochs=epochs, seed=DATA_SEED, force=retrain
         )
     float_model.eval()
     for p in float_model.parameters():

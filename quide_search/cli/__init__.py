@@ -17,6 +17,7 @@ from quide_search.cli._base import Command, QuideArgumentParser, UsageError
 from quide_search.cli.dashboard import DashboardCommand
 from quide_search.cli.evaluate import EvaluateCommand
 from quide_search.cli.export import ExportCommand
+from quide_search.cli.models import ModelsCommand, TrainCommand
 from quide_search.cli.report import ReportCommand
 from quide_search.cli.run import RunCommand
 from quide_search.cli.studies import ShowCommand, StudiesCommand
@@ -33,6 +34,8 @@ _COMMANDS: tuple[type[Command], ...] = (
     DashboardCommand,
     ExportCommand,
     EvaluateCommand,
+    ModelsCommand,
+    TrainCommand,
 )
 
 

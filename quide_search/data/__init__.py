@@ -6,6 +6,7 @@ from quide_search.data import digits as _digits  # noqa: F401  (registers "digit
 from quide_search.data import mnist5k as _mnist5k  # noqa: F401  (registers "mnist-5k")
 from quide_search.data import vision as _vision  # noqa: F401  (registers "mnist", "cifar10")
 from quide_search.data._base import (
+    DATASET_NEEDS,
     DATASETS,
     DataRequest,
     Split,
@@ -14,4 +15,12 @@ from quide_search.data._base import (
     seeded_splits,
 )
 
-__all__ = ["DATASETS", "DataRequest", "Split", "Splits", "register_dataset", "seeded_splits"]
+__all__ = [
+    "DATASETS",
+    "DATASET_NEEDS",
+    "DataRequest",
+    "Split",
+    "Splits",
+    "register_dataset",
+    "seeded_splits",
+]

@@ -11,7 +11,15 @@ import torch
 from quide_search.errors import ConfigError
 from quide_search.registry import Registry
 
-__all__ = ["DATASETS", "DataRequest", "Split", "Splits", "register_dataset", "seeded_splits"]
+__all__ = [
+    "DATASETS",
+    "DATASET_NEEDS",
+    "DataRequest",
+    "Split",
+    "Splits",
+    "register_dataset",
+    "seeded_splits",
+]
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,15 @@ DatasetLoader = Callable[[DataRequest], Splits]
 DATASETS: Registry[DatasetLoader] = Registry("dataset", "--dataset")
 
 
-def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Register a loader ``DataRequest -> Splits`` under ``name``."""
+DATASET_NEEDS: dict[str, str] = {}
+"""What each registered dataset needs, for ``quide-search models``."""
+
+
+def register_dataset(
+    name: str, *, needs: str = "nothing"
+) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Register a loader ``DataRequest -> Splits`` under ``name``; ``needs`` says what it reads."""
+    DATASET_NEEDS[name.lower()] = needs
     return DATASETS.register(name)
 
 

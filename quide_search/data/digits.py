@@ -12,7 +12,7 @@ EVAL_SAMPLES = 500
 CALIB_SAMPLES = 200
 
 
-@register_dataset("digits")
+@register_dataset("digits", needs="nothing (bundled with scikit-learn)")
 def load_digits_splits(request: DataRequest) -> Splits:
     """Load the digits and cut seeded splits (eval 500, calib 200, train the remaining 1,097).
 

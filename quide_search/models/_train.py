@@ -40,15 +40,15 @@ def train_classifier(
 
 
 def load_or_train(
-    model: nn.Module, split: Split, *, key: str, epochs: int, seed: int
+    model: nn.Module, split: Split, *, key: str, epochs: int, seed: int, force: bool = False
 ) -> tuple[nn.Module, Path]:
     """Load cached weights for ``key`` into ``model``, or train and cache them.
 
     The cache file is written atomically, so an interrupted first run never leaves a truncated
-    checkpoint behind.
+    checkpoint behind. ``force`` trains again and replaces the cached file.
     """
     path = cache_dir() / f"{key}.pt"
-    if path.exists():
+    if path.exists() and not force:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)

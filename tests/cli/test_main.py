@@ -110,6 +110,9 @@ BAD_INPUTS = [
     (["run", "--latency", "model:cpu-epyc"], "Did you mean: 'cpu-epyc-2c'"),
     (["run", "--model", "hf:./no-such-model"], "must name a local model directory"),
     (["run", "--granularity", "row"], "invalid choice: 'row'"),
+    (["train", "--model", "simplecn"], "Did you mean: 'simplecnn'"),
+    (["train", "--dataset", "mnist", "--data-dir", "nodata"], "laid out as MNIST/raw/"),
+    (["train", "--epochs", "0"], "--epochs: must be an integer >= 1"),
     (["sweep", "--latency", "guessed"], "--latency must be 'measured' or 'model:NAME'"),
     (["show", "--study", "nope"], "does not exist"),
     (["report", "--study", "nope", "--out", "r.html"], "does not exist"),
@@ -275,3 +278,17 @@ def test_export_formats_from_the_command_line(
     assert {p.name for p in (tmp_path / "ck").iterdir()} == {
         "plan.json", "model.safetensors", "quantization_map.json",
     }  # fmt: skip
+
+
+def test_models_and_train_commands(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(workdir)
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "simplecnn:" in listing and "--dataset mnist-5k" in listing and "hf:PATH" in listing
+    assert main(["train", "--dataset", "digits", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "trained simplecnn on digits: eval P = " in out and "--weights" in out
+    weights = out.split("--weights ")[1].split(" to use")[0]
+    assert Path(weights).is_file() and "-e2-" in Path(weights).name
