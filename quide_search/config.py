@@ -30,6 +30,8 @@ class RunConfig:
     data_dir: str | None = field(default=None, metadata={"help": "where dataset files live"})
     download: bool = field(default=False, metadata={"help": "let loaders download datasets"})
     weights: str | None = field(default=None, metadata={"help": "local float state dict"})
+    eval_samples: int | None = field(default=None, metadata={"help": "imagenet eval subset"})
+    calib_samples: int | None = field(default=None, metadata={"help": "imagenet calib subset"})
     text_file: str | None = field(default=None, metadata={"help": "text for hf: models"})
     seq_len: int = field(default=512, metadata={"help": "tokens per eval window (hf: models)"})
     eval_windows: int = field(default=64, metadata={"help": "eval windows (hf: models)"})
@@ -167,6 +169,8 @@ class RunConfig:
             "download": self.download,
             "weights": self.weights,
             "text": text,
+            "eval_samples": self.eval_samples,
+            "calib_samples": self.calib_samples,
         }
 
     def gate_settings(self) -> dict[str, float | None]:

@@ -161,6 +161,12 @@ def task_options(protocol: Mapping[str, Any], record: Mapping[str, Any]) -> dict
         "data_dir": protocol.get("data_dir"),
         "weights": protocol.get("weights") if protocol.get("weights_source") == "file" else None,
         "text": TextTask(**text) if text else None,
+        "eval_samples": protocol.get("splits", {}).get("eval")
+        if protocol.get("dataset") == "imagenet"
+        else None,
+        "calib_samples": protocol.get("splits", {}).get("calib")
+        if protocol.get("dataset") == "imagenet"
+        else None,
     }
 
 

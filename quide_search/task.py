@@ -74,6 +74,8 @@ def load_task(
     device_type: str = "cpu",
     epochs: int | None = None,
     retrain: bool = False,
+    eval_samples: int | None = None,
+    calib_samples: int | None = None,
 ) -> Task:
     """Build the float model for ``model`` on ``dataset`` and its data splits.
 
@@ -88,6 +90,8 @@ def load_task(
         device_type: ``cpu`` or ``cuda``: picks an ``hf:`` model's dtype under ``auto``.
         epochs: Training epochs instead of the model's default for the dataset.
         retrain: Train again even if cached weights exist (``quide-search train``).
+        eval_samples: Eval subset size, for datasets that sample one (imagenet).
+        calib_samples: Calibration subset size, likewise.
 
     Raises:
         ConfigError: For an unknown model or dataset, or a dataset the model does not serve.
@@ -108,15 +112,25 @@ def load_task(
             f"--dataset must be one of {', '.join(spec.datasets)} for model {spec.name!r}, "
             f"but got {dataset!r}."
         )
-    if weights is not None:
+    weights = weights or spec.default_weights.get(dataset.lower())
+    if weights is not None and weights not in spec.pretrained:
         _check_weights_file(weights)
-    splits = loader(DataRequest(seed=DATA_SEED, data_dir=data_dir, download=download))
+    request = DataRequest(
+        seed=DATA_SEED,
+        data_dir=data_dir,
+        download=download,
+        eval_samples=eval_samples,
+        calib_samples=calib_samples,
+    )
+    splits = loader(request)
     # The initial weights are part of the seeded training run: without this the cached model
     # depends on whatever the global RNG held when the process got here.
     torch.manual_seed(DATA_SEED)
     float_model = spec.build(splits)
     path: Path | None = None
-    if weights is not None:
+    if weights is not None and weights in spec.pretrained:
+        float_model.load_state_dict(spec.pretrained[weights]())
+    elif weights is not None:
         path = _load_weights(float_model, Path(weights), spec.name)
     elif (epochs := epochs or spec.epochs(splits.name)) > 0:
         key = (

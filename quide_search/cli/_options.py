@@ -63,8 +63,9 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dataset",
         type=str,
-        default="digits",
-        help="registered dataset name (default: digits, bundled with scikit-learn)",
+        default=None,
+        help="registered dataset name (default: the model's first; digits for simplecnn, "
+        "bundled with scikit-learn)",
     )
     group.add_argument(
         "--data-dir",
@@ -76,6 +77,18 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         "--download",
         action="store_true",
         help="let torchvision download a missing dataset into --data-dir",
+    )
+    group.add_argument(
+        "--eval-samples",
+        type=positive_int,
+        default=None,
+        help="eval subset of datasets that sample one (imagenet: default 10000)",
+    )
+    group.add_argument(
+        "--calib-samples",
+        type=positive_int,
+        default=None,
+        help="calibration subset, likewise (imagenet: default 512)",
     )
     lm = parser.add_argument_group("Hugging Face causal LMs (--model hf:PATH_OR_ID)")
     lm.add_argument(
@@ -190,6 +203,12 @@ def study_storage(args: argparse.Namespace) -> str:
     return str(args.storage or default_storage_url(study=args.study))
 
 
+def _default_dataset(model: str) -> str:
+    from quide_search.models import MODELS
+
+    return MODELS.get(model).datasets[0] if model in MODELS else "digits"
+
+
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     """Build the validated RunConfig from parsed arguments (CLI > defaults)."""
     from quide_search.config import RunConfig
@@ -200,10 +219,12 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         drop = 0.01
     values: dict[str, Any] = {
         "model": args.model,
-        "dataset": args.dataset,
+        "dataset": args.dataset or _default_dataset(args.model),
         "data_dir": args.data_dir,
         "download": args.download,
         "weights": args.weights,
+        "eval_samples": args.eval_samples,
+        "calib_samples": args.calib_samples,
         "text_file": args.text_file,
         "seq_len": args.seq_len,
         "eval_windows": args.eval_windows,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quide_search.data import digits as _digits  # noqa: F401  (registers "digits")
+from quide_search.data import imagenet as _imagenet  # noqa: F401  (registers "imagenet")
 from quide_search.data import mnist5k as _mnist5k  # noqa: F401  (registers "mnist-5k")
 from quide_search.data import vision as _vision  # noqa: F401  (registers "mnist", "cifar10")
 from quide_search.data._base import (

@@ -72,6 +72,8 @@ class DataRequest:
     seed: int = 0
     data_dir: str | None = None
     download: bool = False
+    eval_samples: int | None = None
+    calib_samples: int | None = None
 
 
 DatasetLoader = Callable[[DataRequest], Splits]

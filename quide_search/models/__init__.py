@@ -1,7 +1,8 @@
-"""Registered models: ``@register_model`` specs and the built-in SimpleCNN."""
+"""Registered models: ``@register_model`` specs, the built-in SimpleCNN and ResNet-18."""
 
 from __future__ import annotations
 
+from quide_search.models import resnet as _resnet  # noqa: F401  (registers "resnet18")
 from quide_search.models import simplecnn as _simplecnn  # noqa: F401  (registers "simplecnn")
 from quide_search.models._base import MODELS, ModelSpec, register_model
 from quide_search.models.simplecnn import SimpleCNN

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -20,11 +21,13 @@ class ModelSpec:
     Attributes:
         name: Registry name.
         build: Returns the untrained float model shaped for the given splits.
-        datasets: Dataset names this model can be evaluated on.
+        datasets: Dataset names this model can be evaluated on; the first is the default.
         description: One line for ``quide-search models``.
         train_epochs: Epochs of the seeded training run made on first use (0: no training).
         arch_version: Bumped whenever ``build`` changes, so stale cached weights are not reused.
         dataset_epochs: Per-dataset overrides of ``train_epochs`` (large sets need fewer).
+        pretrained: Named published weights (``--weights NAME``) and how to get their state dict.
+        default_weights: Per dataset, the ``--weights`` used when none is given.
     """
 
     name: str
@@ -34,6 +37,8 @@ class ModelSpec:
     train_epochs: int = 0
     arch_version: int = 1
     dataset_epochs: Mapping[str, int] = field(default_factory=dict)
+    pretrained: Mapping[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    default_weights: Mapping[str, str] = field(default_factory=dict)
 
     def epochs(self, dataset: str) -> int:
         """Training epochs on ``dataset``."""

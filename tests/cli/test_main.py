@@ -26,7 +26,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.chdir(old)
     record = json.loads((tmp / "plan.json").read_text())
     (tmp / "other-model.json").write_text(json.dumps({**record, "model": "resnet50"}))
-    (tmp / "other-dataset.json").write_text(json.dumps({**record, "dataset": "imagenet"}))
+    (tmp / "other-dataset.json").write_text(json.dumps({**record, "dataset": "svhn"}))
     (tmp / "bad-layer.json").write_text(
         json.dumps(
             {
@@ -102,7 +102,7 @@ BAD_INPUTS = [
     ),
     (
         ["evaluate", "--plan", "other-dataset.json"],
-        "is for dataset 'imagenet', which is not registered",
+        "is for dataset 'svhn', which is not registered",
     ),
     (["evaluate", "--plan", "bad-layer.json"], "'fc9' is not a quantizable layer"),
     (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
@@ -111,6 +111,8 @@ BAD_INPUTS = [
     (["run", "--model", "hf:./no-such-model"], "must name a local model directory"),
     (["run", "--granularity", "row"], "invalid choice: 'row'"),
     (["train", "--model", "simplecn"], "Did you mean: 'simplecnn'"),
+    (["run", "--model", "resnet18", "--trials", "200"], "in ImageFolder layout"),
+    (["run", "--model", "resnet18", "--dataset", "digits"], "must be one of imagenet, mnist-5k"),
     (["train", "--dataset", "mnist", "--data-dir", "nodata"], "laid out as MNIST/raw/"),
     (["train", "--epochs", "0"], "--epochs: must be an integer >= 1"),
     (["sweep", "--latency", "guessed"], "--latency must be 'measured' or 'model:NAME'"),

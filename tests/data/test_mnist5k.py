@@ -38,3 +38,16 @@ def test_simplecnn_learns_mnist5k() -> None:
     with torch.no_grad():
         predicted = task.model(task.splits.eval.inputs).argmax(-1)
     assert float((predicted == task.splits.eval.labels).float().mean()) >= 0.95
+
+
+@pytest.mark.slow
+def test_resnet18_is_the_embedded_many_layer_cnn() -> None:
+    from quide_search.task import load_task
+
+    task = load_task(model="resnet18", dataset="mnist-5k")
+    assert len(task.layers) == 21
+    with torch.no_grad():
+        predicted = torch.cat(
+            [task.model(x).argmax(-1) for x in task.splits.eval.inputs.split(250)]
+        )
+    assert float((predicted == task.splits.eval.labels).float().mean()) >= 0.93
