@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from quide_search.cli._base import Command
+from quide_search.cli._options import add_study_args, study_storage
 
 __all__ = ["ExportCommand"]
 
@@ -20,13 +21,7 @@ class ExportCommand(Command):
   quide-search export --study simplecnn-digits --checkpoint --out best-int/"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--study", type=str, required=True, help="name of the study")
-        parser.add_argument(
-            "--storage",
-            type=str,
-            default=None,
-            help="storage URL (default: sqlite:///studies/<study>.db)",
-        )
+        add_study_args(parser)
         parser.add_argument(
             "--trial",
             type=str,
@@ -56,12 +51,10 @@ class ExportCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.export import export_plan
-        from quide_search.storage import default_storage_url
 
-        storage = args.storage or default_storage_url(study=args.study)
         path = export_plan(
             study=args.study,
-            storage=storage,
+            storage=study_storage(args),
             trial=args.trial,
             out=args.out,
             fmt=args.format,

@@ -92,6 +92,31 @@ def register_dataset(
     return DATASETS.register(name)
 
 
+def seeded_dataset(
+    name: str,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    seed: int,
+    calib: int,
+    eval: int,
+    num_classes: int,
+) -> Splits:
+    """Return the :class:`Splits` of one in-memory dataset cut by :func:`seeded_splits`."""
+    train, calib_split, eval_split = seeded_splits(
+        inputs, labels, seed=seed, calib=calib, eval=eval
+    )
+    return Splits(
+        name=name,
+        train=train,
+        calib=calib_split,
+        eval=eval_split,
+        input_shape=tuple(inputs.shape[1:]),
+        num_classes=num_classes,
+        seed=seed,
+    )
+
+
 def seeded_splits(
     inputs: torch.Tensor, labels: torch.Tensor, *, seed: int, calib: int, eval: int
 ) -> tuple[Split, Split, Split]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from quide_search.data._base import DataRequest, Splits, register_dataset, seeded_splits
+from quide_search.data._base import DataRequest, Splits, register_dataset, seeded_dataset
 
 __all__ = ["EVAL_SAMPLES", "CALIB_SAMPLES", "load_digits_splits"]
 
@@ -23,15 +23,7 @@ def load_digits_splits(request: DataRequest) -> Splits:
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(bunch.target, dtype=torch.long)
-    train, calib, eval_ = seeded_splits(
-        images, labels, seed=request.seed, calib=CALIB_SAMPLES, eval=EVAL_SAMPLES
-    )
-    return Splits(
-        name="digits",
-        train=train,
-        calib=calib,
-        eval=eval_,
-        input_shape=(1, 8, 8),
+    return seeded_dataset(
+        "digits", images, labels, seed=request.seed, calib=CALIB_SAMPLES, eval=EVAL_SAMPLES,
         num_classes=10,
-        seed=request.seed,
-    )
+    )  # fmt: skip

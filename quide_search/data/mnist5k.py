@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quide_search.data._base import DataRequest, Splits, register_dataset, seeded_splits
+from quide_search.data._base import DataRequest, Splits, register_dataset, seeded_dataset
 from quide_search.errors import DataError
 
 __all__ = ["CALIB_SAMPLES", "EVAL_SAMPLES", "mnist5k_file"]
@@ -48,15 +48,7 @@ def load_mnist5k_splits(request: DataRequest) -> Splits:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     images = torch.from_numpy(table[:, :-1].copy()).view(-1, 1, 28, 28) / 255.0
     labels = torch.from_numpy(table[:, -1].astype(np.int64))
-    train, calib, eval_ = seeded_splits(
-        images, labels, seed=request.seed, calib=CALIB_SAMPLES, eval=EVAL_SAMPLES
-    )
-    return Splits(
-        name="mnist-5k",
-        train=train,
-        calib=calib,
-        eval=eval_,
-        input_shape=(1, 28, 28),
+    return seeded_dataset(
+        "mnist-5k", images, labels, seed=request.seed, calib=CALIB_SAMPLES, eval=EVAL_SAMPLES,
         num_classes=10,
-        seed=request.seed,
-    )
+    )  # fmt: skip
