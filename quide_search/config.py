@@ -57,6 +57,9 @@ class RunConfig:
     batch_size: int = field(default=1, metadata={"help": "latency batch size"})
     eval_batch_size: int = field(default=256, metadata={"help": "accuracy batch size"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
+    cache_mb: float = field(
+        default=4096.0, metadata={"help": "bound on cached quantized layers, MiB"}
+    )
     latency: str = field(
         default="measured", metadata={"help": "T source: measured, or model:PROFILE (estimated)"}
     )
@@ -106,6 +109,8 @@ class RunConfig:
             from quide_search.latency_model import profile
 
             profile(self.latency.removeprefix("model:"))
+        if not self.cache_mb > 0:
+            raise ConfigError(f"--cache-mb must be > 0, but got {self.cache_mb}.")
         if self.granularity not in ("layer", "block", "type"):
             raise ConfigError(
                 f"--granularity must be layer, block or type, but got {self.granularity!r}."

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from optimum.quanto import freeze, quantize, requantize
 from optimum.quanto import quantization_map as _quanto_map
+from optimum.quanto.nn import quantize_module
 from torch import nn
 
 from quide_search.errors import PlanError, TrialEvaluationError
@@ -25,6 +26,7 @@ __all__ = [
     "model_bytes",
     "quantizable_layers",
     "quantization_map_of",
+    "quantize_layer",
     "rebuild_quantized",
 ]
 
@@ -83,6 +85,31 @@ def apply_plan(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.
             f"quanto could not apply the plan: {type(e).__name__}: {e}"
         ) from e
     return target
+
+
+def quantize_layer(module: nn.Module, qtype: str) -> nn.Module:
+    """Return a frozen quantized copy of one float layer (the layer itself is not changed).
+
+    Quantizing one layer on its own gives the same module as quantizing it inside the whole
+    model: quanto quantizes each layer's weights independently.
+
+    Raises:
+        TrialEvaluationError: If quanto fails on the layer.
+    """
+    try:
+        with torch.no_grad():
+            quantized = quantize_module(copy.deepcopy(module), weights=_QUANTO_NAME[qtype])
+            if quantized is None:
+                raise TypeError(f"{type(module).__name__} is not a layer quanto quantizes")
+            quantized.freeze()
+    except MemoryError as e:
+        raise TrialEvaluationError(f"out of memory while quantizing: {e}") from e
+    except Exception as e:  # any quanto failure on one layer fails that trial, not the run
+        raise TrialEvaluationError(
+            f"quanto could not quantize a {type(module).__name__} to {qtype}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    return quantized
 
 
 def quantization_map_of(model: nn.Module) -> dict[str, dict[str, str]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from quide_search.assembly import LayerCache
 from quide_search.config import RunConfig
 from quide_search.errors import TrialEvaluationError
 from quide_search.evaluator import Evaluator
@@ -21,7 +22,7 @@ from quide_search.latency_model import estimate_ms, layer_shapes, profile
 from quide_search.metric import Gate, Metrics
 from quide_search.models.causal_lm import GreedyDecode
 from quide_search.plan import BitPlan
-from quide_search.quantize import apply_plan, model_bytes
+from quide_search.quantize import model_bytes
 from quide_search.task import Task
 
 __all__ = ["Measurement", "Scorer"]
@@ -65,6 +66,8 @@ class Scorer:
         eval_batch_size: Batch size of the accuracy evaluation (does not change P).
         threads: torch intra-op threads to fix for the whole run (None keeps torch's default);
             the count in force is recorded with every T either way.
+        latency: ``measured``, or ``model:PROFILE`` for the analytic estimate.
+        cache_mb: Bound on the cached quantized layers that trials are assembled from.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class Scorer:
         eval_batch_size: int = 256,
         threads: int | None = None,
         latency: str = "measured",
+        cache_mb: float = 4096.0,
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -104,6 +108,7 @@ class Scorer:
         self.example = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].to(device)
         self.weight_counts = task.layers
         self.baseline_bytes = model_bytes(self.model)
+        self.layers = LayerCache(self.model, limit_mb=cache_mb)
         # An estimated decoding step reads every weight for one new token.
         step = self.example[:, :1] if task.decode is not None else self.example
         self._shapes = layer_shapes(self.model, step) if self.context.estimated else []
@@ -118,32 +123,36 @@ class Scorer:
             eval_batch_size=config.eval_batch_size,
             threads=config.threads,
             latency=config.latency,
+            cache_mb=config.cache_mb,
         )
 
     def measure(self, plan: BitPlan) -> Measurement:
-        """Apply ``plan`` to a copy of the float model and measure it.
+        """Assemble ``plan`` into the float model (cached quantized layers) and measure it.
+
+        The float model is restored afterwards, also when a measurement fails.
 
         Raises:
             PlanError: If the plan names layers the model lacks.
             TrialEvaluationError: If quantization, evaluation or timing fails.
         """
         t0 = time.perf_counter()
-        model = self._quantized(plan)
-        t1 = time.perf_counter()
-        accuracy, perplexity = self._score(model)
-        t2 = time.perf_counter()
-        latency = self._latency(model)
-        t3 = time.perf_counter()
+        with self.layers.assembled(plan) as model:
+            t1 = time.perf_counter()
+            accuracy, perplexity = self._score(model)
+            t2 = time.perf_counter()
+            latency = self._latency(model)
+            t3 = time.perf_counter()
+            stored = model_bytes(model)
         return Measurement(
             P=accuracy,
             T_ms=latency.median_ms,
-            stored_bytes=model_bytes(model),
+            stored_bytes=stored,
             avg_weight_bits=plan.average_bits(self.weight_counts),
             latency_repeats=latency.repeats,
             latency_spread=latency.spread,
             eval_samples=self.evaluator.samples,
             perplexity=perplexity,
-            seconds={"quantize": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
+            seconds={"assemble": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
         )
 
     def _score(self, model: torch.nn.Module) -> tuple[float, float | None]:
@@ -172,9 +181,6 @@ class Scorer:
         device = profile(self.context.profile["name"])
         estimate = estimate_ms(model, self._shapes, device, self.context.batch_size)
         return LatencyResult(median_ms=estimate, repeats=0, spread=0.0)
-
-    def _quantized(self, plan: BitPlan) -> torch.nn.Module:
-        return apply_plan(self.model, plan) if plan.quantized_layers() else self.model
 
     def float_plan(self) -> BitPlan:
         """Return the plan that keeps every layer in float (the baseline)."""

@@ -177,6 +177,13 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         help="torch threads, fixed for the run and recorded with T (default: torch's choice)",
     )
     group.add_argument(
+        "--cache-mb",
+        type=float,
+        default=4096.0,
+        help="memory bound on the cached quantized layers trials are assembled from "
+        "(default: 4096)",
+    )
+    group.add_argument(
         "--latency",
         type=str,
         default="measured",
@@ -238,6 +245,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "eval_batch_size": args.eval_batch_size,
         "threads": args.threads,
         "latency": args.latency,
+        "cache_mb": args.cache_mb,
     }
     if getattr(args, "bits", None) is not None:
         values["bits"] = parse_bits(args.bits)

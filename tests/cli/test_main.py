@@ -110,6 +110,7 @@ BAD_INPUTS = [
     (["run", "--latency", "model:cpu-epyc"], "Did you mean: 'cpu-epyc-2c'"),
     (["run", "--model", "hf:./no-such-model"], "must name a local model directory"),
     (["run", "--granularity", "row"], "invalid choice: 'row'"),
+    (["run", "--cache-mb", "0"], "--cache-mb must be > 0, but got 0.0"),
     (["train", "--model", "simplecn"], "Did you mean: 'simplecnn'"),
     (["run", "--model", "resnet18", "--trials", "200"], "in ImageFolder layout"),
     (["run", "--model", "resnet18", "--dataset", "digits"], "must be one of imagenet, mnist-5k"),
