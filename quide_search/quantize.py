@@ -25,6 +25,7 @@ __all__ = [
     "apply_plan",
     "model_bytes",
     "quantizable_layers",
+    "kernel_paths",
     "quantization_map_of",
     "quantize_layer",
     "rebuild_quantized",
@@ -110,6 +111,44 @@ def quantize_layer(module: nn.Module, qtype: str) -> nn.Module:
             f"{type(e).__name__}: {e}"
         ) from e
     return quantized
+
+
+def kernel_paths(model: nn.Module) -> dict[str, str]:
+    """Return, for each quantized layer of ``model``, how optimum-quanto will run it.
+
+    ``kernel:NAME`` when quanto picked a low-bit kernel for the layer's weights (its optimized
+    tensor types, or torch's int8 weight-pack matmul for int8 weights with bfloat16 activations
+    on CPU); ``fallback`` when it dequantizes the weights and runs the float operation (every
+    Conv2d, plain int2/int4 packing, int8 or float8 weights with float32 activations). The rules
+    follow quanto 0.2.7's dispatch; a test checks them against the ops the profiler sees.
+    """
+    paths: dict[str, str] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        kind = type(weight).__name__
+        if not kind.startswith(("Weight", "TinyGemm", "AWQ", "Marlin")):
+            continue
+        if kind.startswith(("TinyGemm", "AWQ", "Marlin")):
+            paths[name] = "kernel:" + kind.removesuffix("WeightQBitsTensor").lower()
+        elif _int8pack(module, weight):
+            paths[name] = "kernel:int8pack"
+        else:
+            paths[name] = "fallback"
+    return paths
+
+
+def _int8pack(module: nn.Module, weight: Any) -> bool:
+    scale = getattr(weight, "_scale", None)
+    return (
+        isinstance(module, nn.Linear)
+        and type(weight).__name__ == "WeightQBytesTensor"
+        and getattr(weight, "qtype", None) is not None
+        and weight.qtype.name == "qint8"
+        and weight.device.type == "cpu"
+        and scale is not None
+        and scale.dtype == torch.bfloat16
+        and module.in_features % 4 == 0
+    )
 
 
 def quantization_map_of(model: nn.Module) -> dict[str, dict[str, str]]:

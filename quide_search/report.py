@@ -72,6 +72,8 @@ def format_summary(summary: SearchSummary) -> str:
             lines.append("\nno trial passed the accuracy gate; the best-so-far by I is shown.")
         plan = ", ".join(f"{k}={v}" for k, v in summary.best["plan"].items())
         lines.append(f"\nbest plan: {plan}")
+    if summary.latency_warning:
+        lines.append("\n" + summary.latency_warning)
     if summary.running:
         lines.append(
             f"\n{summary.running} trial(s) still marked RUNNING: other workers' trials, or those "

@@ -22,7 +22,7 @@ from quide_search.latency_model import estimate_ms, layer_shapes, profile
 from quide_search.metric import Gate, Metrics
 from quide_search.models.causal_lm import GreedyDecode
 from quide_search.plan import BitPlan
-from quide_search.quantize import model_bytes
+from quide_search.quantize import kernel_paths, model_bytes
 from quide_search.task import Task
 
 __all__ = ["Measurement", "Scorer"]
@@ -42,6 +42,8 @@ class Measurement:
     latency_spread: float
     eval_samples: int
     perplexity: float | None = None
+    fallback_layers: list[str] = field(default_factory=list)
+    kernel_layers: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def metrics(self, *, baseline_bytes: int, gate: Gate) -> Metrics:
@@ -143,6 +145,7 @@ class Scorer:
             latency = self._latency(model)
             t3 = time.perf_counter()
             stored = model_bytes(model)
+            paths = kernel_paths(model)
         return Measurement(
             P=accuracy,
             T_ms=latency.median_ms,
@@ -152,6 +155,8 @@ class Scorer:
             latency_spread=latency.spread,
             eval_samples=self.evaluator.samples,
             perplexity=perplexity,
+            fallback_layers=[n for n, path in paths.items() if path == "fallback"],
+            kernel_layers=[n for n, path in paths.items() if path != "fallback"],
             seconds={"assemble": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
         )
 

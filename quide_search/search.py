@@ -44,7 +44,7 @@ NO_HEARTBEAT = "its worker stopped sending heartbeats (killed or lost)"
 
 _COPIED_ATTRS = (
     *RECORD_KEYS, "baseline_bytes", "unit", "latency_repeats", "latency_spread", "eval_samples",
-    "latency_source", "perplexity",
+    "latency_source", "perplexity", "kernel_layers", "fallback_layers",
 )  # fmt: skip
 
 
@@ -135,6 +135,8 @@ class PlanObjective:
             "latency_repeats": measurement.latency_repeats,
             "latency_spread": measurement.latency_spread,
             "latency_source": self.scorer.context.method,
+            "kernel_layers": measurement.kernel_layers,
+            "fallback_layers": measurement.fallback_layers,
             **({"perplexity": measurement.perplexity} if measurement.perplexity else {}),
             "eval_samples": measurement.eval_samples,
             "seconds": measurement.seconds,

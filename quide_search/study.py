@@ -53,6 +53,7 @@ class SearchSummary:
     pareto: list[dict[str, Any]]
     latency: dict[str, Any]
     protocol: dict[str, Any]
+    latency_warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the summary as plain JSON types (for ``show --json``)."""
@@ -237,6 +238,27 @@ def summarize(
         pareto=front,
         latency=dict(study.user_attrs.get("protocol", {}).get("latency", {})),
         protocol=dict(study.user_attrs.get("protocol", {})),
+        latency_warning=_fallback_warning(study),
+    )
+
+
+def _fallback_warning(study: optuna.Study) -> str | None:
+    """Say so when measured T mostly times optimum-quanto's dequantize fallback."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    measured = [
+        t for t in trials if not str(t.user_attrs.get("latency_source", "")).startswith("model:")
+    ]
+    fallback = sum(len(t.user_attrs.get("fallback_layers", [])) for t in measured)
+    kernel = sum(len(t.user_attrs.get("kernel_layers", [])) for t in measured)
+    if fallback <= kernel:
+        return None
+    share = fallback / (fallback + kernel)
+    return (
+        f"warning: {share:.0%} of the quantized layers timed in this study ran no low-bit "
+        "kernel (optimum-quanto dequantized their weights), so T mostly measures that "
+        "overhead, not a speed-up. Use --latency model:PROFILE for a target device's estimate."
     )
 
 
