@@ -88,7 +88,7 @@ def test_sigint_records_the_trial_and_exits_130(tmp_path: Path, digits_task) -> 
 
 
 def test_same_seed_proposes_same_plans_and_scores(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
-    # With measured T, TPE's proposals after its 10 seeded start-up trials depend on T's noise,
+    # With measured T, TPE's proposals after its seeded start-up depend on T's noise,
     # so only the value-independent part of the sequence must repeat; P must repeat for every
     # plan that both runs measured.
     def sequence(folder: Path) -> list[tuple[dict[str, str], float]]:
@@ -101,9 +101,11 @@ def test_same_seed_proposes_same_plans_and_scores(tmp_path: Path, digits_task) -
     first = sequence(tmp_path / "a")
     second = sequence(tmp_path / "b")
     assert len(first) == len(second) == 16
-    startup = 3 + 10  # the uniform plans, then TPE's seeded random start-up proposals
+    # TPE samples at random (seeded) until 10 trials are complete, the 3 uniform plans
+    # included; from the 11th trial on, its proposals depend on the measured values.
+    startup = 10
     assert first[:startup] == second[:startup]
-    assert len({tuple(sorted(p.items())) for p, _ in first[:startup]}) >= 8
+    assert len({tuple(sorted(p.items())) for p, _ in first[:startup]}) >= 7
     p_of = {tuple(sorted(p.items())): score for p, score in first}
     for plan, score in second:
         assert p_of.get(tuple(sorted(plan.items())), score) == score
