@@ -159,14 +159,10 @@ def task_options(protocol: Mapping[str, Any], record: Mapping[str, Any]) -> dict
         "model": record["model"],
         "dataset": record["dataset"],
         "data_dir": protocol.get("data_dir"),
-        "weights": protocol.get("weights") if protocol.get("weights_source") == "file" else None,
+        "weights": protocol.get("weights"),
         "text": TextTask(**text) if text else None,
-        "eval_samples": protocol.get("splits", {}).get("eval")
-        if protocol.get("dataset") == "imagenet"
-        else None,
-        "calib_samples": protocol.get("splits", {}).get("calib")
-        if protocol.get("dataset") == "imagenet"
-        else None,
+        "eval_samples": protocol.get("eval_samples"),
+        "calib_samples": protocol.get("calib_samples"),
     }
 
 

@@ -146,10 +146,14 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "schema_version": PROTOCOL_SCHEMA_VERSION,
         "model": scorer.task.model_name,
         "dataset": scorer.task.dataset_name,
-        "weights": str(scorer.task.weights_path) if scorer.task.weights_path else None,
-        "weights_source": "file" if config.weights else "trained",
+        # What was asked for (a file, a published-weights name, or None: the trained default)
+        # and the file the float model came from.
+        "weights": config.weights,
+        "weights_path": str(scorer.task.weights_path) if scorer.task.weights_path else None,
         "data_dir": config.data_dir,
-        "latency_source": "measured",
+        "eval_samples": config.eval_samples,
+        "calib_samples": config.calib_samples,
+        "latency_source": config.latency,
         "splits": scorer.task.splits.describe(),
         "bits": list(config.bits),
         "granularity": config.granularity,

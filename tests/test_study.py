@@ -143,3 +143,16 @@ def test_thread_count_is_fixed_and_recorded(tmp_path: Path) -> None:
     )
     latency = study.user_attrs["protocol"]["latency"]
     assert latency["threads"] == 1 and latency["batch_size"] == 1 and latency["unit"] == "ms"
+
+
+def test_protocol_records_the_latency_source_and_requested_weights(
+    tmp_path: Path, digits_task
+) -> None:  # type: ignore[no-untyped-def]
+    config = _config(tmp_path, trials=1, latency="model:cpu-epyc-2c")
+    run_search(config, progress=False)
+    protocol = load_study(study=config.study_name, storage=config.storage_url).user_attrs[
+        "protocol"
+    ]
+    assert protocol["latency_source"] == "model:cpu-epyc-2c"
+    assert protocol["weights"] is None  # the trained default was asked for
+    assert protocol["weights_path"] == str(digits_task.weights_path)
