@@ -101,14 +101,9 @@ class RunConfig:
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, but got {value}.")
-        if self.latency != "measured":
-            if not self.latency.startswith("model:"):
-                raise ConfigError(
-                    f"--latency must be 'measured' or 'model:NAME', but got {self.latency!r}."
-                )
-            from quide_search.latency_model import profile
+        from quide_search.latency_model import latency_source
 
-            profile(self.latency.removeprefix("model:"))
+        latency_source(self.latency)
         if not self.cache_mb > 0:
             raise ConfigError(f"--cache-mb must be > 0, but got {self.cache_mb}.")
         if self.granularity not in ("layer", "block", "type"):

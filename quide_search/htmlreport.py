@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quide_search.metric import knee
 from quide_search.plan import atomic_write_text
-from quide_search.report import gate_text, plan_text
+from quide_search.report import cell_text, gate_text, plan_text
 from quide_search.study import SearchSummary, completed_rows, load_study, summarize
 
 if TYPE_CHECKING:
@@ -55,10 +56,9 @@ def write_report(
     return written
 
 
-def _knee(summary: SearchSummary) -> Mapping[str, Any]:
-    """The uniform-protocol knee: the highest I' among fp32 and the uniform plans."""
-    candidates = [{**summary.baseline, "trial": "fp32", "plan": {}}, *summary.uniform]
-    return max(candidates, key=lambda r: (r["I_prime"], r["I"]))
+def _uniform_rows(summary: SearchSummary) -> list[dict[str, Any]]:
+    """fp32 and the uniform plans, as rows the knee is chosen from."""
+    return [{**summary.baseline, "trial": "fp32", "plan": {}}, *summary.uniform]
 
 
 def build_figures(
@@ -104,7 +104,7 @@ def _pareto_figure(summary: SearchSummary, rows: Sequence[Mapping[str, Any]]) ->
         )
     )  # fmt: skip
     for label, point, symbol in (
-        ("knee (best uniform I')", _knee(summary), "star"),
+        ("knee (best uniform I')", knee(_uniform_rows(summary)), "star"),
         ("best I'", summary.best, "diamond"),
     ):
         if point:
@@ -167,28 +167,26 @@ def _bits_figure(summary: SearchSummary) -> go.Figure:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, bool):
-            return "pass" if v else "FAIL"
-        return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
-
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell_text(v))}</td>" for v in r) + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _uniform_table(summary: SearchSummary) -> str:
-    knee = _knee(summary)
+    candidates = _uniform_rows(summary)
+    best = knee(candidates)
     rows = [
-        [label, *(r[c] for c in _COLUMNS), r["gate_passed"], "knee" if r is knee else ""]
-        for label, r in [
-            ("fp32", summary.baseline),
-            *((next(iter(r["plan"].values())), r) for r in summary.uniform),
+        [
+            next(iter(r["plan"].values()), "fp32"),
+            *(r[c] for c in _COLUMNS),
+            r["gate_passed"],
+            "knee" if r is best else "",
         ]
+        for r in candidates
     ]
-    # The knee was built from a copy of the baseline, so compare values for that row.
-    if knee.get("trial") == "fp32":
-        rows[0][-1] = "knee"
     return _table(["precision", *_COLUMNS, "gate", ""], rows)
 
 

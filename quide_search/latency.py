@@ -75,10 +75,10 @@ class LatencyContext:
         Raises:
             ConfigError: For an unknown source or device profile.
         """
-        from quide_search.latency_model import profile
+        from quide_search.latency_model import latency_source
 
-        if source.startswith("model:"):
-            target = profile(source.removeprefix("model:"))
+        target = latency_source(source)
+        if target is not None:
             return cls(
                 device=target.name,
                 batch_size=batch_size,
@@ -87,8 +87,6 @@ class LatencyContext:
                 method=source,
                 profile=target.to_dict(),
             )
-        if source != "measured":
-            raise ConfigError(f"--latency must be 'measured' or 'model:NAME', but got {source!r}.")
         method = "cuda_events" if device.type == "cuda" else "wall_clock"
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         return cls(

@@ -23,7 +23,15 @@ from torch import nn
 from quide_search.errors import ConfigError, did_you_mean
 from quide_search.quantize import quantizable_layers
 
-__all__ = ["PROFILES", "DeviceProfile", "LayerShape", "estimate_ms", "layer_shapes", "profile"]
+__all__ = [
+    "PROFILES",
+    "DeviceProfile",
+    "LayerShape",
+    "estimate_ms",
+    "latency_source",
+    "layer_shapes",
+    "profile",
+]
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,19 @@ def profile(name: str) -> DeviceProfile:
             + f" Profiles: {', '.join(PROFILES)}."
         )
     return PROFILES[name]
+
+
+def latency_source(source: str) -> DeviceProfile | None:
+    """Check a ``--latency`` value: None for ``measured``, the profile for ``model:NAME``.
+
+    Raises:
+        ConfigError: For any other value, or an unknown profile.
+    """
+    if source == "measured":
+        return None
+    if not source.startswith("model:"):
+        raise ConfigError(f"--latency must be 'measured' or 'model:NAME', but got {source!r}.")
+    return profile(source.removeprefix("model:"))
 
 
 @dataclass(frozen=True)

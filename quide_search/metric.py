@@ -8,8 +8,9 @@ model timed in seconds would score very differently. See ``docs/metric.md``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from quide_search.errors import MetricError
 
@@ -21,7 +22,10 @@ __all__ = [
     "compression_ratio",
     "gated_index",
     "intelligence_index",
+    "knee",
 ]
+
+_Row = TypeVar("_Row", bound=Mapping[str, Any])
 
 LATENCY_UNIT = "ms"
 """The unit of T everywhere in quide-search; stored with every result."""
@@ -204,3 +208,11 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         """Return the record as plain JSON types."""
         return asdict(self)
+
+
+def knee(rows: Sequence[_Row]) -> _Row:
+    """Return the uniform protocol's knee: the row with the highest I' (ties: the higher I).
+
+    Rows are metric records (``I_prime`` and ``I`` at least); the first of equal rows wins.
+    """
+    return max(rows, key=lambda r: (r["I_prime"], r["I"]))

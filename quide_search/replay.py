@@ -69,13 +69,13 @@ def evaluate_plan(
     from quide_search.models import MODELS
 
     # The registries' own errors name the CLI flags; here the names come from the file.
+    # hf: models and factories are named by path or import path, not registered.
+    registered = not (plan.model.startswith(HF_PREFIX) or is_factory_spec(plan.model))
     for kind, name, registry in (
         ("model", plan.model, MODELS),
         ("dataset", plan.dataset, DATASETS),
     ):
-        if plan.model.startswith(HF_PREFIX) or is_factory_spec(plan.model):
-            break  # named by path or import path, not registered
-        if name not in registry:
+        if registered and name not in registry:
             raise PlanError(
                 f"plan {str(path)!r} is for {kind} {name!r}, which is not "
                 f"registered. Registered: {', '.join(registry.names())}."

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from quide_search.metric import knee
+
 if TYPE_CHECKING:
     from quide_search.replay import Replay
     from quide_search.study import SearchSummary
     from quide_search.sweep import SweepResult
 
 __all__ = [
+    "cell_text",
     "format_replay",
     "format_studies",
     "format_study",
@@ -24,7 +27,8 @@ __all__ = [
 _COLUMNS = ("C", "P", "T_ms", "I", "I_prime")
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """Return one table cell: pass/FAIL for the gate, 4 decimals for numbers below 1000."""
     if isinstance(value, bool):
         return "pass" if value else "FAIL"
     if isinstance(value, float):
@@ -34,7 +38,7 @@ def _cell(value: Any) -> str:
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Return a fixed-width text table (right-aligned numbers, left-aligned first column)."""
-    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[cell_text(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
@@ -54,7 +58,7 @@ def format_summary(summary: SearchSummary) -> str:
     """Return the end-of-run table: fp32 baseline, best uniform plan, best found plan."""
     rows = [_row("fp32 baseline", summary.baseline, ["-"])]
     if summary.uniform:
-        best_uniform = max(summary.uniform, key=lambda r: (r["I_prime"], r["I"]))
+        best_uniform = knee(summary.uniform)
         label = "best uniform (" + next(iter(best_uniform["plan"].values())) + ")"
         rows.append(_row(label, best_uniform, [best_uniform["trial"]]))
     if summary.best is not None:

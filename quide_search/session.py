@@ -195,12 +195,14 @@ def _baseline(study: optuna.Study, scorer: Scorer, gate_settings: dict[str, Any]
     return Gate(baseline_P=stored["P"], **gate_settings)
 
 
-def _enqueue_uniform(study: optuna.Study, layers: list[str], bits: tuple[str, ...]) -> None:
+def _enqueue_uniform(study: optuna.Study, params: list[str], bits: tuple[str, ...]) -> None:
     if study.user_attrs.get("uniform_enqueued"):
         return
+    from quide_search.search import uniform_params
+
     for qtype in bits:
         if qtype != FLOAT:
-            study.enqueue_trial({name: qtype for name in layers}, skip_if_exists=True)
+            study.enqueue_trial(uniform_params(params, qtype), skip_if_exists=True)
     study.set_user_attr("uniform_enqueued", True)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quide_search.config import RunConfig
-from quide_search.metric import LATENCY_UNIT, RECORD_KEYS, Gate
+from quide_search.metric import LATENCY_UNIT, RECORD_KEYS, Gate, knee
 from quide_search.plan import FLOAT, BitPlan, atomic_write_text
 
 __all__ = ["SWEEP_COLUMNS", "SweepResult", "precision_label", "run_sweep"]
@@ -70,13 +70,13 @@ def run_sweep(config: RunConfig) -> SweepResult:
                 "latency_repeats": measured.latency_repeats,
             }
         )
-    knee = max(rows, key=lambda r: (r["I_prime"], r["I"]))
+    best = knee(rows)
     name = config.study or f"{task.model_name}-{task.dataset_name}"
     out = Path(config.out_dir)
     result = SweepResult(
         name=name,
         rows=rows,
-        knee=knee,
+        knee=best,
         gate=gate.to_dict(),
         latency=scorer.context.to_dict(),
         json_path=out / f"{name}.sweep.json",
