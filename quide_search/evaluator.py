@@ -8,6 +8,7 @@ them as failed trials.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,9 @@ from torch import nn
 from quide_search.data import Split
 from quide_search.errors import ConfigError, TrialEvaluationError
 
-__all__ = ["Evaluator"]
+__all__ = ["EvalResult", "Evaluator", "logits_of"]
+
+_MIN_CHUNKS = 40
 
 
 @dataclass(frozen=True)
@@ -69,23 +72,65 @@ class Evaluator:
         Raises:
             TrialEvaluationError: If forward fails, runs out of memory, or yields NaN or inf.
         """
-        correct, nll = 0, 0.0
+        result = self.evaluate_until(model)
+        assert result.accuracy is not None
+        return result.accuracy, result.perplexity
+
+    @property
+    def chunk(self) -> int:
+        """Samples per forward pass: at most ``batch_size``, and at least 40 passes per split.
+
+        Small chunks let a hopeless plan stop early; the chunking is the same whether or not
+        stopping is on, so a plan scores the same P either way.
+        """
+        return max(1, min(self.batch_size, math.ceil(self.samples / _MIN_CHUNKS)))
+
+    def evaluate_until(
+        self,
+        model: nn.Module,
+        *,
+        floor: float | None = None,
+        confidence: float | None = None,
+        on_chunk: Callable[[int, float], None] | None = None,
+    ) -> EvalResult:
+        """Score ``model`` chunk by chunk; stop once P cannot reach ``floor``.
+
+        Without ``confidence`` the stop is exact: it happens only when P stays below ``floor``
+        even if every remaining sample were right, so no plan that passes is ever stopped.
+        With ``confidence`` (e.g. 0.999) it also stops when a Hoeffding-Serfling upper bound on
+        P at that confidence (the seen samples are a uniform draw without replacement from the
+        seeded, shuffled split) falls below ``floor``; that can stop a passing plan, with
+        probability at most 1 - confidence.
+
+        Args:
+            on_chunk: Called after each chunk with the samples seen and the best P still
+                reachable (for Optuna's intermediate values).
+
+        Raises:
+            TrialEvaluationError: If forward fails, runs out of memory, or yields NaN or inf.
+        """
+        per_sample = self.labels[0].numel()
+        total = self.samples
+        correct, nll, seen = 0, 0.0, 0
         try:
             with torch.no_grad():
-                for start in range(0, self.samples, self.batch_size):
-                    logits = _logits(model(self.inputs[start : start + self.batch_size]))
-                    if not torch.isfinite(logits).all():
-                        raise TrialEvaluationError(
-                            "model output contains NaN or inf; the plan is numerically unusable"
-                        )
-                    batch = self.labels[start : start + self.batch_size]
-                    correct += int((logits.argmax(dim=-1) == batch).sum())
-                    if batch.dim() > 1:
-                        nll += float(
-                            torch.nn.functional.cross_entropy(
-                                logits.flatten(0, -2).float(), batch.flatten(), reduction="sum"
+                for start in range(0, total, self.chunk):
+                    hits, loss = self._chunk(model, start)
+                    correct, nll, seen = correct + hits, nll + loss, min(total, start + self.chunk)
+                    reachable = (correct + (total - seen) * per_sample) / (total * per_sample)
+                    if on_chunk is not None:
+                        on_chunk(seen, reachable)
+                    if seen < total and floor is not None:
+                        bound = reachable
+                        if confidence is not None:
+                            bound = min(
+                                bound,
+                                _upper_bound(
+                                    correct / (seen * per_sample), seen, total, confidence
+                                ),
                             )
-                        )
+                        if bound < floor:
+                            return EvalResult(None, None, seen, total, reachable)
         except TrialEvaluationError:
             raise
         except torch.cuda.OutOfMemoryError as e:
@@ -96,12 +141,79 @@ class Evaluator:
             raise TrialEvaluationError(
                 f"forward pass failed during evaluation: {type(e).__name__}: {e}"
             ) from e
-        total = int(self.labels.numel())
-        perplexity = math.exp(nll / total) if self.labels.dim() > 1 else None
-        return correct / total, perplexity
+        positions = int(self.labels.numel())
+        perplexity = math.exp(nll / positions) if self.labels.dim() > 1 else None
+        return EvalResult(correct / positions, perplexity, total, total, correct / positions)
+
+    def hardest_first(self, model: nn.Module) -> Evaluator:
+        """Return this evaluator with its samples reordered: the float model's least sure first.
+
+        P is a sum over samples, so the order never changes it; but quantization errors
+        gather where the float model's margin is small, so a plan that fails the gate shows
+        its errors in the first chunks and the exact early stop comes sooner. (The
+        statistical bound needs a random order: do not use this with it.)
+        """
+        margins = []
+        with torch.no_grad():
+            for start in range(0, self.samples, self.batch_size):
+                logits = logits_of(model(self.inputs[start : start + self.batch_size])).float()
+                top = logits.softmax(dim=-1).topk(2, dim=-1).values
+                margin = top[..., 0] - top[..., 1]
+                right = logits.argmax(dim=-1) == self.labels[start : start + self.batch_size]
+                # Wrong samples first (negative), then the smallest margins.
+                score = torch.where(right, margin, margin - 1.0)
+                margins.append(score.flatten(1).mean(dim=1) if score.dim() > 1 else score)
+        order = torch.argsort(torch.cat(margins), stable=True)
+        return Evaluator(self.inputs[order], self.labels[order], self.batch_size)
+
+    def _chunk(self, model: nn.Module, start: int) -> tuple[int, float]:
+        logits = logits_of(model(self.inputs[start : start + self.chunk]))
+        if not torch.isfinite(logits).all():
+            raise TrialEvaluationError(
+                "model output contains NaN or inf; the plan is numerically unusable"
+            )
+        batch = self.labels[start : start + self.chunk]
+        hits = int((logits.argmax(dim=-1) == batch).sum())
+        if batch.dim() == 1:
+            return hits, 0.0
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, -2).float(), batch.flatten(), reduction="sum"
+        )
+        return hits, float(loss)
 
 
-def _logits(output: object) -> torch.Tensor:
+@dataclass(frozen=True)
+class EvalResult:
+    """One evaluation, complete or stopped early.
+
+    Attributes:
+        accuracy: P, or None when the evaluation stopped before the end.
+        perplexity: For token labels, when complete.
+        samples: Samples scored (all of them unless stopped).
+        total: Samples in the split.
+        reachable: The highest P still possible when it stopped (P itself when complete).
+    """
+
+    accuracy: float | None
+    perplexity: float | None
+    samples: int
+    total: int
+    reachable: float
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the evaluation stopped before scoring every sample."""
+        return self.accuracy is None
+
+
+def _upper_bound(mean: float, seen: int, total: int, confidence: float) -> float:
+    """Hoeffding-Serfling upper confidence bound on a finite population's mean in [0, 1]."""
+    shrink = 1.0 - (seen - 1) / total
+    return mean + math.sqrt(shrink * math.log(1.0 / (1.0 - confidence)) / (2.0 * seen))
+
+
+def logits_of(output: object) -> torch.Tensor:
+    """Return the logits tensor of a model's output (a tensor, or an object with .logits)."""
     # Hugging Face models return an object with .logits; plain modules return the tensor.
     logits = getattr(output, "logits", output)
     if not isinstance(logits, torch.Tensor):
