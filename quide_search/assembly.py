@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from quide_search.plan import BitPlan
+from quide_search.plan import FLOAT, BitPlan
 from quide_search.quantize import model_bytes, quantizable_layers, quantize_layer
 
 __all__ = ["LayerCache"]
@@ -44,6 +44,16 @@ class LayerCache:
     def cached_bytes(self) -> int:
         """Stored bytes of the quantized layers now cached."""
         return sum(self._sizes.values())
+
+    def module(self, name: str, qtype: str) -> nn.Module:
+        """Return layer ``name`` under ``qtype`` (``none``: the float layer), built at most once.
+
+        Raises:
+            TrialEvaluationError: If quanto fails on the layer.
+        """
+        if qtype == FLOAT:
+            return self._modules[name]
+        return self._get(name, qtype)
 
     def _get(self, name: str, qtype: str) -> nn.Module:
         key = (name, qtype)

@@ -120,15 +120,20 @@ def profile(name: str) -> DeviceProfile:
 
 
 def latency_source(source: str) -> DeviceProfile | None:
-    """Check a ``--latency`` value: None for ``measured``, the profile for ``model:NAME``.
+    """Check a ``--latency`` value: the profile for ``model:NAME``, else None (measured).
+
+    ``table`` and ``table:PATH`` are measured too, layer by layer (see ``latency_table``).
 
     Raises:
         ConfigError: For any other value, or an unknown profile.
     """
-    if source == "measured":
+    if source in ("measured", "table") or (source.startswith("table:") and len(source) > 6):
         return None
     if not source.startswith("model:"):
-        raise ConfigError(f"--latency must be 'measured' or 'model:NAME', but got {source!r}.")
+        raise ConfigError(
+            "--latency must be 'measured', 'table', 'table:PATH' or 'model:NAME', but got "
+            f"{source!r}."
+        )
     return profile(source.removeprefix("model:"))
 
 
