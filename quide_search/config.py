@@ -63,6 +63,22 @@ class RunConfig:
     latency: str = field(
         default="measured", metadata={"help": "T source: measured, or model:PROFILE (estimated)"}
     )
+    objective: str = field(
+        default="iprime", metadata={"help": "iprime (maximise I') or pareto (C, P, T)"}
+    )
+    sampler: str = field(default="tpe", metadata={"help": "tpe, random, nsga2 or gp"})
+    early_stop: str = field(
+        default="exact", metadata={"help": "exact, stat (statistical, also) or off"}
+    )
+    warm_start: bool = field(
+        default=True, metadata={"help": "queue sensitivity-greedy plans after the uniform ones"}
+    )
+    max_size_mb: float | None = field(
+        default=None, metadata={"help": "constraint: stored weights at most this many MiB"}
+    )
+    max_latency_ms: float | None = field(
+        default=None, metadata={"help": "constraint: T at most this many ms"}
+    )
     out_dir: str = field(default="studies", metadata={"help": "where studies and files go"})
     workers: int = field(default=1, metadata={"help": "local worker processes sharing the study"})
     heartbeat: int | None = field(
@@ -106,6 +122,7 @@ class RunConfig:
         latency_source(self.latency)
         if not self.cache_mb > 0:
             raise ConfigError(f"--cache-mb must be > 0, but got {self.cache_mb}.")
+        self._check_search()
         if self.granularity not in ("layer", "block", "type"):
             raise ConfigError(
                 f"--granularity must be layer, block or type, but got {self.granularity!r}."
@@ -128,6 +145,41 @@ class RunConfig:
                     f"but got --heartbeat {self.heartbeat} with --storage {self.storage!r}, a "
                     "journal file, which has no heartbeats. Drop --heartbeat or use an RDB URL."
                 )
+
+    def _check_search(self) -> None:
+        from quide_search.sampler import check_sampler
+
+        check_sampler(self.sampler)
+        for flag, value, allowed in (
+            ("--objective", self.objective, ("iprime", "pareto")),
+            ("--early-stop", self.early_stop, ("exact", "stat", "off")),
+        ):
+            if value not in allowed:
+                raise ConfigError(
+                    f"{flag} must be one of {', '.join(allowed)}, but got {value!r}."
+                )
+        if self.sampler == "gp" and self.objective == "pareto":
+            raise ConfigError(
+                "--sampler gp needs --objective iprime (one objective), but got --objective "
+                "pareto. Use --sampler tpe or nsga2 for Pareto mode."
+            )
+        for flag, limit in (
+            ("--max-size-mb", self.max_size_mb),
+            ("--max-latency-ms", self.max_latency_ms),
+        ):
+            if limit is not None and not (limit > 0 and limit < float("inf")):
+                raise ConfigError(f"{flag} must be a finite number > 0, but got {limit}.")
+
+    def search_settings(self) -> Any:
+        """Return the objective's :class:`~quide_search.search.SearchSettings`."""
+        from quide_search.search import SearchSettings
+
+        return SearchSettings(
+            objective=self.objective,
+            early_stop=self.early_stop,
+            max_size_mb=self.max_size_mb,
+            max_latency_ms=self.max_latency_ms,
+        )
 
     @property
     def study_name(self) -> str:

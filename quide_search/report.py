@@ -39,7 +39,7 @@ def cell_text(value: Any) -> str:
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Return a fixed-width text table (right-aligned numbers, left-aligned first column)."""
     cells = [[cell_text(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
         parts = [values[0].ljust(widths[0])]
@@ -66,18 +66,21 @@ def format_summary(summary: SearchSummary) -> str:
     lines = [
         f"study {summary.study_name!r} in {summary.storage_url}",
         f"{summary.completed} completed trials ({summary.distinct_plans} distinct plans), "
-        f"{summary.failed} failed; T in ms at batch {summary.latency.get('batch_size')}, "
+        f"{summary.pruned} stopped early, {summary.failed} failed; T in ms at batch "
+        f"{summary.latency.get('batch_size')}, "
         f"{summary.latency.get('threads')} threads on {summary.latency.get('device')}",
         "",
         format_table(["plan", *_COLUMNS, "gate", "trial"], rows),
     ]
     if summary.best is not None:
         if not summary.best["feasible"]:
-            lines.append("\nno trial passed the accuracy gate; the best-so-far by I is shown.")
+            lines.append(
+                "\nno trial is feasible (accuracy gate, size and latency limits); the "
+                "best-so-far by I' then I is shown."
+            )
         plan = ", ".join(f"{k}={v}" for k, v in summary.best["plan"].items())
         lines.append(f"\nbest plan: {plan}")
-    if summary.latency_warning:
-        lines.append("\n" + summary.latency_warning)
+    lines += _search_notes(summary)
     if summary.running:
         lines.append(
             f"\n{summary.running} trial(s) still marked RUNNING: other workers' trials, or those "
@@ -86,6 +89,24 @@ def format_summary(summary: SearchSummary) -> str:
         )
     lines.append(f"Pareto front ({len(summary.pareto)} points): {summary.pareto_path}")
     return "\n".join(lines)
+
+
+def _search_notes(summary: SearchSummary) -> list[str]:
+    lines = []
+    if summary.warm_start_skipped:
+        lines.append(f"\nno warm-start plans: {summary.warm_start_skipped}")
+    if summary.early_stop:
+        lines.append(
+            f"\nearly stopping: {summary.early_stop['pruned']} trial(s) proved to fail the gate "
+            f"spent {summary.early_stop['mean_eval_fraction']:.0%} of a full evaluation on "
+            "average."
+        )
+    if summary.latency_table_check:
+        errors = ", ".join(f"{c['plan']} {c['error']:+.0%}" for c in summary.latency_table_check)
+        lines.append(f"\nlatency table vs measured T on the uniform plans: {errors}")
+    if summary.latency_warning:
+        lines.append("\n" + summary.latency_warning)
+    return lines
 
 
 def format_sweep(result: SweepResult) -> str:
@@ -148,6 +169,24 @@ def plan_text(plan: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v.removeprefix('q')}" for k, v in plan.items())
 
 
+def format_sensitivity(study: str, table: Mapping[str, Any]) -> str:
+    """Return the sensitivity table, most sensitive (group, qtype) first."""
+    from quide_search.sensitivity import sensitivity_rows
+
+    rows = [
+        [r["group"], r["qtype"], f"{r['kl']:.3g}", f"{r['accuracy_change']:+.4f}"]
+        for r in sensitivity_rows(table["groups"])
+    ]
+    return "\n".join(
+        [
+            f"sensitivity of study {study!r}: each group quantized alone, on the {table['split']} "
+            f"split ({table['samples']} samples), {table['seconds']:.1f} s",
+            "",
+            format_table(["layer", "qtype", "KL(float||q)", "dP"], rows),
+        ]
+    )
+
+
 def format_studies(rows: Sequence[Mapping[str, Any]]) -> str:
     """Return the ``studies`` table: one line per study with counts, best I' and baseline."""
     if not rows:
@@ -158,14 +197,14 @@ def format_studies(rows: Sequence[Mapping[str, Any]]) -> str:
 
     table = [
         [
-            r["study"], r["task"], r["complete"], r["failed"], r["running"],
+            r["study"], r["task"], r["complete"], r.get("pruned", 0), r["failed"], r["running"],
             dash(r["best_I_prime"]), dash(r["best_trial"]), dash(r["baseline_P"]),
             dash(r["baseline_T_ms"]), r["storage"],
         ]
         for r in rows
     ]  # fmt: skip
-    headers = ["study", "task", "done", "failed", "running", "best I'", "trial", "fp32 P"]
-    return format_table([*headers, "fp32 T_ms", "storage"], table)
+    headers = ["study", "task", "done", "pruned", "failed", "running", "best I'", "trial"]
+    return format_table([*headers, "fp32 P", "fp32 T_ms", "storage"], table)
 
 
 def format_study(summary: SearchSummary) -> str:
@@ -177,7 +216,8 @@ def format_study(summary: SearchSummary) -> str:
         f"{','.join(protocol.get('bits', []))}, gate {gate_text(summary)}, T in ms at batch "
         f"{summary.latency.get('batch_size')} on {summary.latency.get('device')} "
         f"({summary.latency.get('method')}, {summary.latency.get('threads')} threads)",
-        f"{summary.completed} completed, {summary.failed} failed, {summary.running} running",
+        f"{summary.completed} completed, {summary.pruned} stopped early, {summary.failed} "
+        f"failed, {summary.running} running",
         "",
         format_table(
             ["plan", *_COLUMNS, "gate", "trial"],

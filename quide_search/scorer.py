@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,15 +20,29 @@ from quide_search.errors import TrialEvaluationError
 from quide_search.evaluator import Evaluator
 from quide_search.latency import LatencyContext, LatencyResult, measure_latency
 from quide_search.latency_model import estimate_ms, layer_shapes, profile
+from quide_search.latency_table import LatencyTable, measure_table, read_table
 from quide_search.metric import Gate, Metrics
 from quide_search.models.causal_lm import GreedyDecode
-from quide_search.plan import BitPlan
+from quide_search.plan import FLOAT, BitPlan
 from quide_search.quantize import kernel_paths, model_bytes
 from quide_search.task import Task
 
-__all__ = ["Measurement", "Scorer"]
+__all__ = ["GateUnreachable", "Measurement", "Scorer"]
 
 _LM_EVAL_BATCH = 4
+
+
+class GateUnreachable(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by :meth:`Scorer.measure` when evaluation stopped: P cannot reach the floor.
+
+    Not a :class:`QuideError`: the objective turns it into a pruned trial.
+    """
+
+    def __init__(self, samples: int, total: int, reachable: float) -> None:
+        super().__init__(f"P <= {reachable:.4f} after {samples} of {total} samples")
+        self.samples = samples
+        self.total = total
+        self.reachable = reachable
 
 
 @dataclass(frozen=True)
@@ -68,8 +83,11 @@ class Scorer:
         eval_batch_size: Batch size of the accuracy evaluation (does not change P).
         threads: torch intra-op threads to fix for the whole run (None keeps torch's default);
             the count in force is recorded with every T either way.
-        latency: ``measured``, or ``model:PROFILE`` for the analytic estimate.
+        latency: ``measured``; ``table`` or ``table:PATH`` for the per-layer table (set with
+            :meth:`use_table`); or ``model:PROFILE`` for the analytic estimate.
         cache_mb: Bound on the cached quantized layers that trials are assembled from.
+        hardest_first: Evaluate the float model's least sure samples first, so the exact
+            early stop comes sooner (P does not change); off for the statistical stop.
     """
 
     def __init__(
@@ -82,6 +100,7 @@ class Scorer:
         threads: int | None = None,
         latency: str = "measured",
         cache_mb: float = 4096.0,
+        hardest_first: bool = True,
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -94,11 +113,15 @@ class Scorer:
         self.evaluator = Evaluator.from_split(
             task.splits.eval, device=device, batch_size=eval_batch_size
         )
+        if hardest_first and task.score is None:
+            self.evaluator = self.evaluator.hardest_first(self.model)
         context = LatencyContext.create(device=device, batch_size=batch_size, source=latency)
         if task.decode is not None:
             decode = {k: v for k, v in task.decode.items() if k != "pad_token_id"}
             context = dataclasses.replace(context, decode={**decode, "per": "generated token"})
         self.context = context
+        self.source = latency
+        self.table: LatencyTable | None = None
         # Real eval samples as the latency input, repeated if the split is smaller; a causal
         # LM's prompt is the start of an eval window.
         inputs = task.splits.eval.inputs
@@ -126,23 +149,93 @@ class Scorer:
             threads=config.threads,
             latency=config.latency,
             cache_mb=config.cache_mb,
+            hardest_first=config.early_stop != "stat",
         )
 
-    def measure(self, plan: BitPlan) -> Measurement:
+    @property
+    def latency_label(self) -> str:
+        """What produced T, recorded with every trial: ``table``, ``model:NAME`` or the timer."""
+        return "table" if self.source.startswith("table") else self.context.method
+
+    def use_table(self, table: LatencyTable) -> None:
+        """Predict T from ``table`` from now on (``--latency table``)."""
+        self.table = table
+
+    def layer_bytes(self, qtypes: Sequence[str]) -> tuple[dict[str, dict[str, int]], int]:
+        """Return layer -> qtype -> stored bytes of that layer, and the bytes of the rest.
+
+        Stored bytes add up over layers, so these give any plan's bytes (and C) exactly.
+        """
+        sizes = {
+            name: {q: model_bytes(self.layers.module(name, q)) for q in (FLOAT, *qtypes)}
+            for name in self.weight_counts
+        }
+        rest = self.baseline_bytes - sum(row[FLOAT] for row in sizes.values())
+        return sizes, rest
+
+    def prepare_table(self, qtypes: Sequence[str]) -> LatencyTable:
+        """Read ``table:PATH`` or measure a new table, and predict T from it from now on.
+
+        Raises:
+            ConfigError: If the file is missing, not a table, or lacks a layer or qtype.
+        """
+        if self.source.startswith("table:"):
+            table = read_table(self.source.removeprefix("table:"))
+            for qtype in qtypes:
+                table.predict(dict.fromkeys(self.weight_counts, qtype))  # covers every choice
+        else:
+            table = self.build_table(qtypes)
+        self.use_table(table)
+        return table
+
+    def build_table(self, qtypes: Sequence[str]) -> LatencyTable:
+        """Measure the float model's T and each (layer, qtype) alone: the latency table."""
+        base = measure_latency(self._timed(self.model), self.example, context=self.context)
+        step = self.example[:, :1] if self.task.decode is not None else self.example
+        return measure_table(
+            self.layers,
+            step,
+            layers=list(self.weight_counts),
+            qtypes=qtypes,
+            context=self.context,
+            base_ms=self._per_token(base).median_ms,
+        )
+
+    def measured_ms(self, plan: BitPlan) -> float:
+        """Return the measured T of ``plan``, whatever the latency source (for checks)."""
+        with self.layers.assembled(plan) as model:
+            timed = measure_latency(self._timed(model), self.example, context=self.context)
+        return self._per_token(timed).median_ms
+
+    def measure(
+        self,
+        plan: BitPlan,
+        *,
+        floor: float | None = None,
+        confidence: float | None = None,
+        on_chunk: Callable[[int, float], None] | None = None,
+    ) -> Measurement:
         """Assemble ``plan`` into the float model (cached quantized layers) and measure it.
 
         The float model is restored afterwards, also when a measurement fails.
 
+        Args:
+            floor: Stop the evaluation once P cannot reach it (see
+                :meth:`Evaluator.evaluate_until`); None evaluates every sample.
+            confidence: Also stop on a statistical bound at this confidence.
+            on_chunk: Called with (samples seen, best P still reachable) after each chunk.
+
         Raises:
             PlanError: If the plan names layers the model lacks.
             TrialEvaluationError: If quantization, evaluation or timing fails.
+            GateUnreachable: If the evaluation stopped early; no latency was measured.
         """
         t0 = time.perf_counter()
         with self.layers.assembled(plan) as model:
             t1 = time.perf_counter()
-            accuracy, perplexity = self._score(model)
+            accuracy, perplexity = self._score(model, floor, confidence, on_chunk)
             t2 = time.perf_counter()
-            latency = self._latency(model)
+            latency = self._latency(model, plan)
             t3 = time.perf_counter()
             stored = model_bytes(model)
             paths = kernel_paths(model)
@@ -160,9 +253,21 @@ class Scorer:
             seconds={"assemble": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
         )
 
-    def _score(self, model: torch.nn.Module) -> tuple[float, float | None]:
+    def _score(
+        self,
+        model: torch.nn.Module,
+        floor: float | None = None,
+        confidence: float | None = None,
+        on_chunk: Callable[[int, float], None] | None = None,
+    ) -> tuple[float, float | None]:
         if self.task.score is None:
-            return self.evaluator.evaluate(model)
+            result = self.evaluator.evaluate_until(
+                model, floor=floor, confidence=confidence, on_chunk=on_chunk
+            )
+            if result.accuracy is None:
+                raise GateUnreachable(result.samples, result.total, result.reachable)
+            return result.accuracy, result.perplexity
+        # A task's own score function scores all samples at once: no early stop.
         try:
             with torch.no_grad():
                 value = float(self.task.score(model, self.evaluator.inputs, self.evaluator.labels))
@@ -174,18 +279,32 @@ class Scorer:
             raise TrialEvaluationError(f"the task's score must lie in [0, 1], but gave {value!r}")
         return value, None
 
-    def _latency(self, model: torch.nn.Module) -> LatencyResult:
-        if self.task.decode is not None and not self.context.estimated:
-            tokens = self.task.decode["new_tokens"]
-            decoder = GreedyDecode(model, tokens, self.task.decode["pad_token_id"])
-            whole = measure_latency(decoder, self.example, context=self.context)
-            return dataclasses.replace(whole, median_ms=whole.median_ms / tokens)
-        if not self.context.estimated:
-            return measure_latency(model, self.example, context=self.context)
-        assert self.context.profile is not None
-        device = profile(self.context.profile["name"])
-        estimate = estimate_ms(model, self._shapes, device, self.context.batch_size)
-        return LatencyResult(median_ms=estimate, repeats=0, spread=0.0)
+    def _latency(self, model: torch.nn.Module, plan: BitPlan) -> LatencyResult:
+        if self.source.startswith("table"):
+            if self.table is None:
+                raise TrialEvaluationError("--latency table: no table is loaded (a bug)")
+            return LatencyResult(self.table.predict(plan.layers), repeats=0, spread=0.0)
+        if self.context.estimated:
+            assert self.context.profile is not None
+            device = profile(self.context.profile["name"])
+            estimate = estimate_ms(model, self._shapes, device, self.context.batch_size)
+            return LatencyResult(median_ms=estimate, repeats=0, spread=0.0)
+        return self._per_token(
+            measure_latency(self._timed(model), self.example, context=self.context)
+        )
+
+    def _timed(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What one timed pass runs: the model, or greedy decoding for a causal LM."""
+        if self.task.decode is None:
+            return model
+        tokens = self.task.decode["new_tokens"]
+        return GreedyDecode(model, tokens, self.task.decode["pad_token_id"])
+
+    def _per_token(self, result: LatencyResult) -> LatencyResult:
+        if self.task.decode is None:
+            return result
+        tokens = self.task.decode["new_tokens"]
+        return dataclasses.replace(result, median_ms=result.median_ms / tokens)
 
     def float_plan(self) -> BitPlan:
         """Return the plan that keeps every layer in float (the baseline)."""

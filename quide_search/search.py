@@ -2,7 +2,9 @@
 
 One categorical parameter per quantizable layer, named by the layer, over the configured bit set.
 Each completed trial carries C, P, T_ms, I, I_prime, gate_passed, average bits and stored bytes as
-user attributes, and the accuracy gate as an Optuna constraint so constrained samplers model it.
+user attributes, and the accuracy gate (plus any size or latency limit) as Optuna constraints so
+the samplers, which read ``trial.constraints``, steer away from infeasible plans. A trial whose
+evaluation proved it cannot pass the gate is PRUNED, with the samples it spent.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import os
 import re
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import MetricError, TrialEvaluationError
-from quide_search.metric import RECORD_KEYS, Gate
+from quide_search.metric import LATENCY_UNIT, RECORD_KEYS, Gate
 from quide_search.plan import BitPlan
-from quide_search.scorer import Scorer
+from quide_search.scorer import GateUnreachable, Scorer
 
 if TYPE_CHECKING:
     import optuna
@@ -26,6 +29,7 @@ __all__ = [
     "INTERRUPTED",
     "NO_HEARTBEAT",
     "PlanObjective",
+    "SearchSettings",
     "group_layers",
     "requeue_stale",
     "retry_once",
@@ -44,13 +48,43 @@ NO_HEARTBEAT = "its worker stopped sending heartbeats (killed or lost)"
 
 _COPIED_ATTRS = (
     *RECORD_KEYS, "baseline_bytes", "unit", "latency_repeats", "latency_spread", "eval_samples",
-    "latency_source", "perplexity", "kernel_layers", "fallback_layers",
+    "latency_source", "perplexity", "kernel_layers", "fallback_layers", "P_reachable",
+    "samples_spent",
 )  # fmt: skip
 
 
 def uniform_params(layers: Sequence[str], qtype: str) -> dict[str, str]:
     """Return the trial parameters of the plan that gives every layer ``qtype``."""
     return {name: qtype for name in layers}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the objective scores trials, beyond the measurement protocol.
+
+    Attributes:
+        objective: ``iprime`` (maximise I') or ``pareto`` (C max, P max, T min).
+        early_stop: ``exact`` stops an evaluation once the gate cannot pass; ``stat`` also stops
+            on a statistical bound (``confidence``); ``off`` always scores every sample.
+        confidence: Confidence of the ``stat`` bound.
+        max_size_mb: Constraint on stored weight bytes (MiB), None for none.
+        max_latency_ms: Constraint on T, None for none.
+    """
+
+    objective: str = "iprime"
+    early_stop: str = "exact"
+    confidence: float = 0.999
+    max_size_mb: float | None = None
+    max_latency_ms: float | None = None
+
+    def constraints(self, attrs: dict[str, Any], gate: Gate) -> dict[str, float]:
+        """Return each constraint's value for a trial's metrics (feasible when all <= 0)."""
+        values = {GATE_CONSTRAINT: gate.threshold - float(attrs["P"])}
+        if self.max_size_mb is not None:
+            values["size_mb"] = float(attrs["stored_bytes"]) / 2**20 - self.max_size_mb
+        if self.max_latency_ms is not None:
+            values["latency_ms"] = float(attrs["T_ms"]) - self.max_latency_ms
+        return values
 
 
 class PlanObjective:
@@ -60,10 +94,18 @@ class PlanObjective:
         scorer: Measures plans on the task.
         gate: The accuracy gate, built from the study's stored fp32 baseline.
         choices: Plan values each layer may take.
+        granularity: ``layer``, ``block`` or ``type`` (see :func:`group_layers`).
+        settings: Objective, early stopping and constraints.
     """
 
     def __init__(
-        self, *, scorer: Scorer, gate: Gate, choices: Sequence[str], granularity: str = "layer"
+        self,
+        *,
+        scorer: Scorer,
+        gate: Gate,
+        choices: Sequence[str],
+        granularity: str = "layer",
+        settings: SearchSettings | None = None,
     ) -> None:
         self.scorer = scorer
         self.gate = gate
@@ -71,6 +113,7 @@ class PlanObjective:
         self.layers = list(scorer.weight_counts)
         self.granularity = granularity
         self.groups = group_layers(self.layers, granularity)
+        self.settings = settings or SearchSettings()
         # Set by the SIGINT handler of ``session.optimize`` when Ctrl-C lands between trials.
         self.interrupt_pending = False
         self.in_trial = False
@@ -86,12 +129,13 @@ class PlanObjective:
             model=self.scorer.task.model_name, dataset=self.scorer.task.dataset_name, layers=layers
         )
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        """Measure the suggested plan and return its I'.
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float, float]:
+        """Measure the suggested plan and return its I' (or C, P, T in Pareto mode).
 
         Raises:
             TrialEvaluationError: For an expected fault; the study records the trial as FAIL
                 and its reason in the ``fail_reason`` user attribute.
+            optuna.TrialPruned: When the evaluation proved the plan fails the gate.
             KeyboardInterrupt: After recording the interruption and queueing the plan again.
         """
         try:
@@ -110,7 +154,7 @@ class PlanObjective:
         finally:
             self.in_trial = False
 
-    def _score(self, trial: optuna.Trial) -> float:
+    def _score(self, trial: optuna.Trial) -> float | tuple[float, float, float]:
         plan = self.suggest(trial)
         earlier = _same_plan(trial)
         if earlier is not None:
@@ -118,27 +162,68 @@ class PlanObjective:
             attrs["duplicate_of"] = earlier.number
         else:
             try:
-                attrs = self._measure(plan)
+                attrs = self._measure(plan, trial)
             except (TrialEvaluationError, MetricError) as e:
                 trial.set_user_attr("fail_reason", str(e))
                 raise TrialEvaluationError(str(e)) from e
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        trial.set_constraint(GATE_CONSTRAINT, self.gate.threshold - float(attrs["P"]))
+        if "P" not in attrs:
+            return self._prune(trial, attrs)
+        constraints = self.settings.constraints(attrs, self.gate)
+        for key, value in constraints.items():
+            trial.set_constraint(key, value)
+        trial.set_user_attr("feasible", all(v <= 0 for v in constraints.values()))
+        if self.settings.objective == "pareto":
+            return float(attrs["C"]), float(attrs["P"]), float(attrs["T_ms"])
         return float(attrs["I_prime"])
 
-    def _measure(self, plan: BitPlan) -> dict[str, Any]:
-        measurement = self.scorer.measure(plan)
+    def _prune(self, trial: optuna.Trial, attrs: dict[str, Any]) -> float:
+        import optuna
+
+        trial.set_constraint(GATE_CONSTRAINT, self.gate.threshold - float(attrs["P_reachable"]))
+        trial.set_user_attr("feasible", False)
+        raise optuna.TrialPruned(
+            f"P cannot reach the gate ({self.gate.threshold:.4f}): at most "
+            f"{attrs['P_reachable']:.4f} after {attrs['samples_spent']} of "
+            f"{attrs['eval_samples']} samples"
+        )
+
+    def _measure(self, plan: BitPlan, trial: optuna.Trial) -> dict[str, Any]:
+        early = self.settings.early_stop
+        full = early == "off" or trial.user_attrs.get("full_eval", False)
+
+        def report(seen: int, reachable: float) -> None:
+            if self.settings.objective != "pareto":
+                trial.report(reachable, step=seen)
+
+        try:
+            measurement = self.scorer.measure(
+                plan,
+                floor=None if full else self.gate.threshold,
+                confidence=self.settings.confidence if early == "stat" else None,
+                on_chunk=report,
+            )
+        except GateUnreachable as stop:
+            return {
+                "P_reachable": stop.reachable,
+                "samples_spent": stop.samples,
+                "eval_samples": stop.total,
+                "gate_passed": False,
+                "avg_weight_bits": plan.average_bits(self.scorer.weight_counts),
+                "unit": LATENCY_UNIT,
+            }
         metrics = measurement.metrics(baseline_bytes=self.scorer.baseline_bytes, gate=self.gate)
         return {
             **metrics.to_dict(),
             "latency_repeats": measurement.latency_repeats,
             "latency_spread": measurement.latency_spread,
-            "latency_source": self.scorer.context.method,
+            "latency_source": self.scorer.latency_label,
             "kernel_layers": measurement.kernel_layers,
             "fallback_layers": measurement.fallback_layers,
             **({"perplexity": measurement.perplexity} if measurement.perplexity else {}),
             "eval_samples": measurement.eval_samples,
+            "samples_spent": measurement.eval_samples,
             "seconds": measurement.seconds,
         }
 
@@ -196,16 +281,17 @@ def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 
 def _same_plan(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
-    """Return an earlier completed trial with exactly these parameters, if any.
+    """Return an earlier completed (or pruned) trial with exactly these parameters, if any.
 
     Re-measuring an identical plan would only re-sample latency noise; reusing the stored
     metrics keeps a plan's score stable within a study and saves the evaluation.
     """
     import optuna
 
-    for frozen in trial.study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
-    ):
-        if frozen.params == trial.params and "P" in frozen.user_attrs:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for frozen in trial.study.get_trials(deepcopy=False, states=states):
+        if frozen.params == trial.params and (
+            "P" in frozen.user_attrs or "P_reachable" in frozen.user_attrs
+        ):
             return frozen
     return None

@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from optuna.trial import TrialState
 
 from quide_search.config import RunConfig
-from quide_search.errors import ConfigError
+from quide_search.errors import ConfigError, QuideError
 from quide_search.metric import LATENCY_UNIT, Gate
 from quide_search.plan import FLOAT
 from quide_search.storage import open_storage, supports_heartbeat
@@ -31,14 +33,25 @@ if TYPE_CHECKING:
     from quide_search.scorer import Scorer
     from quide_search.search import PlanObjective
 
-__all__ = ["DEFAULT_HEARTBEAT_S", "PROTOCOL_SCHEMA_VERSION", "Session", "open_session", "optimize"]
+__all__ = [
+    "COUNTED",
+    "DEFAULT_HEARTBEAT_S",
+    "study_sensitivity",
+    "PROTOCOL_SCHEMA_VERSION",
+    "Session",
+    "open_session",
+    "optimize",
+]
 
 PROTOCOL_SCHEMA_VERSION = 1
 # The protocol fields that must match for a resume: anything that changes what a number means.
 _PROTOCOL_KEYS = (
     "model", "dataset", "splits", "bits", "gate", "latency", "eval_batch_size", "granularity",
+    "objective", "latency_source", "limits",
 )  # fmt: skip
 DEFAULT_HEARTBEAT_S = 60
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+"""Trial states that count towards --trials: scored in full, or proved to fail the gate."""
 """Heartbeat interval of RDB storages when --heartbeat is not given."""
 # How long a process that lost the race to create a study waits for its creator's baseline.
 _CREATOR_WAIT_S = 120.0
@@ -75,6 +88,11 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     device = resolve_device(config.device)
     # The task first: an unknown model or dataset must fail before any storage file exists.
     task = load_task(**config.task_options(), device_type=device.type)
+    torch.manual_seed(config.seed)
+    scorer = Scorer.for_config(task, config, device=device)
+    protocol = _protocol(config, scorer)
+    if config.latency.startswith("table:"):  # a bad file must fail before any study exists
+        scorer.prepare_table(config.bits)
     url = config.storage_url
     if config.storage is None:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
@@ -82,27 +100,38 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     if supports_heartbeat(url):
         heartbeat = DEFAULT_HEARTBEAT_S if config.heartbeat is None else config.heartbeat
     backend = open_storage(url, heartbeat=heartbeat, on_stale=requeue_stale)
-    torch.manual_seed(config.seed)
-    scorer = Scorer.for_config(task, config, device=device)
-    protocol = _protocol(config, scorer)
     seed = config.seed if sampler_seed is None else sampler_seed
-    study = _create_or_join(config.study_name, backend, protocol, seed)
-    gate = _baseline(study, scorer, config.gate_settings())
+    study = _create_or_join(config, backend, protocol, seed)
     objective = PlanObjective(
-        scorer=scorer, gate=gate, choices=config.bits, granularity=config.granularity
+        scorer=scorer,
+        gate=Gate(baseline_P=1.0, **config.gate_settings()),  # replaced below
+        choices=config.bits,
+        granularity=config.granularity,
+        settings=config.search_settings(),
     )
-    _enqueue_uniform(study, list(objective.groups), config.bits)
+    if config.latency.startswith("table"):
+        scorer.use_table(_latency_table(study, scorer, config))
+    objective.gate = _baseline(study, objective, config)
     return Session(study=study, objective=objective, storage_url=url)
 
 
-def _create_or_join(name: str, backend: Any, protocol: dict[str, Any], seed: int) -> optuna.Study:
+def _create_or_join(
+    config: RunConfig, backend: Any, protocol: dict[str, Any], seed: int
+) -> optuna.Study:
     import optuna
 
+    from quide_search.sampler import make_sampler
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    name = config.study_name
+    sampler = make_sampler(config.sampler, seed=seed)
+    pareto = config.objective == "pareto"
+    directions: list[Literal["minimize", "maximize"]] = (
+        ["maximize", "maximize", "minimize"] if pareto else ["maximize"]
+    )
     try:
         study = optuna.create_study(
-            study_name=name, storage=backend, direction="maximize", sampler=sampler
+            study_name=name, storage=backend, directions=directions, sampler=sampler
         )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=backend, sampler=sampler)
@@ -117,7 +146,7 @@ def _create_or_join(name: str, backend: Any, protocol: dict[str, Any], seed: int
     with warnings.catch_warnings():
         # set_metric_names is marked experimental but has been stable since Optuna 3.2.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["I_prime"])
+        study.set_metric_names(["C", "P", "T_ms"] if pareto else ["I_prime"])
     return study
 
 
@@ -153,7 +182,12 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "data_dir": config.data_dir,
         "eval_samples": config.eval_samples,
         "calib_samples": config.calib_samples,
-        "latency_source": config.latency,
+        "latency_source": "table" if config.latency.startswith("table") else config.latency,
+        "latency_table_file": config.latency.removeprefix("table:")
+        if config.latency.startswith("table:")
+        else None,
+        "objective": config.objective,
+        "limits": {"max_size_mb": config.max_size_mb, "max_latency_ms": config.max_latency_ms},
         "splits": scorer.task.splits.describe(),
         "bits": list(config.bits),
         "granularity": config.granularity,
@@ -183,16 +217,27 @@ def _check_protocol(stored: dict[str, Any], current: dict[str, Any], name: str) 
             )
 
 
-def _baseline(study: optuna.Study, scorer: Scorer, gate_settings: dict[str, Any]) -> Gate:
-    """Measure the fp32 baseline once per study and return the gate built from it."""
+def _baseline(study: optuna.Study, objective: PlanObjective, config: RunConfig) -> Gate:
+    """Measure the fp32 baseline once per study and return the gate built from it.
+
+    The creator also queues the uniform plans and, with warm starts, the sensitivity-greedy
+    plans before it stores the baseline: processes that join wait for the baseline, so they
+    find the queue ready.
+    """
     stored = study.user_attrs.get("baseline")
+    scorer = objective.scorer
     if stored is None:
         measurement = scorer.measure(scorer.float_plan())
-        provisional = Gate(baseline_P=measurement.P, **gate_settings)
+        provisional = Gate(baseline_P=measurement.P, **config.gate_settings())
         metrics = measurement.metrics(baseline_bytes=scorer.baseline_bytes, gate=provisional)
         stored = {**metrics.to_dict(), "latency_repeats": measurement.latency_repeats}
+    gate = Gate(baseline_P=stored["P"], **config.gate_settings())
+    _enqueue_uniform(study, list(objective.groups), config.bits)
+    if config.warm_start:
+        _enqueue_warm(study, objective)
+    if "baseline" not in study.user_attrs:
         study.set_user_attr("baseline", stored)
-    return Gate(baseline_P=stored["P"], **gate_settings)
+    return gate
 
 
 def _enqueue_uniform(study: optuna.Study, params: list[str], bits: tuple[str, ...]) -> None:
@@ -202,8 +247,83 @@ def _enqueue_uniform(study: optuna.Study, params: list[str], bits: tuple[str, ..
 
     for qtype in bits:
         if qtype != FLOAT:
-            study.enqueue_trial(uniform_params(params, qtype), skip_if_exists=True)
+            # The uniform rows are the protocol's reference table: always scored in full.
+            study.enqueue_trial(
+                uniform_params(params, qtype),
+                user_attrs={"warm_start": "uniform", "full_eval": True},
+                skip_if_exists=True,
+            )
     study.set_user_attr("uniform_enqueued", True)
+
+
+def study_sensitivity(study: optuna.Study, objective: PlanObjective) -> dict[str, Any]:
+    """Return the study's stored sensitivity table, measuring and storing it the first time."""
+    from quide_search.sensitivity import measure_sensitivity
+
+    stored = study.user_attrs.get("sensitivity")
+    if stored is None:
+        started = time.perf_counter()
+        table = measure_sensitivity(objective.scorer, objective.groups, objective.choices)
+        stored = {
+            "split": "calib",
+            "samples": len(objective.scorer.task.splits.calib),
+            "measure": "KL(float || quantized) of softmax outputs, mean per sample",
+            "seconds": time.perf_counter() - started,
+            "groups": table,
+        }
+        study.set_user_attr("sensitivity", stored)
+    return dict(stored)
+
+
+def _enqueue_warm(study: optuna.Study, objective: PlanObjective) -> None:
+    if study.user_attrs.get("warm_enqueued"):
+        return
+    from quide_search.sensitivity import warm_plans
+
+    try:
+        sensitivity = study_sensitivity(study, objective)["groups"]
+        plans = warm_plans(objective.scorer, objective.groups, objective.choices, sensitivity)
+    except QuideError as e:
+        # A layer that cannot be measured alone is a fault for its trials to meet, one by one;
+        # the search goes on from the uniform plans.
+        study.set_user_attr("warm_start_skipped", str(e))
+        study.set_user_attr("warm_enqueued", True)
+        return
+    for plan in plans:
+        study.enqueue_trial(plan, user_attrs={"warm_start": "greedy"}, skip_if_exists=True)
+    study.set_user_attr("warm_enqueued", True)
+
+
+def _latency_table(study: optuna.Study, scorer: Scorer, config: RunConfig) -> Any:
+    """Return the study's latency table: stored, read from ``table:PATH``, or measured now.
+
+    The first time, the table's predictions are also checked against a measured T for each
+    uniform plan, and the check is stored beside it.
+    """
+    from quide_search.latency_table import LatencyTable
+    from quide_search.plan import BitPlan
+
+    stored = study.user_attrs.get("latency_table")
+    if stored is not None:
+        return LatencyTable.from_dict(stored)
+    table = scorer.table or scorer.prepare_table(config.bits)
+    check = []
+    for qtype in config.bits:
+        plan = BitPlan.uniform(
+            model=scorer.task.model_name,
+            dataset=scorer.task.dataset_name,
+            layers=scorer.weight_counts,
+            qtype=qtype,
+        )
+        predicted = table.predict(plan.layers)
+        measured = scorer.measured_ms(plan)
+        check.append(
+            {"plan": qtype, "predicted_ms": predicted, "measured_ms": measured,
+             "error": predicted / measured - 1.0}
+        )  # fmt: skip
+    study.set_user_attr("latency_table", table.to_dict())
+    study.set_user_attr("latency_table_check", check)
+    return table
 
 
 def optimize(
@@ -233,8 +353,8 @@ def optimize(
     best = [float("-inf")]
 
     def _report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.COMPLETE:
-            best[0] = max(best[0], float(trial.value or 0.0))
+        if trial.state in COUNTED:
+            best[0] = max(best[0], float(trial.user_attrs.get("I_prime", 0.0)))
             bar.n = min(target, _completed(study))
             bar.set_postfix(best_I_prime=f"{best[0]:.3f}")
         elif trial.state == TrialState.FAIL:
@@ -253,7 +373,7 @@ def optimize(
                 n_trials=2 * (target - done) + 10,
                 catch=(TrialEvaluationError,),
                 callbacks=[
-                    MaxTrialsCallback(target, states=(TrialState.COMPLETE,)),
+                    MaxTrialsCallback(target, states=COUNTED),
                     _report,
                     _stop_if_interrupted,
                 ],
@@ -289,6 +409,4 @@ def _sigint_between_trials(objective: PlanObjective) -> Iterator[None]:
 
 
 def _completed(study: optuna.Study) -> int:
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return len(study.get_trials(deepcopy=False, states=COUNTED))

@@ -47,6 +47,7 @@ class SearchSummary:
     best: dict[str, Any] | None
     completed: int
     failed: int
+    pruned: int
     running: int
     distinct_plans: int
     pareto_path: Path
@@ -54,6 +55,9 @@ class SearchSummary:
     latency: dict[str, Any]
     protocol: dict[str, Any]
     latency_warning: str | None = None
+    early_stop: dict[str, Any] | None = None
+    latency_table_check: list[dict[str, Any]] | None = None
+    warm_start_skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the summary as plain JSON types (for ``show --json``)."""
@@ -93,6 +97,8 @@ def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
             continue
         row = {"trial": t.number, "plan": trial_plan(t)}
         row.update({k: t.user_attrs[k] for k in RECORD_KEYS})
+        # Size and latency limits join the gate (studies from before them had only the gate).
+        row["feasible"] = bool(t.user_attrs.get("feasible", row["gate_passed"]))
         rows.append(row)
     return rows
 
@@ -128,6 +134,7 @@ def list_studies(storage_urls: list[str]) -> list[dict[str, Any]]:
                     "study": name,
                     "task": f"{protocol.get('model', '?')}/{protocol.get('dataset', '?')}",
                     "complete": states.count("COMPLETE"),
+                    "pruned": states.count("PRUNED"),
                     "failed": states.count("FAIL"),
                     "running": states.count("RUNNING"),
                     "best_I_prime": best["I_prime"] if best and best["feasible"] else None,
@@ -142,11 +149,11 @@ def list_studies(storage_urls: list[str]) -> list[dict[str, Any]]:
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Return the best completed row, with a ``feasible`` flag; None when there are no rows.
 
-    The best row has the highest I' among rows passing the gate; when none passes, the highest
-    I' (then I) among all rows, so a run without a feasible plan still reports its best-so-far.
-    Ties go to the earlier trial.
+    The best row has the highest I' among feasible rows (passing the gate and any size or
+    latency limit); when none is feasible, the highest I' (then I) among all rows, so a run
+    without a feasible plan still reports its best-so-far. Ties go to the earlier trial.
     """
-    feasible = [r for r in rows if r["gate_passed"]]
+    feasible = [r for r in rows if r.get("feasible", r["gate_passed"])]
     pool = feasible or rows
     if not pool:
         return None
@@ -224,6 +231,7 @@ def summarize(
     states = optuna.trial.TrialState
     failed = len(study.get_trials(deepcopy=False, states=(states.FAIL,)))
     running = len(study.get_trials(deepcopy=False, states=(states.RUNNING,)))
+    pruned = study.get_trials(deepcopy=False, states=(states.PRUNED,))
     return SearchSummary(
         study_name=study.study_name,
         storage_url=storage_url,
@@ -232,6 +240,7 @@ def summarize(
         best=best,
         completed=len(rows),
         failed=failed,
+        pruned=len(pruned),
         running=running,
         distinct_plans=len({json.dumps(r["plan"], sort_keys=True) for r in rows}),
         pareto_path=path,
@@ -239,7 +248,22 @@ def summarize(
         latency=dict(study.user_attrs.get("protocol", {}).get("latency", {})),
         protocol=dict(study.user_attrs.get("protocol", {})),
         latency_warning=_fallback_warning(study),
+        early_stop=_early_stop_savings(pruned),
+        latency_table_check=study.user_attrs.get("latency_table_check"),
+        warm_start_skipped=study.user_attrs.get("warm_start_skipped"),
     )
+
+
+def _early_stop_savings(pruned: list[optuna.trial.FrozenTrial]) -> dict[str, Any] | None:
+    """What early stopping saved: the evaluation share that the pruned trials spent."""
+    spent = [
+        t.user_attrs["samples_spent"] / t.user_attrs["eval_samples"]
+        for t in pruned
+        if t.user_attrs.get("eval_samples") and "samples_spent" in t.user_attrs
+    ]
+    if not spent:
+        return None
+    return {"pruned": len(spent), "mean_eval_fraction": sum(spent) / len(spent)}
 
 
 def _fallback_warning(study: optuna.Study) -> str | None:

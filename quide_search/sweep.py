@@ -54,6 +54,8 @@ def run_sweep(config: RunConfig) -> SweepResult:
     device = resolve_device(config.device)
     task = load_task(**config.task_options(), device_type=device.type)
     scorer = Scorer.for_config(task, config, device=device)
+    if config.latency.startswith("table"):
+        scorer.prepare_table(config.bits)
     baseline = scorer.measure(scorer.float_plan())
     gate = Gate(baseline_P=baseline.P, **config.gate_settings())
     rows = []

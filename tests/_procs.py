@@ -68,3 +68,8 @@ Trials = list[optuna.trial.FrozenTrial]
 
 def by_state(all_trials: Trials, state: str) -> Trials:
     return [t for t in all_trials if t.state.name == state]
+
+
+def counted(all_trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards --trials: scored in full, or stopped early (PRUNED)."""
+    return [t for t in all_trials if t.state.name in ("COMPLETE", "PRUNED")]

@@ -70,7 +70,12 @@ def faulty_model(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def _run(tmp_path: Path, model: str, trials: int = 6) -> tuple[object, optuna.Study]:
     config = RunConfig(
-        model=model, out_dir=str(tmp_path), device="cpu", trials=trials, bits=("qint8", "qint2")
+        model=model,
+        out_dir=str(tmp_path),
+        device="cpu",
+        trials=trials,
+        bits=("qint8", "qint2"),
+        early_stop="off",  # every trial reaches forward and the clock
     )
     summary = run_search(config, progress=False, echo=lambda _: None)
     return summary, load_study(study=config.study_name, storage=config.storage_url)
@@ -88,6 +93,9 @@ def test_fault_in_forward_fails_the_trial_only(tmp_path: Path, faulty_model: str
         assert FAULTS[fault] in t.user_attrs["fail_reason"]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert all(t.params["fc"] == "qint8" for t in complete if "P" in t.user_attrs)
+    if fault not in ("nan", "inf"):  # a raising layer cannot be measured alone: no warm start
+        skipped = study.user_attrs["warm_start_skipped"]
+        assert skipped.startswith("sensitivity forward pass failed")
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
@@ -106,7 +114,9 @@ def test_unmeasurable_latency_fails_the_trial(
         return bad if quantized else real(model, example)
 
     monkeypatch.setattr(latency, "_cpu_pass", broken_clock)
-    config = RunConfig(out_dir=str(tmp_path), device="cpu", trials=3, bits=("qint8", "qint2"))
+    config = RunConfig(
+        out_dir=str(tmp_path), device="cpu", trials=3, bits=("qint8", "qint2"), early_stop="off"
+    )
     summary = run_search(config, progress=False, echo=lambda _: None)
     study = load_study(study=config.study_name, storage=config.storage_url)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from torch import nn
@@ -54,7 +55,7 @@ def test_trials_record_paths_and_the_run_warns(tmp_path: Path) -> None:
     study = load_study(
         study="simplecnn-digits", storage=f"sqlite:///{tmp_path}/simplecnn-digits.db"
     )
-    for t in study.trials:
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         assert t.user_attrs["kernel_layers"] == []
         assert len(t.user_attrs["fallback_layers"]) == 4  # float32 on CPU: all dequantized
     assert (

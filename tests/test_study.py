@@ -28,7 +28,7 @@ def _sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def ten_trials(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, object]:
     tmp = tmp_path_factory.mktemp("study")
-    config = _config(tmp, trials=10)
+    config = _config(tmp, trials=10, early_stop="off")  # every trial scored in full
     return config, run_search(config, progress=False)
 
 
@@ -82,15 +82,18 @@ def test_pareto_json_written_next_to_study(ten_trials) -> None:  # type: ignore[
 
 
 def test_resume_does_nothing_more_then_extends(tmp_path: Path) -> None:
-    config = _config(tmp_path, trials=4)
+    config = _config(tmp_path, trials=4, early_stop="off")
     run_search(config, progress=False)
     db = tmp_path / "simplecnn-digits.db"
     study = load_study(study=config.study_name, storage=config.storage_url)
-    before = {t.number: (t.params, t.value) for t in study.trials}
+    before = {t.number: (t.params, t.value) for t in study.trials if t.state.name == "COMPLETE"}
     summary = run_search(config, progress=False)
     assert summary.completed == 4
-    assert len(load_study(study=config.study_name, storage=config.storage_url).trials) == 4
-    run_search(_config(tmp_path, trials=7), progress=False)
+    trials = load_study(study=config.study_name, storage=config.storage_url).trials
+    # Nothing more ran; the warm-start plans not reached yet stay queued.
+    assert [t.state.name for t in trials].count("COMPLETE") == 4
+    assert {t.state.name for t in trials} == {"COMPLETE", "WAITING"}
+    run_search(_config(tmp_path, trials=7, early_stop="off"), progress=False)
     after = load_study(study=config.study_name, storage=config.storage_url).trials
     assert len([t for t in after if t.state == optuna.trial.TrialState.COMPLETE]) == 7
     assert {t.number: (t.params, t.value) for t in after if t.number in before} == before
@@ -114,14 +117,16 @@ def test_failed_trials_are_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     real = Scorer.measure
 
-    def flaky(self: Scorer, plan: BitPlan):  # type: ignore[no-untyped-def]
+    def flaky(self: Scorer, plan: BitPlan, **kw):  # type: ignore[no-untyped-def]
         if plan.layers.get("fc2") == "qint2":
             raise TrialEvaluationError("model output contains NaN or inf")
-        return real(self, plan)
+        return real(self, plan, **kw)
 
     monkeypatch.setattr(Scorer, "measure", flaky)
     summary = run_search(_config(tmp_path, trials=5), progress=False)
-    assert summary.completed == 5 and summary.failed >= 1  # the uniform int2 plan fails
+    assert (
+        summary.completed + summary.pruned == 5 and summary.failed >= 1
+    )  # the uniform int2 plan fails
     study = load_study(
         study="simplecnn-digits", storage=f"sqlite:///{tmp_path}/simplecnn-digits.db"
     )

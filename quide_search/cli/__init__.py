@@ -20,6 +20,7 @@ from quide_search.cli.export import ExportCommand
 from quide_search.cli.models import ModelsCommand, TrainCommand
 from quide_search.cli.report import ReportCommand
 from quide_search.cli.run import RunCommand
+from quide_search.cli.sensitivity import SensitivityCommand
 from quide_search.cli.studies import ShowCommand, StudiesCommand
 from quide_search.cli.sweep import SweepCommand
 
@@ -28,6 +29,7 @@ __all__ = ["build_parser", "console_main", "main"]
 _COMMANDS: tuple[type[Command], ...] = (
     RunCommand,
     SweepCommand,
+    SensitivityCommand,
     StudiesCommand,
     ShowCommand,
     ReportCommand,

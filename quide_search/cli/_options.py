@@ -11,6 +11,8 @@ __all__ = [
     "add_device_arg",
     "add_gate_args",
     "add_measure_args",
+    "add_bits_arg",
+    "add_storage_args",
     "add_study_args",
     "add_task_args",
     "config_from_args",
@@ -187,8 +189,40 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         "--latency",
         type=str,
         default="measured",
-        help="where T comes from: 'measured' on --device, or 'model:PROFILE', an analytic "
-        "estimate for a target device (cpu-epyc-2c, gpu-h100-sxm); deterministic",
+        help="where T comes from: 'measured' on --device; 'table', each (layer, qtype) timed "
+        "once on --device and summed (stored in the study; 'table:PATH' reuses a saved "
+        "table); or 'model:PROFILE', an analytic estimate for a target device (cpu-epyc-2c, "
+        "gpu-h100-sxm). table and model are deterministic (default: measured)",
+    )
+
+
+def add_bits_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add --bits, the per-layer choices of a search."""
+    group.add_argument(
+        "--bits",
+        type=str,
+        default="8,4,2",
+        help="per-layer choices: 8, 4, 2, f8 (float8), fp (keep float) (default: 8,4,2)",
+    )
+
+
+def add_storage_args(parser: argparse.ArgumentParser) -> None:
+    """Add --study, --storage and --out-dir of a study that may be created."""
+    study = parser.add_argument_group("study storage")
+    study.add_argument(
+        "--study", type=str, default=None, help="study name (default: <model>-<dataset>)"
+    )
+    study.add_argument(
+        "--storage",
+        type=str,
+        default=None,
+        help="Optuna storage URL or journal:PATH (default: sqlite:///studies/<study>.db)",
+    )
+    study.add_argument(
+        "--out-dir",
+        type=str,
+        default="studies",
+        help="directory of the default storage and the Pareto JSON",
     )
 
 

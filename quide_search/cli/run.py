@@ -6,8 +6,10 @@ import argparse
 
 from quide_search.cli._base import Command
 from quide_search.cli._options import (
+    add_bits_arg,
     add_gate_args,
     add_measure_args,
+    add_storage_args,
     add_task_args,
     config_from_args,
     count,
@@ -26,7 +28,9 @@ class RunCommand(Command):
   quide-search run --trials 100                     # extend the same study to 100 trials
   quide-search run --bits 8,4,2,fp --min-accuracy 0.95
   quide-search run --storage sqlite:///studies/x.db --study my-study --seed 1
-  quide-search run --workers 3 --threads 1 --trials 120  # three local processes, one study"""
+  quide-search run --workers 3 --threads 1 --trials 120  # three local processes, one study
+  quide-search run --latency table --max-size-mb 0.01     # deterministic T, a size limit
+  quide-search run --objective pareto --sampler nsga2     # (C, P, T) as three objectives"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_task_args(parser)
@@ -35,35 +39,51 @@ class RunCommand(Command):
             "--trials",
             type=count,
             default=50,
-            help="completed trials the study should hold in total; 0 only creates the study "
-            "(protocol, baseline, uniform plans queued) for workers to join (default: 50)",
+            help="trials the study should hold in total, scored or stopped early; 0 only "
+            "creates the study (protocol, baseline, warm-start plans queued) for workers to "
+            "join (default: 50)",
+        )
+        add_bits_arg(search)
+        search.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+        search.add_argument(
+            "--sampler",
+            type=str,
+            default="tpe",
+            help="tpe, random, nsga2 or gp (CMA-ES does not fit categorical choices) "
+            "(default: tpe)",
         )
         search.add_argument(
-            "--bits",
+            "--objective",
             type=str,
-            default="8,4,2",
-            help="per-layer choices: 8, 4, 2, f8 (float8), fp (keep float) (default: 8,4,2)",
+            choices=("iprime", "pareto"),
+            default="iprime",
+            help="maximise I', or optimise (C, P, T) as three objectives; both keep the "
+            "Pareto front (default: iprime)",
         )
-        search.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+        search.add_argument(
+            "--early-stop",
+            type=str,
+            choices=("exact", "stat", "off"),
+            default="exact",
+            help="stop a trial's evaluation once it cannot pass the gate: exact (never drops a "
+            "passing plan), stat (also on a 99.9%% confidence bound) or off (default: exact)",
+        )
+        search.add_argument(
+            "--no-warm-start",
+            action="store_true",
+            help="queue only the uniform plans, not the sensitivity-greedy ones",
+        )
+        limits = parser.add_argument_group("constraints (the best result is the best feasible)")
+        limits.add_argument(
+            "--max-size-mb", type=float, default=None, help="stored weights at most this (MiB)"
+        )
+        limits.add_argument(
+            "--max-latency-ms", type=float, default=None, help="T at most this (ms)"
+        )
         add_gate_args(parser)
         add_measure_args(parser)
-        study = parser.add_argument_group("study storage")
-        study.add_argument(
-            "--study", type=str, default=None, help="study name (default: <model>-<dataset>)"
-        )
-        study.add_argument(
-            "--storage",
-            type=str,
-            default=None,
-            help="Optuna storage URL or journal:PATH (default: sqlite:///studies/<study>.db)",
-        )
-        study.add_argument(
-            "--out-dir",
-            type=str,
-            default="studies",
-            help="directory of the default storage and the Pareto JSON",
-        )
-        study.add_argument(
+        add_storage_args(parser)
+        parser.add_argument(
             "--no-progress", action="store_true", help="do not draw the progress bar"
         )
         workers = parser.add_argument_group("workers and recovery")
@@ -95,6 +115,12 @@ class RunCommand(Command):
             out_dir=args.out_dir,
             workers=args.workers,
             heartbeat=args.heartbeat,
+            sampler=args.sampler,
+            objective=args.objective,
+            early_stop=args.early_stop,
+            warm_start=not args.no_warm_start,
+            max_size_mb=args.max_size_mb,
+            max_latency_ms=args.max_latency_ms,
         )
         summary = run_search(config, progress=not args.no_progress)
         print(format_summary(summary))

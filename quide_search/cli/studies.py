@@ -63,13 +63,31 @@ class ShowCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_study_args(parser)
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        parser.add_argument(
+            "--latency-table",
+            type=str,
+            default=None,
+            metavar="PATH",
+            help="also write the study's latency table (from --latency table) to PATH, for "
+            "another run's --latency table:PATH",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
+        from quide_search.errors import ConfigError
+        from quide_search.plan import atomic_write_text
         from quide_search.report import format_study
         from quide_search.study import load_study, summarize
 
         storage = study_storage(args)
         study = load_study(study=args.study, storage=storage)
         summary = summarize(study, storage_url=storage, out_dir="studies", persist=False)
+        if args.latency_table:
+            table = study.user_attrs.get("latency_table")
+            if table is None:
+                raise ConfigError(
+                    f"--latency-table needs a study run with --latency table, but study "
+                    f"{args.study!r} has no table. Run it with --latency table first."
+                )
+            atomic_write_text(Path(args.latency_table), json.dumps(table, indent=2) + "\n")
         print(json.dumps(summary.to_dict(), indent=2) if args.json else format_study(summary))
         return 0

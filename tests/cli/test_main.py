@@ -116,7 +116,26 @@ BAD_INPUTS = [
     (["run", "--model", "resnet18", "--dataset", "digits"], "must be one of imagenet, mnist-5k"),
     (["train", "--dataset", "mnist", "--data-dir", "nodata"], "laid out as MNIST/raw/"),
     (["train", "--epochs", "0"], "--epochs: must be an integer >= 1"),
-    (["sweep", "--latency", "guessed"], "--latency must be 'measured' or 'model:NAME'"),
+    (["sweep", "--latency", "guessed"], "--latency must be 'measured', 'table', 'table:PATH'"),
+    (
+        ["run", "--study", "t", "--latency", "table:missing.json"],
+        "--latency table:PATH must name a readable",
+    ),
+    (
+        ["run", "--study", "t", "--latency", "table:plan.json"],
+        "must be the JSON that quide-search writes",
+    ),
+    (["run", "--sampler", "cmaes"], "CMA-ES models continuous and integer parameters only"),
+    (["run", "--sampler", "tpee"], "Did you mean: 'tpe'"),
+    (["run", "--objective", "pareto", "--sampler", "gp"], "--sampler gp needs --objective"),
+    (["run", "--max-size-mb", "0"], "--max-size-mb must be a finite number > 0"),
+    (["run", "--max-latency-ms", "nan"], "--max-latency-ms must be a finite number > 0"),
+    (["run", "--early-stop", "maybe"], "invalid choice: 'maybe'"),
+    (["sensitivity", "--bits", "8,4"], "needs the same bits as when it was created"),
+    (
+        ["show", "--study", "simplecnn-digits", "--latency-table", "t.json"],
+        "--latency-table needs a study run with --latency table",
+    ),
     (["show", "--study", "nope"], "does not exist"),
     (["report", "--study", "nope", "--out", "r.html"], "does not exist"),
     (["dashboard", "--study", "nope"], "does not exist"),
@@ -254,10 +273,15 @@ def test_study_manager_commands(
     assert "simplecnn-digits" in listing and "simplecnn/digits" in listing
     assert main(["studies", "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
-    assert (row["study"], row["complete"], row["failed"]) == ("simplecnn-digits", 4, 0)
+    assert (row["study"], row["complete"] + row["pruned"], row["failed"]) == (
+        "simplecnn-digits",
+        4,
+        0,
+    )
     assert main(["show", "--study", "simplecnn-digits", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["completed"] == 4 and shown["best"]["trial"] == row["best_trial"]
+    assert shown["completed"] + shown["pruned"] == 4
+    assert shown["best"]["trial"] == row["best_trial"]
     assert {p["trial"] for p in shown["pareto"]} <= set(range(4))
     assert shown["protocol"]["latency_source"] == "measured"
     assert main(["show", "--study", "simplecnn-digits"]) == 0

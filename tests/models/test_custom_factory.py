@@ -55,7 +55,10 @@ def not_a_task() -> dict[str, int]:
 def test_factory_model_is_searched(tmp_path: Path) -> None:
     config = RunConfig(model=SPEC, out_dir=str(tmp_path), device="cpu", trials=4)
     summary = run_search(config, progress=False)
-    assert summary.completed == 4 and summary.baseline["P"] == 1.0
+    assert summary.completed + summary.pruned == 4 and summary.baseline["P"] == 1.0
+    # The factory gave no calibration data: no sensitivity, so no warm-start plans.
+    assert summary.warm_start_skipped is not None
+    assert "sensitivity needs a calibration split" in summary.warm_start_skipped
     study = load_study(study=config.study_name, storage=config.storage_url)
     assert study.user_attrs["protocol"]["model"] == SPEC
     assert set(study.trials[0].params) == {"encode", "decode"}

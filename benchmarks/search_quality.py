@@ -1,0 +1,289 @@
+"""Search quality: trials to the exhaustive optimum, and best I' per budget, by strategy.
+
+Strategies, all scoring plans with the same objective (same evaluator, same gate, same latency
+table, so a plan's I' is the same number whoever proposes it):
+
+- ``random``: Optuna's RandomSampler, nothing queued, every evaluation complete;
+- ``tpe``: plain TPESampler, nothing queued, every evaluation complete;
+- ``engine``: what ``quide-search run`` does: uniform plans, then sensitivity-greedy plans
+  queued, exact early stopping, TPE;
+- ``greedy`` (ResNet-18 only): the sensitivity-greedy path evaluated plan by plan, given the
+  engine's wall-clock time.
+
+SimpleCNN on digits (4 layers, choices fp/int8/int4/int2: 256 plans) is enumerated in full to
+get the optimum of I'. T comes from one latency table measured at the start and shared by all
+runs, so values are deterministic. ResNet-18 on mnist-5k (21 layers, int8/int4/int2) is too big
+to enumerate: there the strategies are compared at 50 and 100 trials.
+
+    python benchmarks/search_quality.py --quick --json out.json   # digits, 3 seeds, < 5 min
+    python benchmarks/search_quality.py --json out.json           # + 5 seeds, + ResNet-18
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from quide_search.latency import resolve_device
+from quide_search.metric import Gate
+from quide_search.plan import BitPlan
+from quide_search.scorer import Scorer
+from quide_search.search import PlanObjective, SearchSettings, group_layers, uniform_params
+from quide_search.sensitivity import (
+    greedy_path,
+    measure_sensitivity,
+    plan_price,
+    warm_plans,
+)
+from quide_search.task import load_task
+
+BUDGETS = (10, 25, 50)
+_EPS = 1e-9
+
+
+class Bench:
+    """One task's shared scorer, gate and sensitivity, measured once."""
+
+    def __init__(self, model: str, dataset: str, bits: tuple[str, ...], threads: int) -> None:
+        torch.manual_seed(0)
+        device = resolve_device("cpu")
+        task = load_task(model=model, dataset=dataset, device_type=device.type)
+        self.scorer = Scorer(task, device=device, threads=threads, latency="table")
+        self.bits = bits
+        started = time.perf_counter()
+        self.table = self.scorer.build_table(bits)
+        self.table_seconds = time.perf_counter() - started
+        self.scorer.use_table(self.table)
+        baseline = self.scorer.measure(self.scorer.float_plan())
+        self.gate = Gate(baseline_P=baseline.P, max_drop=0.01)
+        self.groups = group_layers(list(self.scorer.weight_counts), "layer")
+        started = time.perf_counter()
+        self.sensitivity = measure_sensitivity(self.scorer, self.groups, bits)
+        self.sensitivity_seconds = time.perf_counter() - started
+        counts = self.scorer.weight_counts
+        self.weights = {g: sum(counts[n] for n in names) for g, names in self.groups.items()}
+
+    def greedy_path(self) -> list[dict[str, str]]:
+        """The sensitivity-greedy path, priced by stored bytes and the latency table."""
+        sizes, rest = self.scorer.layer_bytes(self.bits)
+        price = plan_price(sizes, rest, self.groups, self.table.predict)
+        return greedy_path(self.sensitivity, self.weights, self.bits, price=price)
+
+    def objective(self, early_stop: str) -> PlanObjective:
+        return PlanObjective(
+            scorer=self.scorer,
+            gate=self.gate,
+            choices=self.bits,
+            settings=SearchSettings(early_stop=early_stop),
+        )
+
+    def score(self, layers: dict[str, str]) -> float:
+        """I' of one plan, scored in full."""
+        plan = BitPlan(
+            model=self.scorer.task.model_name,
+            dataset=self.scorer.task.dataset_name,
+            layers=layers,
+        )
+        m = self.scorer.measure(plan).metrics(
+            baseline_bytes=self.scorer.baseline_bytes, gate=self.gate
+        )
+        return m.I_prime
+
+    def run(self, strategy: str, seed: int, trials: int) -> dict[str, Any]:
+        """Run one strategy for ``trials`` trials; return its trial-by-trial I' and costs."""
+        sampler = (
+            optuna.samplers.RandomSampler(seed=seed)
+            if strategy == "random"
+            else optuna.samplers.TPESampler(seed=seed)
+        )
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        if strategy == "engine":
+            for qtype in self.bits:
+                if qtype != "none":
+                    study.enqueue_trial(
+                        uniform_params(list(self.groups), qtype), user_attrs={"full_eval": True}
+                    )
+            for plan in warm_plans(self.scorer, self.groups, self.bits, self.sensitivity):
+                study.enqueue_trial(plan, skip_if_exists=True)
+        objective = self.objective("exact" if strategy == "engine" else "off")
+        started = time.perf_counter()
+        study.optimize(objective, n_trials=trials, catch=())
+        seconds = time.perf_counter() - started
+        values, spent = [], []
+        for t in study.trials:
+            values.append(float(t.value) if t.state.name == "COMPLETE" else 0.0)
+            if t.state.name == "PRUNED":
+                spent.append(t.user_attrs["samples_spent"] / t.user_attrs["eval_samples"])
+        failing = [
+            t.user_attrs["samples_spent"] / t.user_attrs["eval_samples"]
+            for t in study.trials
+            if not t.user_attrs.get("gate_passed", False)
+        ]
+        return {"values": values, "seconds": seconds, "pruned_fractions": spent,
+                "failing_fractions": failing}  # fmt: skip
+
+
+def best_at(values: list[float], n: int) -> float:
+    return max(values[:n], default=0.0)
+
+
+def trials_to(values: list[float], target: float) -> int | None:
+    for i, v in enumerate(values, start=1):
+        if v >= target - _EPS:
+            return i
+    return None
+
+
+def median_trials(found: list[int | None]) -> float | None:
+    """Median trials to the optimum; None when the median run never reached it (censored)."""
+    ranked = sorted(float("inf") if f is None else float(f) for f in found)
+    value = statistics.median(ranked)
+    return None if value == float("inf") else value
+
+
+def digits_part(seeds: int, cap: int, threads: int) -> dict[str, Any]:
+    bits = ("none", "qint8", "qint4", "qint2")
+    bench = Bench("simplecnn", "digits", bits, threads)
+    layers = list(bench.groups)
+    started = time.perf_counter()
+    scores = {
+        combo: bench.score(dict(zip(layers, combo, strict=True)))
+        for combo in itertools.product(bits, repeat=len(layers))
+    }
+    enumerate_s = time.perf_counter() - started
+    optimum = max(scores.values())
+    winners = [dict(zip(layers, c, strict=True)) for c, v in scores.items() if v >= optimum - _EPS]
+    out: dict[str, Any] = {
+        "task": "simplecnn/digits",
+        "plans": len(scores),
+        "optimum_I_prime": optimum,
+        "optimum_plans": winners,
+        "feasible_plans": sum(v > 0 for v in scores.values()),
+        "enumerate_seconds": enumerate_s,
+        "table_seconds": bench.table_seconds,
+        "sensitivity_seconds": bench.sensitivity_seconds,
+        "gate_threshold": bench.gate.threshold,
+        "strategies": {},
+    }
+    for strategy in ("random", "tpe", "engine"):
+        runs = [bench.run(strategy, seed, cap) for seed in range(seeds)]
+        found = [trials_to(r["values"], optimum) for r in runs]
+        out["strategies"][strategy] = {
+            "trials_to_optimum": found,
+            "trials_to_optimum_median": median_trials(found),
+            "best_at": {n: [best_at(r["values"], n) for r in runs] for n in BUDGETS},
+            "seconds": [r["seconds"] for r in runs],
+            "pruned_fractions": [f for r in runs for f in r["pruned_fractions"]],
+            "failing_fractions": [f for r in runs for f in r["failing_fractions"]],
+        }
+    return out
+
+
+def resnet_part(trials: int, threads: int, seed: int) -> dict[str, Any]:
+    bits = ("qint8", "qint4", "qint2")
+    bench = Bench("resnet18", "mnist-5k", bits, threads)
+    layers = list(bench.groups)
+    uniform = {q: bench.score(uniform_params(layers, q)) for q in bits}
+    out: dict[str, Any] = {
+        "task": "resnet18/mnist-5k",
+        "layers": len(layers),
+        "seed": seed,
+        "uniform": uniform,
+        "best_uniform": max(uniform.values()),
+        "table_seconds": bench.table_seconds,
+        "sensitivity_seconds": bench.sensitivity_seconds,
+        "strategies": {},
+    }
+    for strategy in ("random", "tpe", "engine"):
+        r = bench.run(strategy, seed, trials)
+        out["strategies"][strategy] = {
+            "best_at": {n: best_at(r["values"], n) for n in (50, trials)},
+            "seconds": r["seconds"],
+            "pruned_fractions": r["pruned_fractions"],
+        }
+    # Greedy: walk the sensitivity-greedy path, fewest bits first, within the engine's time
+    # (the sensitivity measurement counts against it, as it does for the engine's warm start).
+    allowed = out["strategies"]["engine"]["seconds"]
+    started, best, walked = time.perf_counter(), 0.0, 0
+    for plan in bench.greedy_path():
+        if time.perf_counter() - started > allowed:
+            break
+        best, walked = max(best, bench.score(plan, early_stop=True)), walked + 1
+    out["strategies"]["greedy"] = {
+        "best": best,
+        "plans_evaluated": walked,
+        "path_length": len(bench.greedy_path()),
+        "seconds": time.perf_counter() - started,
+    }
+    return out
+
+
+def summary(digits: dict[str, Any], resnet: dict[str, Any] | None) -> dict[str, Any]:
+    s = digits["strategies"]
+    pruned = s["engine"]["pruned_fractions"]
+    failing = s["engine"]["failing_fractions"]
+    out = {
+        "optimum_I_prime": digits["optimum_I_prime"],
+        "engine_trials_to_optimum_median": s["engine"]["trials_to_optimum_median"],
+        "tpe_trials_to_optimum_median": s["tpe"]["trials_to_optimum_median"],
+        "random_trials_to_optimum_median": s["random"]["trials_to_optimum_median"],
+        "pruned_eval_fraction": statistics.mean(pruned) if pruned else None,
+        "failing_eval_fraction": statistics.mean(failing) if failing else None,
+        "pruned_trials": len(pruned),
+    }
+    if resnet is not None:
+        out["resnet18_best_at_100"] = {
+            **{k: v["best_at"][max(v["best_at"])] for k, v in resnet["strategies"].items()
+               if k != "greedy"},
+            "greedy": resnet["strategies"]["greedy"]["best"],
+            "best_uniform": resnet["best_uniform"],
+        }  # fmt: skip
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits only, 3 seeds")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds on digits (5; quick 3)")
+    parser.add_argument("--cap", type=int, default=300, help="trials per digits run")
+    parser.add_argument("--resnet-trials", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    seeds = args.seeds or (3 if args.quick else 5)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory():
+        digits = digits_part(seeds, args.cap, args.threads)
+        resnet = None if args.quick else resnet_part(args.resnet_trials, args.threads, seed=0)
+    result = {
+        **summary(digits, resnet),
+        "digits": digits,
+        "resnet18": resnet,
+        "seconds": time.perf_counter() - started,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    text = json.dumps(result, indent=2, default=str)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    print(json.dumps(summary(digits, resnet), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
