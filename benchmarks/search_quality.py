@@ -38,7 +38,7 @@ import torch
 from quide_search.latency import resolve_device
 from quide_search.metric import Gate
 from quide_search.plan import BitPlan
-from quide_search.scorer import Scorer
+from quide_search.scorer import GateUnreachable, Scorer
 from quide_search.search import PlanObjective, SearchSettings, group_layers, uniform_params
 from quide_search.sensitivity import (
     greedy_path,
@@ -88,17 +88,20 @@ class Bench:
             settings=SearchSettings(early_stop=early_stop),
         )
 
-    def score(self, layers: dict[str, str]) -> float:
-        """I' of one plan, scored in full."""
+    def score(self, layers: dict[str, str], *, early_stop: bool = False) -> float:
+        """I' of one plan, scored in full (or 0 as soon as it cannot pass the gate)."""
         plan = BitPlan(
             model=self.scorer.task.model_name,
             dataset=self.scorer.task.dataset_name,
             layers=layers,
         )
-        m = self.scorer.measure(plan).metrics(
-            baseline_bytes=self.scorer.baseline_bytes, gate=self.gate
-        )
-        return m.I_prime
+        floor = self.gate.threshold if early_stop else None
+        try:
+            measured = self.scorer.measure(plan, floor=floor)
+        except GateUnreachable:
+            return 0.0
+        metrics = measured.metrics(baseline_bytes=self.scorer.baseline_bytes, gate=self.gate)
+        return metrics.I_prime
 
     def run(self, strategy: str, seed: int, trials: int) -> dict[str, Any]:
         """Run one strategy for ``trials`` trials; return its trial-by-trial I' and costs."""
@@ -128,8 +131,16 @@ class Bench:
         failing = [
             t.user_attrs["samples_spent"] / t.user_attrs["eval_samples"]
             for t in study.trials
-            if not t.user_attrs.get("gate_passed", False)
+            if "samples_spent" in t.user_attrs and not t.user_attrs.get("gate_passed", False)
         ]
+        missing = [t.number for t in study.trials if "samples_spent" not in t.user_attrs]
+        if missing:
+            states = {
+                t.number: (t.state.name, sorted(t.user_attrs))
+                for t in study.trials
+                if t.number in missing
+            }
+            print(f"warning: trials without samples_spent: {states}", file=sys.stderr)
         return {"values": values, "seconds": seconds, "pruned_fractions": spent,
                 "failing_fractions": failing}  # fmt: skip
 
