@@ -54,7 +54,8 @@ def measure_sensitivity(
     inputs = calib.inputs.to(scorer.device)
     labels = calib.labels.to(scorer.device)
     reference = _log_probs(scorer.model, inputs)
-    float_hits = _hits(reference, labels)
+    score = _scoring(scorer, inputs, labels)
+    float_score = score(scorer.model, reference)
     table: Sensitivity = {}
     for group, names in groups.items():
         row = {}
@@ -68,11 +69,11 @@ def measure_sensitivity(
             )
             with scorer.layers.assembled(plan) as model:
                 quantized = _log_probs(model, inputs)
+                change = score(model, quantized) - float_score
             kl = torch.nn.functional.kl_div(
                 quantized.flatten(0, -2), reference.flatten(0, -2), log_target=True,
                 reduction="batchmean",
             )  # fmt: skip
-            change = (_hits(quantized, labels) - float_hits) / labels.numel()
             row[qtype] = {"kl": max(0.0, float(kl)), "accuracy_change": change}
         table[group] = row
     return table
@@ -96,8 +97,23 @@ def _log_probs(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _hits(log_probs: torch.Tensor, labels: torch.Tensor) -> int:
-    return int((log_probs.argmax(dim=-1) == labels).sum())
+def _scoring(
+    scorer: Scorer, inputs: torch.Tensor, labels: torch.Tensor
+) -> Callable[[torch.nn.Module, torch.Tensor], float]:
+    """Return P on the calibration split: top-1 accuracy, or the task's own score function."""
+    task_score = scorer.task.score
+    if task_score is not None:
+
+        def own(model: torch.nn.Module, log_probs: torch.Tensor) -> float:
+            with torch.no_grad():
+                return float(task_score(model, inputs, labels))
+
+        return own
+
+    def accuracy(model: torch.nn.Module, log_probs: torch.Tensor) -> float:
+        return int((log_probs.argmax(dim=-1) == labels).sum()) / labels.numel()
+
+    return accuracy
 
 
 def greedy_path(
