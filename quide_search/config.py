@@ -205,7 +205,7 @@ class RunConfig:
         from quide_search.models.causal_lm import HF_PREFIX, TextTask
 
         text = None
-        if self.model.startswith(HF_PREFIX):
+        if self.model.startswith(HF_PREFIX) or self.model == "smollm2-135m":
             text = TextTask(
                 path=self.model.removeprefix(HF_PREFIX),
                 text_file=self.text_file,

