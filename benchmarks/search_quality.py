@@ -44,9 +44,9 @@ from quide_search.sensitivity import (
     greedy_path,
     measure_sensitivity,
     plan_price,
-    warm_plans,
 )
 from quide_search.task import load_task
+from quide_search.warmstart import queue_warm_starts, refine_on_path
 
 BUDGETS = (10, 25, 50)
 _EPS = 1e-9
@@ -117,11 +117,13 @@ class Bench:
                     study.enqueue_trial(
                         uniform_params(list(self.groups), qtype), user_attrs={"full_eval": True}
                     )
-            for plan in warm_plans(self.scorer, self.groups, self.bits, self.sensitivity):
-                study.enqueue_trial(plan, skip_if_exists=True)
         objective = self.objective("exact" if strategy == "engine" else "off")
+        callbacks = []
+        if strategy == "engine":  # the same queue and refinement as `quide-search run`
+            queue_warm_starts(study, objective, self.sensitivity)
+            callbacks.append(refine_on_path(objective))
         started = time.perf_counter()
-        study.optimize(objective, n_trials=trials, catch=())
+        study.optimize(objective, n_trials=trials, catch=(), callbacks=callbacks)
         seconds = time.perf_counter() - started
         values, spent = [], []
         for t in study.trials:

@@ -249,8 +249,8 @@ def warm_plans(
     groups: Mapping[str, Sequence[str]],
     qtypes: Sequence[str],
     sensitivity: Mapping[str, Mapping[str, Mapping[str, float]]],
-) -> list[dict[str, str]]:
-    """Return the warm-start plans (group -> qtype) that ``run`` queues after the uniform ones.
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Return the warm-start plans (group -> qtype) at bit budgets, and the whole greedy path.
 
     Plans are priced by their predicted I without P: exact stored bytes, and, with a latency
     table (``--latency table``), T from it. With T measured per trial or modelled, the price is
@@ -261,4 +261,5 @@ def warm_plans(
     sizes, rest = scorer.layer_bytes(qtypes)
     latency = scorer.table.predict if scorer.table is not None else None
     price = plan_price(sizes, rest, groups, latency)
-    return greedy_plans(sensitivity, weights, qtypes, price=price)
+    path = greedy_path(sensitivity, weights, qtypes, price=price)
+    return greedy_plans(sensitivity, weights, qtypes, price=price), path

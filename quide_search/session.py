@@ -278,19 +278,15 @@ def study_sensitivity(study: optuna.Study, objective: PlanObjective) -> dict[str
 def _enqueue_warm(study: optuna.Study, objective: PlanObjective) -> None:
     if study.user_attrs.get("warm_enqueued"):
         return
-    from quide_search.sensitivity import warm_plans
+    from quide_search.warmstart import queue_warm_starts
 
     try:
         sensitivity = study_sensitivity(study, objective)["groups"]
-        plans = warm_plans(objective.scorer, objective.groups, objective.choices, sensitivity)
+        queue_warm_starts(study, objective, sensitivity)
     except QuideError as e:
         # A layer that cannot be measured alone is a fault for its trials to meet, one by one;
         # the search goes on from the uniform plans.
         study.set_user_attr("warm_start_skipped", str(e))
-        study.set_user_attr("warm_enqueued", True)
-        return
-    for plan in plans:
-        study.enqueue_trial(plan, user_attrs={"warm_start": "greedy"}, skip_if_exists=True)
     study.set_user_attr("warm_enqueued", True)
 
 
@@ -344,6 +340,7 @@ def optimize(
     from tqdm import tqdm
 
     from quide_search.errors import TrialEvaluationError
+    from quide_search.warmstart import refine_on_path
 
     study = session.study
     done = _completed(study)
@@ -374,6 +371,7 @@ def optimize(
                 catch=(TrialEvaluationError,),
                 callbacks=[
                     MaxTrialsCallback(target, states=COUNTED),
+                    refine_on_path(session.objective),
                     _report,
                     _stop_if_interrupted,
                 ],

@@ -61,6 +61,12 @@ def test_warm_starts_follow_the_uniform_plans(engine_study: RunConfig) -> None:
     assert greedy and kinds.index("greedy") == 3
     for t in greedy:
         assert len(set(t.params.values())) > 1  # mixed plans, not uniform ones again
+    # Once the greedy plans are scored, the path around the gate crossing was queued too.
+    assert study.user_attrs["path_refined"] is True
+    path = [tuple(p) for p in study.user_attrs["greedy_path"]]
+    for t in trials:
+        if t.user_attrs.get("warm_start") in ("greedy", "path"):
+            assert tuple(t.params.values()) in path
     stored = study.user_attrs["sensitivity"]
     assert set(stored["groups"]) == {"conv1", "conv2", "fc1", "fc2"}
     assert stored["samples"] == 200 and stored["split"] == "calib"

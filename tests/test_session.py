@@ -97,7 +97,7 @@ def test_same_seed_proposes_same_plans_and_scores(tmp_path: Path, digits_task) -
         config = RunConfig(out_dir=str(folder), device="cpu", trials=16, seed=3, threads=1)
         run_search(config, progress=False)
         study = load_study(study=config.study_name, storage=config.storage_url)
-        ordered = sorted(study.trials, key=lambda t: t.number)
+        ordered = sorted(counted(study.trials), key=lambda t: t.number)
         # P, or for a trial stopped early the bound that proved it fails the gate.
         return [
             (t.params, t.user_attrs.get("P", t.user_attrs.get("P_reachable"))) for t in ordered
@@ -126,7 +126,7 @@ def test_with_model_latency_the_whole_search_repeats(tmp_path: Path, digits_task
         )
         run_search(config, progress=False)
         study = load_study(study=config.study_name, storage=config.storage_url)
-        ordered = sorted(study.trials, key=lambda t: t.number)
+        ordered = sorted(counted(study.trials), key=lambda t: t.number)
         assert {t.user_attrs.get("latency_source") for t in ordered} <= {
             "model:cpu-epyc-2c",
             None,  # stopped early: never timed
