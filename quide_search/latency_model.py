@@ -31,6 +31,7 @@ __all__ = [
     "latency_source",
     "layer_shapes",
     "profile",
+    "run_hooked",
 ]
 
 
@@ -165,13 +166,18 @@ def layer_shapes(model: nn.Module, example: torch.Tensor) -> list[LayerShape]:
             )
 
         hooks.append(modules[name].register_forward_hook(hook))
+    run_hooked(model, example, hooks)
+    return [found[n] for n in quantizable_layers(model) if n in found]
+
+
+def run_hooked(model: nn.Module, example: torch.Tensor, hooks: list[Any]) -> None:
+    """Run one forward pass without autograd, then remove ``hooks`` (also when it fails)."""
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in hooks:
             h.remove()
-    return [found[n] for n in quantizable_layers(model) if n in found]
 
 
 def _macs(module: nn.Module, output: torch.Tensor) -> int:

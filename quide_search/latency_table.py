@@ -20,6 +20,7 @@ from torch import nn
 
 from quide_search.errors import ConfigError
 from quide_search.latency import LatencyContext, measure_latency
+from quide_search.latency_model import run_hooked
 from quide_search.plan import FLOAT
 
 if TYPE_CHECKING:
@@ -124,12 +125,7 @@ def layer_inputs(model: nn.Module, example: torch.Tensor, names: Sequence[str]) 
             found.setdefault(name, tuple(a.detach().clone() for a in args))
 
         hooks.append(modules[name].register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example, hooks)
     return found
 
 
