@@ -22,6 +22,7 @@ import importlib.util
 import inspect
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,9 @@ def _package_dir(package: str, wheel: str) -> Path:
 
 def _offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar (the trials') is enough on the terminal
 
 
 def smollm2_dir() -> Path:
@@ -101,9 +105,20 @@ def smollm2_dir() -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    from safetensors.torch import save_model
+
     partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial, safe_serialization=True)
+    partial.mkdir(parents=True, exist_ok=True)
+    # transformers marks a GGUF-loaded model as quantized and refuses save_pretrained, but its
+    # tensors are already de-quantized floats: save them and a config without that mark.
+    save_model(model, str(partial / "model.safetensors"))
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    if target.exists():
+        shutil.rmtree(target)
     partial.replace(target)  # a complete directory or none
     return target
 
