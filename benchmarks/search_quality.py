@@ -40,11 +40,7 @@ from quide_search.metric import Gate
 from quide_search.plan import BitPlan
 from quide_search.scorer import GateUnreachable, Scorer
 from quide_search.search import PlanObjective, SearchSettings, group_layers, uniform_params
-from quide_search.sensitivity import (
-    greedy_path,
-    measure_sensitivity,
-    plan_price,
-)
+from quide_search.sensitivity import measure_sensitivity, warm_plans
 from quide_search.task import load_task
 from quide_search.warmstart import queue_warm_starts, refine_on_path
 
@@ -76,9 +72,7 @@ class Bench:
 
     def greedy_path(self) -> list[dict[str, str]]:
         """The sensitivity-greedy path, priced by stored bytes and the latency table."""
-        sizes, rest = self.scorer.layer_bytes(self.bits)
-        price = plan_price(sizes, rest, self.groups, self.table.predict)
-        return greedy_path(self.sensitivity, self.weights, self.bits, price=price)
+        return warm_plans(self.scorer, self.groups, self.bits, self.sensitivity)[1]
 
     def objective(self, early_stop: str) -> PlanObjective:
         return PlanObjective(

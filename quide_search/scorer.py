@@ -190,7 +190,6 @@ class Scorer:
 
     def build_table(self, qtypes: Sequence[str]) -> LatencyTable:
         """Measure the float model's T and each (layer, qtype) alone: the latency table."""
-        base = measure_latency(self._timed(self.model), self.example, context=self.context)
         step = self.example[:, :1] if self.task.decode is not None else self.example
         return measure_table(
             self.layers,
@@ -198,7 +197,7 @@ class Scorer:
             layers=list(self.weight_counts),
             qtypes=qtypes,
             context=self.context,
-            base_ms=self._per_token(base).median_ms,
+            base_ms=self.measured_ms(self.float_plan()),
         )
 
     def measured_ms(self, plan: BitPlan) -> float:

@@ -25,6 +25,7 @@ __all__ = [
     "greedy_plans",
     "measure_sensitivity",
     "plan_price",
+    "plans_on_path",
     "sensitivity_rows",
     "warm_plans",
 ]
@@ -211,7 +212,19 @@ def greedy_plans(
     each plan is the last one on the greedy path whose weighted average bits stays within its
     budget.
     """
-    path = greedy_path(sensitivity, weights, qtypes, price=price)
+    return plans_on_path(
+        greedy_path(sensitivity, weights, qtypes, price=price), weights, qtypes, budgets=budgets
+    )
+
+
+def plans_on_path(
+    path: Sequence[Mapping[str, str]],
+    weights: Mapping[str, int],
+    qtypes: Sequence[str],
+    *,
+    budgets: int = 5,
+) -> list[dict[str, str]]:
+    """Return the plans of :func:`greedy_plans` taken from an already computed greedy path."""
     total = sum(max(n, 1) for n in weights.values())
 
     def average(plan: Mapping[str, str]) -> float:
@@ -226,7 +239,7 @@ def greedy_plans(
     plans: list[dict[str, str]] = []
     for budget in levels:
         within = [p for p in path if average(p) <= budget + 1e-9]
-        plan = within[-1] if within else path[0]
+        plan = dict(within[-1] if within else path[0])
         if plan not in plans and len(set(plan.values())) > 1:
             plans.append(plan)
     return plans
@@ -262,4 +275,4 @@ def warm_plans(
     latency = scorer.table.predict if scorer.table is not None else None
     price = plan_price(sizes, rest, groups, latency)
     path = greedy_path(sensitivity, weights, qtypes, price=price)
-    return greedy_plans(sensitivity, weights, qtypes, price=price), path
+    return plans_on_path(path, weights, qtypes), path

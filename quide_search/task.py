@@ -235,8 +235,7 @@ def embedded_lm_task(*, text: TextTask | None, device_type: str = "cpu", **_: ob
     settings = dataclasses.replace(
         settings, path=str(smollm2_dir()), text_file=settings.text_file or str(stdlib_text())
     )
-    task = _causal_lm_task("smollm2-135m", settings, device_type)
-    return dataclasses.replace(task, model_name="smollm2-135m")
+    return _causal_lm_task("smollm2-135m", settings, device_type)
 
 
 def minilm_task(
