@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 
 STUDY = "simplecnn-digits"
 ATTRS = {"C", "P", "T_ms", "I", "I_prime", "gate_passed", "avg_weight_bits", "stored_bytes"}
@@ -31,9 +33,11 @@ def start(argv: Sequence[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def trials(storage: str, study: str = STUDY) -> list[optuna.trial.FrozenTrial]:
+def trials(
+    storage: str, study: str = STUDY, timeout: float = 60.0
+) -> list[optuna.trial.FrozenTrial]:
     """Every trial of the study, read through a fresh connection (empty if not created yet)."""
-    kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
+    kwargs = {"connect_args": {"timeout": timeout}} if storage.startswith("sqlite") else {}
     backend = optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
     try:
         names = [s.study_name for s in backend.get_all_studies()]
@@ -61,6 +65,33 @@ def wait_until(
         time.sleep(0.05)
     process.kill()
     raise AssertionError("condition not reached in time")
+
+
+def signal_mid_trial(
+    storage: str,
+    condition: Callable[[list[optuna.trial.FrozenTrial]], bool],
+    process: subprocess.Popen[str],
+    sig: signal.Signals,
+) -> list[optuna.trial.FrozenTrial]:
+    """Send ``sig`` while ``condition`` holds, without racing the trial to its end.
+
+    A digits trial can finish between the poll that saw it RUNNING and the signal. So the
+    process is frozen first (SIGSTOP), the condition is checked again, and only then is the
+    signal sent; a signal other than SIGKILL is delivered when the process continues.
+    """
+    while True:
+        wait_until(storage, condition, process)
+        process.send_signal(signal.SIGSTOP)
+        try:
+            # Frozen inside a commit, it would hold the database lock: read briefly, retry.
+            current = trials(storage, timeout=2.0)
+        except sqlalchemy.exc.OperationalError:
+            current = []
+        if condition(current):
+            process.send_signal(sig)
+            process.send_signal(signal.SIGCONT)
+            return current
+        process.send_signal(signal.SIGCONT)
 
 
 Trials = list[optuna.trial.FrozenTrial]

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from _procs import ATTRS, STUDY, by_state, counted, run_args, start, trials, wait_until
+from _procs import ATTRS, STUDY, by_state, counted, run_args, signal_mid_trial, start, trials
 
 from quide_search.config import RunConfig
 from quide_search.search import INTERRUPTED, NO_HEARTBEAT
@@ -30,8 +30,7 @@ def test_sigkill_mid_trial_then_same_command_finishes(tmp_path: Path, digits_tas
     storage = f"sqlite:///{tmp_path}/{STUDY}.db"
     argv = run_args(tmp_path, TARGET, "--heartbeat", "1")
     process = start(argv)
-    seen = wait_until(storage, _running_with_plan, process)
-    process.send_signal(signal.SIGKILL)
+    seen = signal_mid_trial(storage, _running_with_plan, process, signal.SIGKILL)
     process.wait()
     before = _completed_values(trials(storage))
     assert set(_completed_values(seen)) <= set(before)
@@ -70,8 +69,7 @@ def test_sigint_records_the_trial_and_exits_130(tmp_path: Path, digits_task) -> 
     # Batch-1 evaluation makes each trial long, so the interrupt lands inside one.
     argv = run_args(tmp_path, TARGET, "--eval-batch-size", "1", "--early-stop", "off")
     process = start(argv)
-    wait_until(storage, _running_with_plan, process)
-    process.send_signal(signal.SIGINT)
+    signal_mid_trial(storage, _running_with_plan, process, signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130
     assert err.count("\n") == 1 and "Traceback" not in err, err
