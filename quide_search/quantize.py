@@ -129,7 +129,8 @@ def kernel_paths(model: nn.Module) -> dict[str, str]:
         if not kind.startswith(("Weight", "TinyGemm", "AWQ", "Marlin")):
             continue
         if kind.startswith(("TinyGemm", "AWQ", "Marlin")):
-            paths[name] = "kernel:" + kind.removesuffix("WeightQBitsTensor").lower()
+            short = kind.removesuffix("WeightQBitsTensor").removesuffix("QBytesTensor")
+            paths[name] = "kernel:" + short.lower()
         elif _int8pack(module, weight):
             paths[name] = "kernel:int8pack"
         else:
