@@ -52,23 +52,23 @@ def test_a_hopeless_plan_stops_after_few_chunks() -> None:
     result = evaluator.evaluate_until(
         _Oracle(), floor=0.95, on_chunk=lambda n, r: seen.append((n, r))
     )
-    # 1/40 of 1000 first, growing by half of what was seen, up to the batch size.
-    assert list(evaluator.chunks())[:6] == [(0, 25), (25, 50), (50, 75), (75, 112), (112, 168),
-                                            (168, 252)]  # fmt: skip
-    assert list(evaluator.chunks())[-1][1] == 1000
-    assert result.stopped and result.samples == 75
+    # 1/40 of 1000 first, then doubling what was seen, up to the batch size.
+    assert list(evaluator.chunks())[:6] == [(0, 25), (25, 50), (50, 100), (100, 200), (200, 400),
+                                            (400, 656)]  # fmt: skip
+    assert list(evaluator.chunks())[-1] == (912, 1000)
+    assert result.stopped and result.samples == 100
     # Intermediate values: the best P still reachable after each chunk, never rising.
-    assert seen == [(25, 0.978), (50, 0.955), (75, 0.933)]
+    assert seen == [(25, 0.978), (50, 0.955), (100, 0.91)]
 
 
 def test_statistical_stop_is_earlier_than_exact() -> None:
     correct = [i % 10 != 0 for i in range(2000)]  # P = 0.9 against a floor of 0.97
     exact = _evaluator(correct, 256).evaluate_until(_Oracle(), floor=0.97)
     stat = _evaluator(correct, 256).evaluate_until(_Oracle(), floor=0.97, confidence=0.99)
-    # Chunks end at 50, 100, 150, 225, 337, 505, 757, ... Exact: 0.1 n errors must exceed
-    # 0.03 * 2000, so n > 600: the chunk ending at 757. Hoeffding-Serfling at 99 %:
-    # 0.9 + sqrt((1 - 504/2000) ln(100) / 1010) = 0.958 < 0.97 at 505.
-    assert (exact.samples, stat.samples) == (757, 505)
+    # Chunks end at 50, 100, 200, 400, 656, 912, ... Exact: 0.1 n errors must exceed
+    # 0.03 * 2000, so n > 600: the chunk ending at 656. Hoeffding-Serfling at 99 %:
+    # 0.9 + sqrt((1 - 399/2000) ln(100) / 800) = 0.968 < 0.97 at 400 (1.002 at 200).
+    assert (exact.samples, stat.samples) == (656, 400)
 
 
 def test_chunking_gives_the_same_p_with_and_without_a_floor() -> None:
