@@ -43,7 +43,7 @@ from torch import nn
 
 from quide_search.latency_model import estimate_ms, layer_shapes, profile
 from quide_search.models.custom import CustomTask
-from quide_search.plan import BitPlan
+from quide_search.quantize import kernel_paths
 from quide_search.scorer import Scorer
 from quide_search.task import load_task
 
@@ -166,46 +166,32 @@ class Extension:
         return self.state.startswith("built")
 
 
-def _plan(scorer: Scorer, qtype: str) -> BitPlan:
-    return BitPlan.uniform(
-        model=scorer.task.model_name, dataset="random-tokens",
-        layers=scorer.weight_counts, qtype=qtype,
-    )  # fmt: skip
-
-
 def uniform(scorer: Scorer, qtype: str, example_tokens: torch.Tensor) -> dict[str, Any]:
     """Measure one uniform plan: P, T for both shapes (decode twice), estimates, kernels."""
-    plan = _plan(scorer, qtype)
+    plan = scorer.uniform_plan(qtype)
     m = scorer.measure(plan)
     row: dict[str, Any] = {
         "qtype": qtype, "P": m.P, "stored_bytes": m.stored_bytes,
         "C": scorer.baseline_bytes / m.stored_bytes, "T_decode_ms": m.T_ms,
         "latency_repeats": m.latency_repeats, "latency_spread": m.latency_spread,
         "kernel_layers": len(m.kernel_layers), "fallback_layers": len(m.fallback_layers),
-        "kernels": sorted({p for p in _paths(scorer, plan).values()}),
         "seconds": m.seconds,
     }  # fmt: skip
+    examples = {s: example_tokens[:1, :n].to(scorer.device) for s, n in SHAPES.items()}
+    shapes = {s: layer_shapes(scorer.model, x) for s, x in examples.items()}
     device = profile(PROFILE)
-    decode = scorer.example
-    for shape, tokens in SHAPES.items():
-        example = example_tokens[:1, :tokens].to(scorer.device)
-        shapes = layer_shapes(scorer.model, example)
-        with scorer.layers.assembled(plan) as model:
-            row[f"T_{shape}_model_ms"] = estimate_ms(model, shapes, device, 1)
-        if shape != "decode":
-            scorer.example = example
-            row[f"T_{shape}_ms"] = scorer.measured_ms(plan)
-            scorer.example = decode
+    with scorer.layers.assembled(plan) as model:
+        row["kernels"] = sorted(set(kernel_paths(model).values()))
+        for shape in SHAPES:
+            row[f"T_{shape}_model_ms"] = estimate_ms(model, shapes[shape], device, 1)
+    decode, scorer.example = scorer.example, examples["prefill"]
+    try:
+        row["T_prefill_ms"] = scorer.measured_ms(plan)
+    finally:
+        scorer.example = decode
     row["T_decode_again_ms"] = scorer.measured_ms(plan)
     row["T_decode_repeat_diff"] = abs(row["T_decode_again_ms"] / row["T_decode_ms"] - 1)
     return row
-
-
-def _paths(scorer: Scorer, plan: BitPlan) -> dict[str, str]:
-    from quide_search.quantize import kernel_paths
-
-    with scorer.layers.assembled(plan) as model:
-        return kernel_paths(model)
 
 
 def rank_agreement(rows: list[dict[str, Any]], shape: str) -> dict[str, Any]:
@@ -303,7 +289,7 @@ def _uniform_plans(
     for dtype in (torch.bfloat16, torch.float16):
         _STATE["dtype"] = dtype
         scorers[dtype] = scorer = Scorer(load_task(model=FACTORY), device=device)
-        with scorer.layers.assembled(_plan(scorer, "qint8")):
+        with scorer.layers.assembled(scorer.uniform_plan("qint8")):
             pass
         results["uniform"][str(dtype)] = []
     results["parameters"] = sum(p.numel() for p in scorer.model.parameters())

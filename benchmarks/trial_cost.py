@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from quide_search.data import Split, Splits
+from quide_search.evaluator import logits_of
 from quide_search.latency import measure_latency
 from quide_search.plan import BitPlan
 from quide_search.quantize import apply_plan
@@ -85,8 +86,7 @@ def bare_evaluation(model: torch.nn.Module, scorer: Scorer) -> int:
     right = 0
     with torch.no_grad():
         for start in range(0, inputs.shape[0], size):
-            out = model(inputs[start : start + size])
-            logits = getattr(out, "logits", out)
+            logits = logits_of(model(inputs[start : start + size]))
             right += int((logits.argmax(-1) == labels[start : start + size]).sum())
     return right
 

@@ -27,6 +27,7 @@ __all__ = [
     "normalize_qtype",
     "parse_bits",
     "read_plan_file",
+    "weight_bits",
 ]
 
 PLAN_SCHEMA_VERSION = 1
@@ -37,6 +38,12 @@ QTYPES: Mapping[str, int] = MappingProxyType(
     {"qint8": 8, "qint4": 4, "qint2": 2, "qfloat8": 8, FLOAT: 0}
 )
 """Allowed plan values and their weight bits (0 = the model's own float width)."""
+
+
+def weight_bits(qtype: str, *, float_bits: int = 32) -> int:
+    """Return the weight bits of a plan value, counting float as ``float_bits``."""
+    return QTYPES[qtype] or float_bits
+
 
 _BIT_ALIASES: Mapping[str, str] = MappingProxyType(
     {
@@ -159,10 +166,10 @@ class BitPlan:
         total = sum(weight_counts.values())
         if total == 0:
             return float(float_bits)
-        bits = 0
-        for name, count in weight_counts.items():
-            width = QTYPES[self.layers.get(name, FLOAT)]
-            bits += count * (width if width else float_bits)
+        bits = sum(
+            count * weight_bits(self.layers.get(name, FLOAT), float_bits=float_bits)
+            for name, count in weight_counts.items()
+        )
         return bits / total
 
     def to_dict(self) -> dict[str, Any]:

@@ -134,9 +134,10 @@ class Scorer:
         self.weight_counts = task.layers
         self.baseline_bytes = model_bytes(self.model)
         self.layers = LayerCache(self.model, limit_mb=cache_mb)
-        # An estimated decoding step reads every weight for one new token.
-        step = self.example[:, :1] if task.decode is not None else self.example
-        self._shapes = layer_shapes(self.model, step) if self.context.estimated else []
+        # One decoding step reads every weight for one new token: what the analytic estimate
+        # and the per-layer table time for a causal LM.
+        self._step = self.example[:, :1] if task.decode is not None else self.example
+        self._shapes = layer_shapes(self.model, self._step) if self.context.estimated else []
 
     @classmethod
     def for_config(cls, task: Task, config: RunConfig, *, device: torch.device) -> Scorer:
@@ -190,10 +191,9 @@ class Scorer:
 
     def build_table(self, qtypes: Sequence[str]) -> LatencyTable:
         """Measure the float model's T and each (layer, qtype) alone: the latency table."""
-        step = self.example[:, :1] if self.task.decode is not None else self.example
         return measure_table(
             self.layers,
-            step,
+            self._step,
             layers=list(self.weight_counts),
             qtypes=qtypes,
             context=self.context,
@@ -203,8 +203,7 @@ class Scorer:
     def measured_ms(self, plan: BitPlan) -> float:
         """Return the measured T of ``plan``, whatever the latency source (for checks)."""
         with self.layers.assembled(plan) as model:
-            timed = measure_latency(self._timed(model), self.example, context=self.context)
-        return self._per_token(timed).median_ms
+            return self._measured(model).median_ms
 
     def measure(
         self,
@@ -288,9 +287,12 @@ class Scorer:
             device = profile(self.context.profile["name"])
             estimate = estimate_ms(model, self._shapes, device, self.context.batch_size)
             return LatencyResult(median_ms=estimate, repeats=0, spread=0.0)
-        return self._per_token(
-            measure_latency(self._timed(model), self.example, context=self.context)
-        )
+        return self._measured(model)
+
+    def _measured(self, model: torch.nn.Module) -> LatencyResult:
+        """Time ``model`` on the latency example; per generated token for a causal LM."""
+        timed = measure_latency(self._timed(model), self.example, context=self.context)
+        return self._per_token(timed)
 
     def _timed(self, model: torch.nn.Module) -> torch.nn.Module:
         """What one timed pass runs: the model, or greedy decoding for a causal LM."""
@@ -307,9 +309,13 @@ class Scorer:
 
     def float_plan(self) -> BitPlan:
         """Return the plan that keeps every layer in float (the baseline)."""
+        return self.uniform_plan(FLOAT)
+
+    def uniform_plan(self, qtype: str) -> BitPlan:
+        """Return the plan that gives every quantizable layer ``qtype``."""
         return BitPlan.uniform(
             model=self.task.model_name,
             dataset=self.task.dataset_name,
             layers=self.weight_counts,
-            qtype="none",
+            qtype=qtype,
         )

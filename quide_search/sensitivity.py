@@ -16,7 +16,7 @@ import torch
 
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.evaluator import logits_of
-from quide_search.plan import FLOAT, QTYPES, BitPlan
+from quide_search.plan import FLOAT, QTYPES, BitPlan, weight_bits
 from quide_search.scorer import Scorer
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
 Sensitivity = dict[str, dict[str, dict[str, float]]]
 """search group -> qtype -> {"kl": mean KL(float || quantized), "accuracy_change": dP}."""
 
-_FLOAT_BITS = 32
 _CALIB_BATCH = 64
 
 
@@ -139,29 +138,26 @@ def greedy_path(
             model both more accurate and faster is free and comes first.
     """
 
-    def bits(q: str) -> int:
-        return QTYPES[q] or _FLOAT_BITS
-
     def kl(group: str, q: str) -> float:
         return 0.0 if q == FLOAT else float(sensitivity[group][q]["kl"])
 
     def total_bits(plan: Mapping[str, str]) -> float:
-        return float(sum(bits(q) * max(weights[g], 1) for g, q in plan.items()))
+        return float(sum(weight_bits(q) * max(weights[g], 1) for g, q in plan.items()))
 
     cost = price or total_bits
-    order = sorted(qtypes, key=bits)
-    current = {g: min(order, key=lambda q, g=g: (bits(q), kl(g, q))) for g in weights}  # type: ignore[misc]
+    order = sorted(qtypes, key=weight_bits)
+    current = {g: min(order, key=lambda q, g=g: (weight_bits(q), kl(g, q))) for g in weights}  # type: ignore[misc]
     path = [dict(current)]
     while True:
         moves = []
         for g in weights:
             for q in order:
-                if bits(q) <= bits(current[g]):
+                if weight_bits(q) <= weight_bits(current[g]):
                     continue
                 gain = kl(g, current[g]) - kl(g, q)
                 extra = cost({**current, g: q}) - cost(current)
                 ratio = gain / extra if extra > 0 else float("inf") if gain >= 0 else -1e30
-                moves.append((ratio, gain, -bits(q), g, q))
+                moves.append((ratio, gain, -weight_bits(q), g, q))
         if not moves:
             return path
         *_, group, qtype = max(moves)
@@ -228,8 +224,7 @@ def plans_on_path(
     total = sum(max(n, 1) for n in weights.values())
 
     def average(plan: Mapping[str, str]) -> float:
-        widths = {g: QTYPES[q] or _FLOAT_BITS for g, q in plan.items()}
-        return sum(widths[g] * max(n, 1) for g, n in weights.items()) / total
+        return sum(weight_bits(plan[g]) * max(n, 1) for g, n in weights.items()) / total
 
     quantized = [QTYPES[q] for q in qtypes if q != FLOAT]
     low, high = min(quantized), max(quantized)

@@ -36,11 +36,11 @@ if TYPE_CHECKING:
 __all__ = [
     "COUNTED",
     "DEFAULT_HEARTBEAT_S",
-    "study_sensitivity",
     "PROTOCOL_SCHEMA_VERSION",
     "Session",
     "open_session",
     "optimize",
+    "study_sensitivity",
 ]
 
 PROTOCOL_SCHEMA_VERSION = 1
@@ -50,9 +50,9 @@ _PROTOCOL_KEYS = (
     "objective", "latency_source", "limits",
 )  # fmt: skip
 DEFAULT_HEARTBEAT_S = 60
+"""Heartbeat interval of RDB storages when --heartbeat is not given."""
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 """Trial states that count towards --trials: scored in full, or proved to fail the gate."""
-"""Heartbeat interval of RDB storages when --heartbeat is not given."""
 # How long a process that lost the race to create a study waits for its creator's baseline.
 _CREATOR_WAIT_S = 120.0
 
@@ -297,7 +297,6 @@ def _latency_table(study: optuna.Study, scorer: Scorer, config: RunConfig) -> An
     uniform plan, and the check is stored beside it.
     """
     from quide_search.latency_table import LatencyTable
-    from quide_search.plan import BitPlan
 
     stored = study.user_attrs.get("latency_table")
     if stored is not None:
@@ -305,12 +304,7 @@ def _latency_table(study: optuna.Study, scorer: Scorer, config: RunConfig) -> An
     table = scorer.table or scorer.prepare_table(config.bits)
     check = []
     for qtype in config.bits:
-        plan = BitPlan.uniform(
-            model=scorer.task.model_name,
-            dataset=scorer.task.dataset_name,
-            layers=scorer.weight_counts,
-            qtype=qtype,
-        )
+        plan = scorer.uniform_plan(qtype)
         predicted = table.predict(plan.layers)
         measured = scorer.measured_ms(plan)
         check.append(

@@ -15,7 +15,7 @@ from typing import Any
 
 from quide_search.config import RunConfig
 from quide_search.metric import LATENCY_UNIT, RECORD_KEYS, Gate, knee
-from quide_search.plan import FLOAT, BitPlan, atomic_write_text
+from quide_search.plan import FLOAT, atomic_write_text
 
 __all__ = ["SWEEP_COLUMNS", "SweepResult", "precision_label", "run_sweep"]
 
@@ -60,10 +60,7 @@ def run_sweep(config: RunConfig) -> SweepResult:
     gate = Gate(baseline_P=baseline.P, **config.gate_settings())
     rows = []
     for qtype in (FLOAT, *[b for b in config.bits if b != FLOAT]):
-        plan = BitPlan.uniform(
-            model=task.model_name, dataset=task.dataset_name, layers=task.layers, qtype=qtype
-        )
-        measured = baseline if qtype == FLOAT else scorer.measure(plan)
+        measured = baseline if qtype == FLOAT else scorer.measure(scorer.uniform_plan(qtype))
         metrics = measured.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
         rows.append(
             {

@@ -97,7 +97,7 @@ def _climb(study: optuna.Study, groups: list[str], choices: list[str]) -> None:
     """Queue the unscored neighbours of the best feasible plan, once per best plan."""
     import optuna
 
-    from quide_search.plan import QTYPES
+    from quide_search.plan import weight_bits
 
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     feasible = [t for t in done if t.user_attrs.get("feasible") and set(t.params) == set(groups)]
@@ -109,7 +109,7 @@ def _climb(study: optuna.Study, groups: list[str], choices: list[str]) -> None:
     if key in climbed:
         return
     study.set_user_attr("climbed_from", [*climbed, key])
-    ladder = sorted(choices, key=lambda q: QTYPES[q] or 32)
+    ladder = sorted(choices, key=weight_bits)
     scored = {tuple(t.params.get(g) for g in groups) for t in study.get_trials(deepcopy=False)}
     for step in (-1, 1):  # fewer bits first: that is where I' grows
         for g in groups:
