@@ -9,10 +9,11 @@ evaluation proved it cannot pass the gate is PRUNED, with the samples it spent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,9 +115,11 @@ class PlanObjective:
         self.granularity = granularity
         self.groups = group_layers(self.layers, granularity)
         self.settings = settings or SearchSettings()
-        # Set by the SIGINT handler of ``session.optimize`` when Ctrl-C lands between trials.
+        # Set by the SIGINT handler of ``session.optimize``. The handler raises
+        # KeyboardInterrupt at once only while ``interruptible`` holds: while a plan is being
+        # measured, never during storage I/O (see ``_interruptible``).
         self.interrupt_pending = False
-        self.in_trial = False
+        self.interruptible = False
 
     def suggest(self, trial: optuna.Trial) -> BitPlan:
         """Ask the trial for one qtype per group of layers and return the per-layer plan."""
@@ -139,20 +142,37 @@ class PlanObjective:
             KeyboardInterrupt: After recording the interruption and queueing the plan again.
         """
         try:
-            self.in_trial = True
             if self.interrupt_pending:
                 raise KeyboardInterrupt
             trial.set_user_attr("worker", _WORKER)
-            return self._score(trial)
+            value = self._score(trial)
+            if self.interrupt_pending:  # Ctrl-C landed during this trial's storage I/O
+                raise KeyboardInterrupt
+            return value
         except KeyboardInterrupt:
             # Optuna marks the trial FAIL and re-raises; the reason and one retry are ours.
-            self.in_trial = False
             trial.set_user_attr("fail_reason", INTERRUPTED)
             if len(trial.params) == len(self.groups):
                 retry_once(trial.study, trial.params, trial.user_attrs, trial.number, INTERRUPTED)
             raise
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """Let Ctrl-C raise at once inside this block, which must do no storage I/O.
+
+        A KeyboardInterrupt raised inside a storage call can leave its SQLite transaction open,
+        holding the write lock; the trial's next write (its fail reason) then waits on that
+        lock for as long as the busy timeout. So only the measurement itself is interrupted
+        at once; elsewhere Ctrl-C sets ``interrupt_pending`` and the trial stops at its next
+        check.
+        """
+        if self.interrupt_pending:
+            raise KeyboardInterrupt
+        self.interruptible = True
+        try:
+            yield
         finally:
-            self.in_trial = False
+            self.interruptible = False
 
     def _score(self, trial: optuna.Trial) -> float | tuple[float, float, float]:
         plan = self.suggest(trial)
@@ -194,16 +214,24 @@ class PlanObjective:
         full = early == "off" or trial.user_attrs.get("full_eval", False)
 
         def report(seen: int, reachable: float) -> None:
-            if self.settings.objective != "pareto":
+            if self.settings.objective == "pareto":
+                return
+            self.interruptible = False  # a storage write: see _interruptible
+            try:
                 trial.report(reachable, step=seen)
+            finally:
+                self.interruptible = True
+            if self.interrupt_pending:
+                raise KeyboardInterrupt
 
         try:
-            measurement = self.scorer.measure(
-                plan,
-                floor=None if full else self.gate.threshold,
-                confidence=self.settings.confidence if early == "stat" else None,
-                on_chunk=report,
-            )
+            with self._interruptible():
+                measurement = self.scorer.measure(
+                    plan,
+                    floor=None if full else self.gate.threshold,
+                    confidence=self.settings.confidence if early == "stat" else None,
+                    on_chunk=report,
+                )
         except GateUnreachable as stop:
             return {
                 "P_reachable": stop.reachable,

@@ -378,11 +378,13 @@ def optimize(
 
 @contextlib.contextmanager
 def _sigint_between_trials(objective: PlanObjective) -> Iterator[None]:
-    """Make Ctrl-C interrupt a running trial at once, but never Optuna's own bookkeeping.
+    """Make Ctrl-C interrupt a running trial, but never in the middle of a storage call.
 
-    Inside the objective, SIGINT raises KeyboardInterrupt as usual (the objective records the
-    trial as failed and queues its plan again). Between trials it only sets a flag: the study
-    stops after the trial in hand is stored, so no trial is left RUNNING by the interrupt.
+    While a plan is being measured, SIGINT raises KeyboardInterrupt at once (the objective
+    records the trial as failed and queues its plan again). During the trial's storage I/O it
+    sets a flag, and the trial fails the same way at its next check. Between trials it only
+    sets the flag: the study stops after the trial in hand is stored, so no trial is left
+    RUNNING by the interrupt.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -390,7 +392,7 @@ def _sigint_between_trials(objective: PlanObjective) -> Iterator[None]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         objective.interrupt_pending = True
-        if objective.in_trial:
+        if objective.interruptible:
             raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, handler)
