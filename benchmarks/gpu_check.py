@@ -180,10 +180,10 @@ def uniform(scorer: Scorer, qtype: str, example_tokens: torch.Tensor) -> dict[st
     examples = {s: example_tokens[:1, :n].to(scorer.device) for s, n in SHAPES.items()}
     shapes = {s: layer_shapes(scorer.model, x) for s, x in examples.items()}
     device = profile(PROFILE)
-    with scorer.layers.assembled(plan) as model:
-        row["kernels"] = sorted(set(kernel_paths(model).values()))
-        for shape in SHAPES:
-            row[f"T_{shape}_model_ms"] = estimate_ms(model, shapes[shape], device, 1)
+    model = scorer.layers.assemble(plan, exact=True)
+    row["kernels"] = sorted(set(kernel_paths(model).values()))
+    for shape in SHAPES:
+        row[f"T_{shape}_model_ms"] = estimate_ms(model, shapes[shape], device, 1)
     decode, scorer.example = scorer.example, examples["prefill"]
     try:
         row["T_prefill_ms"] = scorer.measured_ms(plan)
@@ -289,8 +289,7 @@ def _uniform_plans(
     for dtype in (torch.bfloat16, torch.float16):
         _STATE["dtype"] = dtype
         scorers[dtype] = scorer = Scorer(load_task(model=FACTORY), device=device)
-        with scorer.layers.assembled(scorer.uniform_plan("qint8")):
-            pass
+        scorer.layers.assemble(scorer.uniform_plan("qint8"))
         results["uniform"][str(dtype)] = []
     results["parameters"] = sum(p.numel() for p in scorer.model.parameters())
     results["layers"] = len(scorer.weight_counts)

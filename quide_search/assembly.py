@@ -1,33 +1,57 @@
-"""Assemble a trial's model in place: cached quantized layers swapped into the float model.
+"""Assemble a trial's model from cached quantized layers, changing only what the plan changes.
 
 Deep-copying the whole model and re-quantizing every layer for each trial costs time and memory
-in proportion to the model, whatever the plan. Instead the float model is kept once, each
-(layer, qtype) is quantized at most once into a byte-bounded LRU cache, and a plan is applied by
-swapping those modules into the float model and swapping the float ones back afterwards. The
-result is the same model as quantizing a fresh copy (a test compares outputs and bytes).
+in proportion to the model, whatever the plan. Instead the float model is kept once, untouched,
+and each (layer, qtype) is quantized at most once into a byte-bounded LRU cache. Trials run on
+two *views* of the float model: copies of only the modules on the path from the root to each
+quantizable layer, which share every tensor and every other module with it. A view keeps the
+last plan's layers in place, so the next plan swaps only the layers whose qtype differs: a plan
+that changes one layer costs one swap, however many layers the model has.
+
+The evaluation view holds, for each layer where quanto has no kernel, a float twin with the
+weight dequantized once (quanto's fallback dequantizes on every call, then runs the same float
+operation); its outputs are bit for bit quanto's. The exact view holds quanto's own modules,
+for latency and for anything that inspects the quantized layers. Both give the same outputs as
+quantizing a fresh copy (a test compares outputs and bytes for random plans).
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 from collections import OrderedDict
-from collections.abc import Iterator
+from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from quide_search.plan import FLOAT, BitPlan
-from quide_search.quantize import model_bytes, quantizable_layers, quantize_layer
+from quide_search.quantize import (
+    dequantized_twin,
+    kernel_paths,
+    model_bytes,
+    quantizable_layers,
+    quantize_layer,
+)
 
 __all__ = ["LayerCache"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One quantized layer: quanto's module, its float twin if it falls back, and its bytes."""
+
+    exact: nn.Module
+    twin: nn.Module | None
+    held_bytes: int
 
 
 class LayerCache:
     """Quantized layers of one float model, built on demand and kept within ``limit_mb``.
 
     Args:
-        model: The float model; plans are assembled into it in place, then undone.
-        limit_mb: Bound on the stored bytes of cached quantized layers (least recently used
-            ones are dropped first; a plan's own layers are always built).
+        model: The float model; it is never changed (trials run on views that share it).
+        limit_mb: Bound on the memory of cached quantized layers and their float twins (least
+            recently used ones are dropped first; a plan's own layers are always built).
     """
 
     def __init__(self, model: nn.Module, *, limit_mb: float = 4096.0) -> None:
@@ -35,62 +59,148 @@ class LayerCache:
         self.limit_bytes = int(limit_mb * 2**20)
         self._modules = dict(model.named_modules())
         self._layers = set(quantizable_layers(model))
-        self._cache: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
-        self._sizes: dict[tuple[str, str], int] = {}
+        self._cache: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        # Bytes and kernel paths are small and never evicted: a rebuilt layer is the same.
+        self._stored: dict[tuple[str, str], int] = {}
+        self._paths: dict[tuple[str, str], str] = {}
+        self._own_bytes = _own_bytes(model, self._modules, self._layers)
+        self._baseline = model_bytes(model)
+        self._views: dict[bool, _View] = {}
         self.built = 0
         self.hits = 0
 
     @property
     def cached_bytes(self) -> int:
-        """Stored bytes of the quantized layers now cached."""
-        return sum(self._sizes.values())
+        """Memory held by the quantized layers (and float twins) now cached."""
+        return sum(entry.held_bytes for entry in self._cache.values())
 
     def module(self, name: str, qtype: str) -> nn.Module:
-        """Return layer ``name`` under ``qtype`` (``none``: the float layer), built at most once.
+        """Return layer ``name`` under ``qtype`` as quanto runs it (``none``: the float layer).
 
         Raises:
             TrialEvaluationError: If quanto fails on the layer.
         """
         if qtype == FLOAT:
             return self._modules[name]
-        return self._get(name, qtype)
+        return self._get(name, qtype).exact
 
-    def _get(self, name: str, qtype: str) -> nn.Module:
-        key = (name, qtype)
-        if key in self._cache:
-            self.hits += 1
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        module = quantize_layer(self._modules[name], qtype)
-        self.built += 1
-        self._cache[key] = module
-        self._sizes[key] = model_bytes(module)
-        while self.cached_bytes > self.limit_bytes and len(self._cache) > 1:
-            oldest, _ = self._cache.popitem(last=False)
-            del self._sizes[oldest]
-        return module
+    def assemble(self, plan: BitPlan, *, exact: bool = False) -> nn.Module:
+        """Return a model that computes ``plan``: the float model with its layers quantized.
 
-    @contextlib.contextmanager
-    def assembled(self, plan: BitPlan) -> Iterator[nn.Module]:
-        """Yield the float model with ``plan``'s quantized layers swapped in; undo on exit.
+        Only the layers whose qtype differs from the view's last plan are swapped. The model
+        stays valid until the next ``assemble`` with the same ``exact``.
+
+        Args:
+            exact: quanto's own modules everywhere (for timing and inspection); otherwise
+                layers that quanto runs by dequantizing use a float twin with the same outputs.
 
         Raises:
             PlanError: If the plan names a layer the model lacks.
             TrialEvaluationError: If quanto fails on a layer.
         """
         plan.validate_layers(self._layers)
-        swapped: list[tuple[str, nn.Module]] = []
-        try:
-            for name, qtype in plan.quantized_layers().items():
-                quantized = self._get(name, qtype)
-                swapped.append((name, self._modules[name]))
-                self._set(name, quantized)
-            yield self.model
-        finally:
-            for name, original in reversed(swapped):
-                self._set(name, original)
+        if exact not in self._views:
+            self._views[exact] = _View(self.model, self._modules, self._layers)
+        view = self._views[exact]
+        wanted = plan.quantized_layers()
+        for name in [n for n in view.installed if n not in wanted]:
+            view.install(name, FLOAT, self._modules[name])
+        for name, qtype in wanted.items():
+            if view.installed.get(name) != qtype:
+                entry = self._get(name, qtype)
+                view.install(name, qtype, entry.exact if exact else entry.twin or entry.exact)
+        return view.root
 
-    def _set(self, name: str, module: nn.Module) -> None:
-        parent_name, _, child = name.rpartition(".")
-        parent = self._modules[parent_name] if parent_name else self.model
-        setattr(parent, child, module)
+    def stored_bytes(self, plan: BitPlan) -> int:
+        """Return the bytes ``plan``'s quantized model stores, from per-layer counts.
+
+        Equal to ``model_bytes`` of the quantized model: a layer's own tensors are replaced
+        by its quantized ones, tensors it shares with the rest of the model are kept.
+
+        Raises:
+            TrialEvaluationError: If quanto fails on a layer not built yet.
+        """
+        total = self._baseline
+        for name, qtype in plan.quantized_layers().items():
+            if (name, qtype) not in self._stored:
+                self._get(name, qtype)
+            total += self._stored[name, qtype] - self._own_bytes[name]
+        return total
+
+    def kernel_paths(self, plan: BitPlan) -> dict[str, str]:
+        """Return, for each quantized layer of ``plan``, ``fallback`` or ``kernel:NAME``."""
+        for name, qtype in plan.quantized_layers().items():
+            if (name, qtype) not in self._paths:
+                self._get(name, qtype)
+        return {n: self._paths[n, q] for n, q in plan.quantized_layers().items()}
+
+    def _get(self, name: str, qtype: str) -> _Entry:
+        key = (name, qtype)
+        if key in self._cache:
+            self.hits += 1
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        exact = quantize_layer(self._modules[name], qtype)
+        twin = dequantized_twin(exact)
+        self.built += 1
+        self._stored[key] = model_bytes(exact)
+        self._paths[key] = kernel_paths(exact).get("", "fallback")
+        held = self._stored[key] + (model_bytes(twin) if twin is not None else 0)
+        self._cache[key] = entry = _Entry(exact, twin, held)
+        while self.cached_bytes > self.limit_bytes and len(self._cache) > 1:
+            self._cache.popitem(last=False)
+        return entry
+
+
+class _View:
+    """The float model's modules from the root to each quantizable layer's parent, copied.
+
+    The copies share parameters, buffers and every other module with the float model, so a
+    view costs a few module objects, and swapping a layer in it leaves the float model alone.
+    """
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], layers: set[str]) -> None:
+        spine = {""} | {
+            name.rsplit(".", i)[0] for name in layers for i in range(1, name.count(".") + 1)
+        }
+        self._parents: dict[str, nn.Module] = {}
+        for name in sorted(spine, key=lambda n: (n.count(".") if n else -1, n)):
+            clone = copy.copy(modules[name])
+            clone._modules = dict(clone._modules)
+            clone._parameters = dict(clone._parameters)
+            clone._buffers = dict(clone._buffers)
+            if name:
+                parent, _, child = name.rpartition(".")
+                self._parents[parent]._modules[child] = clone
+            self._parents[name] = clone
+        self.root = self._parents[""]
+        self.installed: dict[str, str] = {}  # layer -> qtype, for the layers not in float
+
+    def install(self, name: str, qtype: str, module: nn.Module) -> None:
+        parent, _, child = name.rpartition(".")
+        self._parents[parent]._modules[child] = module
+        if qtype == FLOAT:
+            self.installed.pop(name, None)
+        else:
+            self.installed[name] = qtype
+
+
+def _own_bytes(
+    model: nn.Module, modules: dict[str, nn.Module], layers: set[str]
+) -> dict[str, int]:
+    """Bytes of each layer's tensors that no other part of the model shares (tied weights)."""
+    owners: dict[tuple[int, int], set[str]] = {}
+    for key, tensor in model.state_dict().items():
+        owner = key.rsplit(".", 1)[0]
+        owners.setdefault(_storage(tensor), set()).add(owner)
+    own = {}
+    for name in layers:
+        tensors = list(modules[name].state_dict().values())
+        own[name] = sum(
+            t.numel() * t.element_size() for t in tensors if owners[_storage(t)] == {name}
+        )
+    return own
+
+
+def _storage(tensor: torch.Tensor) -> tuple[int, int]:
+    return (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))

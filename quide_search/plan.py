@@ -152,8 +152,9 @@ class BitPlan:
             PlanError: Naming the first unknown layer with close matches.
         """
         names = list(available)
+        known = set(names)  # a set: this runs on every trial, for every layer
         for name in self.layers:
-            if name not in names:
+            if name not in known:
                 raise PlanError(
                     f"plan layer {name!r} is not a quantizable layer of model "
                     f"{self.model!r}."

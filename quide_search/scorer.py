@@ -24,7 +24,7 @@ from quide_search.latency_table import LatencyTable, measure_table, read_table
 from quide_search.metric import Gate, Metrics
 from quide_search.models.causal_lm import GreedyDecode
 from quide_search.plan import FLOAT, BitPlan
-from quide_search.quantize import kernel_paths, model_bytes
+from quide_search.quantize import model_bytes
 from quide_search.task import Task
 
 __all__ = ["GateUnreachable", "Measurement", "Scorer"]
@@ -202,8 +202,7 @@ class Scorer:
 
     def measured_ms(self, plan: BitPlan) -> float:
         """Return the measured T of ``plan``, whatever the latency source (for checks)."""
-        with self.layers.assembled(plan) as model:
-            return self._measured(model).median_ms
+        return self._measured(self.layers.assemble(plan, exact=True)).median_ms
 
     def measure(
         self,
@@ -213,9 +212,10 @@ class Scorer:
         confidence: float | None = None,
         on_chunk: Callable[[int, float], None] | None = None,
     ) -> Measurement:
-        """Assemble ``plan`` into the float model (cached quantized layers) and measure it.
+        """Assemble ``plan`` from cached quantized layers and measure it.
 
-        The float model is restored afterwards, also when a measurement fails.
+        P is scored on the evaluation view (float twins where quanto dequantizes: the same
+        outputs, without dequantizing on every call); T is timed on quanto's own modules.
 
         Args:
             floor: Stop the evaluation once P cannot reach it (see
@@ -229,14 +229,16 @@ class Scorer:
             GateUnreachable: If the evaluation stopped early; no latency was measured.
         """
         t0 = time.perf_counter()
-        with self.layers.assembled(plan) as model:
-            t1 = time.perf_counter()
-            accuracy, perplexity = self._score(model, floor, confidence, on_chunk)
-            t2 = time.perf_counter()
-            latency = self._latency(model, plan)
-            t3 = time.perf_counter()
-            stored = model_bytes(model)
-            paths = kernel_paths(model)
+        model = self.layers.assemble(plan)
+        t1 = time.perf_counter()
+        accuracy, perplexity = self._score(model, floor, confidence, on_chunk)
+        t2 = time.perf_counter()
+        exact = self.layers.assemble(plan, exact=True) if self._times_model else None
+        t3 = time.perf_counter()
+        latency = self._latency(exact, plan)
+        t4 = time.perf_counter()
+        stored = self.layers.stored_bytes(plan)
+        paths = self.layers.kernel_paths(plan)
         return Measurement(
             P=accuracy,
             T_ms=latency.median_ms,
@@ -248,7 +250,12 @@ class Scorer:
             perplexity=perplexity,
             fallback_layers=[n for n, path in paths.items() if path == "fallback"],
             kernel_layers=[n for n, path in paths.items() if path != "fallback"],
-            seconds={"assemble": t1 - t0, "evaluate": t2 - t1, "latency": t3 - t2},
+            seconds={
+                "assemble": (t1 - t0) + (t3 - t2),
+                "evaluate": t2 - t1,
+                "latency": t4 - t3,
+                "record": time.perf_counter() - t4,
+            },
         )
 
     def _score(
@@ -277,8 +284,13 @@ class Scorer:
             raise TrialEvaluationError(f"the task's score must lie in [0, 1], but gave {value!r}")
         return value, None
 
-    def _latency(self, model: torch.nn.Module, plan: BitPlan) -> LatencyResult:
-        if self.source.startswith("table"):
+    @property
+    def _times_model(self) -> bool:
+        """Whether T needs the quantized model itself (measured or estimated from it)."""
+        return not self.source.startswith("table")
+
+    def _latency(self, model: torch.nn.Module | None, plan: BitPlan) -> LatencyResult:
+        if model is None:
             if self.table is None:
                 raise TrialEvaluationError("--latency table: no table is loaded (a bug)")
             return LatencyResult(self.table.predict(plan.layers), repeats=0, spread=0.0)

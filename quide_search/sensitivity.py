@@ -67,9 +67,9 @@ def measure_sensitivity(
                 dataset=scorer.task.dataset_name,
                 layers={n: (qtype if n in names else FLOAT) for n in scorer.weight_counts},
             )
-            with scorer.layers.assembled(plan) as model:
-                quantized = _log_probs(model, inputs)
-                change = score(model, quantized) - float_score
+            model = scorer.layers.assemble(plan)
+            quantized = _log_probs(model, inputs)
+            change = score(model, quantized) - float_score
             kl = torch.nn.functional.kl_div(
                 quantized.flatten(0, -2), reference.flatten(0, -2), log_target=True,
                 reduction="batchmean",

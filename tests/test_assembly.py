@@ -1,4 +1,4 @@
-"""In-place assembly from cached quantized layers equals quantizing a fresh copy."""
+"""Assembly from cached quantized layers equals quantizing a fresh copy, in both views."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import random
 
 import pytest
 import torch
+from torch import nn
 
 from quide_search.assembly import LayerCache
 from quide_search.errors import PlanError
 from quide_search.plan import BitPlan
-from quide_search.quantize import apply_plan, model_bytes
+from quide_search.quantize import apply_plan, kernel_paths, model_bytes
 
 QTYPES = ("none", "qint8", "qint4", "qint2", "qfloat8")
 
@@ -23,37 +24,118 @@ def _random_plans(layers: list[str], count: int, seed: int) -> list[BitPlan]:
     ]
 
 
-def test_assembled_model_equals_a_quantized_copy(digits_task) -> None:  # type: ignore[no-untyped-def]
+def _is_quanto(module: nn.Module) -> bool:
+    return "quanto" in type(module).__module__
+
+
+def test_both_views_equal_a_quantized_copy(digits_task) -> None:  # type: ignore[no-untyped-def]
     model = digits_task.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cache = LayerCache(model)
     x = digits_task.splits.eval.inputs[:128]
     for plan in _random_plans(list(digits_task.layers), 12, seed=1):
         copy = apply_plan(model, plan) if plan.quantized_layers() else model
-        with torch.no_grad(), cache.assembled(plan) as assembled:
-            assert torch.equal(assembled(x), copy(x))
-            assert model_bytes(assembled) == model_bytes(copy)
-    # The float model is itself again: same modules, same weights.
+        with torch.no_grad():
+            expected = copy(x)
+            assert torch.equal(cache.assemble(plan)(x), expected)
+            exact = cache.assemble(plan, exact=True)
+            assert torch.equal(exact(x), expected)
+        assert cache.stored_bytes(plan) == model_bytes(exact) == model_bytes(copy)
+        assert cache.kernel_paths(plan) == kernel_paths(copy)
+    # The float model was never changed: same modules, same weights.
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert not any("quanto" in type(m).__module__ for m in model.modules())
+    assert not any(_is_quanto(m) for m in model.modules())
     # Each (layer, qtype) was quantized at most once.
     assert cache.built <= 4 * 4 and cache.hits > 0
+
+
+def test_evaluation_view_uses_float_twins_where_quanto_falls_back(digits_task) -> None:  # type: ignore[no-untyped-def]
+    cache = LayerCache(digits_task.model)
+    plan = BitPlan(model="m", dataset="d", layers=dict.fromkeys(digits_task.layers, "qint4"))
+    assert set(cache.kernel_paths(plan).values()) == {"fallback"}  # float32 on a CPU
+    evaluated = dict(cache.assemble(plan).named_modules())
+    timed = dict(cache.assemble(plan, exact=True).named_modules())
+    for name in digits_task.layers:
+        assert not _is_quanto(evaluated[name]) and _is_quanto(timed[name])
+        assert evaluated[name].weight.dtype == torch.float32
+
+
+def test_a_one_layer_change_swaps_one_layer(digits_task) -> None:  # type: ignore[no-untyped-def]
+    cache = LayerCache(digits_task.model)
+    names = list(digits_task.layers)
+    base = dict.fromkeys(names, "qint8")
+    before = dict(cache.assemble(BitPlan(model="m", dataset="d", layers=base)).named_modules())
+    changed = BitPlan(model="m", dataset="d", layers={**base, names[1]: "qint2"})
+    after = dict(cache.assemble(changed).named_modules())
+    assert [n for n in names if after[n] is not before[n]] == [names[1]]
+    # Back to float: the float model's own layer object is in place again.
+    restored = cache.assemble(BitPlan(model="m", dataset="d", layers={}))
+    assert all(dict(restored.named_modules())[n] is cache.module(n, "none") for n in names)
+
+
+def test_a_tied_weight_is_still_stored_by_its_other_owner() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(50, 16)
+            self.hidden = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 50, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.hidden(self.embed(x)))
+
+    model = Tied().eval()
+    cache = LayerCache(model)
+    for layers in ({"head": "qint8"}, {"hidden": "qint4", "head": "qint2"}, {"hidden": "qint8"}):
+        plan = BitPlan(model="m", dataset="d", layers=layers)
+        copy = apply_plan(model, plan)
+        assert cache.stored_bytes(plan) == model_bytes(copy)
+        x = torch.arange(10).unsqueeze(0)
+        with torch.no_grad():
+            assert torch.equal(cache.assemble(plan)(x), copy(x))
 
 
 def test_cache_bound_drops_least_recently_used(digits_task) -> None:  # type: ignore[no-untyped-def]
     cache = LayerCache(digits_task.model, limit_mb=0.02)  # ~20 KB: fc1 alone is larger in int8
     for plan in _random_plans(list(digits_task.layers), 6, seed=2):
-        with cache.assembled(plan):
-            pass
+        cache.assemble(plan)
         assert cache.cached_bytes <= cache.limit_bytes or len(cache._cache) == 1
+    # Dropped layers are rebuilt identically when needed again.
+    plan = _random_plans(list(digits_task.layers), 1, seed=3)[0]
+    x = digits_task.splits.eval.inputs[:32]
+    with torch.no_grad():
+        assert torch.equal(cache.assemble(plan)(x), apply_plan(digits_task.model, plan)(x))
 
 
-def test_failure_inside_restores_the_float_model(digits_task) -> None:  # type: ignore[no-untyped-def]
+def test_a_failure_leaves_the_float_model_alone(digits_task) -> None:  # type: ignore[no-untyped-def]
     cache = LayerCache(digits_task.model)
     plan = BitPlan(model="m", dataset="d", layers=dict.fromkeys(digits_task.layers, "qint4"))
-    with pytest.raises(RuntimeError), cache.assembled(plan):
+    with pytest.raises(RuntimeError):
+        cache.assemble(plan)
         raise RuntimeError("evaluation blew up")
-    assert not any("quanto" in type(m).__module__ for m in digits_task.model.modules())
+    assert not any(_is_quanto(m) for m in digits_task.model.modules())
     bad = BitPlan(model="m", dataset="d", layers={"fc9": "qint8"})
-    with pytest.raises(PlanError), cache.assembled(bad):
-        pass
+    with pytest.raises(PlanError):
+        cache.assemble(bad)
+
+
+def test_a_transformers_model_runs_from_its_view(tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama[0]).eval()
+    cache = LayerCache(model)
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
+    plan = _random_plans(layers, 1, seed=4)[0]
+    tokens = torch.arange(3, 12).unsqueeze(0)
+    copy = apply_plan(model, plan)
+    with torch.no_grad():
+        expected = copy(tokens).logits
+        assert torch.equal(cache.assemble(plan)(tokens).logits, expected)
+        generated = cache.assemble(plan, exact=True).generate(
+            tokens, max_new_tokens=4, do_sample=False, pad_token_id=0
+        )
+        assert torch.equal(generated, copy.generate(
+            tokens, max_new_tokens=4, do_sample=False, pad_token_id=0
+        ))  # fmt: skip
+    assert not any(_is_quanto(m) for m in model.modules())

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 
 from quide_search.errors import PlanError
 from quide_search.plan import BitPlan
-from quide_search.quantize import apply_plan, model_bytes, quantizable_layers, rebuild_quantized
+from quide_search.quantize import (
+    apply_plan,
+    dequantized_twin,
+    kernel_paths,
+    model_bytes,
+    quantizable_layers,
+    quantize_layer,
+    rebuild_quantized,
+)
 
 
 def _plan(layers: dict[str, str]) -> BitPlan:
@@ -70,3 +80,31 @@ def test_requantize_from_state_dict_reproduces_outputs() -> None:
     with torch.no_grad():
         assert torch.equal(rebuilt(x), quantized(x))
     assert model_bytes(rebuilt) == model_bytes(quantized)
+
+
+@pytest.mark.parametrize("qtype", ["qint8", "qint4", "qint2", "qfloat8"])
+@pytest.mark.parametrize(
+    ("layer", "shapes"),
+    [
+        (lambda: nn.Linear(200, 48), [(7, 200), (3, 5, 200), (1, 200)]),
+        (lambda: nn.Linear(128, 256, bias=False), [(2, 9, 128)]),
+        (lambda: nn.Conv2d(3, 16, 3, padding=1), [(4, 3, 8, 8)]),
+        (lambda: nn.Conv2d(16, 32, (3, 1), stride=2, groups=4), [(2, 16, 9, 9)]),
+    ],
+)
+def test_dequantized_twin_matches_quanto_bit_for_bit(qtype: str, layer: Any, shapes: Any) -> None:
+    torch.manual_seed(0)
+    quantized = quantize_layer(layer().eval(), qtype)
+    twin = dequantized_twin(quantized)
+    assert twin is not None and "quanto" not in type(twin).__module__
+    with torch.no_grad():
+        for shape in shapes:
+            x = torch.randn(shape)
+            assert torch.equal(twin(x), quantized(x))
+
+
+def test_no_twin_where_quanto_runs_a_kernel() -> None:
+    # int8 weights with bfloat16 activations run torch's int8 weight-pack matmul on a CPU.
+    quantized = quantize_layer(nn.Linear(64, 32).to(torch.bfloat16), "qint8")
+    assert kernel_paths(quantized) == {"": "kernel:int8pack"}
+    assert dequantized_twin(quantized) is None
