@@ -151,10 +151,12 @@ class BitPlan:
         Raises:
             PlanError: Naming the first unknown layer with close matches.
         """
-        names = list(available)
-        known = set(names)  # a set: this runs on every trial, for every layer
+        # This runs on every trial: take a set as it is, and list the names only on error.
+        known = available if isinstance(available, (set, frozenset)) else set(available)
         for name in self.layers:
             if name not in known:
+                ordered = isinstance(available, (list, tuple, Mapping))
+                names = list(available) if ordered else sorted(known)
                 raise PlanError(
                     f"plan layer {name!r} is not a quantizable layer of model "
                     f"{self.model!r}."
