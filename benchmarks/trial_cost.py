@@ -12,6 +12,7 @@ For each model, in one process, the median over random plans of:
   model, so quanto's per-call dequantization is on both sides;
 - the time to assemble a plan that changes one layer of the previous plan, in the evaluation
   view and in the exact view, beside the old way (deep-copy the model and quantize every layer);
+- with measured T, each plan timed a second time after all the others (the two medians);
 - the one-time cost of building every (layer, qtype) the plans use (trials are timed after it);
 - memory: the cache and the process peak.
 
@@ -147,10 +148,13 @@ def measure(task: Task, *, plans: int, latency: str) -> dict[str, Any]:
     build_all = time.perf_counter() - t0
     keys = ("assemble", "evaluate", "latency", "record", "total", "plan_eval", "plan_latency")
     splits: dict[str, list[float]] = {k: [] for k in keys}
+    first_t: list[tuple[BitPlan, float, int]] = []
     for _ in range(plans):
         plan = BitPlan(model="m", dataset="d", layers={n: rng.choice(QTYPES) for n in layers})
         t0 = time.perf_counter()
-        seconds = scorer.measure(plan).seconds
+        measurement = scorer.measure(plan)
+        seconds = measurement.seconds
+        first_t.append((plan, measurement.T_ms, measurement.latency_repeats))
         splits["total"].append(time.perf_counter() - t0)  # the whole call, not its parts
         for key in ("assemble", "evaluate", "latency", "record"):
             splits[key].append(seconds[key])
@@ -158,6 +162,12 @@ def measure(task: Task, *, plans: int, latency: str) -> dict[str, Any]:
         splits["plan_eval"].append(evaluate)
         splits["plan_latency"].append(timing if measured else 0.0)
     median = {k: statistics.median(v) for k, v in splits.items()}
+    # The same plans timed again, after all the others: how far two medians of one plan lie.
+    repeat = [
+        {"first_ms": t, "again_ms": (again := scorer.measured_ms(p)),
+         "diff": abs(again / t - 1), "first_repeats": n}
+        for p, t, n in (first_t if measured else [])
+    ]  # fmt: skip
     # Per trial: the float model's bare evaluation plus the trial's own latency measurement.
     trial_floors = [float_eval + timing for timing in splits["plan_latency"]]
     plan_floors = [e + t for e, t in zip(splits["plan_eval"], splits["plan_latency"], strict=True)]
@@ -180,6 +190,8 @@ def measure(task: Task, *, plans: int, latency: str) -> dict[str, Any]:
         "assemble_one_changed_layer_exact_ms": _one_layer_change_ms(scorer, layers, exact=True),
         "deepcopy_and_quantize_all_ms": 1e3 * full_copy,
         "build_every_layer_qtype_once_ms": 1e3 * build_all,
+        "same_plan_twice": repeat,
+        "same_plan_twice_within_3pct": sum(r["diff"] <= 0.03 for r in repeat),
         "cache_mb": scorer.layers.cached_bytes / 2**20,
         "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
