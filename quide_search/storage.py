@@ -169,8 +169,26 @@ def _serialize_sqlite(engine: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     event.listen(engine, "connect", no_driver_begin)
+    event.listen(engine, "connect", _write_ahead_log)
     event.listen(engine, "begin", begin_immediate)
     engine.dispose()  # connections opened before the listeners existed are not reused
+
+
+def _write_ahead_log(dbapi_connection: Any, record: Any) -> None:
+    """Use SQLite's write-ahead log, synced at checkpoints rather than at every commit.
+
+    A trial writes each user attribute and each intermediate value in its own transaction;
+    with the default rollback journal every one of them waits for a sync to disk (1.7 ms
+    each here, about 20 per trial: most of a small model's trial). In WAL mode a commit that
+    has returned survives the process being killed; only an operating-system crash or power
+    loss can undo the last commits, never half of one. Readers no longer wait for the writer.
+    WAL needs the database on a local file system (SQLite's documentation): for workers on
+    several hosts, use PostgreSQL or a journal file.
+    """
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def study_names(storage: BaseStorage) -> list[str]:

@@ -18,7 +18,11 @@ from quide_search.study import load_study, run_search
 
 
 def _is_int2(layer: nn.Module) -> bool:
-    return getattr(getattr(layer, "weight_qtype", None), "name", None) == "qint2"
+    if getattr(getattr(layer, "weight_qtype", None), "name", None) == "qint2":
+        return True  # quanto's own module (latency, or a kernel path)
+    # Evaluation runs a float twin holding the dequantized weight: int2 leaves 4 levels a row.
+    weight = getattr(layer, "weight", None)
+    return type(weight) is nn.Parameter and len(torch.unique(weight.detach()[0])) <= 4
 
 
 class _Faulty(nn.Module):
