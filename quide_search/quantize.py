@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ __all__ = [
     "dequantized_twin",
     "model_bytes",
     "quantizable_layers",
+    "kernel_hazard",
     "kernel_paths",
     "quantization_map_of",
     "quantize_layer",
@@ -176,6 +177,27 @@ def _probe(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
         shape = (3, weight.shape[1])
     probe = torch.randn(shape, generator=generator, dtype=torch.float32)
     return probe.to(device=weight.device, dtype=weight.dtype)
+
+
+def kernel_hazard(model: nn.Module, device: torch.device, qtypes: Sequence[str]) -> str | None:
+    """Return why a qtype choice would crash optimum-quanto on this model and device, or None.
+
+    quanto 0.2.7 runs int4 weights of a float16 model on CUDA through its AWQ kernels. Their
+    GEMV path (fewer than 8 rows: batch-1 decoding, or a latency pass at batch 1) raised
+    "CUDA error: an illegal memory access" on an H200 (benchmarks/RESULTS.md, GPU check).
+    That error poisons the process's CUDA context, so it cannot be a failed trial: the whole
+    run would end. bfloat16 takes quanto's tinygemm kernel instead, which ran.
+    """
+    if device.type != "cuda" or "qint4" not in qtypes:
+        return None
+    if not any(p.dtype == torch.float16 for p in model.parameters()):
+        return None
+    return (
+        "--bits 4 on a float16 model on CUDA runs optimum-quanto 0.2.7's AWQ int4 kernels, "
+        "whose batch-1 path crashed the process with 'CUDA error: an illegal memory access'. "
+        "Load the model in bfloat16 (quanto then uses its tinygemm kernel), run on the CPU, or "
+        "leave 4 out of --bits."
+    )
 
 
 def kernel_paths(model: nn.Module) -> dict[str, str]:

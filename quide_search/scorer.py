@@ -16,7 +16,7 @@ import torch
 
 from quide_search.assembly import LayerCache
 from quide_search.config import RunConfig
-from quide_search.errors import TrialEvaluationError
+from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.evaluator import Evaluator
 from quide_search.latency import LatencyContext, LatencyResult, measure_latency
 from quide_search.latency_model import estimate_ms, layer_shapes, profile
@@ -24,7 +24,7 @@ from quide_search.latency_table import LatencyTable, measure_table, read_table
 from quide_search.metric import Gate, Metrics
 from quide_search.models.causal_lm import GreedyDecode
 from quide_search.plan import FLOAT, BitPlan
-from quide_search.quantize import model_bytes
+from quide_search.quantize import kernel_hazard, model_bytes
 from quide_search.task import Task
 
 __all__ = ["GateUnreachable", "Measurement", "Scorer"]
@@ -141,7 +141,15 @@ class Scorer:
 
     @classmethod
     def for_config(cls, task: Task, config: RunConfig, *, device: torch.device) -> Scorer:
-        """Return the scorer of ``task`` under the measurement settings of ``config``."""
+        """Return the scorer of ``task`` under the measurement settings of ``config``.
+
+        Raises:
+            ConfigError: If a choice in ``config.bits`` would crash quanto on this model and
+                device (see :func:`kernel_hazard`); raised before anything is stored.
+        """
+        hazard = kernel_hazard(task.model, device, config.bits)
+        if hazard is not None:
+            raise ConfigError(hazard)
         return cls(
             task,
             device=device,

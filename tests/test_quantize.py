@@ -11,6 +11,7 @@ from quide_search.plan import BitPlan
 from quide_search.quantize import (
     apply_plan,
     dequantized_twin,
+    kernel_hazard,
     kernel_paths,
     model_bytes,
     quantizable_layers,
@@ -108,3 +109,20 @@ def test_no_twin_where_quanto_runs_a_kernel() -> None:
     quantized = quantize_layer(nn.Linear(64, 32).to(torch.bfloat16), "qint8")
     assert kernel_paths(quantized) == {"": "kernel:int8pack"}
     assert dequantized_twin(quantized) is None
+
+
+def test_int4_on_a_float16_cuda_model_is_refused_before_it_can_crash(digits_task) -> None:  # type: ignore[no-untyped-def]
+    from quide_search.config import RunConfig
+    from quide_search.errors import ConfigError
+    from quide_search.scorer import Scorer
+    from quide_search.task import Task
+
+    half = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).half()
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert "AWQ" in (kernel_hazard(half, cuda, ("qint8", "qint4")) or "")
+    assert kernel_hazard(half, cpu, ("qint4",)) is None
+    assert kernel_hazard(half, cuda, ("qint8", "qfloat8")) is None
+    assert kernel_hazard(nn.Linear(64, 10).to(torch.bfloat16), cuda, ("qint4",)) is None
+    task = Task("half", "digits", half, digits_task.splits, None)
+    with pytest.raises(ConfigError, match="leave 4 out of --bits"):
+        Scorer.for_config(task, RunConfig(bits=("qint4",)), device=cuda)
