@@ -23,7 +23,7 @@ llama_tiny (a 15-block Llama built from a config: 105 quantized Linear layers; s
 token windows, the machinery being what is measured).
 
 Usage:  python benchmarks/trial_cost.py [--quick] [--latency measured|model:cpu-epyc-2c]
-                                        [--json PATH] [--write benchmarks/RESULTS.md]
+                                        [--threads N] [--json PATH] [--write benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -133,8 +133,10 @@ def _one_layer_change_ms(scorer: Scorer, layers: list[str], *, exact: bool) -> f
     return 1e3 * statistics.median(times)
 
 
-def measure(task: Task, *, plans: int, latency: str) -> dict[str, Any]:
-    scorer = Scorer(task, device=torch.device("cpu"), eval_batch_size=256, latency=latency)
+def measure(task: Task, *, plans: int, latency: str, threads: int | None) -> dict[str, Any]:
+    scorer = Scorer(
+        task, device=torch.device("cpu"), eval_batch_size=256, latency=latency, threads=threads
+    )
     layers = list(task.layers)
     rng = random.Random(0)
     measured = latency == "measured"  # otherwise T is an estimate: no timing passes anywhere
@@ -201,12 +203,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 plans per model, not 20")
     parser.add_argument("--latency", default="measured")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     results = {}
     for name, make in _tasks().items():
-        results[name] = measure(make(), plans=5 if args.quick else 20, latency=args.latency)
+        plans = 5 if args.quick else 20
+        results[name] = measure(make(), plans=plans, latency=args.latency, threads=args.threads)
         print(name, json.dumps(results[name]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -229,11 +235,14 @@ def _append(args: argparse.Namespace, results: dict[str, Any]) -> None:
         for name, r in results.items()
     ]
     command = "python benchmarks/trial_cost.py" + (" --quick" if args.quick else "")
+    if args.threads is not None:
+        command += f" --threads {args.threads}"
     text = "\n".join(
         [
             f"### Trial cost, latency {args.latency} ({dt.date.today().isoformat()})",
             "",
-            f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}."
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
+            f" {torch.get_num_threads()} torch threads."
             f" Command: `{command} --latency {args.latency}`. Times in ms (medians).",
             "",
             "| model | layers | assemble | evaluate | latency | record | trial | floor | ratio | "
