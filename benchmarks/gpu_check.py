@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quide_search.latency_model import estimate_ms, layer_shapes, profile
+from quide_search.latency_model import estimate_ms, layer_shapes, layer_weight_bytes, profile
 from quide_search.models.custom import CustomTask
 from quide_search.quantize import kernel_paths
 from quide_search.scorer import Scorer
@@ -183,7 +183,8 @@ def uniform(scorer: Scorer, qtype: str, example_tokens: torch.Tensor) -> dict[st
     model = scorer.layers.assemble(plan, exact=True)
     row["kernels"] = sorted(set(kernel_paths(model).values()))
     for shape in SHAPES:
-        row[f"T_{shape}_model_ms"] = estimate_ms(model, shapes[shape], device, 1)
+        weights = layer_weight_bytes(model, shapes[shape])
+        row[f"T_{shape}_model_ms"] = estimate_ms(weights, shapes[shape], device, 1)
     decode, scorer.example = scorer.example, examples["prefill"]
     try:
         row["T_prefill_ms"] = scorer.measured_ms(plan)

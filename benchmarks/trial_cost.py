@@ -151,8 +151,11 @@ def measure(task: Task, *, plans: int, latency: str, threads: int | None) -> dic
     keys = ("assemble", "evaluate", "latency", "record", "total", "plan_eval", "plan_latency")
     splits: dict[str, list[float]] = {k: [] for k in keys}
     first_t: list[tuple[BitPlan, float, int]] = []
-    for _ in range(plans):
-        plan = BitPlan(model="m", dataset="d", layers={n: rng.choice(QTYPES) for n in layers})
+    chosen = [
+        BitPlan(model="m", dataset="d", layers={n: rng.choice(QTYPES) for n in layers})
+        for _ in range(plans)
+    ]
+    for plan in chosen:  # back to back, as a study runs its trials
         t0 = time.perf_counter()
         measurement = scorer.measure(plan)
         seconds = measurement.seconds
@@ -160,6 +163,7 @@ def measure(task: Task, *, plans: int, latency: str, threads: int | None) -> dic
         splits["total"].append(time.perf_counter() - t0)  # the whole call, not its parts
         for key in ("assemble", "evaluate", "latency", "record"):
             splits[key].append(seconds[key])
+    for plan in chosen:  # then each plan's own floor, on a freshly quantized copy
         evaluate, timing = _floor(scorer, apply_plan(scorer.model, plan), repeats=1)
         splits["plan_eval"].append(evaluate)
         splits["plan_latency"].append(timing if measured else 0.0)

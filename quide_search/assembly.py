@@ -64,6 +64,11 @@ class LayerCache:
         self._stored: dict[tuple[str, str], int] = {}
         self._paths: dict[tuple[str, str], str] = {}
         self._own_bytes = _own_bytes(model, self._modules, self._layers)
+        self._float_layer_bytes = {
+            name: sum(t.numel() * t.element_size() for t in module.state_dict().values())
+            for name, module in self._modules.items()
+            if name in self._layers
+        }
         self._baseline = model_bytes(model)
         self._views: dict[bool, _View] = {}
         self.built = 0
@@ -126,6 +131,19 @@ class LayerCache:
                 self._get(name, qtype)
             total += self._stored[name, qtype] - self._own_bytes[name]
         return total
+
+    def layer_bytes(self, plan: BitPlan) -> dict[str, int]:
+        """Return each quantizable layer's stored bytes under ``plan`` (its own state dict).
+
+        Raises:
+            TrialEvaluationError: If quanto fails on a layer not built yet.
+        """
+        sizes = dict(self._float_layer_bytes)
+        for name, qtype in plan.quantized_layers().items():
+            if (name, qtype) not in self._stored:
+                self._get(name, qtype)
+            sizes[name] = self._stored[name, qtype]
+        return sizes
 
     def kernel_paths(self, plan: BitPlan) -> dict[str, str]:
         """Return, for each quantized layer of ``plan``, ``fallback`` or ``kernel:NAME``."""

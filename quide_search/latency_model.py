@@ -28,6 +28,7 @@ __all__ = [
     "DeviceProfile",
     "LayerShape",
     "estimate_ms",
+    "layer_weight_bytes",
     "latency_source",
     "layer_shapes",
     "profile",
@@ -191,21 +192,33 @@ def _macs(module: nn.Module, output: torch.Tensor) -> int:
 
 
 def estimate_ms(
-    model: nn.Module, shapes: list[LayerShape], device: DeviceProfile, batch_size: int
+    weight_bytes: Mapping[str, int],
+    shapes: list[LayerShape],
+    device: DeviceProfile,
+    batch_size: int,
 ) -> float:
-    """Return the estimated milliseconds of one forward pass of ``model`` at ``batch_size``.
+    """Return the estimated milliseconds of one forward pass at ``batch_size``.
 
-    ``model`` is the (possibly quantized) model: each layer's weight bytes are the bytes its
-    state dict really stores.
+    ``weight_bytes`` maps each layer to the bytes its state dict really stores under the plan
+    (see :func:`layer_weight_bytes`); the scorer keeps them per (layer, qtype), so a trial's
+    estimate reads no tensors.
     """
-    modules = dict(model.named_modules())
     total_s = 0.0
     for shape in shapes:
-        layer = modules[shape.name]
-        weight_bytes = sum(t.numel() * t.element_size() for t in layer.state_dict().values())
         activations = (shape.input_elems + shape.output_elems) * batch_size
-        moved = weight_bytes + activations * device.activation_bytes
+        moved = weight_bytes[shape.name] + activations * device.activation_bytes
         memory_s = moved / (device.bandwidth_gbps * 1e9)
         compute_s = 2 * shape.macs * batch_size / (device.peak_gflops * 1e9)
         total_s += max(memory_s, compute_s) + device.layer_overhead_us * 1e-6
     return total_s * 1e3
+
+
+def layer_weight_bytes(model: nn.Module, shapes: list[LayerShape]) -> dict[str, int]:
+    """Return the bytes each of ``shapes``' layers stores in ``model`` (quantized or not)."""
+    modules = dict(model.named_modules())
+    return {
+        shape.name: sum(
+            t.numel() * t.element_size() for t in modules[shape.name].state_dict().values()
+        )
+        for shape in shapes
+    }

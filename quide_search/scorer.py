@@ -294,19 +294,20 @@ class Scorer:
 
     @property
     def _times_model(self) -> bool:
-        """Whether T needs the quantized model itself (measured or estimated from it)."""
-        return not self.source.startswith("table")
+        """Whether T needs quanto's quantized model itself (a measurement, not a prediction)."""
+        return not self.source.startswith("table") and not self.context.estimated
 
     def _latency(self, model: torch.nn.Module | None, plan: BitPlan) -> LatencyResult:
+        if self.context.estimated:
+            assert self.context.profile is not None
+            device = profile(self.context.profile["name"])
+            weights = self.layers.layer_bytes(plan)
+            estimate = estimate_ms(weights, self._shapes, device, self.context.batch_size)
+            return LatencyResult(median_ms=estimate, repeats=0, spread=0.0)
         if model is None:
             if self.table is None:
                 raise TrialEvaluationError("--latency table: no table is loaded (a bug)")
             return LatencyResult(self.table.predict(plan.layers), repeats=0, spread=0.0)
-        if self.context.estimated:
-            assert self.context.profile is not None
-            device = profile(self.context.profile["name"])
-            estimate = estimate_ms(model, self._shapes, device, self.context.batch_size)
-            return LatencyResult(median_ms=estimate, repeats=0, spread=0.0)
         return self._measured(model)
 
     def _measured(self, model: torch.nn.Module) -> LatencyResult:

@@ -139,3 +139,15 @@ def test_a_transformers_model_runs_from_its_view(tiny_llama) -> None:  # type: i
             tokens, max_new_tokens=4, do_sample=False, pad_token_id=0
         ))  # fmt: skip
     assert not any(_is_quanto(m) for m in model.modules())
+
+
+def test_layer_bytes_are_what_the_quantized_layers_store(digits_task) -> None:  # type: ignore[no-untyped-def]
+    from quide_search.latency_model import layer_shapes, layer_weight_bytes
+
+    cache = LayerCache(digits_task.model)
+    shapes = layer_shapes(digits_task.model, digits_task.splits.eval.inputs[:1])
+    for plan in _random_plans(list(digits_task.layers), 6, seed=5):
+        copy = (
+            apply_plan(digits_task.model, plan) if plan.quantized_layers() else digits_task.model
+        )
+        assert cache.layer_bytes(plan) == layer_weight_bytes(copy, shapes)

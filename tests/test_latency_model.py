@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from quide_search.errors import ConfigError
-from quide_search.latency_model import PROFILES, estimate_ms, layer_shapes, profile
+from quide_search.latency_model import (
+    PROFILES,
+    estimate_ms,
+    layer_shapes,
+    layer_weight_bytes,
+    profile,
+)
 from quide_search.plan import BitPlan
 from quide_search.quantize import apply_plan
 
@@ -32,7 +38,9 @@ def test_estimate_matches_hand_computation(qtype: str, weight_bytes: int) -> Non
     memory = moved / (device.bandwidth_gbps * 1e9)
     compute = 2 * 64 * 16 * 3 / (device.peak_gflops * 1e9)
     expected = (max(memory, compute) + device.layer_overhead_us * 1e-6) * 1e3
-    assert estimate_ms(model, shapes, device, 3) == pytest.approx(expected, rel=1e-12)
+    weights = layer_weight_bytes(model, shapes)
+    assert weights == {"0": weight_bytes}
+    assert estimate_ms(weights, shapes, device, 3) == pytest.approx(expected, rel=1e-12)
 
 
 def test_conv_macs_and_fewer_bits_are_never_slower(digits_task) -> None:  # type: ignore[no-untyped-def]
@@ -47,7 +55,8 @@ def test_conv_macs_and_fewer_bits_are_never_slower(digits_task) -> None:  # type
                 model="simplecnn", dataset="digits", layers=digits_task.layers, qtype=qtype
             )
             model = apply_plan(digits_task.model, plan) if qtype != "none" else digits_task.model
-            times.append(estimate_ms(model, list(shapes.values()), device, 1))
+            layers = list(shapes.values())
+            times.append(estimate_ms(layer_weight_bytes(model, layers), layers, device, 1))
         assert times == sorted(times, reverse=True), (device.name, times)
 
 
