@@ -52,6 +52,8 @@ class LayerCache:
         model: The float model; it is never changed (trials run on views that share it).
         limit_mb: Bound on the memory of cached quantized layers and their float twins (least
             recently used ones are dropped first; a plan's own layers are always built).
+            Float twins are made only while the float model's bytes are at most a quarter
+            of it; otherwise evaluation runs quanto's own modules.
     """
 
     def __init__(self, model: nn.Module, *, limit_mb: float = 4096.0) -> None:
@@ -70,6 +72,9 @@ class LayerCache:
             if name in self._layers
         }
         self._baseline = model_bytes(model)
+        # A twin is a float copy of its layer's weight: on a model that is large next to the
+        # bound, twins would hold as much memory as the model itself, so there are none.
+        self.twins = 4 * self._baseline <= self.limit_bytes
         self._views: dict[bool, _View] = {}
         self.built = 0
         self.hits = 0
@@ -159,7 +164,7 @@ class LayerCache:
             self._cache.move_to_end(key)
             return self._cache[key]
         exact = quantize_layer(self._modules[name], qtype)
-        twin = dequantized_twin(exact)
+        twin = dequantized_twin(exact) if self.twins else None
         self.built += 1
         self._stored[key] = model_bytes(exact)
         self._paths[key] = kernel_paths(exact).get("", "fallback")

@@ -151,3 +151,16 @@ def test_layer_bytes_are_what_the_quantized_layers_store(digits_task) -> None:  
             apply_plan(digits_task.model, plan) if plan.quantized_layers() else digits_task.model
         )
         assert cache.layer_bytes(plan) == layer_weight_bytes(copy, shapes)
+
+
+def test_no_twins_when_the_model_is_large_next_to_the_bound(digits_task) -> None:  # type: ignore[no-untyped-def]
+    bound_mb = 2 * model_bytes(digits_task.model) / 2**20  # the model is half the bound
+    cache = LayerCache(digits_task.model, limit_mb=bound_mb)
+    assert not cache.twins
+    plan = BitPlan(model="m", dataset="d", layers=dict.fromkeys(digits_task.layers, "qint4"))
+    evaluated = dict(cache.assemble(plan).named_modules())
+    assert all(_is_quanto(evaluated[name]) for name in digits_task.layers)
+    x = digits_task.splits.eval.inputs[:16]
+    with torch.no_grad():
+        assert torch.equal(cache.assemble(plan)(x), apply_plan(digits_task.model, plan)(x))
+    assert LayerCache(digits_task.model, limit_mb=4 * bound_mb).twins
