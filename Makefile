@@ -45,4 +45,4 @@ bench: install
 	$(PY) benchmarks/core_run.py --write benchmarks/RESULTS.md
 
 clean:
-	rm -rf $(VENV) studies/*.db studies/*.json studies/*.csv
+	rm -rf $(VENV) studies/*.db studies/*.db-wal studies/*.db-shm studies/*.json studies/*.csv

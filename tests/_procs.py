@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -104,3 +106,29 @@ def by_state(all_trials: Trials, state: str) -> Trials:
 def counted(all_trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Trials that count towards --trials: scored in full, or stopped early (PRUNED)."""
     return [t for t in all_trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def stored_digest(path: Path) -> str:
+    """What a file stores: for a SQLite database, its logical content, not its bytes.
+
+    quide-search runs SQLite in WAL mode, where merely opening and closing a database can
+    move committed pages from the -wal file into the main file (a checkpoint): the bytes
+    change, what is stored does not. Other files are hashed as they are.
+    """
+    if path.suffix != ".db":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        dump = "\n".join(connection.iterdump())
+    finally:
+        connection.close()
+    return hashlib.sha256(dump.encode()).hexdigest()
+
+
+def stored_files(root: Path) -> dict[str, str]:
+    """``stored_digest`` of every file under ``root``, without SQLite's -wal and -shm files."""
+    return {
+        str(p.relative_to(root)): stored_digest(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(("-wal", "-shm"))
+    }

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import optuna
 import pytest
+from _procs import stored_digest
 
 from quide_search.config import RunConfig
 from quide_search.errors import ConfigError, TrialEvaluationError
@@ -22,7 +22,7 @@ def _config(tmp_path: Path, **kw: object) -> RunConfig:
 
 
 def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return stored_digest(path)
 
 
 @pytest.fixture(scope="module")
