@@ -113,10 +113,11 @@ class LayerCache:
             self._views[exact] = _View(self.model, self._modules, self._layers)
         view = self._views[exact]
         wanted = plan.quantized_layers()
-        for name in [n for n in view.installed if n not in wanted]:
+        installed = view.installed
+        for name in [n for n in installed if n not in wanted]:
             view.install(name, FLOAT, self._modules[name])
         for name, qtype in wanted.items():
-            if view.installed.get(name) != qtype:
+            if installed.get(name) != qtype:
                 entry = self._get(name, qtype)
                 view.install(name, qtype, entry.exact if exact else entry.twin or entry.exact)
         return view.root

@@ -121,6 +121,7 @@ class BitPlan:
     model: str
     dataset: str
     layers: Mapping[str, str] = field(default_factory=dict)
+    _quantized: dict[str, str] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         normalized = {
@@ -128,6 +129,9 @@ class BitPlan:
             for name, q in sorted(self.layers.items())
         }
         object.__setattr__(self, "layers", MappingProxyType(normalized))
+        # Read on every trial, several times: worked out once (not compared, not shown).
+        quantized = {name: q for name, q in normalized.items() if q != FLOAT}
+        object.__setattr__(self, "_quantized", quantized)
 
     @classmethod
     def uniform(cls, *, model: str, dataset: str, layers: Iterable[str], qtype: str) -> BitPlan:
@@ -136,7 +140,7 @@ class BitPlan:
 
     def quantized_layers(self) -> dict[str, str]:
         """Return layer -> qtype for the layers that are quantized (not ``none``)."""
-        return {name: q for name, q in self.layers.items() if q != FLOAT}
+        return self._quantized.copy()  # the dict's own copy: dict(proxy) goes key by key
 
     def quantization_map(self) -> dict[str, dict[str, str]]:
         """Return the plan as ``optimum.quanto.requantize`` expects its quantization_map."""
@@ -153,6 +157,8 @@ class BitPlan:
         """
         # This runs on every trial: take a set as it is, and list the names only on error.
         known = available if isinstance(available, (set, frozenset)) else set(available)
+        if self.layers.keys() <= known:
+            return
         for name in self.layers:
             if name not in known:
                 ordered = isinstance(available, (list, tuple, Mapping))
