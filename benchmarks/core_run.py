@@ -1,9 +1,10 @@
 """Benchmark of the core path on the embedded default task (SimpleCNN on digits).
 
 Measures, in one process:
-  * per-trial time split into assemble / evaluate / latency for random plans, and the ratio of a
-    trial's time to the floor: a bare fp32 evaluation of the same samples plus one latency
-    measurement of the fp32 model;
+  * per-trial time split into assemble / evaluate / latency / record (bytes and kernel paths)
+    for random plans, and the ratio of a trial's time to the floor: a bare fp32 evaluation of
+    the same samples plus one latency measurement of the fp32 model (benchmarks/trial_cost.py
+    also compares against each trial's own latency measurement);
   * the wall time of `quide-search run` with defaults (50 trials) on a fresh cache, so the
     first-time training of the float model is included.
 
@@ -35,7 +36,8 @@ from quide_search.task import load_task
 def _trial_split(scorer: Scorer, n: int, seed: int) -> dict[str, float]:
     rng = random.Random(seed)
     layers = list(scorer.weight_counts)
-    phases: dict[str, list[float]] = {"assemble": [], "evaluate": [], "latency": [], "total": []}
+    keys = ("assemble", "evaluate", "latency", "record", "total")
+    phases: dict[str, list[float]] = {k: [] for k in keys}
     floors: list[float] = []
     for _ in range(n):
         plan = BitPlan(
@@ -92,7 +94,10 @@ def main() -> None:
         "",
         "| per trial (median of random plans) | ms |",
         "|---|---|",
-        *(f"| {k} | {split[k]:.2f} |" for k in ("assemble", "evaluate", "latency", "total")),
+        *(
+            f"| {k} | {split[k]:.2f} |"
+            for k in ("assemble", "evaluate", "latency", "record", "total")
+        ),
         f"| floor: bare fp32 eval + fp32 latency | {split['floor']:.2f} |",
         f"| ratio trial / floor | {split['ratio']:.2f} |",
         "",
