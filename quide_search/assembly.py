@@ -21,7 +21,6 @@ import copy
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from quide_search.plan import FLOAT, BitPlan
@@ -31,6 +30,7 @@ from quide_search.quantize import (
     model_bytes,
     quantizable_layers,
     quantize_layer,
+    storage_key,
 )
 
 __all__ = ["LayerCache"]
@@ -66,11 +66,7 @@ class LayerCache:
         self._stored: dict[tuple[str, str], int] = {}
         self._paths: dict[tuple[str, str], str] = {}
         self._own_bytes = _own_bytes(model, self._modules, self._layers)
-        self._float_layer_bytes = {
-            name: sum(t.numel() * t.element_size() for t in module.state_dict().values())
-            for name, module in self._modules.items()
-            if name in self._layers
-        }
+        self._float_layer_bytes = {name: model_bytes(self._modules[name]) for name in self._layers}
         self._baseline = model_bytes(model)
         # A twin is a float copy of its layer's weight: on a model that is large next to the
         # bound, twins would hold as much memory as the model itself, so there are none.
@@ -131,12 +127,10 @@ class LayerCache:
         Raises:
             TrialEvaluationError: If quanto fails on a layer not built yet.
         """
-        total = self._baseline
-        for name, qtype in plan.quantized_layers().items():
-            if (name, qtype) not in self._stored:
-                self._get(name, qtype)
-            total += self._stored[name, qtype] - self._own_bytes[name]
-        return total
+        quantized = self._counted(plan)
+        return self._baseline + sum(
+            self._stored[name, qtype] - self._own_bytes[name] for name, qtype in quantized.items()
+        )
 
     def layer_bytes(self, plan: BitPlan) -> dict[str, int]:
         """Return each quantizable layer's stored bytes under ``plan`` (its own state dict).
@@ -144,19 +138,20 @@ class LayerCache:
         Raises:
             TrialEvaluationError: If quanto fails on a layer not built yet.
         """
-        sizes = dict(self._float_layer_bytes)
-        for name, qtype in plan.quantized_layers().items():
-            if (name, qtype) not in self._stored:
-                self._get(name, qtype)
-            sizes[name] = self._stored[name, qtype]
-        return sizes
+        quantized = self._counted(plan)
+        return {**self._float_layer_bytes, **{n: self._stored[n, q] for n, q in quantized.items()}}
 
     def kernel_paths(self, plan: BitPlan) -> dict[str, str]:
         """Return, for each quantized layer of ``plan``, ``fallback`` or ``kernel:NAME``."""
-        for name, qtype in plan.quantized_layers().items():
-            if (name, qtype) not in self._paths:
+        return {n: self._paths[n, q] for n, q in self._counted(plan).items()}
+
+    def _counted(self, plan: BitPlan) -> dict[str, str]:
+        """Return ``plan``'s quantized layers, building any whose bytes and path are unknown."""
+        quantized = plan.quantized_layers()
+        for name, qtype in quantized.items():
+            if (name, qtype) not in self._stored:
                 self._get(name, qtype)
-        return {n: self._paths[n, q] for n, q in plan.quantized_layers().items()}
+        return quantized
 
     def _get(self, name: str, qtype: str) -> _Entry:
         key = (name, qtype)
@@ -216,15 +211,11 @@ def _own_bytes(
     owners: dict[tuple[int, int], set[str]] = {}
     for key, tensor in model.state_dict().items():
         owner = key.rsplit(".", 1)[0]
-        owners.setdefault(_storage(tensor), set()).add(owner)
+        owners.setdefault(storage_key(tensor), set()).add(owner)
     own = {}
     for name in layers:
         tensors = list(modules[name].state_dict().values())
         own[name] = sum(
-            t.numel() * t.element_size() for t in tensors if owners[_storage(t)] == {name}
+            t.numel() * t.element_size() for t in tensors if owners[storage_key(t)] == {name}
         )
     return own
-
-
-def _storage(tensor: torch.Tensor) -> tuple[int, int]:
-    return (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))

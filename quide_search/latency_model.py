@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from quide_search.errors import ConfigError, did_you_mean
-from quide_search.quantize import quantizable_layers
+from quide_search.quantize import model_bytes, quantizable_layers
 
 __all__ = [
     "PROFILES",
@@ -216,9 +216,4 @@ def estimate_ms(
 def layer_weight_bytes(model: nn.Module, shapes: list[LayerShape]) -> dict[str, int]:
     """Return the bytes each of ``shapes``' layers stores in ``model`` (quantized or not)."""
     modules = dict(model.named_modules())
-    return {
-        shape.name: sum(
-            t.numel() * t.element_size() for t in modules[shape.name].state_dict().values()
-        )
-        for shape in shapes
-    }
+    return {shape.name: model_bytes(modules[shape.name]) for shape in shapes}

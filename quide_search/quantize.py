@@ -31,6 +31,7 @@ __all__ = [
     "quantization_map_of",
     "quantize_layer",
     "rebuild_quantized",
+    "storage_key",
 ]
 
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
@@ -267,12 +268,17 @@ def model_bytes(model: nn.Module) -> int:
     for tensor in model.state_dict().values():
         if not isinstance(tensor, torch.Tensor):
             continue
-        key = (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))
+        key = storage_key(tensor)
         if key in seen and tensor.numel() > 0:
             continue
         seen.add(key)
         total += tensor.numel() * tensor.element_size()
     return total
+
+
+def storage_key(tensor: torch.Tensor) -> tuple[int, int]:
+    """Where a tensor's data starts: equal for tensors that share it (tied weights)."""
+    return (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))
 
 
 def rebuild_quantized(
