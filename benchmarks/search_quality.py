@@ -181,6 +181,9 @@ def digits_part(seeds: int, cap: int, threads: int) -> dict[str, Any]:
         "table_seconds": bench.table_seconds,
         "sensitivity_seconds": bench.sensitivity_seconds,
         "gate_threshold": bench.gate.threshold,
+        # Fitted to this machine's cost of a forward call, as a study does.
+        "eval_first_chunk": bench.scorer.evaluator.chunk,
+        "eval_calls": len(list(bench.scorer.evaluator.chunks())),
         "strategies": {},
     }
     for strategy in ("random", "tpe", "engine"):
@@ -248,6 +251,7 @@ def summary(digits: dict[str, Any], resnet: dict[str, Any] | None) -> dict[str, 
         "pruned_eval_fraction": statistics.mean(pruned) if pruned else None,
         "failing_eval_fraction": statistics.mean(failing) if failing else None,
         "pruned_trials": len(pruned),
+        "eval_first_chunk": digits["eval_first_chunk"],
     }
     if resnet is not None:
         out["resnet18_best_at_100"] = {

@@ -56,6 +56,9 @@ class RunConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     batch_size: int = field(default=1, metadata={"help": "latency batch size"})
     eval_batch_size: int = field(default=256, metadata={"help": "accuracy batch size"})
+    eval_chunk: int | None = field(
+        default=None, metadata={"help": "first evaluation chunk (None: fitted to call cost)"}
+    )
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
     cache_mb: float = field(
         default=4096.0, metadata={"help": "bound on cached quantized layers, MiB"}
@@ -113,6 +116,7 @@ class RunConfig:
         for flag, value in (
             ("--batch-size", self.batch_size),
             ("--eval-batch-size", self.eval_batch_size),
+            ("--eval-chunk", 1 if self.eval_chunk is None else self.eval_chunk),
             ("--threads", 1 if self.threads is None else self.threads),
         ):
             if value < 1:

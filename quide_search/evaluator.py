@@ -7,7 +7,9 @@ them as failed trials.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -20,6 +22,10 @@ from quide_search.errors import ConfigError, TrialEvaluationError
 __all__ = ["EvalResult", "Evaluator", "logits_of"]
 
 _MIN_CHUNKS = 40
+_CALL_BUDGET = 0.15
+"""Share of a full evaluation that the extra forward calls of chunking may cost."""
+_TIMING_S = 1.0
+"""Time above which one timed call is not repeated when fitting the first chunk."""
 
 
 @dataclass(frozen=True)
@@ -30,15 +36,20 @@ class Evaluator:
         inputs: All inputs of the split, already on the device.
         labels: Their labels, on the device.
         batch_size: Samples per forward pass.
+        first_chunk: Samples in the first forward pass; None for 1/40 of the split (see
+            :meth:`fit_first_chunk` for a choice from the measured cost of a call).
     """
 
     inputs: torch.Tensor
     labels: torch.Tensor
     batch_size: int = 256
+    first_chunk: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"eval batch size must be >= 1, but got {self.batch_size}.")
+        if self.first_chunk is not None and self.first_chunk < 1:
+            raise ConfigError(f"--eval-chunk must be >= 1, but got {self.first_chunk}.")
         if self.inputs.shape[0] != self.labels.shape[0] or self.labels.shape[0] == 0:
             raise ConfigError(
                 "inputs and labels must have the same, non-zero length, but got "
@@ -78,24 +89,53 @@ class Evaluator:
 
     @property
     def chunk(self) -> int:
-        """Samples in the first forward pass: 1/40 of the split, at most ``batch_size``."""
-        return max(1, min(self.batch_size, math.ceil(self.samples / _MIN_CHUNKS)))
+        """Samples in the first forward pass: ``first_chunk``, else 1/40 of the split."""
+        first = self.first_chunk or math.ceil(self.samples / _MIN_CHUNKS)
+        return max(1, min(self.batch_size, self.samples, first))
 
     def chunks(self) -> Iterator[tuple[int, int]]:
         """Yield (start, stop) of each forward pass: small first, then doubling.
 
         Small first chunks let a hopeless plan stop early (with the hardest samples first,
         that is where it shows); doubling keeps the number of passes for a plan that goes the
-        distance near log2(40) + 1, not 40, since on small models each forward call's fixed
-        cost outweighs its samples (growing by half took 10 calls on digits, against 7).
-        The chunking is the same whether or not stopping is on, so a plan scores the same P
-        either way.
+        distance near log2(40) + 1, not 40. The chunking is the same whether or not stopping
+        is on, so a plan scores the same P either way.
         """
-        start = 0
-        while start < self.samples:
-            size = min(self.batch_size, max(self.chunk, start))
-            yield start, min(self.samples, start + size)
-            start += size
+        return _chunks(self.samples, self.batch_size, self.chunk)
+
+    def fit_first_chunk(self, model: nn.Module, *, budget: float = _CALL_BUDGET) -> Evaluator:
+        """Return this evaluator with the smallest first chunk that chunking can afford.
+
+        Each forward call has a fixed cost besides its per-sample cost; on a small model
+        (SimpleCNN on digits: about 0.2 ms a call against 3.5 ms for all samples) or a deep
+        one run on few samples (a 15-block Llama: about 10 ms a call) the calls that early
+        stopping adds cost more than the samples. This times two calls of ``model`` (one
+        first chunk of 1/40, one full batch), fits cost = fixed + per-sample x samples, and
+        lets chunking add at most ``budget`` of a full evaluation in fixed costs: the first
+        chunk grows until the doubling schedule needs few enough calls. A model whose calls
+        cost nothing fixed keeps 1/40. The result depends on timings, so a study stores it
+        and every process that joins the study uses the stored value.
+        """
+        small = max(1, min(self.batch_size, math.ceil(self.samples / _MIN_CHUNKS)))
+        full = min(self.batch_size, self.samples)
+        if small >= full:
+            return dataclasses.replace(self, first_chunk=small)
+        with torch.no_grad():
+            t_small = _call_seconds(model, self.inputs[:small], repeats=10)
+            t_full = _call_seconds(model, self.inputs[:full], repeats=3)
+        per_sample = max(0.0, (t_full - t_small) / (full - small))
+        fixed = max(0.0, t_small - per_sample * small)
+        plain = math.ceil(self.samples / self.batch_size)
+        whole = plain * fixed + self.samples * per_sample
+        allowed = plain + (math.floor(budget * whole / fixed) if fixed > 0 else self.samples)
+        low, high = small, full  # calls() never grows with the first chunk: bisect
+        while low < high:
+            mid = (low + high) // 2
+            if sum(1 for _ in _chunks(self.samples, self.batch_size, mid)) <= allowed:
+                high = mid
+            else:
+                low = mid + 1
+        return dataclasses.replace(self, first_chunk=low)
 
     def evaluate_until(
         self,
@@ -176,7 +216,7 @@ class Evaluator:
                 score = torch.where(right, margin, margin - 1.0)
                 margins.append(score.flatten(1).mean(dim=1) if score.dim() > 1 else score)
         order = torch.argsort(torch.cat(margins), stable=True)
-        return Evaluator(self.inputs[order], self.labels[order], self.batch_size)
+        return dataclasses.replace(self, inputs=self.inputs[order], labels=self.labels[order])
 
     def _chunk(self, model: nn.Module, start: int, stop: int) -> tuple[int, float]:
         logits = logits_of(model(self.inputs[start:stop]))
@@ -216,6 +256,32 @@ class EvalResult:
     def stopped(self) -> bool:
         """Whether the evaluation stopped before scoring every sample."""
         return self.accuracy is None
+
+
+def _chunks(samples: int, batch_size: int, first: int) -> Iterator[tuple[int, int]]:
+    start = 0
+    while start < samples:
+        size = min(batch_size, max(first, start))
+        yield start, min(samples, start + size)
+        start += size
+
+
+def _call_seconds(model: nn.Module, inputs: torch.Tensor, *, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls (fewer past a second in all): noise only adds."""
+    cuda = inputs.device.type == "cuda"
+    best, spent = math.inf, 0.0
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(inputs.device)
+        t0 = time.perf_counter()
+        model(inputs)
+        if cuda:
+            torch.cuda.synchronize(inputs.device)
+        elapsed = time.perf_counter() - t0
+        best, spent = min(best, elapsed), spent + elapsed
+        if spent > _TIMING_S:
+            break
+    return best
 
 
 def _upper_bound(mean: float, seen: int, total: int, confidence: float) -> float:

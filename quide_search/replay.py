@@ -93,6 +93,7 @@ def evaluate_plan(
         eval_batch_size=int(protocol.get("eval_batch_size", 256)),
         threads=latency.get("threads"),
         latency=str(latency.get("method", "")) if latency.get("profile") else "measured",
+        eval_chunk=protocol.get("eval_first_chunk"),
     )
     measured = scorer.measure(plan)
     baseline_p = record.get("baseline", {}).get("P")

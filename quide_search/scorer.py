@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -88,6 +89,9 @@ class Scorer:
         cache_mb: Bound on the cached quantized layers that trials are assembled from.
         hardest_first: Evaluate the float model's least sure samples first, so the exact
             early stop comes sooner (P does not change); off for the statistical stop.
+        eval_chunk: Samples in the first evaluation chunk; ``auto`` fits it to the measured
+            cost of a forward call (:meth:`Evaluator.fit_first_chunk`), None keeps 1/40 of
+            the split (plans recorded before the choice existed).
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class Scorer:
         latency: str = "measured",
         cache_mb: float = 4096.0,
         hardest_first: bool = True,
+        eval_chunk: int | Literal["auto"] | None = "auto",
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -115,6 +120,11 @@ class Scorer:
         )
         if hardest_first and task.score is None:
             self.evaluator = self.evaluator.hardest_first(self.model)
+        if eval_chunk == "auto":
+            if task.score is None:  # a task's own score function takes all samples at once
+                self.evaluator = self.evaluator.fit_first_chunk(self.model)
+        else:
+            self.use_eval_chunk(eval_chunk)
         context = LatencyContext.create(device=device, batch_size=batch_size, source=latency)
         if task.decode is not None:
             decode = {k: v for k, v in task.decode.items() if k != "pad_token_id"}
@@ -159,7 +169,12 @@ class Scorer:
             latency=config.latency,
             cache_mb=config.cache_mb,
             hardest_first=config.early_stop != "stat",
+            eval_chunk="auto" if config.eval_chunk is None else config.eval_chunk,
         )
+
+    def use_eval_chunk(self, first: int | None) -> None:
+        """Score with this first evaluation chunk from now on (a study's stored choice)."""
+        self.evaluator = dataclasses.replace(self.evaluator, first_chunk=first)
 
     @property
     def latency_label(self) -> str:

@@ -102,6 +102,9 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     backend = open_storage(url, heartbeat=heartbeat, on_stale=requeue_stale)
     seed = config.seed if sampler_seed is None else sampler_seed
     study = _create_or_join(config, backend, protocol, seed)
+    # Every process scores with the chunking the study was created with (None: a study from
+    # before the choice was stored, which used 1/40 of the split).
+    scorer.use_eval_chunk(study.user_attrs["protocol"].get("eval_first_chunk"))
     objective = PlanObjective(
         scorer=scorer,
         gate=Gate(baseline_P=1.0, **config.gate_settings()),  # replaced below
@@ -196,6 +199,8 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "gate": config.gate_settings(),
         "latency": {k: v for k, v in scorer.context.to_dict().items() if k != "torch_version"},
         "eval_batch_size": config.eval_batch_size,
+        # Fitted to this machine's call cost when not given: the study's value wins on resume.
+        "eval_first_chunk": scorer.evaluator.chunk,
         "seed": config.seed,
         "unit": LATENCY_UNIT,
         "versions": {

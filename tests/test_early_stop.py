@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,3 +100,50 @@ def test_hardest_first_keeps_p_and_stops_sooner() -> None:
         hard.evaluate_until(model, floor=floor).samples
         < plain.evaluate_until(model, floor=floor).samples
     )
+
+
+class _Costly(nn.Module):
+    """The oracle, made slow: ``fixed`` seconds a call plus ``per_sample`` seconds a sample."""
+
+    def __init__(self, fixed: float, per_sample: float) -> None:
+        super().__init__()
+        self.fixed, self.per_sample = fixed, per_sample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.fixed + self.per_sample * x.shape[0])
+        return x
+
+
+def test_first_chunk_grows_when_each_call_has_a_fixed_cost() -> None:
+    evaluator = _evaluator([True] * 1000, batch_size=250)
+    # A call that costs the same for 25 samples as for 250: chunks would only add calls.
+    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.004, per_sample=0.0))
+    assert fitted.chunk == 250
+    assert list(fitted.chunks()) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    # Calls that cost only their samples: 1/40 first, as without fitting.
+    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.0, per_sample=0.0002))
+    assert fitted.chunk == evaluator.chunk == 25
+
+
+def test_fitted_chunking_keeps_its_extra_calls_within_the_budget() -> None:
+    evaluator = _evaluator([True] * 1000, batch_size=250)
+    # Full evaluation in 4 plain calls: 4 * 2 ms + 1000 * 0.1 ms = 108 ms, of which 15 %
+    # (16.2 ms) buys 8 more 2-ms calls at most; 1/40 doubling takes 8 calls, 4 more.
+    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.002, per_sample=0.0001), budget=0.15)
+    calls = len(list(fitted.chunks()))
+    assert fitted.chunk == 25 and calls == 8
+    # A tighter budget (2 %, 2.2 ms: one more call at most) makes the first chunk grow.
+    tight = evaluator.fit_first_chunk(_Costly(fixed=0.002, per_sample=0.0001), budget=0.02)
+    assert tight.chunk > 25 and len(list(tight.chunks())) <= 5
+
+
+def test_p_does_not_depend_on_the_first_chunk() -> None:
+    torch.manual_seed(2)
+    model = nn.Linear(5, 4)
+    inputs, labels = torch.randn(333, 5), torch.randint(0, 4, (333,))
+    scores = {
+        first: Evaluator(inputs, labels, batch_size=64, first_chunk=first).evaluate(model)
+        for first in (1, 7, 64, 1000)
+    }
+    assert len(set(scores.values())) == 1
+    assert Evaluator(inputs, labels, first_chunk=1000).chunk == 256  # capped at the batch

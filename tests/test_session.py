@@ -11,6 +11,7 @@ from _procs import ATTRS, STUDY, by_state, counted, run_args, signal_mid_trial, 
 
 from quide_search.config import RunConfig
 from quide_search.search import INTERRUPTED, NO_HEARTBEAT
+from quide_search.session import open_session
 from quide_search.study import load_study, run_search
 
 TARGET = 12
@@ -99,7 +100,11 @@ def test_same_seed_proposes_same_plans_and_scores(tmp_path: Path, digits_task) -
     # With measured T, only the part of the sequence that does not depend on T must repeat;
     # P must repeat for every plan that both runs measured.
     def sequence(folder: Path) -> list[tuple[dict[str, str], float, str | None]]:
-        config = RunConfig(out_dir=str(folder), device="cpu", trials=16, seed=3, threads=1)
+        # The first chunk is pinned: fitted, it follows this machine's call cost, which can
+        # differ between the two runs (and with it which failing plans stop early).
+        config = RunConfig(
+            out_dir=str(folder), device="cpu", trials=16, seed=3, threads=1, eval_chunk=32
+        )
         run_search(config, progress=False)
         study = load_study(study=config.study_name, storage=config.storage_url)
         ordered = sorted(counted(study.trials), key=lambda t: t.number)
@@ -134,7 +139,12 @@ def test_with_model_latency_the_whole_search_repeats(tmp_path: Path, digits_task
     # The analytic T is deterministic, so every proposal, P, T and I' repeats exactly.
     def sequence(folder: Path) -> list[tuple[dict[str, str], float, float, float]]:
         config = RunConfig(
-            out_dir=str(folder), device="cpu", trials=20, seed=5, latency="model:cpu-epyc-2c"
+            out_dir=str(folder),
+            device="cpu",
+            trials=20,
+            seed=5,
+            latency="model:cpu-epyc-2c",
+            eval_chunk=32,  # fitted, it follows this machine's call cost: pinned to repeat
         )
         run_search(config, progress=False)
         study = load_study(study=config.study_name, storage=config.storage_url)
@@ -152,6 +162,23 @@ def test_with_model_latency_the_whole_search_repeats(tmp_path: Path, digits_task
     assert len(first) == 20
     assert sequence(tmp_path / "b") == first
     assert len({tuple(sorted(p.items())) for p, *_ in first}) >= 12
+
+
+def test_joining_a_study_scores_with_its_stored_first_chunk(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    created = open_session(RunConfig(out_dir=str(tmp_path), device="cpu", eval_chunk=7))
+    assert created.study.user_attrs["protocol"]["eval_first_chunk"] == 7
+    assert created.objective.scorer.evaluator.chunk == 7
+    # Another process (or a resume) given, or fitting, another value uses the study's.
+    for chunk in (50, None):
+        config = RunConfig(out_dir=str(tmp_path), device="cpu", eval_chunk=chunk)
+        joined = open_session(config)
+        assert joined.objective.scorer.evaluator.chunk == 7
+        assert joined.study.user_attrs["protocol"]["eval_first_chunk"] == 7
+    # Without --eval-chunk a new study stores the value fitted on this machine.
+    fitted = open_session(RunConfig(out_dir=str(tmp_path / "fit"), device="cpu"))
+    stored = fitted.study.user_attrs["protocol"]["eval_first_chunk"]
+    assert stored == fitted.objective.scorer.evaluator.chunk
+    assert 13 <= stored <= 256
 
 
 def test_trials_zero_only_prepares_the_study(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]

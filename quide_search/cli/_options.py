@@ -157,7 +157,7 @@ def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) ->
 
 
 def add_measure_args(parser: argparse.ArgumentParser) -> None:
-    """Add --device, --batch-size, --eval-batch-size and --threads."""
+    """Add --device, --batch-size, --eval-batch-size, --eval-chunk and --threads."""
     group = parser.add_argument_group("measurement")
     add_device_arg(group)
     group.add_argument(
@@ -171,6 +171,13 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=256,
         help="batch size of the accuracy pass; does not change P (default: 256)",
+    )
+    group.add_argument(
+        "--eval-chunk",
+        type=positive_int,
+        default=None,
+        help="samples in the first accuracy chunk, where early stopping first looks "
+        "(default: fitted to the measured cost of a forward call, stored with the study)",
     )
     group.add_argument(
         "--threads",
@@ -277,6 +284,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "device": args.device,
         "batch_size": args.batch_size,
         "eval_batch_size": args.eval_batch_size,
+        "eval_chunk": args.eval_chunk,
         "threads": args.threads,
         "latency": args.latency,
         "cache_mb": args.cache_mb,
