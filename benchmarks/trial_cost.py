@@ -5,7 +5,10 @@ For each model, in one process, the median over random plans of:
   layers into the two views), evaluate, latency and record (bytes and kernel paths);
 - the floor, as the issue defines it: one bare evaluation of the same samples with the float
   model (a plain loop) plus the trial's own latency measurement (``measure_latency`` on the
-  plan's freshly quantized model), and ``overhead_ratio``, the trial's time over it;
+  plan's freshly quantized model), and ``overhead_ratio``, the median over trials of each
+  trial's time over its floor; the bare evaluation is timed just before and just after each
+  trial and averaged, since this machine's speed drifts by up to 2x from one second to the
+  next and a floor timed apart would measure the drift;
 - the float floor: the bare float evaluation plus one latency measurement of the float model
   (on a CPU where quanto dequantizes, timing a quantized model costs more than that by itself);
 - the plan floor: a bare evaluation and a latency measurement of the plan's freshly quantized
@@ -158,12 +161,17 @@ def measure(
         BitPlan(model="m", dataset="d", layers={n: rng.choice(QTYPES) for n in layers})
         for _ in range(plans)
     ]
+    bare = lambda: bare_evaluation(scorer.model, scorer)  # noqa: E731
+    # The machine's speed drifts by up to 2x between spells: each trial is bracketed by
+    # two bare float evaluations, and its floor uses their mean.
+    bracket = [_median_time(bare, repeats=1, warm=True)]
     for plan in chosen:  # back to back, as a study runs its trials
         t0 = time.perf_counter()
         measurement = scorer.measure(plan)
         seconds = measurement.seconds
-        first_t.append((plan, measurement.T_ms, measurement.latency_repeats))
         splits["total"].append(time.perf_counter() - t0)  # the whole call, not its parts
+        bracket.append(_median_time(bare, repeats=1, warm=True))
+        first_t.append((plan, measurement.T_ms, measurement.latency_repeats))
         for key in ("assemble", "evaluate", "latency", "record"):
             splits[key].append(seconds[key])
     for plan in chosen:  # then each plan's own floor, on a freshly quantized copy
@@ -178,7 +186,9 @@ def measure(
         for p, t, n in (first_t[:again] if measured else [])
     ]  # fmt: skip
     # Per trial: the float model's bare evaluation plus the trial's own latency measurement.
-    trial_floors = [float_eval + timing for timing in splits["plan_latency"]]
+    around = [(a + b) / 2 for a, b in zip(bracket, bracket[1:], strict=False)]
+    trial_floors = [e + t for e, t in zip(around, splits["plan_latency"], strict=True)]
+    ratios = [t / f for t, f in zip(splits["total"], trial_floors, strict=True)]
     plan_floors = [e + t for e, t in zip(splits["plan_eval"], splits["plan_latency"], strict=True)]
     float_floor = float_eval + (float_latency if measured else 0.0)
     changed = BitPlan(model="m", dataset="d", layers={n: "qint8" for n in layers})
@@ -194,8 +204,10 @@ def measure(
         "median_ms": {k: 1e3 * v for k, v in median.items()},
         "floor_ms": 1e3 * statistics.median(trial_floors),
         "float_floor_ms": 1e3 * float_floor,
-        "floor_evaluate_ms": 1e3 * float_eval,
-        "overhead_ratio": median["total"] / statistics.median(trial_floors),
+        "floor_evaluate_ms": 1e3 * statistics.median(around),
+        # The median of each trial's own ratio to the floor measured around it.
+        "overhead_ratio": statistics.median(ratios),
+        "overhead_ratios": ratios,
         "overhead_ratio_vs_float_floor": median["total"] / float_floor,
         "plan_floor_ms": 1e3 * statistics.median(plan_floors),
         "overhead_ratio_vs_plan_floor": median["total"] / statistics.median(plan_floors),

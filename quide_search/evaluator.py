@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy
 import torch
 from torch import nn
 
@@ -22,10 +23,13 @@ from quide_search.errors import ConfigError, TrialEvaluationError
 __all__ = ["EvalResult", "Evaluator", "logits_of"]
 
 _MIN_CHUNKS = 40
-_CALL_BUDGET = 0.15
-"""Share of a full evaluation that the extra forward calls of chunking may cost."""
+_PASS_BUDGET = 1.2
+"""Most a chunked full pass may cost, relative to the plain batched pass."""
+_SLOWEST_CHUNK = 1.3
+"""Most a first chunk may cost per sample, relative to a full batch."""
 _TIMING_S = 1.0
-"""Time above which one timed call is not repeated when fitting the first chunk."""
+"""Time after which timing the call ladder stops (past 3 rounds) when fitting the chunk."""
+_ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,9 @@ class Evaluator:
     @property
     def chunk(self) -> int:
         """Samples in the first forward pass: ``first_chunk``, else 1/40 of the split."""
-        first = self.first_chunk or math.ceil(self.samples / _MIN_CHUNKS)
-        return max(1, min(self.batch_size, self.samples, first))
+        if self.first_chunk is None:
+            return self.chunk_default
+        return max(1, min(self.batch_size, self.samples, self.first_chunk))
 
     def chunks(self) -> Iterator[tuple[int, int]]:
         """Yield (start, stop) of each forward pass: small first, then doubling.
@@ -103,39 +108,50 @@ class Evaluator:
         """
         return _chunks(self.samples, self.batch_size, self.chunk)
 
-    def fit_first_chunk(self, model: nn.Module, *, budget: float = _CALL_BUDGET) -> Evaluator:
+    def fit_first_chunk(self, model: nn.Module) -> Evaluator:
         """Return this evaluator with the smallest first chunk that chunking can afford.
 
-        Each forward call has a fixed cost besides its per-sample cost; on a small model
-        (SimpleCNN on digits: about 0.2 ms a call against 3.5 ms for all samples) or a deep
-        one run on few samples (a 15-block Llama: about 10 ms a call) the calls that early
-        stopping adds cost more than the samples. This times two calls of ``model`` (one
-        first chunk of 1/40, one full batch), fits cost = fixed + per-sample x samples, and
-        lets chunking add at most ``budget`` of a full evaluation in fixed costs: the first
-        chunk grows until the doubling schedule needs few enough calls. A model whose calls
-        cost nothing fixed keeps 1/40. The result depends on timings, so a study stores it
-        and every process that joins the study uses the stored value.
+        A forward call costs more per sample the fewer samples it has (fixed per-call work,
+        kernels that need a batch to fill the cores): on SimpleCNN/digits, 13 samples take
+        0.3-0.4 ms and 256 take 1.5-1.9 ms, and a 15-block Llama takes 7-9 ms for 1 window
+        against 23 ms for 16. There the extra calls of early stopping's small chunks cost
+        more than the samples they could save. This times one call of ``model`` at each
+        size of the doubling ladder (1/40 of the split, twice that, ..., a full batch;
+        fastest of interleaved rounds) and returns the smallest first chunk on the ladder
+        such that a full pass, priced from those times, costs at most 1.2 times the plain
+        batched pass (the most a whole trial may cost), and the first chunk runs at least
+        at 1/1.3 of a full batch's throughput (a chunk far slower per sample saves little
+        when a plan stops after it, and schedules of such chunks differ in price by less
+        than this machine's timing noise). A model whose small calls cost in proportion
+        keeps 1/40. The result depends on timings, so a study stores it and every process
+        that joins the study uses the stored value.
         """
-        small = max(1, min(self.batch_size, math.ceil(self.samples / _MIN_CHUNKS)))
         full = min(self.batch_size, self.samples)
-        if small >= full:
-            return dataclasses.replace(self, first_chunk=small)
+        ladder = [min(full, self.chunk_default * 2**j) for j in range(self.samples.bit_length())]
+        sizes = sorted(set(ladder))
+        if len(sizes) == 1:
+            return dataclasses.replace(self, first_chunk=full)
         with torch.no_grad():
-            t_small = _call_seconds(model, self.inputs[:small], repeats=10)
-            t_full = _call_seconds(model, self.inputs[:full], repeats=3)
-        per_sample = max(0.0, (t_full - t_small) / (full - small))
-        fixed = max(0.0, t_small - per_sample * small)
-        plain = math.ceil(self.samples / self.batch_size)
-        whole = plain * fixed + self.samples * per_sample
-        allowed = plain + (math.floor(budget * whole / fixed) if fixed > 0 else self.samples)
-        low, high = small, full  # calls() never grows with the first chunk: bisect
-        while low < high:
-            mid = (low + high) // 2
-            if sum(1 for _ in _chunks(self.samples, self.batch_size, mid)) <= allowed:
-                high = mid
-            else:
-                low = mid + 1
-        return dataclasses.replace(self, first_chunk=low)
+            seconds = _ladder_seconds(model, [self.inputs[:n] for n in sizes])
+
+        def cost(first: int) -> float:
+            return sum(
+                float(numpy.interp(stop - start, sizes, seconds))
+                for start, stop in _chunks(self.samples, self.batch_size, first)
+            )
+
+        plain, per_sample = cost(full), seconds[-1] / full
+        first = next(
+            n
+            for n, t in zip(sizes, seconds, strict=True)
+            if cost(n) <= _PASS_BUDGET * plain and t / n <= _SLOWEST_CHUNK * per_sample
+        )
+        return dataclasses.replace(self, first_chunk=first)
+
+    @property
+    def chunk_default(self) -> int:
+        """The first chunk without a fitted or given one: 1/40 of the split."""
+        return max(1, min(self.batch_size, math.ceil(self.samples / _MIN_CHUNKS)))
 
     def evaluate_until(
         self,
@@ -266,20 +282,26 @@ def _chunks(samples: int, batch_size: int, first: int) -> Iterator[tuple[int, in
         start += size
 
 
-def _call_seconds(model: nn.Module, inputs: torch.Tensor, *, repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls (fewer past a second in all): noise only adds."""
-    cuda = inputs.device.type == "cuda"
-    best, spent = math.inf, 0.0
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize(inputs.device)
-        t0 = time.perf_counter()
-        model(inputs)
-        if cuda:
-            torch.cuda.synchronize(inputs.device)
-        elapsed = time.perf_counter() - t0
-        best, spent = min(best, elapsed), spent + elapsed
-        if spent > _TIMING_S:
+def _ladder_seconds(model: nn.Module, batches: list[torch.Tensor]) -> list[float]:
+    """Fastest time of one call on each batch, over rounds that take each batch in turn.
+
+    Rounds interleave the sizes so that a slow spell of the machine (this project's 2-core
+    VM swings by up to 2x within seconds) touches every size alike; the fastest of each
+    is kept, since noise only adds. At least 3 rounds, at most 20, stopping after 1 s.
+    """
+    cuda = batches[0].device.type == "cuda"
+    best = [math.inf] * len(batches)
+    started = time.perf_counter()
+    for round_ in range(_ROUNDS):
+        for i, batch in enumerate(batches):
+            if cuda:
+                torch.cuda.synchronize(batch.device)
+            t0 = time.perf_counter()
+            model(batch)
+            if cuda:
+                torch.cuda.synchronize(batch.device)
+            best[i] = min(best[i], time.perf_counter() - t0)
+        if round_ >= 2 and time.perf_counter() - started > _TIMING_S:
             break
     return best
 

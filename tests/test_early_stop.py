@@ -125,16 +125,23 @@ def test_first_chunk_grows_when_each_call_has_a_fixed_cost() -> None:
     assert fitted.chunk == evaluator.chunk == 25
 
 
-def test_fitted_chunking_keeps_its_extra_calls_within_the_budget() -> None:
+def test_fitted_first_chunk_runs_near_full_batch_throughput() -> None:
     evaluator = _evaluator([True] * 1000, batch_size=250)
-    # Full evaluation in 4 plain calls: 4 * 2 ms + 1000 * 0.1 ms = 108 ms, of which 15 %
-    # (16.2 ms) buys 8 more 2-ms calls at most; 1/40 doubling takes 8 calls, 4 more.
-    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.002, per_sample=0.0001), budget=0.15)
-    calls = len(list(fitted.chunks()))
-    assert fitted.chunk == 25 and calls == 8
-    # A tighter budget (2 %, 2.2 ms: one more call at most) makes the first chunk grow.
-    tight = evaluator.fit_first_chunk(_Costly(fixed=0.002, per_sample=0.0001), budget=0.02)
-    assert tight.chunk > 25 and len(list(tight.chunks())) <= 5
+    # 3 ms a call + 0.1 ms a sample: per sample, 25 samples cost 1.96x a full batch (28 ms
+    # for 250), 50 cost 1.43x, 100 cost 1.16x. From 100 a full pass takes 6 calls, 118 ms,
+    # against 112 ms in 4 plain calls: within 1.2x.
+    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.003, per_sample=0.0001))
+    assert fitted.chunk == 100
+    assert list(fitted.chunks())[:3] == [(0, 100), (100, 200), (200, 400)]
+
+
+def test_fitted_chunking_keeps_a_full_pass_within_the_trial_budget() -> None:
+    evaluator = _evaluator([True] * 16, batch_size=256)
+    # Like a deep model on few samples: 6 ms a call + 1 ms a sample. A first chunk of 8
+    # runs at 1.27x a full batch's cost per sample, but its pass (2 calls, 28 ms) costs
+    # 1.27x the single plain call (22 ms): over 1.2x, so there is one chunk.
+    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.006, per_sample=0.001))
+    assert fitted.chunk == 16 and list(fitted.chunks()) == [(0, 16)]
 
 
 def test_p_does_not_depend_on_the_first_chunk() -> None:
