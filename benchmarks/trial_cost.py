@@ -5,7 +5,8 @@ For each model, in one process, the median over random plans of:
   layers into the two views), evaluate, latency and record (bytes and kernel paths);
 - the floor, as the issue defines it: one bare evaluation of the same samples with the float
   model (a plain loop) plus the trial's own latency measurement (``measure_latency`` on the
-  plan's freshly quantized model), and ``overhead_ratio``, the median over trials of each
+  plan's freshly quantized model, for as many timed passes as the trial's measurement
+  took), and ``overhead_ratio``, the median over trials of each
   trial's time over its floor; the bare evaluation is timed just before and just after each
   trial and averaged, since this machine's speed drifts by up to 2x from one second to the
   next and a floor timed apart would measure the drift;
@@ -33,6 +34,7 @@ Usage:  python benchmarks/trial_cost.py [--quick] [--latency measured|model:cpu-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -104,14 +106,19 @@ def bare_evaluation(model: torch.nn.Module, scorer: Scorer) -> int:
     return right
 
 
-def _floor(scorer: Scorer, model: torch.nn.Module, repeats: int = 3) -> tuple[float, float]:
+def _floor(
+    scorer: Scorer, model: torch.nn.Module, repeats: int = 3, passes: int | None = None
+) -> tuple[float, float]:
     """Seconds of one bare evaluation and of one latency measurement of ``model``.
 
-    A trial's own model has just run its trial, so it is timed once, warm.
+    With ``repeats=1`` each is timed once, without a warm-up call. ``passes`` fixes the
+    measurement's number of timed passes (a trial's floor times as many as the trial did).
     """
     warm = repeats == 1
     evaluate = _median_time(lambda: bare_evaluation(model, scorer), repeats, warm)
     context = scorer.context
+    if passes is not None:
+        context = dataclasses.replace(context, min_repeats=passes, max_repeats=passes)
     timing = _median_time(
         lambda: measure_latency(model, scorer.example, context=context), repeats, warm
     )
@@ -174,8 +181,13 @@ def measure(
         first_t.append((plan, measurement.T_ms, measurement.latency_repeats))
         for key in ("assemble", "evaluate", "latency", "record"):
             splits[key].append(seconds[key])
-    for plan in chosen:  # then each plan's own floor, on a freshly quantized copy
-        evaluate, timing = _floor(scorer, apply_plan(scorer.model, plan), repeats=1)
+    # Then each plan's own floor, on a freshly quantized copy. Its latency measurement takes
+    # as many passes as the trial's did: how many a measurement needs depends on the noise
+    # of the moment (20, or the 200-pass cap in a noisy spell), and the floor is the same
+    # measurement, not a luckier or unluckier one.
+    for plan, _, passes in first_t:
+        fresh = apply_plan(scorer.model, plan)
+        evaluate, timing = _floor(scorer, fresh, repeats=1, passes=passes if measured else None)
         splits["plan_eval"].append(evaluate)
         splits["plan_latency"].append(timing if measured else 0.0)
     median = {k: statistics.median(v) for k, v in splits.items()}

@@ -247,7 +247,7 @@ def summarize(
         pareto=front,
         latency=dict(study.user_attrs.get("protocol", {}).get("latency", {})),
         protocol=dict(study.user_attrs.get("protocol", {})),
-        latency_warning=_fallback_warning(study),
+        latency_warning=_latency_warnings(study),
         early_stop=_early_stop_savings(pruned),
         latency_table_check=study.user_attrs.get("latency_table_check"),
         warm_start_skipped=study.user_attrs.get("warm_start_skipped"),
@@ -266,14 +266,48 @@ def _early_stop_savings(pruned: list[optuna.trial.FrozenTrial]) -> dict[str, Any
     return {"pruned": len(spent), "mean_eval_fraction": sum(spent) / len(spent)}
 
 
-def _fallback_warning(study: optuna.Study) -> str | None:
-    """Say so when measured T mostly times optimum-quanto's dequantize fallback."""
+def _latency_warnings(study: optuna.Study) -> str | None:
+    """What a reader of this study's T must know: fallback timed, or T that never settled."""
     import optuna
 
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     measured = [
         t for t in trials if not str(t.user_attrs.get("latency_source", "")).startswith("model:")
     ]
+    latency = study.user_attrs.get("protocol", {}).get("latency", {})
+    found = [w for w in (_fallback_warning(measured), _unsettled_warning(measured, latency)) if w]
+    return "\n".join(found) if found else None
+
+
+def _unsettled_warning(
+    measured: list[optuna.trial.FrozenTrial], latency: dict[str, Any]
+) -> str | None:
+    """Say so when many measurements hit the pass cap with their passes still spread out.
+
+    The median of such passes moves with the machine's load of the moment (on this
+    project's 2-core VM, a pure-Python loop's median swings 1.7x within seconds), so T
+    differences of a few percent between plans mean nothing there.
+    """
+    target = latency.get("target_spread")
+    timed = [t for t in measured if t.user_attrs.get("latency_repeats")]
+    if target is None or not timed:
+        return None
+    loose = sorted(float(t.user_attrs.get("latency_spread", 0.0)) for t in timed)
+    unsettled = [x for x in loose if x > target]
+    if 4 * len(unsettled) <= len(timed):
+        return None
+    return (
+        f"warning: T did not settle in {len(unsettled)} of {len(timed)} measured trials: "
+        f"after {latency.get('max_repeats', 'the most')} passes the middle half still spread "
+        f"by more than {target:.0%} of the median (median spread "
+        f"{loose[len(loose) // 2]:.0%}). This machine's timing is noisy, so T differences "
+        "of a few percent between plans are not significant. Keep other work off the "
+        "machine, or use --latency table or model:PROFILE."
+    )
+
+
+def _fallback_warning(measured: list[optuna.trial.FrozenTrial]) -> str | None:
+    """Say so when measured T mostly times optimum-quanto's dequantize fallback."""
     fallback = sum(len(t.user_attrs.get("fallback_layers", [])) for t in measured)
     kernel = sum(len(t.user_attrs.get("kernel_layers", [])) for t in measured)
     if fallback <= kernel:

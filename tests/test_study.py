@@ -12,7 +12,7 @@ from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.plan import BitPlan
 from quide_search.quantize import apply_plan, model_bytes
 from quide_search.search import GATE_CONSTRAINT
-from quide_search.study import load_study, run_search
+from quide_search.study import load_study, run_search, summarize
 
 ATTRS = {"C", "P", "T_ms", "I", "I_prime", "gate_passed", "avg_weight_bits", "stored_bytes"}
 
@@ -161,3 +161,49 @@ def test_protocol_records_the_latency_source_and_requested_weights(
     assert protocol["latency_source"] == "model:cpu-epyc-2c"
     assert protocol["weights"] is None  # the trained default was asked for
     assert protocol["weights_path"] == str(digits_task.weights_path)
+
+
+def _copy_with(study: optuna.Study, **attrs: object) -> optuna.Study:
+    """An in-memory copy of ``study`` whose trials carry ``attrs`` over their own."""
+    copy = optuna.create_study(directions=study.directions)
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    for t in study.trials:
+        copy.add_trial(
+            optuna.trial.create_trial(
+                state=t.state,
+                params=t.params,
+                distributions=t.distributions,
+                values=t.values,
+                user_attrs={**t.user_attrs, **attrs},
+                system_attrs=t.system_attrs,
+                intermediate_values=t.intermediate_values,
+            )
+        )
+    return copy
+
+
+def test_latency_that_never_settled_is_said(ten_trials, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config, _ = ten_trials
+    study = load_study(study=config.study_name, storage=config.storage_url)
+    timed = [t for t in study.trials if t.user_attrs.get("latency_repeats")]
+    noisy = summarize(
+        _copy_with(study, latency_spread=0.09, latency_repeats=200),
+        storage_url=config.storage_url,
+        out_dir=tmp_path,
+        persist=False,
+    )
+    assert noisy.latency_warning is not None
+    assert f"T did not settle in {len(timed)} of {len(timed)} measured trials" in (
+        noisy.latency_warning
+    )
+    assert "after 200 passes" in noisy.latency_warning and "(median spread 9%)" in (
+        noisy.latency_warning
+    )
+    quiet = summarize(
+        _copy_with(study, latency_spread=0.01, latency_repeats=20),
+        storage_url=config.storage_url,
+        out_dir=tmp_path,
+        persist=False,
+    )
+    assert "did not settle" not in (quiet.latency_warning or "")
