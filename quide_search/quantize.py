@@ -129,9 +129,13 @@ class _DequantizedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cast_input:  # quanto's int8/float8 matmul casts activations to the scale dtype
             x = x.to(self.weight.dtype)
-        shape = (*x.shape[:-1], self.out_features)
-        out = torch.matmul(x.reshape(-1, self.in_features), self.weight.t()).reshape(shape)
-        return out if self.bias is None else out + self.bias
+        if x.dim() == 2:
+            out = torch.mm(x, self.weight.t())
+        else:
+            shape = (*x.shape[:-1], self.out_features)
+            out = torch.mm(x.reshape(-1, self.in_features), self.weight.t()).reshape(shape)
+        # In place: the same additions, without allocating a second output.
+        return out if self.bias is None else out.add_(self.bias)
 
 
 def dequantized_twin(quantized: nn.Module) -> nn.Module | None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from quide_search.errors import TrialEvaluationError
 from quide_search.evaluator import Evaluator
 
 
@@ -154,3 +156,16 @@ def test_p_does_not_depend_on_the_first_chunk() -> None:
     }
     assert len(set(scores.values())) == 1
     assert Evaluator(inputs, labels, first_chunk=1000).chunk == 256  # capped at the batch
+
+
+def test_non_finite_logits_fail_the_evaluation_and_huge_finite_ones_do_not() -> None:
+    labels = torch.zeros(4, dtype=torch.long)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        logits = torch.ones(4, 3)
+        logits[2, 1] = bad
+        with pytest.raises(TrialEvaluationError, match="NaN or inf"):
+            Evaluator(logits, labels).evaluate(_Oracle())
+    # Finite, but their sum overflows float32: still a valid score.
+    huge = torch.full((4, 3), 3e38)
+    huge[:, 0] = 3.1e38
+    assert Evaluator(huge, labels).evaluate(_Oracle())[0] == 1.0
