@@ -128,7 +128,7 @@ class Evaluator:
         """
         full = min(self.batch_size, self.samples)
         ladder = [min(full, self.chunk_default * 2**j) for j in range(self.samples.bit_length())]
-        sizes = sorted(set(ladder))
+        sizes = sorted({*ladder, full})  # the ladder may stop short of a full batch
         if len(sizes) == 1:
             return dataclasses.replace(self, first_chunk=full)
         with torch.no_grad():
@@ -144,7 +144,9 @@ class Evaluator:
         first = next(
             n
             for n, t in zip(sizes, seconds, strict=True)
-            if cost(n) <= _PASS_BUDGET * plain and t / n <= _SLOWEST_CHUNK * per_sample
+            if cost(n) <= _PASS_BUDGET * plain
+            and t / n <= _SLOWEST_CHUNK * per_sample
+            or n == full
         )
         return dataclasses.replace(self, first_chunk=first)
 

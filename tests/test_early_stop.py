@@ -169,3 +169,12 @@ def test_non_finite_logits_fail_the_evaluation_and_huge_finite_ones_do_not() -> 
     huge = torch.full((4, 3), 3e38)
     huge[:, 0] = 3.1e38
     assert Evaluator(huge, labels).evaluate(_Oracle())[0] == 1.0
+
+
+@pytest.mark.parametrize("samples", [2, 3, 12, 100, 1000, 1001])
+def test_fitting_the_first_chunk_works_for_any_split_size(samples: int) -> None:
+    evaluator = _evaluator([True] * samples, batch_size=256)
+    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.001, per_sample=0.0))
+    # Calls that cost the same whatever their size: one chunk per full batch.
+    assert fitted.chunk == min(samples, 256)
+    assert fitted.evaluate(_Oracle())[0] == 1.0
