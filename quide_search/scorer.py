@@ -121,8 +121,7 @@ class Scorer:
         if hardest_first and task.score is None:
             self.evaluator = self.evaluator.hardest_first(self.model)
         if eval_chunk == "auto":
-            if task.score is None:  # a task's own score function takes all samples at once
-                self.evaluator = self.evaluator.fit_first_chunk(self.model)
+            self.fit_eval_chunk()
         else:
             self.use_eval_chunk(eval_chunk)
         context = LatencyContext.create(device=device, batch_size=batch_size, source=latency)
@@ -150,8 +149,14 @@ class Scorer:
         self._shapes = layer_shapes(self.model, self._step) if self.context.estimated else []
 
     @classmethod
-    def for_config(cls, task: Task, config: RunConfig, *, device: torch.device) -> Scorer:
+    def for_config(
+        cls, task: Task, config: RunConfig, *, device: torch.device, fit_chunk: bool = True
+    ) -> Scorer:
         """Return the scorer of ``task`` under the measurement settings of ``config``.
+
+        Without ``config.eval_chunk`` the first evaluation chunk is fitted here, unless
+        ``fit_chunk`` is False: a study fits it only when it is created, and processes that
+        join read it from the study (:meth:`fit_eval_chunk`, :meth:`use_eval_chunk`).
 
         Raises:
             ConfigError: If a choice in ``config.bits`` would crash quanto on this model and
@@ -169,8 +174,17 @@ class Scorer:
             latency=config.latency,
             cache_mb=config.cache_mb,
             hardest_first=config.early_stop != "stat",
-            eval_chunk="auto" if config.eval_chunk is None else config.eval_chunk,
+            eval_chunk=config.eval_chunk or ("auto" if fit_chunk else None),
         )
+
+    def fit_eval_chunk(self) -> int:
+        """Fit the first evaluation chunk to this machine's call cost; return it.
+
+        A task's own score function takes all samples at once, so nothing is timed for it.
+        """
+        if self.task.score is None:
+            self.evaluator = self.evaluator.fit_first_chunk(self.model)
+        return self.evaluator.chunk
 
     def use_eval_chunk(self, first: int | None) -> None:
         """Score with this first evaluation chunk from now on (a study's stored choice)."""

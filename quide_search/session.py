@@ -89,7 +89,8 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     # The task first: an unknown model or dataset must fail before any storage file exists.
     task = load_task(**config.task_options(), device_type=device.type)
     torch.manual_seed(config.seed)
-    scorer = Scorer.for_config(task, config, device=device)
+    # The first evaluation chunk is fitted only if this process creates the study.
+    scorer = Scorer.for_config(task, config, device=device, fit_chunk=False)
     protocol = _protocol(config, scorer)
     if config.latency.startswith("table:"):  # a bad file must fail before any study exists
         scorer.prepare_table(config.bits)
@@ -101,7 +102,7 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
         heartbeat = DEFAULT_HEARTBEAT_S if config.heartbeat is None else config.heartbeat
     backend = open_storage(url, heartbeat=heartbeat, on_stale=requeue_stale)
     seed = config.seed if sampler_seed is None else sampler_seed
-    study = _create_or_join(config, backend, protocol, seed)
+    study = _create_or_join(config, backend, protocol, seed, scorer.fit_eval_chunk)
     # Every process scores with the chunking the study was created with (None: a study from
     # before the choice was stored, which used 1/40 of the split).
     scorer.use_eval_chunk(study.user_attrs["protocol"].get("eval_first_chunk"))
@@ -119,7 +120,11 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
 
 
 def _create_or_join(
-    config: RunConfig, backend: Any, protocol: dict[str, Any], seed: int
+    config: RunConfig,
+    backend: Any,
+    protocol: dict[str, Any],
+    seed: int,
+    fit_chunk: Callable[[], int],
 ) -> optuna.Study:
     import optuna
 
@@ -145,6 +150,8 @@ def _create_or_join(
             return study
     # This process created the study (or found it left half-made by a creator that died);
     # others that started with it wait for these attributes.
+    if config.eval_chunk is None:
+        protocol = {**protocol, "eval_first_chunk": fit_chunk()}
     study.set_user_attr("protocol", protocol)
     with warnings.catch_warnings():
         # set_metric_names is marked experimental but has been stable since Optuna 3.2.

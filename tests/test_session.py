@@ -7,9 +7,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+import torch
 from _procs import ATTRS, STUDY, by_state, counted, run_args, signal_mid_trial, start, trials
 
 from quide_search.config import RunConfig
+from quide_search.evaluator import Evaluator
 from quide_search.search import INTERRUPTED, NO_HEARTBEAT
 from quide_search.session import open_session
 from quide_search.study import load_study, run_search
@@ -164,21 +167,35 @@ def test_with_model_latency_the_whole_search_repeats(tmp_path: Path, digits_task
     assert len({tuple(sorted(p.items())) for p, *_ in first}) >= 12
 
 
-def test_joining_a_study_scores_with_its_stored_first_chunk(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+def test_joining_a_study_scores_with_its_stored_first_chunk(  # type: ignore[no-untyped-def]
+    tmp_path: Path, digits_task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fits: list[int] = []
+    real_fit = Evaluator.fit_first_chunk
+
+    def counted_fit(self: Evaluator, model: torch.nn.Module) -> Evaluator:
+        fits.append(1)
+        return real_fit(self, model)
+
+    monkeypatch.setattr(Evaluator, "fit_first_chunk", counted_fit)
     created = open_session(RunConfig(out_dir=str(tmp_path), device="cpu", eval_chunk=7))
     assert created.study.user_attrs["protocol"]["eval_first_chunk"] == 7
     assert created.objective.scorer.evaluator.chunk == 7
-    # Another process (or a resume) given, or fitting, another value uses the study's.
+    # Another process (or a resume) given, or not given, another value uses the study's.
     for chunk in (50, None):
         config = RunConfig(out_dir=str(tmp_path), device="cpu", eval_chunk=chunk)
         joined = open_session(config)
         assert joined.objective.scorer.evaluator.chunk == 7
         assert joined.study.user_attrs["protocol"]["eval_first_chunk"] == 7
-    # Without --eval-chunk a new study stores the value fitted on this machine.
+    assert fits == []  # nothing was timed
+    # Without --eval-chunk a new study stores the value fitted on this machine; a process
+    # that joins it reads the value and times nothing.
     fitted = open_session(RunConfig(out_dir=str(tmp_path / "fit"), device="cpu"))
     stored = fitted.study.user_attrs["protocol"]["eval_first_chunk"]
     assert stored == fitted.objective.scorer.evaluator.chunk
-    assert 13 <= stored <= 256
+    assert 13 <= stored <= 256 and len(fits) == 1
+    joined = open_session(RunConfig(out_dir=str(tmp_path / "fit"), device="cpu"))
+    assert joined.objective.scorer.evaluator.chunk == stored and len(fits) == 1
 
 
 def test_trials_zero_only_prepares_the_study(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
