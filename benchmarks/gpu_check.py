@@ -9,7 +9,8 @@ downloaded), in float16 and bfloat16:
    layers ran a real low-bit kernel rather than quanto's dequantizing fallback.
 2. How well the estimate ranks the uniform plans against measured T where kernels exist.
 3. A ``quide-search run`` study of ``--trials`` trials on the bfloat16 model (int4 runs there
-   through tinygemm; float16 int4 needs AWQ's GEMV kernel, which crashed, see ``BROKEN``).
+   through tinygemm; float16 int4 needs AWQ's GEMV kernel, which crashed: see
+   ``quide_search.quantize.kernel_hazard``, which the run and this script both consult).
 
 P is the top-1 next-token agreement with the float model on 16 random windows of 128 tokens:
 with random weights there is no task accuracy to measure, only fidelity to the float model.
@@ -43,7 +44,7 @@ from torch import nn
 
 from quide_search.latency_model import estimate_ms, layer_shapes, layer_weight_bytes, profile
 from quide_search.models.custom import CustomTask
-from quide_search.quantize import kernel_paths
+from quide_search.quantize import kernel_hazard, kernel_paths
 from quide_search.scorer import Scorer
 from quide_search.task import load_task
 
@@ -64,11 +65,6 @@ WINDOWS, WINDOW_TOKENS = 16, 128
 PROFILE = "gpu-h100-sxm"
 FACTORY = "gpu_check:llama_task"
 COMPILE_WAIT_S = 300.0
-BROKEN = {
-    (torch.float16, "qint4"): "skipped: quanto 0.2.7's AWQ GEMV kernel (float16, int4, fewer than "
-    "8 rows) raised 'CUDA error: an illegal memory access' on an H200 (2026-11-27), which "
-    "ends the process",
-}
 STUDY_DTYPE = torch.bfloat16  # int4 through tinygemm, float8 through Marlin
 _STATE: dict[str, Any] = {"models": {}}
 _STARTED = time.monotonic()
@@ -301,8 +297,9 @@ def _uniform_plans(
     for dtype, scorer in scorers.items():
         rows = results["uniform"][str(dtype)]
         for qtype in UNIFORM:
-            if (dtype, qtype) in BROKEN:
-                rows.append({"qtype": qtype, "missing": BROKEN[dtype, qtype]})
+            hazard = kernel_hazard(scorer.model, device, [qtype])
+            if hazard is not None:  # it would end the process, not just fail the plan
+                rows.append({"qtype": qtype, "missing": f"skipped: {hazard}"})
             elif qtype in NEEDS_EXTENSION and not built:
                 rows.append({"qtype": qtype, "missing": f"quanto_cuda {extension.state}"})
             elif deadline - time.monotonic() < 90:
