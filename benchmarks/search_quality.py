@@ -183,6 +183,7 @@ def digits_part(seeds: int, cap: int, threads: int) -> dict[str, Any]:
         "gate_threshold": bench.gate.threshold,
         # Fitted to this machine's cost of a forward call, as a study does.
         "eval_first_chunk": bench.scorer.evaluator.chunk,
+        "eval_probes": bench.scorer.evaluator.probes,
         "eval_calls": len(list(bench.scorer.evaluator.chunks())),
         "strategies": {},
     }

@@ -211,6 +211,7 @@ def measure(
         "layers": len(layers),
         # Fitted to this machine's cost of a forward call, as a study does.
         "eval_first_chunk": scorer.evaluator.chunk,
+        "eval_probes": scorer.evaluator.probes,
         "eval_calls": len(list(scorer.evaluator.chunks())),
         "floor_eval_calls": -(-scorer.evaluator.samples // scorer.evaluator.batch_size),
         "median_ms": {k: 1e3 * v for k, v in median.items()},

@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
-import numpy
 import torch
 from torch import nn
 
+from quide_search.chunking import chunk_bounds, fit_chunking
 from quide_search.data import Split
 from quide_search.errors import ConfigError, TrialEvaluationError
 
 __all__ = ["EvalResult", "Evaluator", "logits_of"]
 
 _MIN_CHUNKS = 40
-_PASS_BUDGET = 1.2
-"""Most a chunked full pass may cost, relative to the plain batched pass."""
-_SLOWEST_CHUNK = 1.3
-"""Most a first chunk may cost per sample, relative to a full batch."""
-_TIMING_S = 1.0
-"""Time after which timing the call ladder stops (past 3 rounds) when fitting the chunk."""
-_ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -41,19 +34,23 @@ class Evaluator:
         labels: Their labels, on the device.
         batch_size: Samples per forward pass.
         first_chunk: Samples in the first forward pass; None for 1/40 of the split (see
-            :meth:`fit_first_chunk` for a choice from the measured cost of a call).
+            :meth:`fit_chunking` for a choice from the measured cost of a call).
+        probes: Chunks that double before the rest goes in full batches; None: all do.
     """
 
     inputs: torch.Tensor
     labels: torch.Tensor
     batch_size: int = 256
     first_chunk: int | None = None
+    probes: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"eval batch size must be >= 1, but got {self.batch_size}.")
         if self.first_chunk is not None and self.first_chunk < 1:
             raise ConfigError(f"--eval-chunk must be >= 1, but got {self.first_chunk}.")
+        if self.probes is not None and self.probes < 1:
+            raise ConfigError(f"eval probes must be >= 1 or None, but got {self.probes}.")
         if self.inputs.shape[0] != self.labels.shape[0] or self.labels.shape[0] == 0:
             raise ConfigError(
                 "inputs and labels must have the same, non-zero length, but got "
@@ -103,52 +100,23 @@ class Evaluator:
 
         Small first chunks let a hopeless plan stop early (with the hardest samples first,
         that is where it shows); doubling keeps the number of passes for a plan that goes the
-        distance near log2(40) + 1, not 40. The chunking is the same whether or not stopping
-        is on, so a plan scores the same P either way.
+        distance near log2(40) + 1, not 40; past ``probes`` chunks the rest goes in full
+        batches. The chunking is the same whether or not stopping is on, so a plan scores
+        the same P either way.
         """
-        return _chunks(self.samples, self.batch_size, self.chunk)
+        return chunk_bounds(self.samples, self.batch_size, self.chunk, self.probes)
 
-    def fit_first_chunk(self, model: nn.Module) -> Evaluator:
-        """Return this evaluator with the smallest first chunk that chunking can afford.
+    def fit_chunking(self, model: nn.Module) -> Evaluator:
+        """Return this evaluator with the chunk schedule early stopping can afford.
 
-        A forward call costs more per sample the fewer samples it has (fixed per-call work,
-        kernels that need a batch to fill the cores): on SimpleCNN/digits, 13 samples take
-        0.3-0.4 ms and 256 take 1.5-1.9 ms, and a 15-block Llama takes 7-9 ms for 1 window
-        against 23 ms for 16. There the extra calls of early stopping's small chunks cost
-        more than the samples they could save. This times one call of ``model`` at each
-        size of the doubling ladder (1/40 of the split, twice that, ..., a full batch;
-        fastest of interleaved rounds) and returns the smallest first chunk on the ladder
-        such that a full pass, priced from those times, costs at most 1.2 times the plain
-        batched pass (the most a whole trial may cost), and the first chunk runs at least
-        at 1/1.3 of a full batch's throughput (a chunk far slower per sample saves little
-        when a plan stops after it, and schedules of such chunks differ in price by less
-        than this machine's timing noise). A model whose small calls cost in proportion
-        keeps 1/40. The result depends on timings, so a study stores it and every process
-        that joins the study uses the stored value.
+        Timed on ``model`` (the float model) by :func:`~quide_search.chunking.fit_chunking`.
+        The result depends on timings, so a study stores it and every process that joins
+        the study uses the stored value.
         """
-        full = min(self.batch_size, self.samples)
-        ladder = [min(full, self.chunk_default * 2**j) for j in range(self.samples.bit_length())]
-        sizes = sorted({*ladder, full})  # the ladder may stop short of a full batch
-        if len(sizes) == 1:
-            return dataclasses.replace(self, first_chunk=full)
-        with torch.no_grad():
-            seconds = _ladder_seconds(model, [self.inputs[:n] for n in sizes])
-
-        def cost(first: int) -> float:
-            return sum(
-                float(numpy.interp(stop - start, sizes, seconds))
-                for start, stop in _chunks(self.samples, self.batch_size, first)
-            )
-
-        plain, per_sample = cost(full), seconds[-1] / full
-        first = next(
-            n
-            for n, t in zip(sizes, seconds, strict=True)
-            if cost(n) <= _PASS_BUDGET * plain
-            and t / n <= _SLOWEST_CHUNK * per_sample
-            or n == full
+        first, probes = fit_chunking(
+            model, self.inputs, self.batch_size, self.chunk_default, partial(self._chunk, model)
         )
-        return dataclasses.replace(self, first_chunk=first)
+        return dataclasses.replace(self, first_chunk=first, probes=probes)
 
     @property
     def chunk_default(self) -> int:
@@ -274,38 +242,6 @@ class EvalResult:
     def stopped(self) -> bool:
         """Whether the evaluation stopped before scoring every sample."""
         return self.accuracy is None
-
-
-def _chunks(samples: int, batch_size: int, first: int) -> Iterator[tuple[int, int]]:
-    start = 0
-    while start < samples:
-        size = min(batch_size, max(first, start))
-        yield start, min(samples, start + size)
-        start += size
-
-
-def _ladder_seconds(model: nn.Module, batches: list[torch.Tensor]) -> list[float]:
-    """Fastest time of one call on each batch, over rounds that take each batch in turn.
-
-    Rounds interleave the sizes so that a slow spell of the machine (this project's 2-core
-    VM swings by up to 2x within seconds) touches every size alike; the fastest of each
-    is kept, since noise only adds. At least 3 rounds, at most 20, stopping after 1 s.
-    """
-    cuda = batches[0].device.type == "cuda"
-    best = [math.inf] * len(batches)
-    started = time.perf_counter()
-    for round_ in range(_ROUNDS):
-        for i, batch in enumerate(batches):
-            if cuda:
-                torch.cuda.synchronize(batch.device)
-            t0 = time.perf_counter()
-            model(batch)
-            if cuda:
-                torch.cuda.synchronize(batch.device)
-            best[i] = min(best[i], time.perf_counter() - t0)
-        if round_ >= 2 and time.perf_counter() - started > _TIMING_S:
-            break
-    return best
 
 
 def _all_finite(logits: torch.Tensor) -> bool:

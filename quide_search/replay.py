@@ -93,8 +93,9 @@ def evaluate_plan(
         eval_batch_size=int(protocol.get("eval_batch_size", 256)),
         threads=latency.get("threads"),
         latency=str(latency.get("method", "")) if latency.get("profile") else "measured",
-        eval_chunk=protocol.get("eval_first_chunk"),
+        eval_chunk=None,  # the study's schedule, set next
     )
+    scorer.use_eval_chunk(protocol.get("eval_first_chunk"), protocol.get("eval_probes"))
     measured = scorer.measure(plan)
     baseline_p = record.get("baseline", {}).get("P")
     if baseline_p is None:

@@ -90,7 +90,7 @@ class Scorer:
         hardest_first: Evaluate the float model's least sure samples first, so the exact
             early stop comes sooner (P does not change); off for the statistical stop.
         eval_chunk: Samples in the first evaluation chunk; ``auto`` fits it to the measured
-            cost of a forward call (:meth:`Evaluator.fit_first_chunk`), None keeps 1/40 of
+            cost of a forward call (:meth:`Evaluator.fit_chunking`), None keeps 1/40 of
             the split (plans recorded before the choice existed).
     """
 
@@ -177,18 +177,18 @@ class Scorer:
             eval_chunk=config.eval_chunk or ("auto" if fit_chunk else None),
         )
 
-    def fit_eval_chunk(self) -> int:
-        """Fit the first evaluation chunk to this machine's call cost; return it.
+    def fit_eval_chunk(self) -> tuple[int, int | None]:
+        """Fit the evaluation's chunk schedule to this machine's call cost; return it.
 
         A task's own score function takes all samples at once, so nothing is timed for it.
         """
         if self.task.score is None:
-            self.evaluator = self.evaluator.fit_first_chunk(self.model)
-        return self.evaluator.chunk
+            self.evaluator = self.evaluator.fit_chunking(self.model)
+        return self.evaluator.chunk, self.evaluator.probes
 
-    def use_eval_chunk(self, first: int | None) -> None:
-        """Score with this first evaluation chunk from now on (a study's stored choice)."""
-        self.evaluator = dataclasses.replace(self.evaluator, first_chunk=first)
+    def use_eval_chunk(self, first: int | None, probes: int | None = None) -> None:
+        """Score with this chunk schedule from now on (a study's stored choice)."""
+        self.evaluator = dataclasses.replace(self.evaluator, first_chunk=first, probes=probes)
 
     @property
     def latency_label(self) -> str:

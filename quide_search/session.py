@@ -105,7 +105,8 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     study = _create_or_join(config, backend, protocol, seed, scorer.fit_eval_chunk)
     # Every process scores with the chunking the study was created with (None: a study from
     # before the choice was stored, which used 1/40 of the split).
-    scorer.use_eval_chunk(study.user_attrs["protocol"].get("eval_first_chunk"))
+    stored = study.user_attrs["protocol"]
+    scorer.use_eval_chunk(stored.get("eval_first_chunk"), stored.get("eval_probes"))
     objective = PlanObjective(
         scorer=scorer,
         gate=Gate(baseline_P=1.0, **config.gate_settings()),  # replaced below
@@ -124,7 +125,7 @@ def _create_or_join(
     backend: Any,
     protocol: dict[str, Any],
     seed: int,
-    fit_chunk: Callable[[], int],
+    fit_chunk: Callable[[], tuple[int, int | None]],
 ) -> optuna.Study:
     import optuna
 
@@ -151,7 +152,8 @@ def _create_or_join(
     # This process created the study (or found it left half-made by a creator that died);
     # others that started with it wait for these attributes.
     if config.eval_chunk is None:
-        protocol = {**protocol, "eval_first_chunk": fit_chunk()}
+        first, probes = fit_chunk()
+        protocol = {**protocol, "eval_first_chunk": first, "eval_probes": probes}
     study.set_user_attr("protocol", protocol)
     with warnings.catch_warnings():
         # set_metric_names is marked experimental but has been stable since Optuna 3.2.
@@ -208,6 +210,7 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "eval_batch_size": config.eval_batch_size,
         # Fitted to this machine's call cost when not given: the study's value wins on resume.
         "eval_first_chunk": scorer.evaluator.chunk,
+        "eval_probes": scorer.evaluator.probes,
         "seed": config.seed,
         "unit": LATENCY_UNIT,
         "versions": {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -104,48 +102,6 @@ def test_hardest_first_keeps_p_and_stops_sooner() -> None:
     )
 
 
-class _Costly(nn.Module):
-    """The oracle, made slow: ``fixed`` seconds a call plus ``per_sample`` seconds a sample."""
-
-    def __init__(self, fixed: float, per_sample: float) -> None:
-        super().__init__()
-        self.fixed, self.per_sample = fixed, per_sample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(self.fixed + self.per_sample * x.shape[0])
-        return x
-
-
-def test_first_chunk_grows_when_each_call_has_a_fixed_cost() -> None:
-    evaluator = _evaluator([True] * 1000, batch_size=250)
-    # A call that costs the same for 25 samples as for 250: chunks would only add calls.
-    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.004, per_sample=0.0))
-    assert fitted.chunk == 250
-    assert list(fitted.chunks()) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
-    # Calls that cost only their samples: 1/40 first, as without fitting.
-    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.0, per_sample=0.0002))
-    assert fitted.chunk == evaluator.chunk == 25
-
-
-def test_fitted_first_chunk_runs_near_full_batch_throughput() -> None:
-    evaluator = _evaluator([True] * 1000, batch_size=250)
-    # 3 ms a call + 0.1 ms a sample: per sample, 25 samples cost 1.96x a full batch (28 ms
-    # for 250), 50 cost 1.43x, 100 cost 1.16x. From 100 a full pass takes 6 calls, 118 ms,
-    # against 112 ms in 4 plain calls: within 1.2x.
-    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.003, per_sample=0.0001))
-    assert fitted.chunk == 100
-    assert list(fitted.chunks())[:3] == [(0, 100), (100, 200), (200, 400)]
-
-
-def test_fitted_chunking_keeps_a_full_pass_within_the_trial_budget() -> None:
-    evaluator = _evaluator([True] * 16, batch_size=256)
-    # Like a deep model on few samples: 6 ms a call + 1 ms a sample. A first chunk of 8
-    # runs at 1.27x a full batch's cost per sample, but its pass (2 calls, 28 ms) costs
-    # 1.27x the single plain call (22 ms): over 1.2x, so there is one chunk.
-    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.006, per_sample=0.001))
-    assert fitted.chunk == 16 and list(fitted.chunks()) == [(0, 16)]
-
-
 def test_p_does_not_depend_on_the_first_chunk() -> None:
     torch.manual_seed(2)
     model = nn.Linear(5, 4)
@@ -169,12 +125,3 @@ def test_non_finite_logits_fail_the_evaluation_and_huge_finite_ones_do_not() -> 
     huge = torch.full((4, 3), 3e38)
     huge[:, 0] = 3.1e38
     assert Evaluator(huge, labels).evaluate(_Oracle())[0] == 1.0
-
-
-@pytest.mark.parametrize("samples", [2, 3, 12, 100, 1000, 1001])
-def test_fitting_the_first_chunk_works_for_any_split_size(samples: int) -> None:
-    evaluator = _evaluator([True] * samples, batch_size=256)
-    fitted = evaluator.fit_first_chunk(_Costly(fixed=0.001, per_sample=0.0))
-    # Calls that cost the same whatever their size: one chunk per full batch.
-    assert fitted.chunk == min(samples, 256)
-    assert fitted.evaluate(_Oracle())[0] == 1.0

@@ -171,13 +171,13 @@ def test_joining_a_study_scores_with_its_stored_first_chunk(  # type: ignore[no-
     tmp_path: Path, digits_task, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fits: list[int] = []
-    real_fit = Evaluator.fit_first_chunk
+    real_fit = Evaluator.fit_chunking
 
     def counted_fit(self: Evaluator, model: torch.nn.Module) -> Evaluator:
         fits.append(1)
         return real_fit(self, model)
 
-    monkeypatch.setattr(Evaluator, "fit_first_chunk", counted_fit)
+    monkeypatch.setattr(Evaluator, "fit_chunking", counted_fit)
     created = open_session(RunConfig(out_dir=str(tmp_path), device="cpu", eval_chunk=7))
     assert created.study.user_attrs["protocol"]["eval_first_chunk"] == 7
     assert created.objective.scorer.evaluator.chunk == 7
@@ -191,11 +191,14 @@ def test_joining_a_study_scores_with_its_stored_first_chunk(  # type: ignore[no-
     # Without --eval-chunk a new study stores the value fitted on this machine; a process
     # that joins it reads the value and times nothing.
     fitted = open_session(RunConfig(out_dir=str(tmp_path / "fit"), device="cpu"))
-    stored = fitted.study.user_attrs["protocol"]["eval_first_chunk"]
-    assert stored == fitted.objective.scorer.evaluator.chunk
-    assert 13 <= stored <= 256 and len(fits) == 1
-    joined = open_session(RunConfig(out_dir=str(tmp_path / "fit"), device="cpu"))
-    assert joined.objective.scorer.evaluator.chunk == stored and len(fits) == 1
+    protocol = fitted.study.user_attrs["protocol"]
+    stored = (protocol["eval_first_chunk"], protocol["eval_probes"])
+    evaluator = fitted.objective.scorer.evaluator
+    assert stored == (evaluator.chunk, evaluator.probes)
+    assert 13 <= stored[0] <= 256 and len(fits) == 1
+    joined = open_session(RunConfig(out_dir=str(tmp_path / "fit"), device="cpu")).objective
+    assert (joined.scorer.evaluator.chunk, joined.scorer.evaluator.probes) == stored
+    assert len(fits) == 1
 
 
 def test_trials_zero_only_prepares_the_study(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
