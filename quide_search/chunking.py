@@ -29,10 +29,12 @@ __all__ = ["Chunking", "chunk_bounds", "fit_chunking"]
 Chunking = tuple[int, int | None]
 """(first chunk, probes): see the module docstring."""
 
-_SLOWEST_CHUNK = 1.3
+_SLOWEST_CHUNK = 1.5
 """Most the first chunk may cost per sample, relative to a full batch."""
 _CALL_BUDGET = 0.15
 """Share of a plain full pass that the extra calls of chunking may cost."""
+_PROBE_BUDGET = 0.2
+"""Most one probe, the least early stopping needs, may cost, as a share of a plain pass."""
 _CHEAP_PASS_S = 0.25
 """Below this a full pass is cheap enough to time whole; above, calls are priced alone."""
 _TIMING_S = 1.0
@@ -62,14 +64,16 @@ def fit_chunking(
     """Return the schedule early stopping can afford for ``model`` on these inputs.
 
     1. The first chunk is the smallest size of the doubling ladder (``default_first``, twice
-       that, ..., a full batch) whose call runs at no less than 1/1.3 of a full batch's
-       throughput: a chunk far slower per sample saves little when a plan stops after it.
+       that, ..., a full batch) whose call runs at no less than 1/1.5 of a full batch's
+       throughput: a chunk far slower per sample saves little when a plan stops after it
+       (and on digits, 13 or 26 samples are too few for the exact stop to fire at all).
     2. The cost of one more call is measured: a plain pass against the same pass with
        every batch split in two (both timed whole, through ``score(start, stop)``, when a
        pass is cheap; priced from single calls when it is not, since then a call's fixed
        cost is small against it). Chunking may add at most 15 % of a plain pass, which
        gives the number of extra calls; the doubling probes stop there, and the rest of
-       the samples go in full batches. No affordable extra call: one chunk per batch.
+       the samples go in full batches. One probe, which early stopping needs to work at
+       all, is allowed up to 20 %. A dearer call: one chunk per batch, no early stop.
     """
     samples = int(inputs.shape[0])
     full = min(batch_size, samples)
@@ -88,6 +92,8 @@ def fit_chunking(
         plain, call = _call_cost(inputs, batch_size, score, sizes, seconds)
     plain_calls = sum(1 for _ in chunk_bounds(samples, batch_size, full))
     extra = math.inf if call <= 0 else math.floor(_CALL_BUDGET * plain / call)
+    if call <= _PROBE_BUDGET * plain:
+        extra = max(extra, 1)
     if extra < 1:
         return full, None
     probes = None

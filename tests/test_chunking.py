@@ -67,11 +67,11 @@ def test_calls_that_cost_only_their_samples_keep_1_40_doubling(clock: _Clock) ->
 
 def test_first_chunk_runs_near_full_batch_throughput(clock: _Clock) -> None:
     # 3 ms a call + 0.1 ms a sample: per sample, 25 samples cost 1.96x a full batch (28 ms
-    # for 250), 50 cost 1.43x, 100 cost 1.16x. One more call adds 3 ms to a 112-ms plain
-    # pass: 15 % buys 5, and doubling from 100 takes 2 more than the plain 4.
+    # for 250), 50 cost 1.43x: within 1.5x. One more call adds 3 ms to a 112-ms plain pass:
+    # 15 % buys 5, and doubling from 50 takes 3 more than the plain 4.
     fitted = _evaluator(1000, 250).fit_chunking(_Costly(clock, fixed_ms=3.0, per_sample_ms=0.1))
-    assert (fitted.chunk, fitted.probes) == (100, None)
-    assert list(fitted.chunks())[:3] == [(0, 100), (100, 200), (200, 400)]
+    assert (fitted.chunk, fitted.probes) == (50, None)
+    assert list(fitted.chunks())[:3] == [(0, 50), (50, 100), (100, 200)]
 
 
 def test_few_affordable_calls_stop_the_doubling_early(clock: _Clock) -> None:
@@ -82,6 +82,16 @@ def test_few_affordable_calls_stop_the_doubling_early(clock: _Clock) -> None:
     fitted = _evaluator(500, 256).fit_chunking(_Costly(clock, fixed_ms=0.5, per_sample_ms=0.01))
     assert (fitted.chunk, fitted.probes) == (104, 1)
     assert list(fitted.chunks()) == [(0, 104), (104, 360), (360, 500)]
+
+
+def test_one_probe_is_kept_while_a_call_costs_at_most_a_fifth_of_the_pass(clock: _Clock) -> None:
+    # 500 samples in batches of 256, 0.01 ms a sample. At 0.8 ms a call one more call costs
+    # 12 % of the 6.6-ms plain pass: within the 15 % budget. At 1.4 ms it costs 18 % of
+    # 7.8 ms: over 15 %, but one probe is kept up to 20 %. At 2 ms (22 %) it lapses.
+    for fixed_ms, calls in ((0.8, 3), (1.4, 3), (2.0, 2)):
+        fitted = _evaluator(500, 256).fit_chunking(_Costly(clock, fixed_ms, 0.01))
+        assert len(list(fitted.chunks())) == calls, fixed_ms
+        assert (fitted.chunk < 256) == (calls == 3), fixed_ms
 
 
 def test_a_call_that_costs_a_quarter_of_the_pass_means_no_chunks(clock: _Clock) -> None:
