@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from time import perf_counter
 
+import numpy
 import torch
 from torch import nn
 
@@ -82,7 +83,7 @@ def fit_chunking(
     if len(sizes) == 1:
         return full, None
     with torch.no_grad():
-        seconds = _fastest([partial(model, inputs[:n]) for n in sizes], inputs)
+        seconds = _fastest([partial(model, inputs[:n]) for n in sizes], inputs.device)
         per_sample = seconds[-1] / full
         first = next(
             n for n, t in zip(sizes, seconds, strict=True) if t / n <= _SLOWEST_CHUNK * per_sample
@@ -90,7 +91,7 @@ def fit_chunking(
         if first == full:
             return full, None
         plain, call = _call_cost(inputs, batch_size, score, sizes, seconds)
-    plain_calls = sum(1 for _ in chunk_bounds(samples, batch_size, full))
+    plain_calls = _calls(samples, batch_size, full, None)
     extra = math.inf if call <= 0 else math.floor(_CALL_BUDGET * plain / call)
     if call <= _PROBE_BUDGET * plain:
         extra = max(extra, 1)
@@ -118,15 +119,14 @@ def _call_cost(
     """Return (seconds of a plain pass, seconds one more call adds to it)."""
     samples = int(inputs.shape[0])
     plain = list(chunk_bounds(samples, batch_size, min(batch_size, samples)))
+    # Full batches hold 2 samples or more here (fit_chunking returned otherwise): each splits.
     halves = [b for start, stop in plain for b in _halves(start, stop)]
-    if len(halves) == len(plain):  # batches of one sample cannot be split
-        return 1.0, 0.0
-    estimate = sum(_interp(stop - start, sizes, seconds) for start, stop in plain)
+    estimate = sum(float(numpy.interp(stop - start, sizes, seconds)) for start, stop in plain)
     if estimate > _CHEAP_PASS_S:
-        split = sum(_interp(stop - start, sizes, seconds) for start, stop in halves)
+        split = sum(float(numpy.interp(stop - start, sizes, seconds)) for start, stop in halves)
     else:
         passes = [partial(_score_all, score, b) for b in (plain, halves)]
-        estimate, split = _fastest(passes, inputs)
+        estimate, split = _fastest(passes, inputs.device)
     return estimate, (split - estimate) / (len(halves) - len(plain))
 
 
@@ -140,36 +140,24 @@ def _halves(start: int, stop: int) -> list[tuple[int, int]]:
     return [(start, middle), (middle, stop)] if middle > start else [(start, stop)]
 
 
-def _interp(n: int, sizes: Sequence[int], seconds: Sequence[float]) -> float:
-    """Seconds of a call of ``n`` samples, linear between the timed sizes."""
-    if n <= sizes[0]:
-        return seconds[0]
-    for (a, ta), (b, tb) in zip(
-        zip(sizes, seconds, strict=True), zip(sizes[1:], seconds[1:], strict=True), strict=False
-    ):
-        if n <= b:
-            return ta + (tb - ta) * (n - a) / (b - a)
-    return seconds[-1] * n / sizes[-1]
-
-
-def _fastest(runs: Sequence[Callable[[], object]], inputs: torch.Tensor) -> list[float]:
+def _fastest(runs: Sequence[Callable[[], object]], device: torch.device) -> list[float]:
     """Fastest time of each run, over rounds that take each run in turn.
 
     Rounds interleave the runs so that a slow spell of the machine (this project's 2-core
     VM swings by up to 2x within seconds) touches each alike; the fastest is kept, since
     noise only adds. At least 3 rounds, at most 20, stopping after 1 s.
     """
-    cuda = inputs.device.type == "cuda"
+    cuda = device.type == "cuda"
     best = [math.inf] * len(runs)
     started = perf_counter()
     for round_ in range(_ROUNDS):
         for i, run in enumerate(runs):
             if cuda:
-                torch.cuda.synchronize(inputs.device)
+                torch.cuda.synchronize(device)
             t0 = perf_counter()
             run()
             if cuda:
-                torch.cuda.synchronize(inputs.device)
+                torch.cuda.synchronize(device)
             best[i] = min(best[i], perf_counter() - t0)
         if round_ >= 2 and perf_counter() - started > _TIMING_S:
             break

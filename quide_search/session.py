@@ -102,7 +102,10 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
         heartbeat = DEFAULT_HEARTBEAT_S if config.heartbeat is None else config.heartbeat
     backend = open_storage(url, heartbeat=heartbeat, on_stale=requeue_stale)
     seed = config.seed if sampler_seed is None else sampler_seed
-    study = _create_or_join(config, backend, protocol, seed, scorer.fit_eval_chunk)
+    # The creator stores the chunk schedule: --eval-chunk's, or one fitted to this machine.
+    pinned = (scorer.evaluator.chunk, scorer.evaluator.probes)
+    schedule = scorer.fit_eval_chunk if config.eval_chunk is None else lambda: pinned
+    study = _create_or_join(config, backend, protocol, seed, schedule)
     # Every process scores with the chunking the study was created with (None: a study from
     # before the choice was stored, which used 1/40 of the split).
     stored = study.user_attrs["protocol"]
@@ -125,7 +128,7 @@ def _create_or_join(
     backend: Any,
     protocol: dict[str, Any],
     seed: int,
-    fit_chunk: Callable[[], tuple[int, int | None]],
+    schedule: Callable[[], tuple[int, int | None]],
 ) -> optuna.Study:
     import optuna
 
@@ -151,9 +154,8 @@ def _create_or_join(
             return study
     # This process created the study (or found it left half-made by a creator that died);
     # others that started with it wait for these attributes.
-    if config.eval_chunk is None:
-        first, probes = fit_chunk()
-        protocol = {**protocol, "eval_first_chunk": first, "eval_probes": probes}
+    first, probes = schedule()
+    protocol = {**protocol, "eval_first_chunk": first, "eval_probes": probes}
     study.set_user_attr("protocol", protocol)
     with warnings.catch_warnings():
         # set_metric_names is marked experimental but has been stable since Optuna 3.2.
@@ -208,9 +210,6 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "gate": config.gate_settings(),
         "latency": {k: v for k, v in scorer.context.to_dict().items() if k != "torch_version"},
         "eval_batch_size": config.eval_batch_size,
-        # Fitted to this machine's call cost when not given: the study's value wins on resume.
-        "eval_first_chunk": scorer.evaluator.chunk,
-        "eval_probes": scorer.evaluator.probes,
         "seed": config.seed,
         "unit": LATENCY_UNIT,
         "versions": {
