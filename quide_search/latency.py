@@ -3,13 +3,20 @@
 On CUDA the passes are timed with CUDA events after synchronisation (host clocks would time the
 kernel launches, not the kernels); on CPU with ``time.perf_counter_ns``. The thread count, batch
 size, device and torch version travel with every number, since T means nothing without them.
+
+On a CPU, each pass of a plan can be paired with a pass of a reference model (the float model),
+and T is the median of their ratios times the reference's T measured once (``reference_ms``).
+A shared CPU's speed drifts by up to 2x within seconds (``benchmarks/timer_noise.py``), and two
+plain medians of one plan taken at different moments differ by as much; a pass and the
+reference's pass taken next to it see the same speed, so their ratio does not drift with it.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from time import perf_counter_ns
 from typing import Any
 
 import torch
@@ -54,12 +61,17 @@ class LatencyContext:
     unit: str = LATENCY_UNIT
     profile: dict[str, Any] | None = None
     decode: dict[str, Any] | None = None
+    reference_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, but got {self.batch_size}.")
         if self.min_repeats < 20:
             raise ConfigError(f"at least 20 timed passes are required, got {self.min_repeats}.")
+        if self.reference_ms is not None and not 0 < self.reference_ms < float("inf"):
+            raise ConfigError(
+                f"the latency reference must be finite and > 0 ms, but got {self.reference_ms!r}."
+            )
         if self.max_repeats < self.min_repeats:
             raise ConfigError(
                 f"max_repeats >= min_repeats must hold, but got ({self.max_repeats}, "
@@ -109,33 +121,58 @@ class LatencyContext:
 
 @dataclass(frozen=True)
 class LatencyResult:
-    """A measured latency: the median, how many passes it took and how tight they were."""
+    """A measured latency: the median, how many passes it took and how tight they were.
+
+    ``raw_ms`` is the plain median of the model's own passes; it differs from ``median_ms``
+    only when the passes were paired with a reference.
+    """
 
     median_ms: float
     repeats: int
     spread: float
+    raw_ms: float | None = None
 
 
 def measure_latency(
-    model: nn.Module, example: torch.Tensor, *, context: LatencyContext
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    context: LatencyContext,
+    reference: nn.Module | None = None,
 ) -> LatencyResult:
     """Time ``model(example)`` and return the median in milliseconds.
 
     After ``warmup`` passes, passes are timed until at least ``min_repeats`` are in hand and the
     middle half of them spreads by at most ``target_spread`` of the median, or ``max_repeats``
-    is reached.
+    is reached. With a ``reference`` (which needs ``context.reference_ms``), each timed pass is
+    one pass of each model, in alternating order, and counts as ``reference_ms`` times their
+    ratio; ``max_repeats`` then bounds the passes of both models together (at most half as
+    many pairs, and never fewer than ``min_repeats``), so pairing costs no more passes.
 
     Raises:
         TrialEvaluationError: If the median is not finite and > 0, or forward fails.
     """
+    scale, cap = 1.0, context.max_repeats
+    if reference is not None:
+        if context.reference_ms is None:
+            raise TrialEvaluationError("a paired latency needs the reference's T (a bug)")
+        scale, cap = context.reference_ms, max(context.min_repeats, context.max_repeats // 2)
     timer = _cuda_pass if context.method == "cuda_events" else _cpu_pass
+    own: list[float] = []
     samples: list[float] = []
     try:
         with torch.no_grad():
             for _ in range(context.warmup):
-                timer(model, example)
-            while len(samples) < context.max_repeats:
-                samples.append(timer(model, example))
+                for warm in (model,) if reference is None else (model, reference):
+                    timer(warm, example)
+            while len(samples) < cap:
+                if reference is None:
+                    own.append(timer(model, example))
+                    samples.append(own[-1])
+                else:
+                    mine, ref = _pair(timer, model, reference, example, len(own) % 2 == 1)
+                    own.append(mine)
+                    samples.append(mine / ref * scale)
                 if (
                     len(samples) >= context.min_repeats
                     and _spread(samples) <= context.target_spread
@@ -148,7 +185,30 @@ def measure_latency(
     median = statistics.median(samples)
     if not (median > 0 and median < float("inf")):
         raise TrialEvaluationError(f"latency must be finite and > 0 ms, but measured {median!r}")
-    return LatencyResult(median_ms=median, repeats=len(samples), spread=_spread(samples))
+    return LatencyResult(
+        median_ms=median,
+        repeats=len(samples),
+        spread=_spread(samples),
+        raw_ms=statistics.median(own),
+    )
+
+
+def _pair(
+    timer: Callable[[nn.Module, torch.Tensor], float],
+    model: nn.Module,
+    reference: nn.Module,
+    example: torch.Tensor,
+    reference_first: bool,
+) -> tuple[float, float]:
+    """Time one pass of ``model`` and one of ``reference`` back to back: (model ms, ref ms).
+
+    The order alternates between pairs, so neither model always runs on the other's caches.
+    """
+    if reference_first:
+        ref = timer(reference, example)
+        return timer(model, example), ref
+    mine = timer(model, example)
+    return mine, timer(reference, example)
 
 
 def _spread(samples: list[float]) -> float:
@@ -157,9 +217,9 @@ def _spread(samples: list[float]) -> float:
 
 
 def _cpu_pass(model: nn.Module, example: torch.Tensor) -> float:
-    start = time.perf_counter_ns()
+    start = perf_counter_ns()
     model(example)
-    return (time.perf_counter_ns() - start) / 1e6
+    return (perf_counter_ns() - start) / 1e6
 
 
 def _cuda_pass(model: nn.Module, example: torch.Tensor) -> float:
