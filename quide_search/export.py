@@ -66,7 +66,10 @@ def plan_record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
     plan = BitPlan(model=protocol["model"], dataset=protocol["dataset"], layers=trial_plan(trial))
     baseline = study.user_attrs.get("baseline", {})
     metrics = {k: trial.user_attrs[k] for k in _METRIC_KEYS if k in trial.user_attrs}
-    metrics["latency"] = protocol.get("latency", {})
+    metrics["latency"] = {
+        **protocol.get("latency", {}),
+        "reference_ms": protocol.get("latency_reference_ms"),
+    }
     return {
         **plan.to_dict(),
         "metrics": metrics,

@@ -94,6 +94,7 @@ def evaluate_plan(
         threads=latency.get("threads"),
         latency=str(latency.get("method", "")) if latency.get("profile") else "measured",
         eval_chunk=None,  # the study's schedule, set next
+        latency_reference=protocol.get("latency_reference_ms"),
     )
     scorer.use_eval_chunk(protocol.get("eval_first_chunk"), protocol.get("eval_probes"))
     measured = scorer.measure(plan)

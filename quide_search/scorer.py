@@ -57,6 +57,7 @@ class Measurement:
     latency_repeats: int
     latency_spread: float
     eval_samples: int
+    T_raw_ms: float | None = None
     perplexity: float | None = None
     fallback_layers: list[str] = field(default_factory=list)
     kernel_layers: list[str] = field(default_factory=list)
@@ -92,6 +93,9 @@ class Scorer:
         eval_chunk: Samples in the first evaluation chunk; ``auto`` fits it to the measured
             cost of a forward call (:meth:`Evaluator.fit_chunking`), None keeps 1/40 of
             the split (plans recorded before the choice existed).
+        latency_reference: The float model's T per timed pass, which measured T on a CPU is
+            paired with (:meth:`calibrate_latency`); ``auto`` measures it now, None times
+            plain medians (studies recorded before pairing existed).
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class Scorer:
         cache_mb: float = 4096.0,
         hardest_first: bool = True,
         eval_chunk: int | Literal["auto"] | None = "auto",
+        latency_reference: float | Literal["auto"] | None = "auto",
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -147,16 +152,21 @@ class Scorer:
         # and the per-layer table time for a causal LM.
         self._step = self.example[:, :1] if task.decode is not None else self.example
         self._shapes = layer_shapes(self.model, self._step) if self.context.estimated else []
+        if latency_reference == "auto":
+            self.calibrate_latency()
+        else:
+            self.use_latency_reference(latency_reference)
 
     @classmethod
     def for_config(
-        cls, task: Task, config: RunConfig, *, device: torch.device, fit_chunk: bool = True
+        cls, task: Task, config: RunConfig, *, device: torch.device, calibrate: bool = True
     ) -> Scorer:
         """Return the scorer of ``task`` under the measurement settings of ``config``.
 
-        Without ``config.eval_chunk`` the first evaluation chunk is fitted here, unless
-        ``fit_chunk`` is False: a study fits it only when it is created, and processes that
-        join read it from the study (:meth:`fit_eval_chunk`, :meth:`use_eval_chunk`).
+        Without ``config.eval_chunk`` the first evaluation chunk is fitted here, and the
+        latency reference is measured, unless ``calibrate`` is False: a study does both only
+        when it is created, and processes that join read them from the study
+        (:meth:`use_eval_chunk`, :meth:`use_latency_reference`).
 
         Raises:
             ConfigError: If a choice in ``config.bits`` would crash quanto on this model and
@@ -174,7 +184,8 @@ class Scorer:
             latency=config.latency,
             cache_mb=config.cache_mb,
             hardest_first=config.early_stop != "stat",
-            eval_chunk=config.eval_chunk or ("auto" if fit_chunk else None),
+            eval_chunk=config.eval_chunk or ("auto" if calibrate else None),
+            latency_reference="auto" if calibrate else None,
         )
 
     def fit_eval_chunk(self) -> tuple[int, int | None]:
@@ -189,6 +200,26 @@ class Scorer:
     def use_eval_chunk(self, first: int | None, probes: int | None = None) -> None:
         """Score with this chunk schedule from now on (a study's stored choice)."""
         self.evaluator = dataclasses.replace(self.evaluator, first_chunk=first, probes=probes)
+
+    def calibrate_latency(self) -> float | None:
+        """Measure the reference that measured T is paired with on a CPU; return it.
+
+        The reference is the float model's plain median per timed pass, measured once. Each
+        later measurement pairs every pass of a plan with a pass of the float model and
+        reports ``reference × median ratio``: the plan's T at the speed the machine had when
+        the reference was measured (see :mod:`quide_search.latency`). CUDA events, tables and
+        estimates are not paired: returns None there.
+        """
+        self.use_latency_reference(None)
+        if not (self._times_model and self.context.method == "wall_clock"):
+            return None
+        timed = measure_latency(self._timed(self.model), self.example, context=self.context)
+        self.use_latency_reference(timed.median_ms)
+        return timed.median_ms
+
+    def use_latency_reference(self, ms: float | None) -> None:
+        """Pair measured T with this reference from now on (a study's stored one); None: don't."""
+        self.context = dataclasses.replace(self.context, reference_ms=ms)
 
     @property
     def latency_label(self) -> str:
@@ -239,7 +270,11 @@ class Scorer:
 
     def measured_ms(self, plan: BitPlan) -> float:
         """Return the measured T of ``plan``, whatever the latency source (for checks)."""
-        return self._measured(self.layers.assemble(plan, exact=True)).median_ms
+        return self.time_plan(plan).median_ms
+
+    def time_plan(self, plan: BitPlan) -> LatencyResult:
+        """Measure ``plan``'s T alone: median, pairs or passes, spread and plain median."""
+        return self._measured(self.layers.assemble(plan, exact=True))
 
     def measure(
         self,
@@ -284,6 +319,7 @@ class Scorer:
             latency_repeats=latency.repeats,
             latency_spread=latency.spread,
             eval_samples=self.evaluator.samples,
+            T_raw_ms=latency.raw_ms,
             perplexity=perplexity,
             fallback_layers=[n for n, path in paths.items() if path == "fallback"],
             kernel_layers=[n for n, path in paths.items() if path != "fallback"],
@@ -341,7 +377,10 @@ class Scorer:
 
     def _measured(self, model: torch.nn.Module) -> LatencyResult:
         """Time ``model`` on the latency example; per generated token for a causal LM."""
-        timed = measure_latency(self._timed(model), self.example, context=self.context)
+        reference = None if self.context.reference_ms is None else self._timed(self.model)
+        timed = measure_latency(
+            self._timed(model), self.example, context=self.context, reference=reference
+        )
         return self._per_token(timed)
 
     def _timed(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -355,7 +394,8 @@ class Scorer:
         if self.task.decode is None:
             return result
         tokens = self.task.decode["new_tokens"]
-        return dataclasses.replace(result, median_ms=result.median_ms / tokens)
+        raw = None if result.raw_ms is None else result.raw_ms / tokens
+        return dataclasses.replace(result, median_ms=result.median_ms / tokens, raw_ms=raw)
 
     def float_plan(self) -> BitPlan:
         """Return the plan that keeps every layer in float (the baseline)."""

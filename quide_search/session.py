@@ -89,8 +89,8 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     # The task first: an unknown model or dataset must fail before any storage file exists.
     task = load_task(**config.task_options(), device_type=device.type)
     torch.manual_seed(config.seed)
-    # The first evaluation chunk is fitted only if this process creates the study.
-    scorer = Scorer.for_config(task, config, device=device, fit_chunk=False)
+    # The chunk schedule and the latency reference are measured only by the study's creator.
+    scorer = Scorer.for_config(task, config, device=device, calibrate=False)
     protocol = _protocol(config, scorer)
     if config.latency.startswith("table:"):  # a bad file must fail before any study exists
         scorer.prepare_table(config.bits)
@@ -102,14 +102,13 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
         heartbeat = DEFAULT_HEARTBEAT_S if config.heartbeat is None else config.heartbeat
     backend = open_storage(url, heartbeat=heartbeat, on_stale=requeue_stale)
     seed = config.seed if sampler_seed is None else sampler_seed
-    # The creator stores the chunk schedule: --eval-chunk's, or one fitted to this machine.
-    pinned = (scorer.evaluator.chunk, scorer.evaluator.probes)
-    schedule = scorer.fit_eval_chunk if config.eval_chunk is None else lambda: pinned
-    study = _create_or_join(config, backend, protocol, seed, schedule)
-    # Every process scores with the chunking the study was created with (None: a study from
-    # before the choice was stored, which used 1/40 of the split).
+    study = _create_or_join(config, backend, protocol, seed, lambda: _calibrate(scorer, config))
+    # Every process scores with the chunking and latency reference the study was created with
+    # (None: a study from before they were stored, which used 1/40 of the split and plain
+    # medians).
     stored = study.user_attrs["protocol"]
     scorer.use_eval_chunk(stored.get("eval_first_chunk"), stored.get("eval_probes"))
+    scorer.use_latency_reference(stored.get("latency_reference_ms"))
     objective = PlanObjective(
         scorer=scorer,
         gate=Gate(baseline_P=1.0, **config.gate_settings()),  # replaced below
@@ -128,7 +127,7 @@ def _create_or_join(
     backend: Any,
     protocol: dict[str, Any],
     seed: int,
-    schedule: Callable[[], tuple[int, int | None]],
+    calibrate: Callable[[], dict[str, Any]],
 ) -> optuna.Study:
     import optuna
 
@@ -154,14 +153,28 @@ def _create_or_join(
             return study
     # This process created the study (or found it left half-made by a creator that died);
     # others that started with it wait for these attributes.
-    first, probes = schedule()
-    protocol = {**protocol, "eval_first_chunk": first, "eval_probes": probes}
-    study.set_user_attr("protocol", protocol)
+    study.set_user_attr("protocol", {**protocol, **calibrate()})
     with warnings.catch_warnings():
         # set_metric_names is marked experimental but has been stable since Optuna 3.2.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["C", "P", "T_ms"] if pareto else ["I_prime"])
     return study
+
+
+def _calibrate(scorer: Scorer, config: RunConfig) -> dict[str, Any]:
+    """Measure what the creator of a study fixes for every process that joins it.
+
+    The chunk schedule (--eval-chunk's, or one fitted to this machine's call cost) and the
+    latency reference (see :meth:`Scorer.calibrate_latency`) both depend on timing, so they
+    are measured once and stored in the protocol rather than re-measured by each process.
+    """
+    if config.eval_chunk is None:
+        scorer.fit_eval_chunk()
+    return {
+        "eval_first_chunk": scorer.evaluator.chunk,
+        "eval_probes": scorer.evaluator.probes,
+        "latency_reference_ms": scorer.calibrate_latency(),
+    }
 
 
 def _wait_for(study: optuna.Study, key: str) -> Any:
@@ -208,7 +221,12 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "text": dataclasses.asdict(text) if (text := config.task_options()["text"]) else None,
         "layers": list(scorer.weight_counts),
         "gate": config.gate_settings(),
-        "latency": {k: v for k, v in scorer.context.to_dict().items() if k != "torch_version"},
+        # The reference is measured at creation and stored as latency_reference_ms.
+        "latency": {
+            k: v
+            for k, v in scorer.context.to_dict().items()
+            if k not in ("torch_version", "reference_ms")
+        },
         "eval_batch_size": config.eval_batch_size,
         "seed": config.seed,
         "unit": LATENCY_UNIT,

@@ -13,6 +13,7 @@ from _procs import ATTRS, STUDY, by_state, counted, run_args, signal_mid_trial, 
 
 from quide_search.config import RunConfig
 from quide_search.evaluator import Evaluator
+from quide_search.scorer import Scorer
 from quide_search.search import INTERRUPTED, NO_HEARTBEAT
 from quide_search.session import open_session
 from quide_search.study import load_study, run_search
@@ -211,3 +212,35 @@ def test_trials_zero_only_prepares_the_study(tmp_path: Path, digits_task) -> Non
     # The uniform plans, then the sensitivity-greedy plans, built from the stored table.
     assert queued[:3] == ["uniform"] * 3 and set(queued[3:]) == {"greedy"} and len(queued) > 3
     assert "sensitivity" in study.user_attrs
+
+
+def test_only_the_creator_measures_the_latency_reference(  # type: ignore[no-untyped-def]
+    tmp_path: Path, digits_task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measured: list[float | None] = []
+    real = Scorer.calibrate_latency
+
+    def counted_calibration(self: Scorer) -> float | None:
+        measured.append(real(self))
+        return measured[-1]
+
+    monkeypatch.setattr(Scorer, "calibrate_latency", counted_calibration)
+    config = RunConfig(out_dir=str(tmp_path), device="cpu", eval_chunk=32)
+    created = open_session(config)
+    stored = created.study.user_attrs["protocol"]["latency_reference_ms"]
+    assert len(measured) == 1 and stored == measured[0] and stored is not None and stored > 0
+    assert created.objective.scorer.context.reference_ms == stored
+    # The baseline's T was paired with it, and so is every trial's.
+    created.study.optimize(created.objective, n_trials=1)
+    trial = created.study.trials[0].user_attrs
+    assert trial["T_ms"] > 0 and trial["T_raw_ms"] > 0
+    joined = open_session(config)
+    assert joined.objective.scorer.context.reference_ms == stored and len(measured) == 1
+    # A study stored before the reference existed keeps timing plain medians when resumed.
+    protocol = dict(created.study.user_attrs["protocol"])
+    del protocol["latency_reference_ms"]
+    created.study.set_user_attr("protocol", protocol)
+    resumed = open_session(config)
+    assert resumed.objective.scorer.context.reference_ms is None and len(measured) == 1
+    plain = resumed.objective.scorer.measure(resumed.objective.scorer.uniform_plan("qint8"))
+    assert plain.T_ms == plain.T_raw_ms

@@ -1,0 +1,39 @@
+"""The scorer's latency reference: measured once, paired with every measured T on a CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from quide_search.scorer import Scorer
+
+
+def test_measured_t_on_a_cpu_pairs_every_pass_with_the_float_model(digits_task) -> None:  # type: ignore[no-untyped-def]
+    scorer = Scorer(digits_task, device=torch.device("cpu"), eval_chunk=32)
+    reference = scorer.context.reference_ms
+    assert reference is not None and 0 < reference < 100
+    calls: list[int] = []
+    # Views of the float model share its hooks: count the calls of the float model itself.
+    float_model = scorer.model
+    hook = float_model.register_forward_hook(
+        lambda module, *_: calls.append(1) if module is float_model else None
+    )
+    try:
+        measured = scorer.measure(scorer.uniform_plan("qint8"))
+    finally:
+        hook.remove()
+    # The float model ran once per timed pair and once per warm-up pass, and nowhere else.
+    assert len(calls) == scorer.context.warmup + measured.latency_repeats
+    assert measured.T_raw_ms is not None and measured.T_ms > 0
+    # A stored reference is used as given; None times plain medians.
+    scorer.use_latency_reference(None)
+    plain = scorer.measure(scorer.uniform_plan("qint8"))
+    assert plain.T_raw_ms == plain.T_ms and scorer.context.reference_ms is None
+    assert scorer.calibrate_latency() == scorer.context.reference_ms is not None
+
+
+def test_estimated_and_table_t_have_no_reference(digits_task) -> None:  # type: ignore[no-untyped-def]
+    for source in ("table", "model:cpu-epyc-2c"):
+        scorer = Scorer(digits_task, device=torch.device("cpu"), latency=source, eval_chunk=32)
+        assert scorer.context.reference_ms is None and scorer.calibrate_latency() is None
+    estimated = scorer.measure(scorer.uniform_plan("qint8"))
+    assert estimated.T_raw_ms is None and estimated.latency_repeats == 0
