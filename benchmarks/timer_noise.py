@@ -1,11 +1,16 @@
-"""How far this machine's timings drift: medians of blocks of timed passes, seconds apart.
+"""How far this machine's timings drift, and how much pairing with the float model removes.
 
-Two workloads: a pure-Python loop (no torch, no threads) and SimpleCNN/digits quantized to
-qint8 at batch 1 (what a trial's latency measurement times). Each is timed in blocks of 200
-passes with a pause between blocks; the spread of the block medians is what two latency
-measurements of the same plan, made at different moments of a study, can differ by.
+Each workload is timed in blocks a pause apart; the spread of the block results is what two
+latency measurements of the same plan, made at different moments of a study, can differ by.
 
-Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads N]
+- A pure-Python loop (no torch, no threads): blocks of 200 passes, their medians.
+- The qint8 plan of SimpleCNN/digits, ResNet-18/mnist-5k and the 15-block llama_tiny of
+  ``trial_cost.py``: each block is one real latency measurement (``Scorer.time_plan``, batch
+  1: the stop rule, up to 200 pairs), which gives both T (paired with the float model, the
+  scorer's reference measured once at the start) and the plain median of the plan's own
+  passes (``raw_ms``), from the same passes.
+
+Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads N] [--models a,b]
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import time
 from collections.abc import Callable
 
 import torch
+from trial_cost import _tasks
+
+from quide_search.scorer import Scorer
 
 
-def _blocks(work: Callable[[], object], blocks: int, passes: int = 200) -> list[float]:
+def _loop_blocks(work: Callable[[], object], blocks: int, passes: int = 200) -> list[float]:
     medians = []
     for _ in range(blocks):
         times = []
@@ -40,37 +48,44 @@ def _python_loop() -> int:
     return total
 
 
-def _summary(medians: list[float]) -> dict[str, object]:
-    pairs = list(itertools.combinations(medians, 2))
+def _summary(values: list[float]) -> dict[str, object]:
+    pairs = list(itertools.combinations(values, 2))
     return {
-        "block_medians_ms": [round(m, 4) for m in medians],
-        "max_over_min": max(medians) / min(medians),
+        "block_ms": [round(m, 4) for m in values],
+        "max_over_min": max(values) / min(values),
         "pairs_within_3pct": sum(abs(a / b - 1) <= 0.03 for a, b in pairs),
         "pairs": len(pairs),
     }
 
 
+def _plan_blocks(name: str, blocks: int) -> dict[str, object]:
+    scorer = Scorer(_tasks()[name](), device=torch.device("cpu"), eval_chunk=32)
+    plan = scorer.uniform_plan("qint8")
+    results = []
+    for _ in range(blocks):
+        results.append(scorer.time_plan(plan))
+        time.sleep(0.3)
+    return {
+        "reference_ms": scorer.context.reference_ms,
+        "repeats": [r.repeats for r in results],
+        "median_spread": statistics.median(r.spread for r in results),
+        "paired": _summary([r.median_ms for r in results]),
+        "plain": _summary([r.raw_ms or 0.0 for r in results]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=12)
+    parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--models", default="simplecnn_digits,resnet18_embedded,llama_tiny")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from quide_search.plan import BitPlan
-    from quide_search.quantize import apply_plan
-    from quide_search.task import load_task
-
-    task = load_task(model="simplecnn", dataset="digits")
-    plan = BitPlan.uniform(model="simplecnn", dataset="digits", layers=task.layers, qtype="qint8")
-    model, example = apply_plan(task.model, plan), task.splits.eval.inputs[:1]
-    with torch.no_grad():
-        for _ in range(20):
-            model(example)
-        results = {
-            "python_loop": _summary(_blocks(_python_loop, args.blocks)),
-            "simplecnn_qint8_batch1": _summary(_blocks(lambda: model(example), args.blocks)),
-        }
+    results: dict[str, object] = {"python_loop": _summary(_loop_blocks(_python_loop, 12))}
+    for name in args.models.split(","):
+        results[f"{name}_qint8_batch1"] = _plan_blocks(name, args.blocks)
+        print(name, json.dumps(results[f"{name}_qint8_batch1"]), flush=True)
     results["threads"] = {"torch": torch.get_num_threads()}
     print(json.dumps(results, indent=2))
 

@@ -6,7 +6,8 @@ For each model, in one process, the median over random plans of:
 - the floor, as the issue defines it: one bare evaluation of the same samples with the float
   model (a plain loop) plus the trial's own latency measurement (``measure_latency`` on the
   plan's freshly quantized model, for as many timed passes as the trial's measurement
-  took), and ``overhead_ratio``, the median over trials of each
+  took, paired with the float model as a trial's is on a CPU), and ``overhead_ratio``, the
+  median over trials of each
   trial's time over its floor; the bare evaluation is timed just before and just after each
   trial and averaged, since this machine's speed drifts by up to 2x from one second to the
   next and a floor timed apart would measure the drift;
@@ -119,8 +120,12 @@ def _floor(
     context = scorer.context
     if passes is not None:
         context = dataclasses.replace(context, min_repeats=passes, max_repeats=passes)
+    # The same measurement as a trial's: on a CPU, paired with the float model.
+    reference = None if context.reference_ms is None else scorer.model
     timing = _median_time(
-        lambda: measure_latency(model, scorer.example, context=context), repeats, warm
+        lambda: measure_latency(model, scorer.example, context=context, reference=reference),
+        repeats,
+        warm,
     )
     return evaluate, timing
 
@@ -163,7 +168,7 @@ def measure(
     build_all = time.perf_counter() - t0
     keys = ("assemble", "evaluate", "latency", "record", "total", "plan_eval", "plan_latency")
     splits: dict[str, list[float]] = {k: [] for k in keys}
-    first_t: list[tuple[BitPlan, float, int]] = []
+    first_t: list[tuple[BitPlan, float, int, float | None]] = []
     chosen = [
         BitPlan(model="m", dataset="d", layers={n: rng.choice(QTYPES) for n in layers})
         for _ in range(plans)
@@ -178,14 +183,14 @@ def measure(
         seconds = measurement.seconds
         splits["total"].append(time.perf_counter() - t0)  # the whole call, not its parts
         bracket.append(_median_time(bare, repeats=1, warm=True))
-        first_t.append((plan, measurement.T_ms, measurement.latency_repeats))
+        first_t.append((plan, measurement.T_ms, measurement.latency_repeats, measurement.T_raw_ms))
         for key in ("assemble", "evaluate", "latency", "record"):
             splits[key].append(seconds[key])
     # Then each plan's own floor, on a freshly quantized copy. Its latency measurement takes
     # as many passes as the trial's did: how many a measurement needs depends on the noise
     # of the moment (20, or the 200-pass cap in a noisy spell), and the floor is the same
     # measurement, not a luckier or unluckier one.
-    for plan, _, passes in first_t:
+    for plan, _, passes, _ in first_t:
         fresh = apply_plan(scorer.model, plan)
         evaluate, timing = _floor(scorer, fresh, repeats=1, passes=passes if measured else None)
         splits["plan_eval"].append(evaluate)
@@ -193,9 +198,11 @@ def measure(
     median = {k: statistics.median(v) for k, v in splits.items()}
     # The same plans timed again, after all the others: how far two medians of one plan lie.
     repeat = [
-        {"first_ms": t, "again_ms": (again := scorer.measured_ms(p)),
-         "diff": abs(again / t - 1), "first_repeats": n}
-        for p, t, n in (first_t[:again] if measured else [])
+        {"first_ms": t, "again_ms": (second := scorer.time_plan(p)).median_ms,
+         "diff": abs(second.median_ms / t - 1), "first_repeats": n,
+         "first_raw_ms": raw, "again_raw_ms": second.raw_ms,
+         "raw_diff": abs((second.raw_ms or 0.0) / (raw or 1.0) - 1)}
+        for p, t, n, raw in (first_t[:again] if measured else [])
     ]  # fmt: skip
     # Per trial: the float model's bare evaluation plus the trial's own latency measurement.
     around = [(a + b) / 2 for a, b in zip(bracket, bracket[1:], strict=False)]
@@ -230,6 +237,9 @@ def measure(
         "build_every_layer_qtype_once_ms": 1e3 * build_all,
         "same_plan_twice": repeat,
         "same_plan_twice_within_3pct": sum(r["diff"] <= 0.03 for r in repeat),
+        # The plain medians of the same passes (what T was before pairing).
+        "same_plan_twice_raw_within_3pct": sum(r["raw_diff"] <= 0.03 for r in repeat),
+        "latency_reference_ms": scorer.context.reference_ms,
         "cache_mb": scorer.layers.cached_bytes / 2**20,
         "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
