@@ -152,32 +152,11 @@ def measure_latency(
     Raises:
         TrialEvaluationError: If the median is not finite and > 0, or forward fails.
     """
-    scale, cap = 1.0, context.max_repeats
-    if reference is not None:
-        if context.reference_ms is None:
-            raise TrialEvaluationError("a paired latency needs the reference's T (a bug)")
-        scale, cap = context.reference_ms, max(context.min_repeats, context.max_repeats // 2)
-    timer = _cuda_pass if context.method == "cuda_events" else _cpu_pass
-    own: list[float] = []
-    samples: list[float] = []
+    if reference is not None and context.reference_ms is None:
+        raise TrialEvaluationError("a paired latency needs the reference's T (a bug)")
     try:
         with torch.no_grad():
-            for _ in range(context.warmup):
-                for warm in (model,) if reference is None else (model, reference):
-                    timer(warm, example)
-            while len(samples) < cap:
-                if reference is None:
-                    own.append(timer(model, example))
-                    samples.append(own[-1])
-                else:
-                    mine, ref = _pair(timer, model, reference, example, len(own) % 2 == 1)
-                    own.append(mine)
-                    samples.append(mine / ref * scale)
-                if (
-                    len(samples) >= context.min_repeats
-                    and _spread(samples) <= context.target_spread
-                ):
-                    break
+            own, samples = _samples(model, example, context, reference)
     except MemoryError as e:
         raise TrialEvaluationError(f"out of memory during latency measurement: {e}") from e
     except Exception as e:  # forward already passed evaluation; anything here fails the trial
@@ -191,6 +170,35 @@ def measure_latency(
         spread=_spread(samples),
         raw_ms=statistics.median(own),
     )
+
+
+def _samples(
+    model: nn.Module,
+    example: torch.Tensor,
+    context: LatencyContext,
+    reference: nn.Module | None,
+) -> tuple[list[float], list[float]]:
+    """Run the warm-up and the timed passes: the model's own ms, and the samples T is from."""
+    timer = _cuda_pass if context.method == "cuda_events" else _cpu_pass
+    scale, cap = context.reference_ms or 1.0, context.max_repeats
+    if reference is not None:
+        cap = max(context.min_repeats, context.max_repeats // 2)
+    for _ in range(context.warmup):
+        for warm in (model,) if reference is None else (model, reference):
+            timer(warm, example)
+    own: list[float] = []
+    samples: list[float] = []
+    while len(samples) < cap:
+        if reference is None:
+            own.append(timer(model, example))
+            samples.append(own[-1])
+        else:
+            mine, ref = _pair(timer, model, reference, example, len(own) % 2 == 1)
+            own.append(mine)
+            samples.append(mine / ref * scale)
+        if len(samples) >= context.min_repeats and _spread(samples) <= context.target_spread:
+            break
+    return own, samples
 
 
 def _pair(
