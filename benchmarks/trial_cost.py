@@ -7,10 +7,10 @@ For each model, in one process, the median over random plans of:
   model (a plain loop) plus the trial's own latency measurement (``measure_latency`` on the
   plan's freshly quantized model, for as many timed passes as the trial's measurement
   took, paired with the float model as a trial's is on a CPU), and ``overhead_ratio``, the
-  median over trials of each
-  trial's time over its floor; the bare evaluation is timed just before and just after each
-  trial and averaged, since this machine's speed drifts by up to 2x from one second to the
-  next and a floor timed apart would measure the drift;
+  median over trials of each trial's time over its floor. Both parts are timed next to the
+  trial: the bare evaluation just before and just after it (averaged), the latency
+  measurement right after it, since this machine's speed drifts by up to 2x from one
+  second to the next and a floor timed apart would measure the drift;
 - the float floor: the bare float evaluation plus one latency measurement of the float model
   (on a CPU where quanto dequantizes, timing a quantized model costs more than that by itself);
 - the plan floor: a bare evaluation and a latency measurement of the plan's freshly quantized
@@ -174,27 +174,26 @@ def measure(
         for _ in range(plans)
     ]
     bare = lambda: bare_evaluation(scorer.model, scorer)  # noqa: E731
-    # The machine's speed drifts by up to 2x between spells: each trial is bracketed by
-    # two bare float evaluations, and its floor uses their mean.
+    # The machine's speed drifts by up to 2x between spells, so each trial's floor is timed
+    # next to it: the trial is bracketed by two bare float evaluations (the floor uses their
+    # mean), and the plan's own floor on a freshly quantized copy follows it at once. That
+    # latency measurement takes as many passes as the trial's did: how many a measurement
+    # needs depends on the noise of the moment (20, or the cap in a noisy spell), and the
+    # floor is the same measurement, not a luckier or unluckier one.
     bracket = [_median_time(bare, repeats=1, warm=True)]
-    for plan in chosen:  # back to back, as a study runs its trials
+    for plan in chosen:
         t0 = time.perf_counter()
         measurement = scorer.measure(plan)
         seconds = measurement.seconds
         splits["total"].append(time.perf_counter() - t0)  # the whole call, not its parts
+        passes = measurement.latency_repeats if measured else None
+        evaluate, timing = _floor(scorer, apply_plan(scorer.model, plan), 1, passes)
+        splits["plan_eval"].append(evaluate)
+        splits["plan_latency"].append(timing if measured else 0.0)
         bracket.append(_median_time(bare, repeats=1, warm=True))
         first_t.append((plan, measurement.T_ms, measurement.latency_repeats, measurement.T_raw_ms))
         for key in ("assemble", "evaluate", "latency", "record"):
             splits[key].append(seconds[key])
-    # Then each plan's own floor, on a freshly quantized copy. Its latency measurement takes
-    # as many passes as the trial's did: how many a measurement needs depends on the noise
-    # of the moment (20, or the 200-pass cap in a noisy spell), and the floor is the same
-    # measurement, not a luckier or unluckier one.
-    for plan, _, passes, _ in first_t:
-        fresh = apply_plan(scorer.model, plan)
-        evaluate, timing = _floor(scorer, fresh, repeats=1, passes=passes if measured else None)
-        splits["plan_eval"].append(evaluate)
-        splits["plan_latency"].append(timing if measured else 0.0)
     median = {k: statistics.median(v) for k, v in splits.items()}
     # The same plans timed again, after all the others: how far two medians of one plan lie.
     repeat = [
