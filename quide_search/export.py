@@ -17,7 +17,13 @@ from quide_search.errors import ConfigError, StorageError
 from quide_search.metric import RECORD_KEYS
 from quide_search.plan import BitPlan, atomic_write_text, read_plan_file
 from quide_search.search import trial_plan
-from quide_search.study import best_row, completed_rows, load_study, study_front
+from quide_search.study import (
+    best_row,
+    completed_rows,
+    latency_context,
+    load_study,
+    study_front,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -66,10 +72,7 @@ def plan_record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
     plan = BitPlan(model=protocol["model"], dataset=protocol["dataset"], layers=trial_plan(trial))
     baseline = study.user_attrs.get("baseline", {})
     metrics = {k: trial.user_attrs[k] for k in _METRIC_KEYS if k in trial.user_attrs}
-    metrics["latency"] = {
-        **protocol.get("latency", {}),
-        "reference_ms": protocol.get("latency_reference_ms"),
-    }
+    metrics["latency"] = latency_context(protocol)
     return {
         **plan.to_dict(),
         "metrics": metrics,

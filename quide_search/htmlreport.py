@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from quide_search.metric import knee
 from quide_search.plan import atomic_write_text
-from quide_search.report import cell_text, gate_text, plan_text
+from quide_search.report import cell_text, gate_text, latency_text, plan_text
 from quide_search.study import SearchSummary, completed_rows, load_study, summarize
 
 if TYPE_CHECKING:
@@ -205,8 +205,7 @@ def _page(summary: SearchSummary, sections: Sequence[str], sensitivity: Any) -> 
     facts = html.escape(
         f"{protocol.get('model')}/{protocol.get('dataset')}; bits "
         f"{', '.join(protocol.get('bits', []))}; {summary.completed} completed, "
-        f"{summary.failed} failed trials; T in ms at batch {lat.get('batch_size')} on "
-        f"{lat.get('device')} ({lat.get('method')}, {lat.get('threads')} threads)"
+        f"{summary.failed} failed trials; {latency_text(lat)}"
     )
     best = summary.best
     best_line = (

@@ -54,6 +54,18 @@ def _row(label: str, m: Mapping[str, Any], extra: Sequence[Any] = ()) -> list[An
     return [label, *(m[c] for c in _COLUMNS), m["gate_passed"], *extra]
 
 
+def latency_text(latency: Mapping[str, Any]) -> str:
+    """Say what T is: unit, batch, threads, device, method, and the reference it is paired with."""
+    text = (
+        f"T in ms at batch {latency.get('batch_size')}, {latency.get('threads')} threads on "
+        f"{latency.get('device')} ({latency.get('method')}"
+    )
+    reference = latency.get("reference_ms")
+    if reference is not None:
+        text += f", paired with fp32's {reference:.4g} ms per pass"
+    return text + ")"
+
+
 def format_summary(summary: SearchSummary) -> str:
     """Return the end-of-run table: fp32 baseline, best uniform plan, best found plan."""
     rows = [_row("fp32 baseline", summary.baseline, ["-"])]
@@ -66,9 +78,8 @@ def format_summary(summary: SearchSummary) -> str:
     lines = [
         f"study {summary.study_name!r} in {summary.storage_url}",
         f"{summary.completed} completed trials ({summary.distinct_plans} distinct plans), "
-        f"{summary.pruned} stopped early, {summary.failed} failed; T in ms at batch "
-        f"{summary.latency.get('batch_size')}, "
-        f"{summary.latency.get('threads')} threads on {summary.latency.get('device')}",
+        f"{summary.pruned} stopped early, {summary.failed} failed; "
+        f"{latency_text(summary.latency)}",
         "",
         format_table(["plan", *_COLUMNS, "gate", "trial"], rows),
     ]
@@ -123,8 +134,7 @@ def format_sweep(result: SweepResult) -> str:
     lat = result.latency
     return "\n".join(
         [
-            f"uniform sweep of {result.name}: T in ms, batch {lat['batch_size']}, "
-            f"{lat['threads']} threads on {lat['device']} ({lat['method']})",
+            f"uniform sweep of {result.name}: {latency_text(lat)}",
             f"gate: P >= {result.gate['threshold']:.4f}",
             "",
             format_table(["precision", *_COLUMNS, "gate", ""], rows),
@@ -213,9 +223,8 @@ def format_study(summary: SearchSummary) -> str:
     lines = [
         f"study {summary.study_name!r} in {summary.storage_url}",
         f"task {protocol.get('model')}/{protocol.get('dataset')}, bits "
-        f"{','.join(protocol.get('bits', []))}, gate {gate_text(summary)}, T in ms at batch "
-        f"{summary.latency.get('batch_size')} on {summary.latency.get('device')} "
-        f"({summary.latency.get('method')}, {summary.latency.get('threads')} threads)",
+        f"{','.join(protocol.get('bits', []))}, gate {gate_text(summary)}, "
+        f"{latency_text(summary.latency)}",
         f"{summary.completed} completed, {summary.pruned} stopped early, {summary.failed} "
         f"failed, {summary.running} running",
         "",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,7 +245,7 @@ def summarize(
         distinct_plans=len({json.dumps(r["plan"], sort_keys=True) for r in rows}),
         pareto_path=path,
         pareto=front,
-        latency=dict(study.user_attrs.get("protocol", {}).get("latency", {})),
+        latency=latency_context(study.user_attrs.get("protocol", {})),
         protocol=dict(study.user_attrs.get("protocol", {})),
         latency_warning=_latency_warnings(study),
         early_stop=_early_stop_savings(pruned),
@@ -264,6 +264,15 @@ def _early_stop_savings(pruned: list[optuna.trial.FrozenTrial]) -> dict[str, Any
     if not spent:
         return None
     return {"pruned": len(spent), "mean_eval_fraction": sum(spent) / len(spent)}
+
+
+def latency_context(protocol: Mapping[str, Any]) -> dict[str, Any]:
+    """Return how a study's T was obtained: its protocol's context, with the reference.
+
+    The reference is stored beside the context (``latency_reference_ms``) because it is
+    measured when the study is created, not chosen; records show them together.
+    """
+    return {**protocol.get("latency", {}), "reference_ms": protocol.get("latency_reference_ms")}
 
 
 def _latency_warnings(study: optuna.Study) -> str | None:

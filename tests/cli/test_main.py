@@ -212,6 +212,11 @@ def test_evaluate_and_sweep_commands(
     assert main(["sweep", "--bits", "fp32,8,4", "--device", "cpu", "--out-dir", "sw"]) == 0
     out = capsys.readouterr().out
     assert "knee:" in out and (workdir / "sw" / "simplecnn-digits.sweep.csv").exists()
+    # The sweep's T is paired with the float model, and says with which reference.
+    reference = json.loads((workdir / "sw" / "simplecnn-digits.sweep.json").read_text())[
+        "latency"
+    ]["reference_ms"]
+    assert reference > 0 and f"paired with fp32's {reference:.4g} ms per pass" in out
 
 
 def test_every_argument_has_a_type_and_unique_help() -> None:
@@ -283,6 +288,8 @@ def test_study_manager_commands(
     assert main(["show", "--study", "simplecnn-digits"]) == 0
     text = capsys.readouterr().out
     assert "Pareto front over (C max, P max, T min)" in text and "uniform qint8" in text
+    reference = shown["protocol"]["latency_reference_ms"]
+    assert f"(wall_clock, paired with fp32's {reference:.4g} ms per pass)" in text
 
 
 def test_export_formats_from_the_command_line(
