@@ -283,7 +283,7 @@ def _latency_warnings(study: optuna.Study) -> str | None:
     measured = [
         t for t in trials if not str(t.user_attrs.get("latency_source", "")).startswith("model:")
     ]
-    latency = study.user_attrs.get("protocol", {}).get("latency", {})
+    latency = latency_context(study.user_attrs.get("protocol", {}))
     found = [w for w in (_fallback_warning(measured), _unsettled_warning(measured, latency)) if w]
     return "\n".join(found) if found else None
 
@@ -307,12 +307,21 @@ def _unsettled_warning(
         return None
     return (
         f"warning: T did not settle in {len(unsettled)} of {len(timed)} measured trials: "
-        f"after {latency.get('max_repeats', 'the most')} passes the middle half still spread "
+        f"after {_cap_text(latency)} the middle half still spread "
         f"by more than {target:.0%} of the median (median spread "
         f"{loose[len(loose) // 2]:.0%}). This machine's timing is noisy, so T differences "
         "of a few percent between plans are not significant. Keep other work off the "
         "machine, or use --latency table or model:PROFILE."
     )
+
+
+def _cap_text(latency: Mapping[str, Any]) -> str:
+    cap = latency.get("max_repeats")
+    if cap is None:
+        return "the most passes"
+    if latency.get("reference_ms") is not None:  # the cap counts both models' passes
+        return f"{cap // 2} pairs of passes with the float model"
+    return f"{cap} passes"
 
 
 def _fallback_warning(measured: list[optuna.trial.FrozenTrial]) -> str | None:
