@@ -155,7 +155,8 @@ def format_replay(replay: Replay) -> str:
         False: "P differs from the stored P",
         None: "the plan stores no P to compare",
     }[replay.reproduced]
-    return "\n".join([format_table(["", *_COLUMNS, "gate"], rows), "", verdict])
+    table = format_table(["", *_COLUMNS, "gate"], rows)
+    return "\n".join([latency_text(replay.latency), "", table, "", verdict])
 
 
 def gate_text(summary: SearchSummary) -> str:

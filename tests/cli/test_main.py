@@ -208,7 +208,11 @@ def test_evaluate_and_sweep_commands(
 ) -> None:
     monkeypatch.chdir(workdir)
     assert main(["evaluate", "--plan", "plan.json", "--device", "cpu"]) == 0
-    assert "P reproduced exactly" in capsys.readouterr().out
+    replayed = capsys.readouterr().out
+    # T is paired with the study's stored reference, not one measured now.
+    stored = json.loads((workdir / "plan.json").read_text())["protocol"]["latency_reference_ms"]
+    assert "P reproduced exactly" in replayed
+    assert f"paired with fp32's {stored:.4g} ms per pass" in replayed
     assert main(["sweep", "--bits", "fp32,8,4", "--device", "cpu", "--out-dir", "sw"]) == 0
     out = capsys.readouterr().out
     assert "knee:" in out and (workdir / "sw" / "simplecnn-digits.sweep.csv").exists()
