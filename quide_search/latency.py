@@ -25,7 +25,7 @@ from torch import nn
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.metric import LATENCY_UNIT
 
-__all__ = ["LatencyContext", "LatencyResult", "measure_latency", "resolve_device"]
+__all__ = ["LatencyContext", "LatencyResult", "max_pairs", "measure_latency", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -182,7 +182,7 @@ def _samples(
     timer = _cuda_pass if context.method == "cuda_events" else _cpu_pass
     scale, cap = context.reference_ms or 1.0, context.max_repeats
     if reference is not None:
-        cap = max(context.min_repeats, context.max_repeats // 2)
+        cap = max_pairs(context.min_repeats, context.max_repeats)
     for _ in range(context.warmup):
         for warm in (model,) if reference is None else (model, reference):
             timer(warm, example)
@@ -199,6 +199,14 @@ def _samples(
         if len(samples) >= context.min_repeats and _spread(samples) <= context.target_spread:
             break
     return own, samples
+
+
+def max_pairs(min_repeats: int, max_repeats: int) -> int:
+    """Return the most pairs a paired measurement takes: its cap counts both models' passes.
+
+    Half of ``max_repeats``, so pairing costs no more passes, but never under ``min_repeats``.
+    """
+    return max(min_repeats, max_repeats // 2)
 
 
 def _pair(

@@ -316,11 +316,14 @@ def _unsettled_warning(
 
 
 def _cap_text(latency: Mapping[str, Any]) -> str:
+    from quide_search.latency import max_pairs
+
     cap = latency.get("max_repeats")
     if cap is None:
         return "the most passes"
-    if latency.get("reference_ms") is not None:  # the cap counts both models' passes
-        return f"{cap // 2} pairs of passes with the float model"
+    if latency.get("reference_ms") is not None:
+        pairs = max_pairs(int(latency["min_repeats"]), int(cap))
+        return f"{pairs} pairs of passes with the float model"
     return f"{cap} passes"
 
 
