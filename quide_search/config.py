@@ -60,6 +60,9 @@ class RunConfig:
         default=None, metadata={"help": "first evaluation chunk (None: fitted to call cost)"}
     )
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
+    latency_sample_ms: float = field(
+        default=5.0, metadata={"help": "shortest timed sample on a CPU, ms (0: one pass)"}
+    )
     cache_mb: float = field(
         default=4096.0, metadata={"help": "bound on cached quantized layers, MiB"}
     )
@@ -126,6 +129,11 @@ class RunConfig:
         latency_source(self.latency)
         if not self.cache_mb > 0:
             raise ConfigError(f"--cache-mb must be > 0, but got {self.cache_mb}.")
+        if not 0 <= self.latency_sample_ms < float("inf"):
+            raise ConfigError(
+                "--latency-sample-ms must be a finite number >= 0, but got "
+                f"{self.latency_sample_ms}."
+            )
         self._check_search()
         if self.granularity not in ("layer", "block", "type"):
             raise ConfigError(

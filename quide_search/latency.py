@@ -9,10 +9,15 @@ and T is the median of their ratios times the reference's T measured once (``ref
 A shared CPU's speed drifts by up to 2x within seconds (``benchmarks/timer_noise.py``), and two
 plain medians of one plan taken at different moments differ by as much; a pass and the
 reference's pass taken next to it see the same speed, so their ratio does not drift with it.
+
+On a CPU, a timed sample also runs passes back to back until it spans ``sample_ms``: one pass
+of a small model (SimpleCNN: 0.06 ms) is shorter than the timer's and the scheduler's
+jitter, and its median moves by more than 3 % between measurements of the same plan.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +30,19 @@ from torch import nn
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.metric import LATENCY_UNIT
 
-__all__ = ["LatencyContext", "LatencyResult", "max_pairs", "measure_latency", "resolve_device"]
+__all__ = [
+    "SAMPLE_MS",
+    "LatencyContext",
+    "LatencyResult",
+    "max_pairs",
+    "measure_latency",
+    "resolve_device",
+]
+
+SAMPLE_MS = 5.0
+"""Shortest timed sample on a CPU (ms): passes run back to back until a sample spans it."""
+
+_MAX_PASSES = 10_000  # per sample: bounds a measurement of a model that does next to nothing
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,6 +79,7 @@ class LatencyContext:
     profile: dict[str, Any] | None = None
     decode: dict[str, Any] | None = None
     reference_ms: float | None = None
+    sample_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -71,6 +89,10 @@ class LatencyContext:
         if self.reference_ms is not None and not 0 < self.reference_ms < float("inf"):
             raise ConfigError(
                 f"the latency reference must be finite and > 0 ms, but got {self.reference_ms!r}."
+            )
+        if self.sample_ms is not None and not 0 < self.sample_ms < float("inf"):
+            raise ConfigError(
+                f"the shortest timed sample must be finite and > 0 ms, but got {self.sample_ms!r}."
             )
         if self.max_repeats < self.min_repeats:
             raise ConfigError(
@@ -107,6 +129,7 @@ class LatencyContext:
             threads=torch.get_num_threads(),
             torch_version=torch.__version__,
             method=method,
+            sample_ms=SAMPLE_MS if method == "wall_clock" else None,
         )
 
     @property
@@ -121,16 +144,18 @@ class LatencyContext:
 
 @dataclass(frozen=True)
 class LatencyResult:
-    """A measured latency: the median, how many passes it took and how tight they were.
+    """A measured latency: the median, how many samples it took and how tight they were.
 
-    ``raw_ms`` is the plain median of the model's own passes; it differs from ``median_ms``
-    only when the passes were paired with a reference.
+    ``raw_ms`` is the plain median of the model's own samples; it differs from ``median_ms``
+    only when they were paired with a reference. Each sample ran ``passes`` passes of each
+    model and counts their mean.
     """
 
     median_ms: float
     repeats: int
     spread: float
     raw_ms: float | None = None
+    passes: int = 1
 
 
 def measure_latency(
@@ -142,12 +167,14 @@ def measure_latency(
 ) -> LatencyResult:
     """Time ``model(example)`` and return the median in milliseconds.
 
-    After ``warmup`` passes, passes are timed until at least ``min_repeats`` are in hand and the
-    middle half of them spreads by at most ``target_spread`` of the median, or ``max_repeats``
-    is reached. With a ``reference`` (which needs ``context.reference_ms``), each timed pass is
-    one pass of each model, in alternating order, and counts as ``reference_ms`` times their
-    ratio; ``max_repeats`` then bounds the passes of both models together (at most half as
-    many pairs, and never fewer than ``min_repeats``), so pairing costs no more passes.
+    After ``warmup`` passes, samples are timed until at least ``min_repeats`` are in hand and
+    the middle half of them spreads by at most ``target_spread`` of the median, or
+    ``max_repeats`` is reached. On the wall clock with ``context.sample_ms``, a sample is as
+    many back-to-back passes as that takes (counted from the last warm-up pass) and counts
+    their mean. With a ``reference`` (which needs ``context.reference_ms``), each sample runs
+    both models, in alternating order, and counts as ``reference_ms`` times their ratio;
+    ``max_repeats`` then bounds the samples of both models together (at most half as many
+    pairs, and never fewer than ``min_repeats``), so pairing costs no more samples.
 
     Raises:
         TrialEvaluationError: If the median is not finite and > 0, or forward fails.
@@ -156,7 +183,7 @@ def measure_latency(
         raise TrialEvaluationError("a paired latency needs the reference's T (a bug)")
     try:
         with torch.no_grad():
-            own, samples = _samples(model, example, context, reference)
+            own, samples, passes = _samples(model, example, context, reference)
     except MemoryError as e:
         raise TrialEvaluationError(f"out of memory during latency measurement: {e}") from e
     except Exception as e:  # forward already passed evaluation; anything here fails the trial
@@ -169,6 +196,7 @@ def measure_latency(
         repeats=len(samples),
         spread=_spread(samples),
         raw_ms=statistics.median(own),
+        passes=passes,
     )
 
 
@@ -177,28 +205,46 @@ def _samples(
     example: torch.Tensor,
     context: LatencyContext,
     reference: nn.Module | None,
-) -> tuple[list[float], list[float]]:
-    """Run the warm-up and the timed passes: the model's own ms, and the samples T is from."""
-    timer = _cuda_pass if context.method == "cuda_events" else _cpu_pass
+) -> tuple[list[float], list[float], int]:
+    """Run the warm-up and the timed samples.
+
+    Returns the model's own ms per pass in each sample, the samples T is the median of, and
+    the passes per sample.
+    """
+    cuda = context.method == "cuda_events"
+    timer = _cuda_pass if cuda else _cpu_pass
     scale, cap = context.reference_ms or 1.0, context.max_repeats
     if reference is not None:
         cap = max_pairs(context.min_repeats, context.max_repeats)
+    last = 0.0
     for _ in range(context.warmup):
-        for warm in (model,) if reference is None else (model, reference):
-            timer(warm, example)
+        last = sum(timer(m, example, 1) for m in (model, reference) if m is not None)
+    passes = 1 if cuda else _passes_per_sample(context.sample_ms, last)
     own: list[float] = []
     samples: list[float] = []
     while len(samples) < cap:
         if reference is None:
-            own.append(timer(model, example))
+            own.append(timer(model, example, passes))
             samples.append(own[-1])
         else:
-            mine, ref = _pair(timer, model, reference, example, len(own) % 2 == 1)
+            mine, ref = _pair(timer, model, reference, example, passes, len(own) % 2 == 1)
             own.append(mine)
             samples.append(mine / ref * scale)
         if len(samples) >= context.min_repeats and _spread(samples) <= context.target_spread:
             break
-    return own, samples
+    return own, samples, passes
+
+
+def _passes_per_sample(sample_ms: float | None, pass_ms: float) -> int:
+    """Return how many back-to-back passes (of each model) a sample needs to span ``sample_ms``.
+
+    ``pass_ms`` is one warm-up pass (of both models, when paired). Without ``sample_ms``
+    (CUDA events, or a study created before samples had a floor), one; one too for a pass
+    time that is no time at all, which the measurement then rejects.
+    """
+    if sample_ms is None or not 0 < pass_ms < float("inf"):
+        return 1
+    return max(1, min(_MAX_PASSES, math.ceil(sample_ms / pass_ms)))
 
 
 def max_pairs(min_repeats: int, max_repeats: int) -> int:
@@ -210,21 +256,23 @@ def max_pairs(min_repeats: int, max_repeats: int) -> int:
 
 
 def _pair(
-    timer: Callable[[nn.Module, torch.Tensor], float],
+    timer: Callable[[nn.Module, torch.Tensor, int], float],
     model: nn.Module,
     reference: nn.Module,
     example: torch.Tensor,
+    passes: int,
     reference_first: bool,
 ) -> tuple[float, float]:
-    """Time one pass of ``model`` and one of ``reference`` back to back: (model ms, ref ms).
+    """Time ``passes`` passes of ``model`` and as many of ``reference`` back to back.
 
-    The order alternates between pairs, so neither model always runs on the other's caches.
+    Returns the ms per pass of each, (model, reference). The order alternates between pairs,
+    so neither model always runs on the other's caches.
     """
     if reference_first:
-        ref = timer(reference, example)
-        return timer(model, example), ref
-    mine = timer(model, example)
-    return mine, timer(reference, example)
+        ref = timer(reference, example, passes)
+        return timer(model, example, passes), ref
+    mine = timer(model, example, passes)
+    return mine, timer(reference, example, passes)
 
 
 def _spread(samples: list[float]) -> float:
@@ -232,18 +280,20 @@ def _spread(samples: list[float]) -> float:
     return (q3 - q1) / median if median > 0 else float("inf")
 
 
-def _cpu_pass(model: nn.Module, example: torch.Tensor) -> float:
+def _cpu_pass(model: nn.Module, example: torch.Tensor, passes: int) -> float:
     start = perf_counter_ns()
-    model(example)
-    return (perf_counter_ns() - start) / 1e6
+    for _ in range(passes):
+        model(example)
+    return (perf_counter_ns() - start) / 1e6 / passes
 
 
-def _cuda_pass(model: nn.Module, example: torch.Tensor) -> float:
+def _cuda_pass(model: nn.Module, example: torch.Tensor, passes: int) -> float:
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     start.record()
-    model(example)
+    for _ in range(passes):
+        model(example)
     end.record()
     torch.cuda.synchronize()
-    return float(start.elapsed_time(end))
+    return float(start.elapsed_time(end)) / passes

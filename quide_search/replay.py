@@ -97,6 +97,7 @@ def evaluate_plan(
         latency_reference=protocol.get("latency_reference_ms"),
     )
     scorer.use_eval_chunk(protocol.get("eval_first_chunk"), protocol.get("eval_probes"))
+    scorer.use_sample_floor(protocol.get("latency_sample_ms"))
     measured = scorer.measure(plan)
     baseline_p = record.get("baseline", {}).get("P")
     if baseline_p is None:

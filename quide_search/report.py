@@ -63,6 +63,9 @@ def latency_text(latency: Mapping[str, Any]) -> str:
     reference = latency.get("reference_ms")
     if reference is not None:
         text += f", paired with fp32's {reference:.4g} ms per pass"
+    sample = latency.get("sample_ms")
+    if sample is not None and latency.get("method") == "wall_clock":
+        text += f", samples of >= {sample:g} ms"
     return text + ")"
 
 

@@ -19,7 +19,7 @@ from quide_search.assembly import LayerCache
 from quide_search.config import RunConfig
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.evaluator import Evaluator
-from quide_search.latency import LatencyContext, LatencyResult, measure_latency
+from quide_search.latency import SAMPLE_MS, LatencyContext, LatencyResult, measure_latency
 from quide_search.latency_model import estimate_ms, layer_shapes, profile
 from quide_search.latency_table import LatencyTable, measure_table, read_table
 from quide_search.metric import Gate, Metrics
@@ -57,6 +57,7 @@ class Measurement:
     latency_repeats: int
     latency_spread: float
     eval_samples: int
+    latency_passes: int = 1
     T_raw_ms: float | None = None
     perplexity: float | None = None
     fallback_layers: list[str] = field(default_factory=list)
@@ -96,6 +97,8 @@ class Scorer:
         latency_reference: The float model's T per timed pass, which measured T on a CPU is
             paired with (:meth:`calibrate_latency`); ``auto`` measures it now, None times
             plain medians (studies recorded before pairing existed).
+        sample_ms: The shortest timed sample on a CPU (:meth:`use_sample_floor`); None or 0
+            times single passes.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class Scorer:
         hardest_first: bool = True,
         eval_chunk: int | Literal["auto"] | None = "auto",
         latency_reference: float | Literal["auto"] | None = "auto",
+        sample_ms: float | None = SAMPLE_MS,
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -134,6 +138,7 @@ class Scorer:
             decode = {k: v for k, v in task.decode.items() if k != "pad_token_id"}
             context = dataclasses.replace(context, decode={**decode, "per": "generated token"})
         self.context = context
+        self.use_sample_floor(sample_ms)
         self.source = latency
         self.table: LatencyTable | None = None
         # Real eval samples as the latency input, repeated if the split is smaller; a causal
@@ -186,6 +191,7 @@ class Scorer:
             hardest_first=config.early_stop != "stat",
             eval_chunk=config.eval_chunk or ("auto" if calibrate else None),
             latency_reference="auto" if calibrate else None,
+            sample_ms=config.latency_sample_ms,
         )
 
     def fit_eval_chunk(self) -> tuple[int, int | None]:
@@ -220,6 +226,15 @@ class Scorer:
     def use_latency_reference(self, ms: float | None) -> None:
         """Pair measured T with this reference from now on (a study's stored one); None: don't."""
         self.context = dataclasses.replace(self.context, reference_ms=ms)
+
+    def use_sample_floor(self, ms: float | None) -> None:
+        """Time samples of >= ``ms`` on a CPU (a study's stored floor); None or 0: single passes.
+
+        Call before :meth:`calibrate_latency`, which measures the reference with the floor in
+        force.
+        """
+        if self.context.method == "wall_clock":
+            self.context = dataclasses.replace(self.context, sample_ms=ms or None)
 
     @property
     def latency_label(self) -> str:
@@ -318,6 +333,7 @@ class Scorer:
             avg_weight_bits=plan.average_bits(self.weight_counts),
             latency_repeats=latency.repeats,
             latency_spread=latency.spread,
+            latency_passes=latency.passes,
             eval_samples=self.evaluator.samples,
             T_raw_ms=latency.raw_ms,
             perplexity=perplexity,

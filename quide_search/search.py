@@ -50,7 +50,7 @@ NO_HEARTBEAT = "its worker stopped sending heartbeats (killed or lost)"
 _COPIED_ATTRS = (
     *RECORD_KEYS, "baseline_bytes", "unit", "latency_repeats", "latency_spread", "eval_samples",
     "latency_source", "perplexity", "kernel_layers", "fallback_layers", "P_reachable",
-    "samples_spent", "T_raw_ms",
+    "samples_spent", "T_raw_ms", "latency_passes",
 )  # fmt: skip
 
 
@@ -246,6 +246,7 @@ class PlanObjective:
             **metrics.to_dict(),
             "latency_repeats": measurement.latency_repeats,
             "latency_spread": measurement.latency_spread,
+            "latency_passes": measurement.latency_passes,
             **({"T_raw_ms": measurement.T_raw_ms} if measurement.T_raw_ms is not None else {}),
             "latency_source": self.scorer.latency_label,
             "kernel_layers": measurement.kernel_layers,

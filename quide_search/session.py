@@ -109,6 +109,7 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     stored = study.user_attrs["protocol"]
     scorer.use_eval_chunk(stored.get("eval_first_chunk"), stored.get("eval_probes"))
     scorer.use_latency_reference(stored.get("latency_reference_ms"))
+    scorer.use_sample_floor(stored.get("latency_sample_ms"))
     objective = PlanObjective(
         scorer=scorer,
         gate=Gate(baseline_P=1.0, **config.gate_settings()),  # replaced below
@@ -173,6 +174,7 @@ def _calibrate(scorer: Scorer, config: RunConfig) -> dict[str, Any]:
     return {
         "eval_first_chunk": scorer.evaluator.chunk,
         "eval_probes": scorer.evaluator.probes,
+        "latency_sample_ms": scorer.context.sample_ms,
         "latency_reference_ms": scorer.calibrate_latency(),
     }
 
@@ -221,11 +223,12 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "text": dataclasses.asdict(text) if (text := config.task_options()["text"]) else None,
         "layers": list(scorer.weight_counts),
         "gate": config.gate_settings(),
-        # The reference is measured at creation and stored as latency_reference_ms.
+        # The reference is measured at creation and stored as latency_reference_ms, beside
+        # the sample floor it was measured with (latency_sample_ms; None in older studies).
         "latency": {
             k: v
             for k, v in scorer.context.to_dict().items()
-            if k not in ("torch_version", "reference_ms")
+            if k not in ("torch_version", "reference_ms", "sample_ms")
         },
         "eval_batch_size": config.eval_batch_size,
         "seed": config.seed,

@@ -269,10 +269,15 @@ def _early_stop_savings(pruned: list[optuna.trial.FrozenTrial]) -> dict[str, Any
 def latency_context(protocol: Mapping[str, Any]) -> dict[str, Any]:
     """Return how a study's T was obtained: its protocol's context, with the reference.
 
-    The reference is stored beside the context (``latency_reference_ms``) because it is
-    measured when the study is created, not chosen; records show them together.
+    The reference and the sample floor it was measured with are stored beside the context
+    (``latency_reference_ms``, ``latency_sample_ms``) because the reference is measured when
+    the study is created, not chosen; records show them together.
     """
-    return {**protocol.get("latency", {}), "reference_ms": protocol.get("latency_reference_ms")}
+    return {
+        **protocol.get("latency", {}),
+        "reference_ms": protocol.get("latency_reference_ms"),
+        "sample_ms": protocol.get("latency_sample_ms"),
+    }
 
 
 def _latency_warnings(study: optuna.Study) -> str | None:

@@ -67,6 +67,7 @@ def run_sweep(config: RunConfig) -> SweepResult:
                 "precision": precision_label(qtype),
                 **metrics.to_dict(),
                 "latency_repeats": measured.latency_repeats,
+                "latency_passes": measured.latency_passes,
             }
         )
     best = knee(rows)

@@ -113,11 +113,11 @@ def test_unmeasurable_latency_fails_the_trial(
 
     real = latency._cpu_pass
 
-    def broken_clock(model: nn.Module, example: torch.Tensor) -> float:
+    def broken_clock(model: nn.Module, example: torch.Tensor, passes: int) -> float:
         # Only the all-int2 plan has an unmeasurable T: the other plans, the warm starts and
         # their neighbours included, complete, so the study reaches its target.
         all_int2 = sum(_is_int2(m) for m in model.modules()) == 4
-        return bad if all_int2 else real(model, example)
+        return bad if all_int2 else real(model, example, passes)
 
     monkeypatch.setattr(latency, "_cpu_pass", broken_clock)
     config = RunConfig(

@@ -119,3 +119,37 @@ def test_a_reference_needs_its_t_and_that_t_must_be_positive(machine: _Machine) 
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ConfigError, match="finite and > 0 ms"):
             _context(reference_ms=bad)
+
+
+def test_a_sample_runs_passes_until_it_spans_the_floor(machine: _Machine) -> None:
+    machine.spell = 0
+    # A pass that alternates 1.0 and 1.5 ms never settles one pass at a time (above), but a
+    # sample of two passes is always 2.5 ms: the samples agree and the stop rule ends it.
+    costs = iter([1.0, 1.5] * 200)
+    plan = _Model(machine, "plan", 0.0)
+    plan.forward = lambda x: (machine.run("plan", next(costs)), x)[1]  # type: ignore[method-assign]
+    context = dataclasses.replace(_context(repeats=20), max_repeats=200, sample_ms=1.8)
+    # The last warm-up pass took 1.0 ms, so a sample needs ceil(1.8 / 1.0) = 2 passes.
+    result = measure_latency(plan, torch.zeros(1), context=context)
+    assert (result.passes, result.repeats, result.median_ms) == (2, 20, 1.25)
+    assert machine.passes == 5 + 2 * 20 and result.spread == 0.0
+    # Paired, one warm-up pass of both models sets the count, and both run it per sample.
+    machine.order.clear()
+    plan, ref = _Model(machine, "plan", 1.0), _Model(machine, "ref", 0.5)
+    paired = dataclasses.replace(context, reference_ms=0.5, sample_ms=6.0)
+    pairs = measure_latency(plan, torch.zeros(1), context=paired, reference=ref)
+    assert pairs.passes == 4 and pairs.median_ms == 1.0 and pairs.repeats == 20
+    timed = machine.order[2 * 5 :]
+    assert timed[:8] == ["plan"] * 4 + ["ref"] * 4 and timed[8:16] == ["ref"] * 4 + ["plan"] * 4
+
+
+def test_the_floor_is_on_the_cpu_clock_only_and_bounded(machine: _Machine) -> None:
+    assert LatencyContext.create(device=torch.device("cpu")).sample_ms == latency.SAMPLE_MS
+    assert _context().sample_ms is None  # a context stored before the floor: one pass
+    # A pass that times as nothing (a broken clock) gets one pass and fails on its own.
+    assert latency._passes_per_sample(5.0, 0.0) == latency._passes_per_sample(None, 1e-9) == 1
+    assert latency._passes_per_sample(5.0, float("nan")) == 1
+    assert latency._passes_per_sample(5.0, 1e-9) == latency._MAX_PASSES
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match="shortest timed sample"):
+            dataclasses.replace(_context(), sample_ms=bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from quide_search.latency import SAMPLE_MS
 from quide_search.scorer import Scorer
 
 
@@ -21,8 +22,11 @@ def test_measured_t_on_a_cpu_pairs_every_pass_with_the_float_model(digits_task) 
         measured = scorer.measure(scorer.uniform_plan("qint8"))
     finally:
         hook.remove()
-    # The float model ran once per timed pair and once per warm-up pass, and nowhere else.
-    assert len(calls) == scorer.context.warmup + measured.latency_repeats
+    # The float model ran once per warm-up pass and as many passes per timed pair as the
+    # plan (enough for a sample of >= SAMPLE_MS), and nowhere else.
+    passes = measured.latency_passes
+    assert scorer.context.sample_ms == SAMPLE_MS and passes > 1
+    assert len(calls) == scorer.context.warmup + passes * measured.latency_repeats
     assert measured.T_raw_ms is not None and measured.T_ms > 0
     # A stored reference is used as given; None times plain medians.
     scorer.use_latency_reference(None)
@@ -37,3 +41,13 @@ def test_estimated_and_table_t_have_no_reference(digits_task) -> None:  # type: 
         assert scorer.context.reference_ms is None and scorer.calibrate_latency() is None
     estimated = scorer.measure(scorer.uniform_plan("qint8"))
     assert estimated.T_raw_ms is None and estimated.latency_repeats == 0
+
+
+def test_a_latency_table_times_single_passes(digits_task) -> None:  # type: ignore[no-untyped-def]
+    scorer = Scorer(digits_task, device=torch.device("cpu"), latency="table", eval_chunk=32)
+    table = scorer.build_table(("qint8",))
+    # Hundreds of sub-ms entries with 5-ms samples would take minutes: the table does not
+    # use the floor, and says so in its context; the scorer's measured T keeps it.
+    assert table.context["sample_ms"] is None and scorer.context.sample_ms == SAMPLE_MS
+    assert set(table.layers) == set(scorer.weight_counts)
+    assert all(row["qint8"] > 0 and row["none"] > 0 for row in table.layers.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ from _procs import ATTRS, STUDY, by_state, counted, run_args, signal_mid_trial, 
 
 from quide_search.config import RunConfig
 from quide_search.evaluator import Evaluator
+from quide_search.latency import SAMPLE_MS
 from quide_search.scorer import Scorer
 from quide_search.search import INTERRUPTED, NO_HEARTBEAT
 from quide_search.session import open_session
@@ -230,17 +232,39 @@ def test_only_the_creator_measures_the_latency_reference(  # type: ignore[no-unt
     stored = created.study.user_attrs["protocol"]["latency_reference_ms"]
     assert len(measured) == 1 and stored == measured[0] and stored is not None and stored > 0
     assert created.objective.scorer.context.reference_ms == stored
+    # The sample floor the reference was measured with is stored beside it.
+    assert created.study.user_attrs["protocol"]["latency_sample_ms"] == SAMPLE_MS
     # The baseline's T was paired with it, and so is every trial's.
     created.study.optimize(created.objective, n_trials=1)
     trial = created.study.trials[0].user_attrs
     assert trial["T_ms"] > 0 and trial["T_raw_ms"] > 0
+    assert trial["latency_passes"] > 1  # SimpleCNN's pass is far shorter than the floor
     joined = open_session(config)
     assert joined.objective.scorer.context.reference_ms == stored and len(measured) == 1
-    # A study stored before the reference existed keeps timing plain medians when resumed.
+    assert joined.objective.scorer.context.sample_ms == SAMPLE_MS
+    # A study stored before the reference and the floor existed keeps timing plain medians
+    # of single passes when resumed.
     protocol = dict(created.study.user_attrs["protocol"])
-    del protocol["latency_reference_ms"]
+    del protocol["latency_reference_ms"], protocol["latency_sample_ms"]
     created.study.set_user_attr("protocol", protocol)
     resumed = open_session(config)
-    assert resumed.objective.scorer.context.reference_ms is None and len(measured) == 1
+    context = resumed.objective.scorer.context
+    assert context.reference_ms is None and context.sample_ms is None and len(measured) == 1
     plain = resumed.objective.scorer.measure(resumed.objective.scorer.uniform_plan("qint8"))
-    assert plain.T_ms == plain.T_raw_ms
+    assert plain.T_ms == plain.T_raw_ms and plain.latency_passes == 1
+
+
+def test_a_study_without_a_sample_floor_times_single_passes(  # type: ignore[no-untyped-def]
+    tmp_path: Path, digits_task
+) -> None:
+    config = RunConfig(
+        out_dir=str(tmp_path), device="cpu", eval_chunk=32, trials=0, latency_sample_ms=0.0
+    )
+    session = open_session(config)
+    assert session.study.user_attrs["protocol"]["latency_sample_ms"] is None
+    scorer = session.objective.scorer
+    assert scorer.context.sample_ms is None
+    assert scorer.time_plan(scorer.uniform_plan("qint8")).passes == 1
+    # Resumed with the default floor, the study keeps the one it was created with.
+    resumed = open_session(dataclasses.replace(config, latency_sample_ms=SAMPLE_MS))
+    assert resumed.objective.scorer.context.sample_ms is None

@@ -157,7 +157,7 @@ def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) ->
 
 
 def add_measure_args(parser: argparse.ArgumentParser) -> None:
-    """Add --device, --batch-size, --eval-batch-size, --eval-chunk and --threads."""
+    """Add the flags of how P and T are measured: device, batches, threads, T's source."""
     group = parser.add_argument_group("measurement")
     add_device_arg(group)
     group.add_argument(
@@ -184,6 +184,14 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="torch threads, fixed for the run and recorded with T (default: torch's choice)",
+    )
+    group.add_argument(
+        "--latency-sample-ms",
+        type=float,
+        default=5.0,
+        help="on a CPU, each timed sample runs passes back to back until it spans this many "
+        "ms, so small models' T repeats; lower is faster, 0 times single passes (stored with "
+        "the study; default: 5)",
     )
     group.add_argument(
         "--cache-mb",
@@ -286,6 +294,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "eval_batch_size": args.eval_batch_size,
         "eval_chunk": args.eval_chunk,
         "threads": args.threads,
+        "latency_sample_ms": args.latency_sample_ms,
         "latency": args.latency,
         "cache_mb": args.cache_mb,
     }

@@ -107,6 +107,7 @@ BAD_INPUTS = [
     (["run", "--model", "hf:./no-such-model"], "must name a local model directory"),
     (["run", "--granularity", "row"], "invalid choice: 'row'"),
     (["run", "--cache-mb", "0"], "--cache-mb must be > 0, but got 0.0"),
+    (["run", "--latency-sample-ms", "-1"], "--latency-sample-ms must be a finite number >= 0"),
     (["train", "--model", "simplecn"], "Did you mean: 'simplecnn'"),
     (["run", "--model", "resnet18", "--trials", "200"], "in ImageFolder layout"),
     (["run", "--model", "resnet18", "--dataset", "digits"], "must be one of imagenet, mnist-5k"),
@@ -212,7 +213,7 @@ def test_evaluate_and_sweep_commands(
     # T is paired with the study's stored reference, not one measured now.
     stored = json.loads((workdir / "plan.json").read_text())["protocol"]["latency_reference_ms"]
     assert "P reproduced exactly" in replayed
-    assert f"paired with fp32's {stored:.4g} ms per pass" in replayed
+    assert f"paired with fp32's {stored:.4g} ms per pass, samples of >= 5 ms" in replayed
     assert main(["sweep", "--bits", "fp32,8,4", "--device", "cpu", "--out-dir", "sw"]) == 0
     out = capsys.readouterr().out
     assert "knee:" in out and (workdir / "sw" / "simplecnn-digits.sweep.csv").exists()
@@ -293,7 +294,9 @@ def test_study_manager_commands(
     text = capsys.readouterr().out
     assert "Pareto front over (C max, P max, T min)" in text and "uniform qint8" in text
     reference = shown["protocol"]["latency_reference_ms"]
-    assert f"(wall_clock, paired with fp32's {reference:.4g} ms per pass)" in text
+    assert (
+        f"(wall_clock, paired with fp32's {reference:.4g} ms per pass, samples of >= 5 ms)" in text
+    )
 
 
 def test_export_formats_from_the_command_line(
