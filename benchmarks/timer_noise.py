@@ -6,11 +6,12 @@ latency measurements of the same plan, made at different moments of a study, can
 - A pure-Python loop (no torch, no threads): blocks of 200 passes, their medians.
 - The qint8 plan of SimpleCNN/digits, ResNet-18/mnist-5k and the 15-block llama_tiny of
   ``trial_cost.py``: each block is one real latency measurement (``Scorer.time_plan``, batch
-  1: the stop rule, up to 200 pairs), which gives both T (paired with the float model, the
-  scorer's reference measured once at the start) and the plain median of the plan's own
-  passes (``raw_ms``), from the same passes.
+  1: the stop rule, up to 100 pairs) per sample floor in ``--floors`` (ms; 0: single
+  passes), one right after the other, so both floors meet the same spells. Each gives T
+  (paired with the float model, whose reference each floor measures once at the start) and
+  the plain median of the plan's own samples (``raw_ms``).
 
-Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads N] [--models a,b]
+Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads N] [--models a,b] [--floors 0,5]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable
 import torch
 from trial_cost import _tasks
 
+from quide_search.latency import LatencyResult
 from quide_search.scorer import Scorer
 
 
@@ -58,19 +60,34 @@ def _summary(values: list[float]) -> dict[str, object]:
     }
 
 
-def _plan_blocks(name: str, blocks: int) -> dict[str, object]:
+def _plan_blocks(name: str, blocks: int, floors: list[float]) -> dict[str, object]:
     scorer = Scorer(_tasks()[name](), device=torch.device("cpu"), eval_chunk=32)
     plan = scorer.uniform_plan("qint8")
-    results = []
+    references = {}
+    for floor in floors:
+        scorer.use_sample_floor(floor)
+        references[floor] = scorer.calibrate_latency()
+    results: dict[float, list[LatencyResult]] = {floor: [] for floor in floors}
+    seconds: dict[float, list[float]] = {floor: [] for floor in floors}
     for _ in range(blocks):
-        results.append(scorer.time_plan(plan))
+        for floor in floors:
+            scorer.use_sample_floor(floor)
+            scorer.use_latency_reference(references[floor])
+            t0 = time.perf_counter()
+            results[floor].append(scorer.time_plan(plan))
+            seconds[floor].append(time.perf_counter() - t0)
         time.sleep(0.3)
     return {
-        "reference_ms": scorer.context.reference_ms,
-        "repeats": [r.repeats for r in results],
-        "median_spread": statistics.median(r.spread for r in results),
-        "paired": _summary([r.median_ms for r in results]),
-        "plain": _summary([r.raw_ms or 0.0 for r in results]),
+        f"floor_{floor:g}ms": {
+            "reference_ms": references[floor],
+            "passes_per_sample": [r.passes for r in results[floor]],
+            "repeats": [r.repeats for r in results[floor]],
+            "seconds_per_measurement": statistics.median(seconds[floor]),
+            "median_spread": statistics.median(r.spread for r in results[floor]),
+            "paired": _summary([r.median_ms for r in results[floor]]),
+            "plain": _summary([r.raw_ms or 0.0 for r in results[floor]]),
+        }
+        for floor in floors
     }
 
 
@@ -79,12 +96,14 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--models", default="simplecnn_digits,resnet18_embedded,llama_tiny")
+    parser.add_argument("--floors", default="0,5", help="sample floors to compare, ms")
     args = parser.parse_args()
+    floors = [float(f) for f in args.floors.split(",")]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     results: dict[str, object] = {"python_loop": _summary(_loop_blocks(_python_loop, 12))}
     for name in args.models.split(","):
-        results[f"{name}_qint8_batch1"] = _plan_blocks(name, args.blocks)
+        results[f"{name}_qint8_batch1"] = _plan_blocks(name, args.blocks, floors)
         print(name, json.dumps(results[f"{name}_qint8_batch1"]), flush=True)
     results["threads"] = {"torch": torch.get_num_threads()}
     print(json.dumps(results, indent=2))
