@@ -324,12 +324,13 @@ def _cap_text(latency: Mapping[str, Any]) -> str:
     from quide_search.latency import max_pairs
 
     cap = latency.get("max_repeats")
+    unit = "samples" if latency.get("sample_ms") else "passes"
     if cap is None:
-        return "the most passes"
+        return f"the most {unit}"
     if latency.get("reference_ms") is not None:
         pairs = max_pairs(int(latency["min_repeats"]), int(cap))
-        return f"{pairs} pairs of passes with the float model"
-    return f"{cap} passes"
+        return f"{pairs} pairs of {unit} with the float model"
+    return f"{cap} {unit}"
 
 
 def _fallback_warning(measured: list[optuna.trial.FrozenTrial]) -> str | None:

@@ -198,10 +198,14 @@ def test_latency_that_never_settled_is_said(ten_trials, tmp_path: Path) -> None:
         noisy.latency_warning
     )
     assert "(median spread 9%)" in noisy.latency_warning
-    # T was paired with the float model: the 200-pass cap counts both models' passes.
-    assert "after 100 pairs of passes with the float model" in noisy.latency_warning
+    # T was paired with the float model: the 200-sample cap counts both models' samples.
+    assert "after 100 pairs of samples with the float model" in noisy.latency_warning
     plain = _copy_with(study, latency_spread=0.09, latency_repeats=200)
-    protocol = {**study.user_attrs["protocol"], "latency_reference_ms": None}
+    protocol = {
+        **study.user_attrs["protocol"],
+        "latency_reference_ms": None,
+        "latency_sample_ms": None,
+    }
     plain.set_user_attr("protocol", protocol)
     unpaired = summarize(plain, storage_url=config.storage_url, out_dir=tmp_path, persist=False)
     assert "after 200 passes the middle half" in (unpaired.latency_warning or "")
