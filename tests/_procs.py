@@ -27,7 +27,7 @@ def run_args(out_dir: Path, trials: int, *extra: str) -> list[str]:
     """A quiet, single-threaded CPU `run` on the default task with its study under ``out_dir``.
 
     These tests are about processes, not T: 1-ms timed samples (against 5 by default) make
-    each trial's latency measurement about a fifth as long.
+    each trial's latency measurement about a quarter as long.
     """
     return cli(
         "run", "--trials", str(trials), "--out-dir", str(out_dir), "--device", "cpu",
