@@ -64,7 +64,11 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class LatencyContext:
-    """The conditions a latency was measured under; stored beside every T."""
+    """The conditions a latency was measured under; stored beside every T.
+
+    ``sample_ms``, the shortest timed sample, applies to the wall clock only: with any other
+    method it is set to None here, so a context never claims a floor it was not timed with.
+    """
 
     device: str
     batch_size: int
@@ -94,6 +98,8 @@ class LatencyContext:
             raise ConfigError(
                 f"the shortest timed sample must be finite and > 0 ms, but got {self.sample_ms!r}."
             )
+        if self.method != "wall_clock":
+            object.__setattr__(self, "sample_ms", None)
         if self.max_repeats < self.min_repeats:
             raise ConfigError(
                 f"max_repeats >= min_repeats must hold, but got ({self.max_repeats}, "
@@ -129,7 +135,7 @@ class LatencyContext:
             threads=torch.get_num_threads(),
             torch_version=torch.__version__,
             method=method,
-            sample_ms=SAMPLE_MS if method == "wall_clock" else None,
+            sample_ms=SAMPLE_MS,
         )
 
     @property
@@ -211,15 +217,14 @@ def _samples(
     Returns the model's own ms per pass in each sample, the samples T is the median of, and
     the passes per sample.
     """
-    cuda = context.method == "cuda_events"
-    timer = _cuda_pass if cuda else _cpu_pass
+    timer = _cuda_pass if context.method == "cuda_events" else _cpu_pass
     scale, cap = context.reference_ms or 1.0, context.max_repeats
     if reference is not None:
         cap = max_pairs(context.min_repeats, context.max_repeats)
     last = 0.0
     for _ in range(context.warmup):
         last = sum(timer(m, example, 1) for m in (model, reference) if m is not None)
-    passes = 1 if cuda else _passes_per_sample(context.sample_ms, last)
+    passes = _passes_per_sample(context.sample_ms, last)
     own: list[float] = []
     samples: list[float] = []
     while len(samples) < cap:

@@ -95,9 +95,9 @@ def evaluate_plan(
         latency=str(latency.get("method", "")) if latency.get("profile") else "measured",
         eval_chunk=None,  # the study's schedule, set next
         latency_reference=protocol.get("latency_reference_ms"),
+        sample_ms=protocol.get("latency_sample_ms"),
     )
     scorer.use_eval_chunk(protocol.get("eval_first_chunk"), protocol.get("eval_probes"))
-    scorer.use_sample_floor(protocol.get("latency_sample_ms"))
     measured = scorer.measure(plan)
     baseline_p = record.get("baseline", {}).get("P")
     if baseline_p is None:

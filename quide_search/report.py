@@ -64,7 +64,7 @@ def latency_text(latency: Mapping[str, Any]) -> str:
     if reference is not None:
         text += f", paired with fp32's {reference:.4g} ms per pass"
     sample = latency.get("sample_ms")
-    if sample is not None and latency.get("method") == "wall_clock":
+    if sample is not None:
         text += f", samples of >= {sample:g} ms"
     return text + ")"
 

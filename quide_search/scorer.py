@@ -233,8 +233,7 @@ class Scorer:
         Call before :meth:`calibrate_latency`, which measures the reference with the floor in
         force.
         """
-        if self.context.method == "wall_clock":
-            self.context = dataclasses.replace(self.context, sample_ms=ms or None)
+        self.context = dataclasses.replace(self.context, sample_ms=ms or None)
 
     @property
     def latency_label(self) -> str:

@@ -145,6 +145,8 @@ def test_a_sample_runs_passes_until_it_spans_the_floor(machine: _Machine) -> Non
 
 def test_the_floor_is_on_the_cpu_clock_only_and_bounded(machine: _Machine) -> None:
     assert LatencyContext.create(device=torch.device("cpu")).sample_ms == latency.SAMPLE_MS
+    for method in ("cuda_events", "model:cpu-epyc-2c"):
+        assert dataclasses.replace(_context(), method=method, sample_ms=5.0).sample_ms is None
     assert _context().sample_ms is None  # a context stored before the floor: one pass
     # A pass that times as nothing (a broken clock) gets one pass and fails on its own.
     assert latency._passes_per_sample(5.0, 0.0) == latency._passes_per_sample(None, 1e-9) == 1
