@@ -6,12 +6,12 @@ latency measurements of the same plan, made at different moments of a study, can
 - A pure-Python loop (no torch, no threads): blocks of 200 passes, their medians.
 - The qint8 plan of SimpleCNN/digits, ResNet-18/mnist-5k and the 15-block llama_tiny of
   ``trial_cost.py``: each block is one real latency measurement (``Scorer.time_plan``, batch
-  1: the stop rule, up to 100 pairs) per sample floor in ``--floors`` (ms; 0: single
-  passes), one right after the other, so both floors meet the same spells. Each gives T
-  (paired with the float model, whose reference each floor measures once at the start) and
-  the plain median of the plan's own samples (``raw_ms``).
+  1: the stop rule, up to 100 pairs) per torch thread count in ``--threads`` and sample floor
+  in ``--floors`` (ms; 0: single passes), one right after the other, so every setting meets
+  the same spells. Each gives T (paired with the float model, whose reference each setting
+  measures once at the start) and the plain median of the plan's own samples (``raw_ms``).
 
-Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads N] [--models a,b] [--floors 0,5]
+Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads 1,2] [--models a,b] [--floors 0,5]
 """
 
 from __future__ import annotations
@@ -60,52 +60,67 @@ def _summary(values: list[float]) -> dict[str, object]:
     }
 
 
-def _plan_blocks(name: str, blocks: int, floors: list[float]) -> dict[str, object]:
+def _plan_blocks(name: str, blocks: int, settings: list[tuple[int, float]]) -> dict[str, object]:
+    """Time the qint8 plan once per (threads, floor) setting in each block."""
     scorer = Scorer(_tasks()[name](), device=torch.device("cpu"), eval_chunk=32)
     plan = scorer.uniform_plan("qint8")
     references = {}
-    for floor in floors:
+    for threads, floor in settings:
+        torch.set_num_threads(threads)
         scorer.use_sample_floor(floor)
-        references[floor] = scorer.calibrate_latency()
-    results: dict[float, list[LatencyResult]] = {floor: [] for floor in floors}
-    seconds: dict[float, list[float]] = {floor: [] for floor in floors}
+        references[threads, floor] = scorer.calibrate_latency()
+    results: dict[tuple[int, float], list[LatencyResult]] = {s: [] for s in settings}
+    seconds: dict[tuple[int, float], list[float]] = {s: [] for s in settings}
     for _ in range(blocks):
-        for floor in floors:
+        for setting in settings:
+            threads, floor = setting
+            torch.set_num_threads(threads)
             scorer.use_sample_floor(floor)
-            scorer.use_latency_reference(references[floor])
+            scorer.use_latency_reference(references[setting])
             t0 = time.perf_counter()
-            results[floor].append(scorer.time_plan(plan))
-            seconds[floor].append(time.perf_counter() - t0)
+            results[setting].append(scorer.time_plan(plan))
+            seconds[setting].append(time.perf_counter() - t0)
         time.sleep(0.3)
     return {
-        f"floor_{floor:g}ms": {
-            "reference_ms": references[floor],
-            "passes_per_sample": [r.passes for r in results[floor]],
-            "repeats": [r.repeats for r in results[floor]],
-            "seconds_per_measurement": statistics.median(seconds[floor]),
-            "median_spread": statistics.median(r.spread for r in results[floor]),
-            "paired": _summary([r.median_ms for r in results[floor]]),
-            "plain": _summary([r.raw_ms or 0.0 for r in results[floor]]),
+        _label(setting, settings): {
+            "reference_ms": references[setting],
+            "passes_per_sample": [r.passes for r in results[setting]],
+            "repeats": [r.repeats for r in results[setting]],
+            "seconds_per_measurement": statistics.median(seconds[setting]),
+            "median_spread": statistics.median(r.spread for r in results[setting]),
+            "paired": _summary([r.median_ms for r in results[setting]]),
+            "plain": _summary([r.raw_ms or 0.0 for r in results[setting]]),
         }
-        for floor in floors
+        for setting in settings
     }
+
+
+def _label(setting: tuple[int, float], settings: list[tuple[int, float]]) -> str:
+    """Name a setting as before thread counts were compared, unless several are."""
+    threads, floor = setting
+    name = f"floor_{floor:g}ms"
+    return name if len({t for t, _ in settings}) == 1 else f"threads_{threads}_{name}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--threads", default=None, help="torch thread counts to compare (default: torch's)"
+    )
     parser.add_argument("--models", default="simplecnn_digits,resnet18_embedded,llama_tiny")
     parser.add_argument("--floors", default="0,5", help="sample floors to compare, ms")
     args = parser.parse_args()
     floors = [float(f) for f in args.floors.split(",")]
+    counts = [torch.get_num_threads()]
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
+        counts = [int(t) for t in args.threads.split(",")]
+    settings = [(threads, floor) for threads in counts for floor in floors]
     results: dict[str, object] = {"python_loop": _summary(_loop_blocks(_python_loop, 12))}
     for name in args.models.split(","):
-        results[f"{name}_qint8_batch1"] = _plan_blocks(name, args.blocks, floors)
+        results[f"{name}_qint8_batch1"] = _plan_blocks(name, args.blocks, settings)
         print(name, json.dumps(results[f"{name}_qint8_batch1"]), flush=True)
-    results["threads"] = {"torch": torch.get_num_threads()}
+    results["threads"] = {"torch": counts}
     print(json.dumps(results, indent=2))
 
 
