@@ -316,8 +316,21 @@ def _unsettled_warning(
         f"by more than {target:.0%} of the median (median spread "
         f"{loose[len(loose) // 2]:.0%}). This machine's timing is noisy, so T differences "
         "of a few percent between plans are not significant. Keep other work off the "
-        "machine, or use --latency table or model:PROFILE."
+        f"machine, {_threads_advice(latency)}or use --latency table or model:PROFILE."
     )
+
+
+def _threads_advice(latency: Mapping[str, Any]) -> str:
+    """Suggest one thread where T was timed on several CPU threads.
+
+    On a shared CPU a pass on several threads waits for whichever core is slowed at the
+    moment, and a slow spell slows a quantized plan and the float model unequally, so
+    pairing cannot cancel it; on one thread, paired T repeated more closely
+    (``benchmarks/timer_noise.py --threads 1,2``, benchmarks/RESULTS.md).
+    """
+    if latency.get("method") != "wall_clock" or int(latency.get("threads") or 1) <= 1:
+        return ""
+    return "time T on one thread (--threads 1; T is then one-thread latency), "
 
 
 def _cap_text(latency: Mapping[str, Any]) -> str:

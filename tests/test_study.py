@@ -200,6 +200,18 @@ def test_latency_that_never_settled_is_said(ten_trials, tmp_path: Path) -> None:
     assert "(median spread 9%)" in noisy.latency_warning
     # T was paired with the float model: the 200-sample cap counts both models' samples.
     assert "after 100 pairs of samples with the float model" in noisy.latency_warning
+    stored = study.user_attrs["protocol"]
+    advice = "time T on one thread (--threads 1; T is then one-thread latency)"
+    for threads, method, advised in (
+        (1, "wall_clock", False),
+        (2, "wall_clock", True),
+        (2, "cuda_events", False),
+    ):
+        copy = _copy_with(study, latency_spread=0.09, latency_repeats=200)
+        latency = {**stored["latency"], "threads": threads, "method": method}
+        copy.set_user_attr("protocol", {**stored, "latency": latency})
+        said = summarize(copy, storage_url=config.storage_url, out_dir=tmp_path, persist=False)
+        assert (advice in (said.latency_warning or "")) is advised
     plain = _copy_with(study, latency_spread=0.09, latency_repeats=200)
     protocol = {
         **study.user_attrs["protocol"],
