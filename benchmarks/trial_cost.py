@@ -29,7 +29,8 @@ llama_tiny (a 15-block Llama built from a config: 105 quantized Linear layers; s
 token windows, the machinery being what is measured).
 
 Usage:  python benchmarks/trial_cost.py [--quick] [--latency measured|model:cpu-epyc-2c]
-                                        [--threads N] [--json PATH] [--write benchmarks/RESULTS.md]
+                                        [--threads N] [--latency-threads N] [--json PATH]
+                                        [--write benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -150,10 +151,21 @@ def _one_layer_change_ms(scorer: Scorer, layers: list[str], *, exact: bool) -> f
 
 
 def measure(
-    task: Task, *, plans: int, latency: str, threads: int | None, again: int
+    task: Task,
+    *,
+    plans: int,
+    latency: str,
+    threads: int | None,
+    again: int,
+    latency_threads: int | None = None,
 ) -> dict[str, Any]:
     scorer = Scorer(
-        task, device=torch.device("cpu"), eval_batch_size=256, latency=latency, threads=threads
+        task,
+        device=torch.device("cpu"),
+        eval_batch_size=256,
+        latency=latency,
+        threads=threads,
+        latency_threads=latency_threads,
     )
     layers = list(task.layers)
     rng = random.Random(0)
@@ -239,6 +251,7 @@ def measure(
         # The plain medians of the same passes (what T was before pairing).
         "same_plan_twice_raw_within_3pct": sum(r["raw_diff"] <= 0.03 for r in repeat),
         "latency_reference_ms": scorer.context.reference_ms,
+        "threads": {"eval": torch.get_num_threads(), "latency": scorer.context.threads},
         "cache_mb": scorer.layers.cached_bytes / 2**20,
         "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -251,6 +264,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument(
+        "--latency-threads", type=int, default=None, help="threads T is timed with"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
@@ -260,7 +276,12 @@ def main() -> None:
         # cap (a noisy spell), 5 would take the quick run to its 3-minute limit.
         plans, again = (5, 2) if args.quick else (20, 20)
         results[name] = measure(
-            make(), plans=plans, latency=args.latency, threads=args.threads, again=again
+            make(),
+            plans=plans,
+            latency=args.latency,
+            threads=args.threads,
+            again=again,
+            latency_threads=args.latency_threads,
         )
         print(name, json.dumps(results[name]), flush=True)
     if args.json:
@@ -287,12 +308,15 @@ def _append(args: argparse.Namespace, results: dict[str, Any]) -> None:
     command = "python benchmarks/trial_cost.py" + (" --quick" if args.quick else "")
     if args.threads is not None:
         command += f" --threads {args.threads}"
+    if args.latency_threads is not None:
+        command += f" --latency-threads {args.latency_threads}"
     text = "\n".join(
         [
             f"### Trial cost, latency {args.latency} ({dt.date.today().isoformat()})",
             "",
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
-            f" {torch.get_num_threads()} torch threads."
+            f" torch threads: {torch.get_num_threads()}"
+            f" ({args.latency_threads or torch.get_num_threads()} for T)."
             f" Command: `{command} --latency {args.latency}`. Times in ms (medians).",
             "",
             "| model | layers | assemble | evaluate | eval calls / floor's | latency | record | "

@@ -60,6 +60,9 @@ class RunConfig:
         default=None, metadata={"help": "first evaluation chunk (None: fitted to call cost)"}
     )
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
+    latency_threads: int | None = field(
+        default=None, metadata={"help": "torch threads T is timed with (None: --threads)"}
+    )
     latency_sample_ms: float = field(
         default=5.0, metadata={"help": "shortest timed sample on a CPU, ms (0: one pass)"}
     )
@@ -121,6 +124,7 @@ class RunConfig:
             ("--eval-batch-size", self.eval_batch_size),
             ("--eval-chunk", 1 if self.eval_chunk is None else self.eval_chunk),
             ("--threads", 1 if self.threads is None else self.threads),
+            ("--latency-threads", 1 if self.latency_threads is None else self.latency_threads),
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, but got {value}.")

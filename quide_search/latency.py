@@ -17,9 +17,10 @@ jitter, and its median moves by more than 3 % between measurements of the same p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from time import perf_counter_ns
 from typing import Any
@@ -88,6 +89,8 @@ class LatencyContext:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, but got {self.batch_size}.")
+        if self.threads < 1:
+            raise ConfigError(f"--latency-threads must be >= 1, but got {self.threads}.")
         if self.min_repeats < 20:
             raise ConfigError(f"at least 20 timed passes are required, got {self.min_repeats}.")
         if self.reference_ms is not None and not 0 < self.reference_ms < float("inf"):
@@ -108,21 +111,30 @@ class LatencyContext:
 
     @classmethod
     def create(
-        cls, *, device: torch.device, batch_size: int = 1, source: str = "measured"
+        cls,
+        *,
+        device: torch.device,
+        batch_size: int = 1,
+        source: str = "measured",
+        threads: int | None = None,
     ) -> LatencyContext:
         """Describe how T is obtained: measured on ``device``, or ``model:NAME`` estimated.
 
+        ``threads`` is the torch thread count T is timed with (None: the process's), which
+        :func:`measure_latency` sets for the measurement.
+
         Raises:
-            ConfigError: For an unknown source or device profile.
+            ConfigError: For an unknown source or device profile, or ``threads`` < 1.
         """
         from quide_search.latency_model import latency_source
 
+        threads = torch.get_num_threads() if threads is None else threads
         target = latency_source(source)
         if target is not None:
             return cls(
                 device=target.name,
                 batch_size=batch_size,
-                threads=torch.get_num_threads(),
+                threads=threads,
                 torch_version=torch.__version__,
                 method=source,
                 profile=target.to_dict(),
@@ -132,7 +144,7 @@ class LatencyContext:
         return cls(
             device=name,
             batch_size=batch_size,
-            threads=torch.get_num_threads(),
+            threads=threads,
             torch_version=torch.__version__,
             method=method,
             sample_ms=SAMPLE_MS,
@@ -188,7 +200,7 @@ def measure_latency(
     if reference is not None and context.reference_ms is None:
         raise TrialEvaluationError("a paired latency needs the reference's T (a bug)")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(context.threads):
             own, samples, passes = _samples(model, example, context, reference)
     except MemoryError as e:
         raise TrialEvaluationError(f"out of memory during latency measurement: {e}") from e
@@ -204,6 +216,23 @@ def measure_latency(
         raw_ms=statistics.median(own),
         passes=passes,
     )
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Time with ``threads`` torch threads (the context's), and give the process its own back.
+
+    Evaluation keeps the run's ``--threads``; ``--latency-threads`` sets only what T is
+    timed with.
+    """
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
 
 
 def _samples(

@@ -91,7 +91,9 @@ def evaluate_plan(
         device=resolve_device(device),
         batch_size=int(latency.get("batch_size", 1)),
         eval_batch_size=int(protocol.get("eval_batch_size", 256)),
-        threads=latency.get("threads"),
+        # Studies from before --latency-threads evaluated with T's threads.
+        threads=protocol.get("eval_threads", latency.get("threads")),
+        latency_threads=latency.get("threads"),
         latency=str(latency.get("method", "")) if latency.get("profile") else "measured",
         eval_chunk=None,  # the study's schedule, set next
         latency_reference=protocol.get("latency_reference_ms"),

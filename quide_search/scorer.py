@@ -84,8 +84,10 @@ class Scorer:
         device: Where evaluation and timing run.
         batch_size: Batch size of the latency measurement (recorded with T).
         eval_batch_size: Batch size of the accuracy evaluation (does not change P).
-        threads: torch intra-op threads to fix for the whole run (None keeps torch's default);
-            the count in force is recorded with every T either way.
+        threads: torch intra-op threads to fix for the whole run (None keeps torch's default).
+        latency_threads: torch threads that T alone is timed with (None: the run's); recorded
+            with every T. One thread repeats more closely on a shared CPU, while evaluation
+            keeps the run's threads.
         latency: ``measured``; ``table`` or ``table:PATH`` for the per-layer table (set with
             :meth:`use_table`); or ``model:PROFILE`` for the analytic estimate.
         cache_mb: Bound on the cached quantized layers that trials are assembled from.
@@ -109,6 +111,7 @@ class Scorer:
         batch_size: int = 1,
         eval_batch_size: int = 256,
         threads: int | None = None,
+        latency_threads: int | None = None,
         latency: str = "measured",
         cache_mb: float = 4096.0,
         hardest_first: bool = True,
@@ -133,7 +136,9 @@ class Scorer:
             self.fit_eval_chunk()
         else:
             self.use_eval_chunk(eval_chunk)
-        context = LatencyContext.create(device=device, batch_size=batch_size, source=latency)
+        context = LatencyContext.create(
+            device=device, batch_size=batch_size, source=latency, threads=latency_threads
+        )
         if task.decode is not None:
             decode = {k: v for k, v in task.decode.items() if k != "pad_token_id"}
             context = dataclasses.replace(context, decode={**decode, "per": "generated token"})
@@ -186,6 +191,7 @@ class Scorer:
             batch_size=config.batch_size,
             eval_batch_size=config.eval_batch_size,
             threads=config.threads,
+            latency_threads=config.latency_threads,
             latency=config.latency,
             cache_mb=config.cache_mb,
             hardest_first=config.early_stop != "stat",

@@ -49,6 +49,8 @@ _PROTOCOL_KEYS = (
     "model", "dataset", "splits", "bits", "gate", "latency", "eval_batch_size", "granularity",
     "objective", "latency_source", "limits",
 )  # fmt: skip
+# Protocol fields added later: checked only against studies that stored them.
+_PROTOCOL_KEYS_SINCE = ("eval_threads",)
 DEFAULT_HEARTBEAT_S = 60
 """Heartbeat interval of RDB storages when --heartbeat is not given."""
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -231,6 +233,8 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
             if k not in ("torch_version", "reference_ms", "sample_ms")
         },
         "eval_batch_size": config.eval_batch_size,
+        # The threads P is evaluated with; T's own are latency.threads (--latency-threads).
+        "eval_threads": torch.get_num_threads(),
         "seed": config.seed,
         "unit": LATENCY_UNIT,
         "versions": {
@@ -243,7 +247,7 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
 
 
 def _check_protocol(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
-    for key in _PROTOCOL_KEYS:
+    for key in (*_PROTOCOL_KEYS, *(k for k in _PROTOCOL_KEYS_SINCE if k in stored)):
         if stored.get(key) != current.get(key):
             raise ConfigError(
                 f"resuming study {name!r} needs the same {key} as when it was created, but it "

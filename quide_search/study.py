@@ -326,11 +326,12 @@ def _threads_advice(latency: Mapping[str, Any]) -> str:
     On a shared CPU a pass on several threads waits for whichever core is slowed at the
     moment, and a slow spell slows a quantized plan and the float model unequally, so
     pairing cannot cancel it; on one thread, paired T repeated more closely
-    (``benchmarks/timer_noise.py --threads 1,2``, benchmarks/RESULTS.md).
+    (``benchmarks/timer_noise.py --threads 1,2``, benchmarks/RESULTS.md). Evaluation keeps
+    its threads.
     """
     if latency.get("method") != "wall_clock" or int(latency.get("threads") or 1) <= 1:
         return ""
-    return "time T on one thread (--threads 1; T is then one-thread latency), "
+    return "time T on one thread (--latency-threads 1; T is then one-thread latency), "
 
 
 def _cap_text(latency: Mapping[str, Any]) -> str:

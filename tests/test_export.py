@@ -94,6 +94,20 @@ def test_evaluate_reproduces_p_exactly(study_dir: Path) -> None:
         evaluate_plan(out, device="cpu", model="resnet18")
 
 
+def test_evaluate_uses_the_studys_evaluation_and_latency_threads(study_dir: Path) -> None:
+    out = export_plan(
+        study="simplecnn-digits", storage=_storage(study_dir), out=study_dir / "t.json"
+    )
+    record = json.loads(out.read_text())
+    protocol = record["protocol"]
+    protocol["eval_threads"], protocol["latency"]["threads"] = 1, 2
+    split = study_dir / "t2.json"
+    split.write_text(json.dumps(record))
+    replay = evaluate_plan(split, device="cpu")
+    assert replay.latency["threads"] == 2 and torch.get_num_threads() == 1
+    assert replay.reproduced is True
+
+
 def test_yaml_export_reads_back_as_the_same_plan(study_dir: Path) -> None:
     storage = _storage(study_dir)
     as_json = export_plan(study="simplecnn-digits", storage=storage, out=study_dir / "b.json")

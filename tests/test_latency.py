@@ -155,3 +155,33 @@ def test_the_floor_is_on_the_cpu_clock_only_and_bounded(machine: _Machine) -> No
     for bad in (0.0, -1.0, float("inf")):
         with pytest.raises(ConfigError, match="shortest timed sample"):
             dataclasses.replace(_context(), sample_ms=bad)
+
+
+class _CountsThreads(nn.Module):
+    """Notes the torch thread count each pass runs with; fails when told to."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.seen: set[int] = set()
+        self.fail = fail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add(torch.get_num_threads())
+        if self.fail:
+            raise RuntimeError("boom")
+        return x
+
+
+def test_t_is_timed_with_the_contexts_threads_and_the_process_keeps_its_own() -> None:
+    torch.set_num_threads(3)  # the run's (evaluation's) threads; conftest restores torch's
+    model = _CountsThreads()
+    measure_latency(model, torch.zeros(1), context=_context())  # threads=1
+    assert model.seen == {1} and torch.get_num_threads() == 3
+    broken = _CountsThreads(fail=True)
+    with pytest.raises(TrialEvaluationError, match="boom"):
+        measure_latency(broken, torch.zeros(1), context=_context())
+    assert broken.seen == {1} and torch.get_num_threads() == 3
+    assert LatencyContext.create(device=torch.device("cpu")).threads == 3
+    assert LatencyContext.create(device=torch.device("cpu"), threads=2).threads == 2
+    with pytest.raises(ConfigError, match="--latency-threads must be >= 1, but got 0"):
+        LatencyContext.create(device=torch.device("cpu"), threads=0)

@@ -13,6 +13,7 @@ import torch
 from _procs import ATTRS, STUDY, by_state, counted, run_args, signal_mid_trial, start, trials
 
 from quide_search.config import RunConfig
+from quide_search.errors import ConfigError
 from quide_search.evaluator import Evaluator
 from quide_search.latency import SAMPLE_MS
 from quide_search.scorer import Scorer
@@ -268,3 +269,24 @@ def test_a_study_without_a_sample_floor_times_single_passes(  # type: ignore[no-
     # Resumed with the default floor, the study keeps the one it was created with.
     resumed = open_session(dataclasses.replace(config, latency_sample_ms=SAMPLE_MS))
     assert resumed.objective.scorer.context.sample_ms is None
+
+
+def test_latency_threads_time_t_alone_and_are_stored(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+    config = RunConfig(
+        out_dir=str(tmp_path), device="cpu", eval_chunk=32, trials=0, threads=2,
+        latency_threads=1,
+    )  # fmt: skip
+    session = open_session(config)
+    protocol = session.study.user_attrs["protocol"]
+    assert protocol["latency"]["threads"] == 1 and protocol["eval_threads"] == 2
+    assert session.objective.scorer.context.threads == 1 and torch.get_num_threads() == 2
+    # Evaluation's threads are part of the protocol: a joiner must use the same.
+    with pytest.raises(ConfigError, match="needs the same eval_threads as when it was created"):
+        open_session(dataclasses.replace(config, threads=1))
+    # A study stored before eval_threads existed does not ask for them.
+    session.study.set_user_attr(
+        "protocol", {k: v for k, v in protocol.items() if k != "eval_threads"}
+    )
+    assert (
+        open_session(dataclasses.replace(config, threads=1)).objective.scorer.context.threads == 1
+    )

@@ -201,7 +201,7 @@ def test_latency_that_never_settled_is_said(ten_trials, tmp_path: Path) -> None:
     # T was paired with the float model: the 200-sample cap counts both models' samples.
     assert "after 100 pairs of samples with the float model" in noisy.latency_warning
     stored = study.user_attrs["protocol"]
-    advice = "time T on one thread (--threads 1; T is then one-thread latency)"
+    advice = "time T on one thread (--latency-threads 1; T is then one-thread latency)"
     for threads, method, advised in (
         (1, "wall_clock", False),
         (2, "wall_clock", True),

@@ -186,6 +186,13 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         help="torch threads, fixed for the run and recorded with T (default: torch's choice)",
     )
     group.add_argument(
+        "--latency-threads",
+        type=positive_int,
+        default=None,
+        help="torch threads that T alone is timed with, recorded with T; evaluation keeps "
+        "--threads. On a shared CPU, 1 makes T repeat more closely (default: --threads)",
+    )
+    group.add_argument(
         "--latency-sample-ms",
         type=float,
         default=5.0,
@@ -294,6 +301,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "eval_batch_size": args.eval_batch_size,
         "eval_chunk": args.eval_chunk,
         "threads": args.threads,
+        "latency_threads": args.latency_threads,
         "latency_sample_ms": args.latency_sample_ms,
         "latency": args.latency,
         "cache_mb": args.cache_mb,

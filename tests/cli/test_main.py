@@ -64,6 +64,7 @@ BAD_INPUTS = [
     (["run", "--study", "bad name!"], "--study must be 1-128 letters"),
     (["run", "--batch-size", "0"], "--batch-size: must be an integer >= 1"),
     (["run", "--threads", "0"], "--threads: must be an integer >= 1"),
+    (["run", "--latency-threads", "0"], "--latency-threads: must be an integer >= 1"),
     (["run", "--device", "tpu"], "invalid choice: 'tpu'"),
     (["run", "--bits", "8,4", "--trials", "6"], "needs the same bits"),
     (["sweep", "--bits", "9"], "--bits must be a subset"),
