@@ -56,9 +56,10 @@ def _row(label: str, m: Mapping[str, Any], extra: Sequence[Any] = ()) -> list[An
 
 def latency_text(latency: Mapping[str, Any]) -> str:
     """Say what T is: unit, batch, threads, device, method, and the reference it is paired with."""
+    threads = latency.get("threads")
     text = (
-        f"T in ms at batch {latency.get('batch_size')}, {latency.get('threads')} threads on "
-        f"{latency.get('device')} ({latency.get('method')}"
+        f"T in ms at batch {latency.get('batch_size')}, {threads} "
+        f"thread{'' if threads == 1 else 's'} on {latency.get('device')} ({latency.get('method')}"
     )
     reference = latency.get("reference_ms")
     if reference is not None:
