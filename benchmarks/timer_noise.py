@@ -17,6 +17,7 @@ Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads 1,2] [--models 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import statistics
@@ -66,7 +67,7 @@ def _plan_blocks(name: str, blocks: int, settings: list[tuple[int, float]]) -> d
     plan = scorer.uniform_plan("qint8")
     references = {}
     for threads, floor in settings:
-        torch.set_num_threads(threads)
+        _time_on(scorer, threads)
         scorer.use_sample_floor(floor)
         references[threads, floor] = scorer.calibrate_latency()
     results: dict[tuple[int, float], list[LatencyResult]] = {s: [] for s in settings}
@@ -74,7 +75,7 @@ def _plan_blocks(name: str, blocks: int, settings: list[tuple[int, float]]) -> d
     for _ in range(blocks):
         for setting in settings:
             threads, floor = setting
-            torch.set_num_threads(threads)
+            _time_on(scorer, threads)
             scorer.use_sample_floor(floor)
             scorer.use_latency_reference(references[setting])
             t0 = time.perf_counter()
@@ -93,6 +94,11 @@ def _plan_blocks(name: str, blocks: int, settings: list[tuple[int, float]]) -> d
         }
         for setting in settings
     }
+
+
+def _time_on(scorer: Scorer, threads: int) -> None:
+    """Time T on ``threads`` torch threads: the measurement sets the context's count itself."""
+    scorer.context = dataclasses.replace(scorer.context, threads=threads)
 
 
 def _label(setting: tuple[int, float], settings: list[tuple[int, float]]) -> str:
