@@ -6,12 +6,16 @@ latency measurements of the same plan, made at different moments of a study, can
 - A pure-Python loop (no torch, no threads): blocks of 200 passes, their medians.
 - The qint8 plan of SimpleCNN/digits, ResNet-18/mnist-5k and the 15-block llama_tiny of
   ``trial_cost.py``: each block is one real latency measurement (``Scorer.time_plan``, batch
-  1: the stop rule, up to 100 pairs) per torch thread count in ``--threads`` and sample floor
-  in ``--floors`` (ms; 0: single passes), one right after the other, so every setting meets
-  the same spells. Each gives T (paired with the float model, whose reference each setting
-  measures once at the start) and the plain median of the plan's own samples (``raw_ms``).
+  1: the stop rule, up to 100 pairs) per torch thread count in ``--threads``, sample floor
+  in ``--floors`` (ms; 0: single passes) and reference in ``--references``, one right after
+  the other, so every setting meets the same spells. Each gives T (paired with the
+  reference, whose T each setting measures once at the start) and the plain median of the
+  plan's own samples (``raw_ms``). The references: ``float``, the float model (what studies
+  created before 2026-11-28 paired with); ``mix``, a run's default choices qint8, qint4 and
+  qint2 dealt out over the layers (what a study pairs with now).
 
-Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads 1,2] [--models a,b] [--floors 0,5]
+Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads 1,2] [--models a,b]
+            [--floors 0,5] [--references float,mix]
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ from collections.abc import Callable
 import torch
 from trial_cost import _tasks
 
+from quide_search.config import RunConfig
 from quide_search.latency import LatencyResult
 from quide_search.scorer import Scorer
+
+_Setting = tuple[int, float, str]  # torch threads, sample floor (ms), reference
+_REFERENCES = {"float": None, "mix": RunConfig().bits}
 
 
 def _loop_blocks(work: Callable[[], object], blocks: int, passes: int = 200) -> list[float]:
@@ -61,23 +69,23 @@ def _summary(values: list[float]) -> dict[str, object]:
     }
 
 
-def _plan_blocks(name: str, blocks: int, settings: list[tuple[int, float]]) -> dict[str, object]:
-    """Time the qint8 plan once per (threads, floor) setting in each block."""
+def _plan_blocks(name: str, blocks: int, settings: list[_Setting]) -> dict[str, object]:
+    """Time the qint8 plan once per (threads, floor, reference) setting in each block."""
     scorer = Scorer(_tasks()[name](), device=torch.device("cpu"), eval_chunk=32)
     plan = scorer.uniform_plan("qint8")
     references = {}
-    for threads, floor in settings:
+    for threads, floor, reference in settings:
         _time_on(scorer, threads)
         scorer.use_sample_floor(floor)
-        references[threads, floor] = scorer.calibrate_latency()
-    results: dict[tuple[int, float], list[LatencyResult]] = {s: [] for s in settings}
-    seconds: dict[tuple[int, float], list[float]] = {s: [] for s in settings}
+        references[threads, floor, reference] = scorer.calibrate_latency(_REFERENCES[reference])
+    results: dict[_Setting, list[LatencyResult]] = {s: [] for s in settings}
+    seconds: dict[_Setting, list[float]] = {s: [] for s in settings}
     for _ in range(blocks):
         for setting in settings:
-            threads, floor = setting
+            threads, floor, reference = setting
             _time_on(scorer, threads)
             scorer.use_sample_floor(floor)
-            scorer.use_latency_reference(references[setting])
+            scorer.use_latency_reference(references[setting], _REFERENCES[reference])
             t0 = time.perf_counter()
             results[setting].append(scorer.time_plan(plan))
             seconds[setting].append(time.perf_counter() - t0)
@@ -101,11 +109,13 @@ def _time_on(scorer: Scorer, threads: int) -> None:
     scorer.context = dataclasses.replace(scorer.context, threads=threads)
 
 
-def _label(setting: tuple[int, float], settings: list[tuple[int, float]]) -> str:
-    """Name a setting as before thread counts were compared, unless several are."""
-    threads, floor = setting
+def _label(setting: _Setting, settings: list[_Setting]) -> str:
+    """Name a setting by its floor, and by its threads and reference where several are run."""
+    threads, floor, reference = setting
     name = f"floor_{floor:g}ms"
-    return name if len({t for t, _ in settings}) == 1 else f"threads_{threads}_{name}"
+    if len({s[2] for s in settings}) > 1:
+        name = f"{reference}_{name}"
+    return name if len({s[0] for s in settings}) == 1 else f"threads_{threads}_{name}"
 
 
 def main() -> None:
@@ -116,17 +126,22 @@ def main() -> None:
     )
     parser.add_argument("--models", default="simplecnn_digits,resnet18_embedded,llama_tiny")
     parser.add_argument("--floors", default="0,5", help="sample floors to compare, ms")
+    parser.add_argument(
+        "--references", default="mix", help="references to pair with: float, mix (see above)"
+    )
     args = parser.parse_args()
     floors = [float(f) for f in args.floors.split(",")]
     counts = [torch.get_num_threads()]
     if args.threads is not None:
         counts = [int(t) for t in args.threads.split(",")]
-    settings = [(threads, floor) for threads in counts for floor in floors]
+    references = args.references.split(",")
+    settings = [(t, f, r) for t in counts for f in floors for r in references]
     results: dict[str, object] = {"python_loop": _summary(_loop_blocks(_python_loop, 12))}
     for name in args.models.split(","):
         results[f"{name}_qint8_batch1"] = _plan_blocks(name, args.blocks, settings)
         print(name, json.dumps(results[f"{name}_qint8_batch1"]), flush=True)
     results["threads"] = {"torch": counts}
+    results["references"] = {r: _REFERENCES[r] for r in references}
     print(json.dumps(results, indent=2))
 
 

@@ -6,11 +6,12 @@ For each model, in one process, the median over random plans of:
 - the floor, as the issue defines it: one bare evaluation of the same samples with the float
   model (a plain loop) plus the trial's own latency measurement (``measure_latency`` on the
   plan's freshly quantized model, for as many timed passes as the trial's measurement
-  took, paired with the float model as a trial's is on a CPU), and ``overhead_ratio``, the
-  median over trials of each trial's time over its floor. Both parts are timed next to the
-  trial: the bare evaluation just before and just after it (averaged), the latency
-  measurement right after it, since this machine's speed drifts by up to 2x from one
-  second to the next and a floor timed apart would measure the drift;
+  took, paired on a CPU with the same reference as a trial's: the plans' choices dealt out
+  over the layers), and ``overhead_ratio``, the median over trials of each trial's time over
+  its floor. Both parts are timed next to the trial: the bare evaluation just before and
+  just after it (averaged), the latency measurement right after it, since this machine's
+  speed drifts by up to 2x from one second to the next and a floor timed apart would
+  measure the drift;
 - the float floor: the bare float evaluation plus one latency measurement of the float model
   (on a CPU where quanto dequantizes, timing a quantized model costs more than that by itself);
 - the plan floor: a bare evaluation and a latency measurement of the plan's freshly quantized
@@ -121,8 +122,8 @@ def _floor(
     context = scorer.context
     if passes is not None:
         context = dataclasses.replace(context, min_repeats=passes, max_repeats=passes)
-    # The same measurement as a trial's: on a CPU, paired with the float model.
-    reference = None if context.reference_ms is None else scorer.model
+    # The same measurement as a trial's: on a CPU, paired with the study's reference.
+    reference = scorer.latency_reference()
     timing = _median_time(
         lambda: measure_latency(model, scorer.example, context=context, reference=reference),
         repeats,
@@ -166,6 +167,8 @@ def measure(
         latency=latency,
         threads=threads,
         latency_threads=latency_threads,
+        # As in a study: T is paired with the plans' choices dealt out over the layers.
+        reference_qtypes=QTYPES,
     )
     layers = list(task.layers)
     rng = random.Random(0)
@@ -251,6 +254,7 @@ def measure(
         # The plain medians of the same passes (what T was before pairing).
         "same_plan_twice_raw_within_3pct": sum(r["raw_diff"] <= 0.03 for r in repeat),
         "latency_reference_ms": scorer.context.reference_ms,
+        "latency_reference_qtypes": scorer.context.reference_qtypes,
         "threads": {"eval": torch.get_num_threads(), "latency": scorer.context.threads},
         "cache_mb": scorer.layers.cached_bytes / 2**20,
         "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

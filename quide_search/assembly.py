@@ -118,6 +118,23 @@ class LayerCache:
                 view.install(name, qtype, entry.exact if exact else entry.twin or entry.exact)
         return view.root
 
+    def pinned(self, plan: BitPlan) -> nn.Module:
+        """Return ``plan``'s model with quanto's own modules, in a view of its own.
+
+        Later calls to :meth:`assemble` leave it alone, so it can run next to each trial's
+        model (the latency reference). It keeps its layers alive even after the cache drops
+        them: one plan's worth of quantized layers beyond ``limit_mb``.
+
+        Raises:
+            PlanError: If the plan names a layer the model lacks.
+            TrialEvaluationError: If quanto fails on a layer.
+        """
+        plan.validate_layers(self._layers)
+        view = _View(self.model, self._modules, self._layers)
+        for name, qtype in plan.quantized_layers().items():
+            view.install(name, qtype, self._get(name, qtype).exact)
+        return view.root
+
     def stored_bytes(self, plan: BitPlan) -> int:
         """Return the bytes ``plan``'s quantized model stores, from per-layer counts.
 

@@ -4,11 +4,14 @@ On CUDA the passes are timed with CUDA events after synchronisation (host clocks
 kernel launches, not the kernels); on CPU with ``time.perf_counter_ns``. The thread count, batch
 size, device and torch version travel with every number, since T means nothing without them.
 
-On a CPU, each pass of a plan can be paired with a pass of a reference model (the float model),
-and T is the median of their ratios times the reference's T measured once (``reference_ms``).
-A shared CPU's speed drifts by up to 2x within seconds (``benchmarks/timer_noise.py``), and two
-plain medians of one plan taken at different moments differ by as much; a pass and the
-reference's pass taken next to it see the same speed, so their ratio does not drift with it.
+On a CPU, each pass of a plan can be paired with a pass of a reference model, and T is the
+median of their ratios times the reference's T measured once (``reference_ms``). A shared
+CPU's speed drifts by up to 2x within seconds (``benchmarks/timer_noise.py``), and two plain
+medians of one plan taken at different moments differ by as much; a pass and the reference's
+pass taken next to it see the same speed, so their ratio drifts far less. It still drifts
+when the two models do different work: a slow spell slows quanto's dequantizing layers and
+float layers unequally. So a study's reference is a plan like the ones it tries, its choices
+dealt out over the layers (``reference_qtypes``), rather than the float model.
 
 On a CPU, a timed sample also runs passes back to back until it spans ``sample_ms``: one pass
 of a small model (SimpleCNN: 0.06 ms) is shorter than the timer's and the scheduler's
@@ -20,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from time import perf_counter_ns
 from typing import Any
@@ -37,6 +40,7 @@ __all__ = [
     "LatencyResult",
     "max_pairs",
     "measure_latency",
+    "reference_label",
     "resolve_device",
 ]
 
@@ -69,6 +73,9 @@ class LatencyContext:
 
     ``sample_ms``, the shortest timed sample, applies to the wall clock only: with any other
     method it is set to None here, so a context never claims a floor it was not timed with.
+    ``reference_qtypes`` names the reference T is paired with (``reference_ms``): the plan
+    that deals them out over the layers (:meth:`BitPlan.mixed`); None, the float model
+    (studies created before the reference was a mix). Without ``reference_ms`` it is None.
     """
 
     device: str
@@ -85,6 +92,7 @@ class LatencyContext:
     decode: dict[str, Any] | None = None
     reference_ms: float | None = None
     sample_ms: float | None = None
+    reference_qtypes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -103,6 +111,10 @@ class LatencyContext:
             )
         if self.method != "wall_clock":
             object.__setattr__(self, "sample_ms", None)
+        if self.reference_ms is None:
+            object.__setattr__(self, "reference_qtypes", None)
+        elif self.reference_qtypes is not None:
+            object.__setattr__(self, "reference_qtypes", tuple(self.reference_qtypes))
         if self.max_repeats < self.min_repeats:
             raise ConfigError(
                 f"max_repeats >= min_repeats must hold, but got ({self.max_repeats}, "
@@ -287,6 +299,13 @@ def max_pairs(min_repeats: int, max_repeats: int) -> int:
     Half of ``max_repeats``, so pairing costs no more passes, but never under ``min_repeats``.
     """
     return max(min_repeats, max_repeats // 2)
+
+
+def reference_label(qtypes: Sequence[str] | None) -> str:
+    """Name the reference T is paired with: ``the float model`` or ``a qint8/qint4 mix``."""
+    if not qtypes or all(q == "none" for q in qtypes):
+        return "the float model"
+    return f"a {'/'.join('float' if q == 'none' else q for q in qtypes)} mix"
 
 
 def _pair(

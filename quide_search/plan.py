@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -137,6 +137,23 @@ class BitPlan:
     def uniform(cls, *, model: str, dataset: str, layers: Iterable[str], qtype: str) -> BitPlan:
         """Return the plan that gives every layer the same qtype."""
         return cls(model=model, dataset=dataset, layers={name: qtype for name in layers})
+
+    @classmethod
+    def mixed(
+        cls, *, model: str, dataset: str, layers: Iterable[str], qtypes: Sequence[str]
+    ) -> BitPlan:
+        """Return the plan that deals ``qtypes`` out over ``layers`` in turn, in model order.
+
+        A fixed plan that looks like the plans a search over ``qtypes`` tries: measured T on
+        a CPU is paired with it (see :mod:`quide_search.latency`).
+
+        Raises:
+            ConfigError: If ``qtypes`` is empty.
+        """
+        if not qtypes:
+            raise ConfigError("a mixed plan needs at least one qtype, but got none.")
+        dealt = {name: qtypes[i % len(qtypes)] for i, name in enumerate(layers)}
+        return cls(model=model, dataset=dataset, layers=dealt)
 
     def quantized_layers(self) -> dict[str, str]:
         """Return layer -> qtype for the layers that are quantized (not ``none``)."""

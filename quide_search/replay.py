@@ -97,6 +97,8 @@ def evaluate_plan(
         latency=str(latency.get("method", "")) if latency.get("profile") else "measured",
         eval_chunk=None,  # the study's schedule, set next
         latency_reference=protocol.get("latency_reference_ms"),
+        # Studies from before the reference was a mix paired with the float model.
+        reference_qtypes=protocol.get("latency_reference_qtypes"),
         sample_ms=protocol.get("latency_sample_ms"),
     )
     scorer.use_eval_chunk(protocol.get("eval_first_chunk"), protocol.get("eval_probes"))

@@ -56,6 +56,8 @@ def _row(label: str, m: Mapping[str, Any], extra: Sequence[Any] = ()) -> list[An
 
 def latency_text(latency: Mapping[str, Any]) -> str:
     """Say what T is: unit, batch, threads, device, method, and the reference it is paired with."""
+    from quide_search.latency import reference_label
+
     threads = latency.get("threads")
     text = (
         f"T in ms at batch {latency.get('batch_size')}, {threads} "
@@ -63,7 +65,8 @@ def latency_text(latency: Mapping[str, Any]) -> str:
     )
     reference = latency.get("reference_ms")
     if reference is not None:
-        text += f", paired with fp32's {reference:.4g} ms per pass"
+        paired = reference_label(latency.get("reference_qtypes"))
+        text += f", paired with {paired} at {reference:.4g} ms per pass"
     sample = latency.get("sample_ms")
     if sample is not None:
         text += f", samples of >= {sample:g} ms"

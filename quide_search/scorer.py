@@ -96,9 +96,12 @@ class Scorer:
         eval_chunk: Samples in the first evaluation chunk; ``auto`` fits it to the measured
             cost of a forward call (:meth:`Evaluator.fit_chunking`), None keeps 1/40 of
             the split (plans recorded before the choice existed).
-        latency_reference: The float model's T per timed pass, which measured T on a CPU is
+        latency_reference: The reference's T per timed pass, which measured T on a CPU is
             paired with (:meth:`calibrate_latency`); ``auto`` measures it now, None times
             plain medians (studies recorded before pairing existed).
+        reference_qtypes: The qtypes the reference deals out over the layers
+            (:meth:`BitPlan.mixed`: a study's choices); None pairs with the float model
+            (studies recorded before the reference was a mix).
         sample_ms: The shortest timed sample on a CPU (:meth:`use_sample_floor`); None or 0
             times single passes.
     """
@@ -118,6 +121,7 @@ class Scorer:
         eval_chunk: int | Literal["auto"] | None = "auto",
         latency_reference: float | Literal["auto"] | None = "auto",
         sample_ms: float | None = SAMPLE_MS,
+        reference_qtypes: Sequence[str] | None = None,
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -162,10 +166,11 @@ class Scorer:
         # and the per-layer table time for a causal LM.
         self._step = self.example[:, :1] if task.decode is not None else self.example
         self._shapes = layer_shapes(self.model, self._step) if self.context.estimated else []
+        self._pinned: tuple[tuple[str, ...], torch.nn.Module] | None = None
         if latency_reference == "auto":
-            self.calibrate_latency()
+            self.calibrate_latency(reference_qtypes)
         else:
-            self.use_latency_reference(latency_reference)
+            self.use_latency_reference(latency_reference, reference_qtypes)
 
     @classmethod
     def for_config(
@@ -198,6 +203,7 @@ class Scorer:
             eval_chunk=config.eval_chunk or ("auto" if calibrate else None),
             latency_reference="auto" if calibrate else None,
             sample_ms=config.latency_sample_ms,
+            reference_qtypes=config.bits,
         )
 
     def fit_eval_chunk(self) -> tuple[int, int | None]:
@@ -213,25 +219,62 @@ class Scorer:
         """Score with this chunk schedule from now on (a study's stored choice)."""
         self.evaluator = dataclasses.replace(self.evaluator, first_chunk=first, probes=probes)
 
-    def calibrate_latency(self) -> float | None:
+    def calibrate_latency(self, qtypes: Sequence[str] | None = None) -> float | None:
         """Measure the reference that measured T is paired with on a CPU; return it.
 
-        The reference is the float model's plain median per timed pass, measured once. Each
-        later measurement pairs every pass of a plan with a pass of the float model and
-        reports ``reference × median ratio``: the plan's T at the speed the machine had when
-        the reference was measured (see :mod:`quide_search.latency`). CUDA events, tables and
-        estimates are not paired: returns None there.
+        The reference is the plan that deals ``qtypes`` out over the layers (None: the float
+        model), and its T is its plain median per timed pass, measured once. Each later
+        measurement pairs every pass of a plan with a pass of the reference and reports
+        ``reference × median ratio``: the plan's T at the speed the machine had when the
+        reference was measured (see :mod:`quide_search.latency`). CUDA events, tables and
+        estimates are not paired: returns None there. Where the mix fails to quantize or
+        run (a layer that breaks under one of the qtypes), the float model is the reference;
+        the context says which it is.
+
+        Raises:
+            TrialEvaluationError: If the float model's T cannot be measured either.
         """
         self.use_latency_reference(None)
         if not (self._times_model and self.context.method == "wall_clock"):
             return None
-        timed = measure_latency(self._timed(self.model), self.example, context=self.context)
-        self.use_latency_reference(timed.median_ms)
+        try:
+            reference = self._timed(self._reference_model(qtypes))
+            timed = measure_latency(reference, self.example, context=self.context)
+        except TrialEvaluationError:
+            if qtypes is None:
+                raise
+            return self.calibrate_latency(None)
+        self.use_latency_reference(timed.median_ms, qtypes)
         return timed.median_ms
 
-    def use_latency_reference(self, ms: float | None) -> None:
-        """Pair measured T with this reference from now on (a study's stored one); None: don't."""
-        self.context = dataclasses.replace(self.context, reference_ms=ms)
+    def use_latency_reference(self, ms: float | None, qtypes: Sequence[str] | None = None) -> None:
+        """Pair measured T with this reference from now on (a study's stored one); None: don't.
+
+        ``qtypes`` are the reference's (see :meth:`calibrate_latency`); None: the float model.
+        """
+        qtypes = None if qtypes is None else tuple(qtypes)
+        self.context = dataclasses.replace(self.context, reference_ms=ms, reference_qtypes=qtypes)
+
+    def latency_reference(self) -> torch.nn.Module | None:
+        """Return what each timed pass of a plan is paired with now, or None: not paired."""
+        if self.context.reference_ms is None:
+            return None
+        return self._timed(self._reference_model(self.context.reference_qtypes))
+
+    def _reference_model(self, qtypes: Sequence[str] | None) -> torch.nn.Module:
+        """The float model, or the mixed plan of ``qtypes`` in a view trials leave alone."""
+        if qtypes is None or all(q == FLOAT for q in qtypes):
+            return self.model
+        key = tuple(qtypes)
+        if self._pinned is None or self._pinned[0] != key:
+            plan = BitPlan.mixed(
+                model=self.task.model_name,
+                dataset=self.task.dataset_name,
+                layers=self.weight_counts,
+                qtypes=key,
+            )
+            self._pinned = (key, self.layers.pinned(plan))
+        return self._pinned[1]
 
     def use_sample_floor(self, ms: float | None) -> None:
         """Time samples of >= ``ms`` on a CPU (a study's stored floor); None or 0: single passes.
@@ -398,9 +441,11 @@ class Scorer:
 
     def _measured(self, model: torch.nn.Module) -> LatencyResult:
         """Time ``model`` on the latency example; per generated token for a causal LM."""
-        reference = None if self.context.reference_ms is None else self._timed(self.model)
         timed = measure_latency(
-            self._timed(model), self.example, context=self.context, reference=reference
+            self._timed(model),
+            self.example,
+            context=self.context,
+            reference=self.latency_reference(),
         )
         return self._per_token(timed)
 

@@ -110,7 +110,9 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     # medians).
     stored = study.user_attrs["protocol"]
     scorer.use_eval_chunk(stored.get("eval_first_chunk"), stored.get("eval_probes"))
-    scorer.use_latency_reference(stored.get("latency_reference_ms"))
+    scorer.use_latency_reference(
+        stored.get("latency_reference_ms"), stored.get("latency_reference_qtypes")
+    )
     scorer.use_sample_floor(stored.get("latency_sample_ms"))
     objective = PlanObjective(
         scorer=scorer,
@@ -168,16 +170,21 @@ def _calibrate(scorer: Scorer, config: RunConfig) -> dict[str, Any]:
     """Measure what the creator of a study fixes for every process that joins it.
 
     The chunk schedule (--eval-chunk's, or one fitted to this machine's call cost) and the
-    latency reference (see :meth:`Scorer.calibrate_latency`) both depend on timing, so they
-    are measured once and stored in the protocol rather than re-measured by each process.
+    latency reference (see :meth:`Scorer.calibrate_latency`: the study's choices dealt out
+    over the layers) both depend on timing, so they are measured once and stored in the
+    protocol rather than re-measured by each process.
     """
     if config.eval_chunk is None:
         scorer.fit_eval_chunk()
+    reference = scorer.calibrate_latency(config.bits)
+    # None where the mix could not run and the float model is the reference.
+    qtypes = scorer.context.reference_qtypes
     return {
         "eval_first_chunk": scorer.evaluator.chunk,
         "eval_probes": scorer.evaluator.probes,
         "latency_sample_ms": scorer.context.sample_ms,
-        "latency_reference_ms": scorer.calibrate_latency(),
+        "latency_reference_ms": reference,
+        "latency_reference_qtypes": None if qtypes is None else list(qtypes),
     }
 
 
@@ -225,12 +232,13 @@ def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
         "text": dataclasses.asdict(text) if (text := config.task_options()["text"]) else None,
         "layers": list(scorer.weight_counts),
         "gate": config.gate_settings(),
-        # The reference is measured at creation and stored as latency_reference_ms, beside
-        # the sample floor it was measured with (latency_sample_ms; None in older studies).
+        # The reference is measured at creation and stored as latency_reference_ms and
+        # _qtypes, beside the sample floor it was measured with (latency_sample_ms; None in
+        # older studies).
         "latency": {
             k: v
             for k, v in scorer.context.to_dict().items()
-            if k not in ("torch_version", "reference_ms", "sample_ms")
+            if k not in ("torch_version", "reference_ms", "sample_ms", "reference_qtypes")
         },
         "eval_batch_size": config.eval_batch_size,
         # The threads P is evaluated with; T's own are latency.threads (--latency-threads).

@@ -269,14 +269,16 @@ def _early_stop_savings(pruned: list[optuna.trial.FrozenTrial]) -> dict[str, Any
 def latency_context(protocol: Mapping[str, Any]) -> dict[str, Any]:
     """Return how a study's T was obtained: its protocol's context, with the reference.
 
-    The reference and the sample floor it was measured with are stored beside the context
-    (``latency_reference_ms``, ``latency_sample_ms``) because the reference is measured when
-    the study is created, not chosen; records show them together.
+    The reference, its qtypes and the sample floor it was measured with are stored beside
+    the context (``latency_reference_ms``, ``latency_reference_qtypes``,
+    ``latency_sample_ms``) because the reference is measured when the study is created, not
+    chosen; records show them together.
     """
     return {
         **protocol.get("latency", {}),
         "reference_ms": protocol.get("latency_reference_ms"),
         "sample_ms": protocol.get("latency_sample_ms"),
+        "reference_qtypes": protocol.get("latency_reference_qtypes"),
     }
 
 
@@ -324,8 +326,8 @@ def _threads_advice(latency: Mapping[str, Any]) -> str:
     """Suggest one thread where T was timed on several CPU threads.
 
     On a shared CPU a pass on several threads waits for whichever core is slowed at the
-    moment, and a slow spell slows a quantized plan and the float model unequally, so
-    pairing cannot cancel it; on one thread, paired T repeated more closely
+    moment, and a slow spell slows a plan and its reference unequally, so pairing cannot
+    cancel it all; on one thread, paired T repeated more closely
     (``benchmarks/timer_noise.py --threads 1,2``, benchmarks/RESULTS.md). Evaluation keeps
     its threads.
     """
@@ -335,7 +337,7 @@ def _threads_advice(latency: Mapping[str, Any]) -> str:
 
 
 def _cap_text(latency: Mapping[str, Any]) -> str:
-    from quide_search.latency import max_pairs
+    from quide_search.latency import max_pairs, reference_label
 
     cap = latency.get("max_repeats")
     unit = "samples" if latency.get("sample_ms") else "passes"
@@ -343,7 +345,7 @@ def _cap_text(latency: Mapping[str, Any]) -> str:
         return f"the most {unit}"
     if latency.get("reference_ms") is not None:
         pairs = max_pairs(int(latency["min_repeats"]), int(cap))
-        return f"{pairs} pairs of {unit} with the float model"
+        return f"{pairs} pairs of {unit} with {reference_label(latency.get('reference_qtypes'))}"
     return f"{cap} {unit}"
 
 

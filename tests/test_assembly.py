@@ -73,6 +73,27 @@ def test_a_one_layer_change_swaps_one_layer(digits_task) -> None:  # type: ignor
     assert all(dict(restored.named_modules())[n] is cache.module(n, "none") for n in names)
 
 
+def test_a_pinned_plan_outlives_later_assemblies(digits_task) -> None:  # type: ignore[no-untyped-def]
+    model, layers = digits_task.model, list(digits_task.layers)
+    cache = LayerCache(model, limit_mb=0.0)  # every later build drops the cached layers
+    mixed = BitPlan.mixed(model="m", dataset="d", layers=layers, qtypes=("qint8", "qint4"))
+    pinned = cache.pinned(mixed)
+    x = digits_task.splits.eval.inputs[:64]
+    with torch.no_grad():
+        expected = apply_plan(model, mixed)(x)
+        assert torch.equal(pinned(x), expected)
+        for plan in _random_plans(layers, 6, seed=3):
+            cache.assemble(plan, exact=True)
+            cache.assemble(plan)
+        # Neither view's swaps nor the cache's evictions reached it.
+        assert torch.equal(pinned(x), expected)
+    modules = dict(pinned.named_modules())
+    assert [modules[n].weight_qtype.name for n in layers] == ["qint8", "qint4"] * 2
+    assert not any(_is_quanto(m) for m in model.modules())
+    with pytest.raises(PlanError):
+        cache.pinned(BitPlan(model="m", dataset="d", layers={"nope": "qint8"}))
+
+
 def test_a_tied_weight_is_still_stored_by_its_other_owner() -> None:
     class Tied(nn.Module):
         def __init__(self) -> None:

@@ -38,9 +38,13 @@ def test_export_best_has_required_fields(study_dir: Path) -> None:
     assert set(record["metrics"]) >= {"C", "P", "T_ms", "I", "I_prime", "gate_passed", "latency"}
     assert set(record["metrics"]["latency"]) >= {"device", "batch_size", "threads", "unit"}
     study = load_study(study="simplecnn-digits", storage=_storage(study_dir))
-    # T was paired with the float model's T measured when the study was created.
-    reference = study.user_attrs["protocol"]["latency_reference_ms"]
+    # T was paired with the reference measured when the study was created: its choices
+    # dealt out over the layers.
+    protocol = study.user_attrs["protocol"]
+    reference = protocol["latency_reference_ms"]
     assert record["metrics"]["latency"]["reference_ms"] == reference and reference > 0
+    qtypes = record["metrics"]["latency"]["reference_qtypes"]
+    assert qtypes == protocol["latency_reference_qtypes"] == protocol["bits"]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     feasible = [t for t in done if t.user_attrs["gate_passed"]]
     assert record["metrics"]["I_prime"] == max(t.user_attrs["I_prime"] for t in feasible)

@@ -97,9 +97,16 @@ def test_fault_in_forward_fails_the_trial_only(tmp_path: Path, faulty_model: str
         assert FAULTS[fault] in t.user_attrs["fail_reason"]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert all(t.params["fc"] == "qint8" for t in complete if "P" in t.user_attrs)
-    if fault not in ("nan", "inf"):  # a raising layer cannot be measured alone: no warm start
+    raises = fault not in ("nan", "inf")
+    if raises:  # a raising layer cannot be measured alone: no warm start
         skipped = study.user_attrs["warm_start_skipped"]
         assert skipped.startswith("sensitivity forward pass failed")
+    # The latency reference deals qint8, qint2 out over (hidden, fc): where that raises, the
+    # study pairs T with the float model instead of failing.
+    protocol = study.user_attrs["protocol"]
+    assert protocol["latency_reference_ms"] > 0
+    expected = None if raises else ["qint8", "qint2"]
+    assert protocol["latency_reference_qtypes"] == expected
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])

@@ -52,6 +52,16 @@ def test_plan_round_trip_and_quantization_map() -> None:
     assert BitPlan.from_dict(data).quantized_layers() == {"b": "qint4", "c": "qfloat8"}
 
 
+def test_a_mixed_plan_deals_the_qtypes_out_in_model_order() -> None:
+    layers = ["conv1", "conv2", "fc1", "fc2", "head"]
+    plan = BitPlan.mixed(model="m", dataset="d", layers=layers, qtypes=("qint8", "none", "4"))
+    assert dict(plan.layers) == {
+        "conv1": "qint8", "conv2": "none", "fc1": "qint4", "fc2": "qint8", "head": "none"
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="at least one qtype"):
+        BitPlan.mixed(model="m", dataset="d", layers=layers, qtypes=())
+
+
 def test_average_bits_weights_by_element_count() -> None:
     plan = BitPlan(model="m", dataset="d", layers={"a": "qint4", "b": "none"})
     assert plan.average_bits({"a": 300, "b": 100}) == pytest.approx((300 * 4 + 100 * 32) / 400)

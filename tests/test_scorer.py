@@ -8,7 +8,7 @@ from quide_search.latency import SAMPLE_MS
 from quide_search.scorer import Scorer
 
 
-def test_measured_t_on_a_cpu_pairs_every_pass_with_the_float_model(digits_task) -> None:  # type: ignore[no-untyped-def]
+def test_measured_t_on_a_cpu_pairs_every_pass_with_the_reference(digits_task) -> None:  # type: ignore[no-untyped-def]
     scorer = Scorer(digits_task, device=torch.device("cpu"), eval_chunk=32)
     reference = scorer.context.reference_ms
     assert reference is not None and 0 < reference < 100
@@ -51,3 +51,35 @@ def test_a_latency_table_times_single_passes(digits_task) -> None:  # type: igno
     assert table.context["sample_ms"] is None and scorer.context.sample_ms == SAMPLE_MS
     assert set(table.layers) == set(scorer.weight_counts)
     assert all(row["qint8"] > 0 and row["none"] > 0 for row in table.layers.values())
+
+
+def test_a_study_s_choices_dealt_over_the_layers_are_the_reference(digits_task) -> None:  # type: ignore[no-untyped-def]
+    scorer = Scorer(
+        digits_task, device=torch.device("cpu"), eval_chunk=32, reference_qtypes=["qint8", "qint2"]
+    )
+    assert scorer.context.reference_qtypes == ("qint8", "qint2")
+    reference = scorer.latency_reference()
+    assert reference is not None and reference is not scorer.model
+    modules = dict(reference.named_modules())
+    layers = list(scorer.weight_counts)
+    assert [modules[n].weight_qtype.name for n in layers] == ["qint8", "qint2"] * 2
+    calls: list[int] = []
+    # Views share the float model's hooks: count the calls of the reference itself.
+    hook = reference.register_forward_hook(
+        lambda module, *_: calls.append(1) if module is reference else None
+    )
+    try:
+        measured = scorer.measure(scorer.uniform_plan("qint4"))
+    finally:
+        hook.remove()
+    # Every timed sample ran the mix as often as the plan; trials did not change it.
+    passes = measured.latency_passes
+    assert len(calls) == scorer.context.warmup + passes * measured.latency_repeats
+    assert scorer.latency_reference() is reference and measured.T_ms > 0
+    # The float model is the reference where no qtypes are given (studies from before the
+    # mix) and where the choices are all float.
+    for qtypes in (None, ["none"]):
+        scorer.use_latency_reference(1.0, qtypes)
+        assert scorer.latency_reference() is scorer.model
+    scorer.use_latency_reference(None, ["qint8"])
+    assert scorer.latency_reference() is None and scorer.context.reference_qtypes is None

@@ -6,6 +6,7 @@ import dataclasses
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -223,8 +224,8 @@ def test_only_the_creator_measures_the_latency_reference(  # type: ignore[no-unt
     measured: list[float | None] = []
     real = Scorer.calibrate_latency
 
-    def counted_calibration(self: Scorer) -> float | None:
-        measured.append(real(self))
+    def counted_calibration(self: Scorer, qtypes: Sequence[str] | None = None) -> float | None:
+        measured.append(real(self, qtypes))
         return measured[-1]
 
     monkeypatch.setattr(Scorer, "calibrate_latency", counted_calibration)
@@ -233,8 +234,11 @@ def test_only_the_creator_measures_the_latency_reference(  # type: ignore[no-unt
     stored = created.study.user_attrs["protocol"]["latency_reference_ms"]
     assert len(measured) == 1 and stored == measured[0] and stored is not None and stored > 0
     assert created.objective.scorer.context.reference_ms == stored
-    # The sample floor the reference was measured with is stored beside it.
+    # The sample floor the reference was measured with is stored beside it, and so are the
+    # qtypes it deals out over the layers: the study's choices.
     assert created.study.user_attrs["protocol"]["latency_sample_ms"] == SAMPLE_MS
+    assert created.study.user_attrs["protocol"]["latency_reference_qtypes"] == list(config.bits)
+    assert created.objective.scorer.context.reference_qtypes == config.bits
     # The baseline's T was paired with it, and so is every trial's.
     created.study.optimize(created.objective, n_trials=1)
     trial = created.study.trials[0].user_attrs
@@ -243,6 +247,14 @@ def test_only_the_creator_measures_the_latency_reference(  # type: ignore[no-unt
     joined = open_session(config)
     assert joined.objective.scorer.context.reference_ms == stored and len(measured) == 1
     assert joined.objective.scorer.context.sample_ms == SAMPLE_MS
+    assert joined.objective.scorer.context.reference_qtypes == config.bits
+    # A study whose reference was the float model (before it was a mix) keeps it.
+    protocol = dict(created.study.user_attrs["protocol"])
+    del protocol["latency_reference_qtypes"]
+    created.study.set_user_attr("protocol", protocol)
+    older = open_session(config).objective.scorer
+    assert older.context.reference_ms == stored and older.context.reference_qtypes is None
+    assert older.latency_reference() is older.model and len(measured) == 1
     # A study stored before the reference and the floor existed keeps timing plain medians
     # of single passes when resumed.
     protocol = dict(created.study.user_attrs["protocol"])

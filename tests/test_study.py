@@ -198,9 +198,11 @@ def test_latency_that_never_settled_is_said(ten_trials, tmp_path: Path) -> None:
         noisy.latency_warning
     )
     assert "(median spread 9%)" in noisy.latency_warning
-    # T was paired with the float model: the 200-sample cap counts both models' samples.
-    assert "after 100 pairs of samples with the float model" in noisy.latency_warning
+    # T was paired with the study's choices dealt out over the layers: the 200-sample cap
+    # counts both models' samples.
     stored = study.user_attrs["protocol"]
+    mix = "/".join(stored["bits"])
+    assert f"after 100 pairs of samples with a {mix} mix" in noisy.latency_warning
     advice = "time T on one thread (--latency-threads 1; T is then one-thread latency)"
     for threads, method, advised in (
         (1, "wall_clock", False),

@@ -212,17 +212,18 @@ def test_evaluate_and_sweep_commands(
     assert main(["evaluate", "--plan", "plan.json", "--device", "cpu"]) == 0
     replayed = capsys.readouterr().out
     # T is paired with the study's stored reference, not one measured now.
-    stored = json.loads((workdir / "plan.json").read_text())["protocol"]["latency_reference_ms"]
+    protocol = json.loads((workdir / "plan.json").read_text())["protocol"]
+    stored, mix = protocol["latency_reference_ms"], "/".join(protocol["latency_reference_qtypes"])
     assert "P reproduced exactly" in replayed
-    assert f"paired with fp32's {stored:.4g} ms per pass, samples of >= 5 ms" in replayed
+    assert f"paired with a {mix} mix at {stored:.4g} ms per pass, samples of >= 5 ms" in replayed
     assert main(["sweep", "--bits", "fp32,8,4", "--device", "cpu", "--out-dir", "sw"]) == 0
     out = capsys.readouterr().out
     assert "knee:" in out and (workdir / "sw" / "simplecnn-digits.sweep.csv").exists()
-    # The sweep's T is paired with the float model, and says with which reference.
-    reference = json.loads((workdir / "sw" / "simplecnn-digits.sweep.json").read_text())[
-        "latency"
-    ]["reference_ms"]
-    assert reference > 0 and f"paired with fp32's {reference:.4g} ms per pass" in out
+    # The sweep's T is paired with its precisions dealt out over the layers, and says so.
+    latency = json.loads((workdir / "sw" / "simplecnn-digits.sweep.json").read_text())["latency"]
+    reference = latency["reference_ms"]
+    assert latency["reference_qtypes"] == ["none", "qint8", "qint4"]
+    assert reference > 0 and f"paired with a float/qint8/qint4 mix at {reference:.4g} ms" in out
 
 
 def test_every_argument_has_a_type_and_unique_help() -> None:
@@ -295,8 +296,10 @@ def test_study_manager_commands(
     text = capsys.readouterr().out
     assert "Pareto front over (C max, P max, T min)" in text and "uniform qint8" in text
     reference = shown["protocol"]["latency_reference_ms"]
+    mix = "/".join(shown["protocol"]["latency_reference_qtypes"])
     assert (
-        f"(wall_clock, paired with fp32's {reference:.4g} ms per pass, samples of >= 5 ms)" in text
+        f"(wall_clock, paired with a {mix} mix at {reference:.4g} ms per pass, samples of >= 5 ms)"
+        in text
     )
 
 
