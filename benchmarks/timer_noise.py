@@ -11,7 +11,7 @@ latency measurements of the same plan, made at different moments of a study, can
   the other, so every setting meets the same spells. Each gives T (paired with the
   reference, whose T each setting measures once at the start) and the plain median of the
   plan's own samples (``raw_ms``). The references: ``float``, the float model (what studies
-  created before 2026-11-28 paired with); ``mix``, a run's default choices qint8, qint4 and
+  created until 2026-11-27 paired with); ``mix``, a run's default choices qint8, qint4 and
   qint2 dealt out over the layers (what a study pairs with now).
 
 Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads 1,2] [--models a,b]
