@@ -5,28 +5,34 @@ from __future__ import annotations
 import torch
 
 from quide_search.latency import SAMPLE_MS
-from quide_search.scorer import Scorer
+from quide_search.scorer import Measurement, Scorer
+
+
+def _measure_counting(
+    scorer: Scorer, qtype: str, module: torch.nn.Module
+) -> tuple[Measurement, int]:
+    """Measure the uniform ``qtype`` plan; return it and how often ``module`` itself ran.
+
+    Views of the float model share its hooks, so the hook counts calls of ``module`` only.
+    """
+    calls: list[int] = []
+    hook = module.register_forward_hook(lambda m, *_: calls.append(1) if m is module else None)
+    try:
+        return scorer.measure(scorer.uniform_plan(qtype)), len(calls)
+    finally:
+        hook.remove()
 
 
 def test_measured_t_on_a_cpu_pairs_every_pass_with_the_reference(digits_task) -> None:  # type: ignore[no-untyped-def]
     scorer = Scorer(digits_task, device=torch.device("cpu"), eval_chunk=32)
     reference = scorer.context.reference_ms
     assert reference is not None and 0 < reference < 100
-    calls: list[int] = []
-    # Views of the float model share its hooks: count the calls of the float model itself.
-    float_model = scorer.model
-    hook = float_model.register_forward_hook(
-        lambda module, *_: calls.append(1) if module is float_model else None
-    )
-    try:
-        measured = scorer.measure(scorer.uniform_plan("qint8"))
-    finally:
-        hook.remove()
+    measured, calls = _measure_counting(scorer, "qint8", scorer.model)
     # The float model ran once per warm-up pass and as many passes per timed pair as the
     # plan (enough for a sample of >= SAMPLE_MS), and nowhere else.
     passes = measured.latency_passes
     assert scorer.context.sample_ms == SAMPLE_MS and passes > 1
-    assert len(calls) == scorer.context.warmup + passes * measured.latency_repeats
+    assert calls == scorer.context.warmup + passes * measured.latency_repeats
     assert measured.T_raw_ms is not None and measured.T_ms > 0
     # A stored reference is used as given; None times plain medians.
     scorer.use_latency_reference(None)
@@ -63,18 +69,10 @@ def test_a_study_s_choices_dealt_over_the_layers_are_the_reference(digits_task) 
     modules = dict(reference.named_modules())
     layers = list(scorer.weight_counts)
     assert [modules[n].weight_qtype.name for n in layers] == ["qint8", "qint2"] * 2
-    calls: list[int] = []
-    # Views share the float model's hooks: count the calls of the reference itself.
-    hook = reference.register_forward_hook(
-        lambda module, *_: calls.append(1) if module is reference else None
-    )
-    try:
-        measured = scorer.measure(scorer.uniform_plan("qint4"))
-    finally:
-        hook.remove()
+    measured, calls = _measure_counting(scorer, "qint4", reference)
     # Every timed sample ran the mix as often as the plan; trials did not change it.
     passes = measured.latency_passes
-    assert len(calls) == scorer.context.warmup + passes * measured.latency_repeats
+    assert calls == scorer.context.warmup + passes * measured.latency_repeats
     assert scorer.latency_reference() is reference and measured.T_ms > 0
     # The float model is the reference where no qtypes are given (studies from before the
     # mix) and where the choices are all float.
