@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from quide_search.config import RunConfig
 from quide_search.latency import measure_latency
 from quide_search.plan import BitPlan
 from quide_search.scorer import Scorer
@@ -81,7 +82,8 @@ def main() -> None:
     parser.add_argument("--write", type=str, default=None, help="append results to this file")
     args = parser.parse_args()
     task = load_task()
-    scorer = Scorer(task, device=torch.device("cpu"))
+    # T paired with the default choices dealt out over the layers, as in a study.
+    scorer = Scorer(task, device=torch.device("cpu"), reference_qtypes=RunConfig().bits)
     split = _trial_split(scorer, args.trials, seed=0)
     run_s = _default_run_seconds()
     cpu = platform.processor() or platform.machine()
