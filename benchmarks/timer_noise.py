@@ -1,21 +1,22 @@
-"""How far this machine's timings drift, and how much pairing with the float model removes.
+"""How far this machine's timings drift, and how much pairing with a reference removes.
 
 Each workload is timed in blocks a pause apart; the spread of the block results is what two
 latency measurements of the same plan, made at different moments of a study, can differ by.
 
 - A pure-Python loop (no torch, no threads): blocks of 200 passes, their medians.
-- The qint8 plan of SimpleCNN/digits, ResNet-18/mnist-5k and the 15-block llama_tiny of
-  ``trial_cost.py``: each block is one real latency measurement (``Scorer.time_plan``, batch
-  1: the stop rule, up to 100 pairs) per torch thread count in ``--threads``, sample floor
-  in ``--floors`` (ms; 0: single passes) and reference in ``--references``, one right after
-  the other, so every setting meets the same spells. Each gives T (paired with the
-  reference, whose T each setting measures once at the start) and the plain median of the
-  plan's own samples (``raw_ms``). The references: ``float``, the float model (what studies
-  created until 2026-11-27 paired with); ``mix``, a run's default choices qint8, qint4 and
-  qint2 dealt out over the layers (what a study pairs with now).
+- The qint8 plan (``--plan random``: a seeded random draw of qint8, qint4 or qint2 per layer)
+  of SimpleCNN/digits, ResNet-18/mnist-5k and the 15-block llama_tiny of ``trial_cost.py``:
+  each block is one real latency measurement (``Scorer.time_plan``, batch 1: the stop rule,
+  up to 100 pairs) per torch thread count in ``--threads``, sample floor in ``--floors`` (ms;
+  0: single passes) and reference in ``--references``, one right after the other, so every
+  setting meets the same spells. Each gives T (paired with the reference, whose T each
+  setting measures once at the start) and the plain median of the plan's own samples
+  (``raw_ms``). The references: ``float``, the float model (what studies created until
+  2026-11-27 paired with); ``mix``, a run's default choices qint8, qint4 and qint2 dealt out
+  over the layers (what a study pairs with now).
 
 Usage:  python benchmarks/timer_noise.py [--blocks N] [--threads 1,2] [--models a,b]
-            [--floors 0,5] [--references float,mix]
+            [--floors 0,5] [--references float,mix] [--plan qint8|random]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -69,10 +71,19 @@ def _summary(values: list[float]) -> dict[str, object]:
     }
 
 
-def _plan_blocks(name: str, blocks: int, settings: list[_Setting]) -> dict[str, object]:
-    """Time the qint8 plan once per (threads, floor, reference) setting in each block."""
+def _plan_blocks(name: str, blocks: int, settings: list[_Setting], kind: str) -> dict[str, object]:
+    """Time one plan once per (threads, floor, reference) setting in each block.
+
+    ``kind``: ``qint8``, the uniform plan; ``random``, each layer a seeded draw from a run's
+    default choices, like the plans a study tries.
+    """
     scorer = Scorer(_tasks()[name](), device=torch.device("cpu"), eval_chunk=32)
     plan = scorer.uniform_plan("qint8")
+    if kind == "random":
+        rng = random.Random(7)
+        choices = RunConfig().bits
+        draws = {layer: rng.choice(choices) for layer in scorer.weight_counts}
+        plan = dataclasses.replace(plan, layers=draws)
     references = {}
     for threads, floor, reference in settings:
         _time_on(scorer, threads)
@@ -129,6 +140,9 @@ def main() -> None:
     parser.add_argument(
         "--references", default="mix", help="references to pair with: float, mix (see above)"
     )
+    parser.add_argument(
+        "--plan", default="qint8", choices=("qint8", "random"), help="the plan timed (see above)"
+    )
     args = parser.parse_args()
     floors = [float(f) for f in args.floors.split(",")]
     counts = [torch.get_num_threads()]
@@ -138,8 +152,9 @@ def main() -> None:
     settings = [(t, f, r) for t in counts for f in floors for r in references]
     results: dict[str, object] = {"python_loop": _summary(_loop_blocks(_python_loop, 12))}
     for name in args.models.split(","):
-        results[f"{name}_qint8_batch1"] = _plan_blocks(name, args.blocks, settings)
-        print(name, json.dumps(results[f"{name}_qint8_batch1"]), flush=True)
+        key = f"{name}_{args.plan}_batch1"
+        results[key] = _plan_blocks(name, args.blocks, settings, args.plan)
+        print(name, json.dumps(results[key]), flush=True)
     results["threads"] = {"torch": counts}
     results["references"] = {r: _REFERENCES[r] for r in references}
     print(json.dumps(results, indent=2))
