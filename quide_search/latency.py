@@ -33,6 +33,7 @@ from torch import nn
 
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.metric import LATENCY_UNIT
+from quide_search.plan import FLOAT
 
 __all__ = [
     "SAMPLE_MS",
@@ -40,6 +41,7 @@ __all__ = [
     "LatencyResult",
     "max_pairs",
     "measure_latency",
+    "mixed_reference",
     "reference_label",
     "resolve_device",
 ]
@@ -75,7 +77,8 @@ class LatencyContext:
     method it is set to None here, so a context never claims a floor it was not timed with.
     ``reference_qtypes`` names the reference T is paired with (``reference_ms``): the plan
     that deals them out over the layers (:meth:`BitPlan.mixed`); None, the float model
-    (studies created before the reference was a mix). Without ``reference_ms`` it is None.
+    (studies created before the reference was a mix, or choices that are all float). Without
+    ``reference_ms`` it is None.
     """
 
     device: str
@@ -111,10 +114,8 @@ class LatencyContext:
             )
         if self.method != "wall_clock":
             object.__setattr__(self, "sample_ms", None)
-        if self.reference_ms is None:
-            object.__setattr__(self, "reference_qtypes", None)
-        elif self.reference_qtypes is not None:
-            object.__setattr__(self, "reference_qtypes", tuple(self.reference_qtypes))
+        qtypes = None if self.reference_ms is None else mixed_reference(self.reference_qtypes)
+        object.__setattr__(self, "reference_qtypes", qtypes)
         if self.max_repeats < self.min_repeats:
             raise ConfigError(
                 f"max_repeats >= min_repeats must hold, but got ({self.max_repeats}, "
@@ -301,11 +302,23 @@ def max_pairs(min_repeats: int, max_repeats: int) -> int:
     return max(min_repeats, max_repeats // 2)
 
 
+def mixed_reference(qtypes: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Return the qtypes a latency reference deals out, or None: the reference is the float model.
+
+    None where none are given (studies from before the mix) or all are float: that mix is
+    the float model itself.
+    """
+    if not qtypes or all(q == FLOAT for q in qtypes):
+        return None
+    return tuple(qtypes)
+
+
 def reference_label(qtypes: Sequence[str] | None) -> str:
     """Name the reference T is paired with: ``the float model`` or ``a qint8/qint4 mix``."""
-    if not qtypes or all(q == "none" for q in qtypes):
+    mixed = mixed_reference(qtypes)
+    if mixed is None:
         return "the float model"
-    return f"a {'/'.join('float' if q == 'none' else q for q in qtypes)} mix"
+    return f"a {'/'.join('float' if q == FLOAT else q for q in mixed)} mix"
 
 
 def _pair(

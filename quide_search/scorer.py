@@ -19,7 +19,13 @@ from quide_search.assembly import LayerCache
 from quide_search.config import RunConfig
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.evaluator import Evaluator
-from quide_search.latency import SAMPLE_MS, LatencyContext, LatencyResult, measure_latency
+from quide_search.latency import (
+    SAMPLE_MS,
+    LatencyContext,
+    LatencyResult,
+    measure_latency,
+    mixed_reference,
+)
 from quide_search.latency_model import estimate_ms, layer_shapes, profile
 from quide_search.latency_table import LatencyTable, measure_table, read_table
 from quide_search.metric import Gate, Metrics
@@ -252,8 +258,9 @@ class Scorer:
 
         ``qtypes`` are the reference's (see :meth:`calibrate_latency`); None: the float model.
         """
-        qtypes = None if qtypes is None else tuple(qtypes)
-        self.context = dataclasses.replace(self.context, reference_ms=ms, reference_qtypes=qtypes)
+        self.context = dataclasses.replace(
+            self.context, reference_ms=ms, reference_qtypes=mixed_reference(qtypes)
+        )
 
     def latency_reference(self) -> torch.nn.Module | None:
         """Return what each timed pass of a plan is paired with now, or None: not paired."""
@@ -263,9 +270,9 @@ class Scorer:
 
     def _reference_model(self, qtypes: Sequence[str] | None) -> torch.nn.Module:
         """The float model, or the mixed plan of ``qtypes`` in a view trials leave alone."""
-        if qtypes is None or all(q == FLOAT for q in qtypes):
+        key = mixed_reference(qtypes)
+        if key is None:
             return self.model
-        key = tuple(qtypes)
         if self._pinned is None or self._pinned[0] != key:
             plan = BitPlan.mixed(
                 model=self.task.model_name,
