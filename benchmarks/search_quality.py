@@ -36,9 +36,10 @@ import optuna
 import torch
 
 from quide_search.latency import resolve_device
+from quide_search.measurement import GateUnreachable
 from quide_search.metric import Gate
 from quide_search.plan import BitPlan
-from quide_search.scorer import GateUnreachable, Scorer
+from quide_search.scorer import Scorer
 from quide_search.search import PlanObjective, SearchSettings, group_layers, uniform_params
 from quide_search.sensitivity import measure_sensitivity, warm_plans
 from quide_search.task import load_task

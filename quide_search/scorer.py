@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -28,58 +27,15 @@ from quide_search.latency import (
 )
 from quide_search.latency_model import estimate_ms, layer_shapes, profile
 from quide_search.latency_table import LatencyTable, measure_table, read_table
-from quide_search.metric import Gate, Metrics
+from quide_search.measurement import GateUnreachable, Measurement
 from quide_search.models.causal_lm import GreedyDecode
 from quide_search.plan import FLOAT, BitPlan
 from quide_search.quantize import kernel_hazard, model_bytes
 from quide_search.task import Task
 
-__all__ = ["GateUnreachable", "Measurement", "Scorer"]
+__all__ = ["Scorer"]
 
 _LM_EVAL_BATCH = 4
-
-
-class GateUnreachable(Exception):  # noqa: N818 - a signal, not an error
-    """Raised by :meth:`Scorer.measure` when evaluation stopped: P cannot reach the floor.
-
-    Not a :class:`QuideError`: the objective turns it into a pruned trial.
-    """
-
-    def __init__(self, samples: int, total: int, reachable: float) -> None:
-        super().__init__(f"P <= {reachable:.4f} after {samples} of {total} samples")
-        self.samples = samples
-        self.total = total
-        self.reachable = reachable
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What one plan measured as, before the gate is applied."""
-
-    P: float
-    T_ms: float
-    stored_bytes: int
-    avg_weight_bits: float
-    latency_repeats: int
-    latency_spread: float
-    eval_samples: int
-    latency_passes: int = 1
-    T_raw_ms: float | None = None
-    perplexity: float | None = None
-    fallback_layers: list[str] = field(default_factory=list)
-    kernel_layers: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def metrics(self, *, baseline_bytes: int, gate: Gate) -> Metrics:
-        """Return C, P, T, I and I' of this measurement under ``gate``."""
-        return Metrics.score(
-            P=self.P,
-            T_ms=self.T_ms,
-            stored_bytes=self.stored_bytes,
-            baseline_bytes=baseline_bytes,
-            avg_weight_bits=self.avg_weight_bits,
-            gate=gate,
-        )
 
 
 class Scorer:

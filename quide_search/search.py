@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import MetricError, TrialEvaluationError
+from quide_search.measurement import GateUnreachable
 from quide_search.metric import LATENCY_UNIT, RECORD_KEYS, Gate
 from quide_search.plan import BitPlan
-from quide_search.scorer import GateUnreachable, Scorer
+from quide_search.scorer import Scorer
 
 if TYPE_CHECKING:
     import optuna

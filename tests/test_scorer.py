@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from quide_search.latency import SAMPLE_MS
-from quide_search.scorer import Measurement, Scorer
+from quide_search.measurement import Measurement
+from quide_search.scorer import Scorer
 
 
 def _measure_counting(
