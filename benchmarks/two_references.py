@@ -40,31 +40,28 @@ import torch
 from trial_cost import _tasks
 
 from quide_search.config import RunConfig
-from quide_search.latency import SAMPLE_MS
+from quide_search.latency import SAMPLE_MS, _cpu_pass, _passes_per_sample
 from quide_search.scorer import Scorer
 
 _Row = tuple[float, float, float]  # ms per pass: plan, float model, mix
 _MIX = RunConfig().bits
 
 
-def _per_pass(model: torch.nn.Module, example: torch.Tensor, passes: int) -> float:
-    start = time.perf_counter_ns()
-    for _ in range(passes):
-        model(example)
-    return (time.perf_counter_ns() - start) / 1e6 / passes
-
-
 def _triples(models: list[torch.nn.Module], example: torch.Tensor, samples: int) -> list[_Row]:
-    """Time ``samples`` rotating triples of >= 5-ms samples after a warm-up."""
+    """Time ``samples`` rotating triples after a warm-up, with T's own timer.
+
+    Each model's sample runs as many passes as the three models' mean pass needs to span
+    ``SAMPLE_MS``.
+    """
     for model in models:
         for _ in range(3):
-            _per_pass(model, example, 1)
-    one_each = sum(_per_pass(model, example, 1) for model in models)
-    passes = max(1, int(SAMPLE_MS * len(models) / one_each) + 1)
+            _cpu_pass(model, example, 1)
+    one_each = sum(_cpu_pass(model, example, 1) for model in models)
+    passes = _passes_per_sample(SAMPLE_MS, one_each / len(models))
     rows = []
     for k in range(samples):
         order = list(range(k % 3, 3)) + list(range(k % 3))
-        times = {i: _per_pass(models[i], example, passes) for i in order}
+        times = {i: _cpu_pass(models[i], example, passes) for i in order}
         rows.append((times[0], times[1], times[2]))
     return rows
 
