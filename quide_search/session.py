@@ -8,7 +8,6 @@ use the same stored baseline and gate, and count the same completed trials.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import signal
 import threading
 import time
@@ -22,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from optuna.trial import TrialState
 
 from quide_search.config import RunConfig
-from quide_search.errors import ConfigError, QuideError
-from quide_search.metric import LATENCY_UNIT, Gate
+from quide_search.errors import QuideError
+from quide_search.metric import Gate
 from quide_search.plan import FLOAT
+from quide_search.protocol import check_resume, study_protocol
 from quide_search.storage import open_storage, supports_heartbeat
 
 if TYPE_CHECKING:
@@ -36,21 +36,12 @@ if TYPE_CHECKING:
 __all__ = [
     "COUNTED",
     "DEFAULT_HEARTBEAT_S",
-    "PROTOCOL_SCHEMA_VERSION",
     "Session",
     "open_session",
     "optimize",
     "study_sensitivity",
 ]
 
-PROTOCOL_SCHEMA_VERSION = 1
-# The protocol fields that must match for a resume: anything that changes what a number means.
-_PROTOCOL_KEYS = (
-    "model", "dataset", "splits", "bits", "gate", "latency", "eval_batch_size", "granularity",
-    "objective", "latency_source", "limits",
-)  # fmt: skip
-# Protocol fields added later: checked only against studies that stored them.
-_PROTOCOL_KEYS_SINCE = ("eval_threads",)
 DEFAULT_HEARTBEAT_S = 60
 """Heartbeat interval of RDB storages when --heartbeat is not given."""
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -93,7 +84,7 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     torch.manual_seed(config.seed)
     # The chunk schedule and the latency reference are measured only by the study's creator.
     scorer = Scorer.for_config(task, config, device=device, calibrate=False)
-    protocol = _protocol(config, scorer)
+    protocol = study_protocol(config, scorer)
     if config.latency.startswith("table:"):  # a bad file must fail before any study exists
         scorer.prepare_table(config.bits)
     url = config.storage_url
@@ -153,7 +144,7 @@ def _create_or_join(
         study = optuna.load_study(study_name=name, storage=backend, sampler=sampler)
         stored = _wait_for(study, "protocol")
         if stored is not None:
-            _check_protocol(stored, protocol, name)
+            check_resume(stored, protocol, name)
             _wait_for(study, "baseline")
             return study
     # This process created the study (or found it left half-made by a creator that died);
@@ -200,68 +191,6 @@ def _wait_for(study: optuna.Study, key: str) -> Any:
         if value is not None or time.monotonic() > deadline:
             return value
         time.sleep(0.5)
-
-
-def _protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
-    import optimum.quanto
-    import optuna
-    import torch
-
-    from quide_search import __version__
-
-    return {
-        "schema_version": PROTOCOL_SCHEMA_VERSION,
-        "model": scorer.task.model_name,
-        "dataset": scorer.task.dataset_name,
-        # What was asked for (a file, a published-weights name, or None: the trained default)
-        # and the file the float model came from.
-        "weights": config.weights,
-        "weights_path": str(scorer.task.weights_path) if scorer.task.weights_path else None,
-        "data_dir": config.data_dir,
-        "eval_samples": config.eval_samples,
-        "calib_samples": config.calib_samples,
-        "latency_source": "table" if config.latency.startswith("table") else config.latency,
-        "latency_table_file": config.latency.removeprefix("table:")
-        if config.latency.startswith("table:")
-        else None,
-        "objective": config.objective,
-        "limits": {"max_size_mb": config.max_size_mb, "max_latency_ms": config.max_latency_ms},
-        "splits": scorer.task.splits.describe(),
-        "bits": list(config.bits),
-        "granularity": config.granularity,
-        "text": dataclasses.asdict(text) if (text := config.task_options()["text"]) else None,
-        "layers": list(scorer.weight_counts),
-        "gate": config.gate_settings(),
-        # The reference is measured at creation and stored as latency_reference_ms and
-        # _qtypes, beside the sample floor it was measured with (latency_sample_ms; None in
-        # older studies).
-        "latency": {
-            k: v
-            for k, v in scorer.context.to_dict().items()
-            if k not in ("torch_version", "reference_ms", "sample_ms", "reference_qtypes")
-        },
-        "eval_batch_size": config.eval_batch_size,
-        # The threads P is evaluated with; T's own are latency.threads (--latency-threads).
-        "eval_threads": torch.get_num_threads(),
-        "seed": config.seed,
-        "unit": LATENCY_UNIT,
-        "versions": {
-            "quide_search": __version__,
-            "torch": torch.__version__,
-            "optuna": optuna.__version__,
-            "optimum_quanto": getattr(optimum.quanto, "__version__", "unknown"),
-        },
-    }
-
-
-def _check_protocol(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
-    for key in (*_PROTOCOL_KEYS, *(k for k in _PROTOCOL_KEYS_SINCE if k in stored)):
-        if stored.get(key) != current.get(key):
-            raise ConfigError(
-                f"resuming study {name!r} needs the same {key} as when it was created, but it "
-                f"was {stored.get(key)!r} and is now {current.get(key)!r}. Use the original "
-                "flags, or start a new study with --study NAME."
-            )
 
 
 def _baseline(study: optuna.Study, objective: PlanObjective, config: RunConfig) -> Gate:
