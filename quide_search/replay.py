@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import ConfigError, PlanError
 from quide_search.metric import Gate, Metrics
 from quide_search.plan import BitPlan
+
+if TYPE_CHECKING:
+    from quide_search.scorer import Scorer
+    from quide_search.task import Task
 
 __all__ = ["Replay", "evaluate_plan"]
 
@@ -49,13 +53,40 @@ def evaluate_plan(
         ConfigError: If ``model``/``dataset`` are given and differ from the plan's.
     """
     from quide_search.export import load_plan, task_options
-    from quide_search.latency import resolve_device
-    from quide_search.models.causal_lm import HF_PREFIX
-    from quide_search.models.custom import is_factory_spec
-    from quide_search.scorer import Scorer
     from quide_search.task import load_task
 
     plan, record = load_plan(path)
+    _check_names(plan, path, model=model, dataset=dataset)
+    protocol = record.get("protocol", {})
+    options = task_options(protocol, record)
+    options.update({k: v for k, v in (("data_dir", data_dir), ("weights", weights)) if v})
+    task = load_task(**options)
+    plan.validate_layers(task.layers)
+    scorer = _study_scorer(task, protocol, device)
+    measured = scorer.measure(plan)
+    baseline_p = record.get("baseline", {}).get("P")
+    if baseline_p is None:
+        baseline_p = scorer.measure(scorer.float_plan()).P
+    metrics = measured.metrics(
+        baseline_bytes=scorer.baseline_bytes, gate=_gate(protocol, float(baseline_p))
+    )
+    return Replay(
+        plan=plan,
+        measured=metrics,
+        stored=dict(record.get("metrics", {})),
+        latency=scorer.context.to_dict(),
+    )
+
+
+def _check_names(
+    plan: BitPlan, path: str | os.PathLike[str], *, model: str | None, dataset: str | None
+) -> None:
+    """Refuse a plan whose model or dataset differs from the flags, or is not registered."""
+    from quide_search.data import DATASETS
+    from quide_search.models import MODELS
+    from quide_search.models.causal_lm import HF_PREFIX
+    from quide_search.models.custom import is_factory_spec
+
     for flag, given, planned in (
         ("--model", model, plan.model),
         ("--dataset", dataset, plan.dataset),
@@ -65,9 +96,6 @@ def evaluate_plan(
                 f"{flag} must match the plan's, but the plan is for {planned!r} "
                 f"and {flag} is {given!r}. Drop {flag} or use a plan for {given!r}."
             )
-    from quide_search.data import DATASETS
-    from quide_search.models import MODELS
-
     # The registries' own errors name the CLI flags; here the names come from the file.
     # hf: models and factories are named by path or import path, not registered.
     registered = not (plan.model.startswith(HF_PREFIX) or is_factory_spec(plan.model))
@@ -80,11 +108,13 @@ def evaluate_plan(
                 f"plan {str(path)!r} is for {kind} {name!r}, which is not "
                 f"registered. Registered: {', '.join(registry.names())}."
             )
-    protocol = record.get("protocol", {})
-    options = task_options(protocol, record)
-    options.update({k: v for k, v in (("data_dir", data_dir), ("weights", weights)) if v})
-    task = load_task(**options)
-    plan.validate_layers(task.layers)
+
+
+def _study_scorer(task: Task, protocol: dict[str, Any], device: str) -> Scorer:
+    """Build a scorer that measures as the study did: its batch sizes, threads and T."""
+    from quide_search.latency import resolve_device
+    from quide_search.scorer import Scorer
+
     latency = protocol.get("latency", {})
     scorer = Scorer(
         task,
@@ -102,19 +132,13 @@ def evaluate_plan(
         sample_ms=protocol.get("latency_sample_ms"),
     )
     scorer.use_eval_chunk(protocol.get("eval_first_chunk"), protocol.get("eval_probes"))
-    measured = scorer.measure(plan)
-    baseline_p = record.get("baseline", {}).get("P")
-    if baseline_p is None:
-        baseline_p = scorer.measure(scorer.float_plan()).P
+    return scorer
+
+
+def _gate(protocol: dict[str, Any], baseline_p: float) -> Gate:
+    """Return the study's gate (the default one for records without it)."""
     gate_settings = protocol.get("gate") or {"max_drop": 0.01, "min_accuracy": None}
     try:
-        gate = Gate(baseline_P=float(baseline_p), **gate_settings)
+        return Gate(baseline_P=baseline_p, **gate_settings)
     except TypeError as e:
         raise PlanError(f"plan field 'protocol.gate' is malformed: {gate_settings!r}.") from e
-    metrics = measured.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
-    return Replay(
-        plan=plan,
-        measured=metrics,
-        stored=dict(record.get("metrics", {})),
-        latency=scorer.context.to_dict(),
-    )
