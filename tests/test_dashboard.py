@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -14,6 +18,8 @@ import pytest
 from _procs import cli, start
 
 from quide_search.config import RunConfig
+from quide_search.dashboard import serve_dashboard
+from quide_search.errors import ConfigError
 from quide_search.study import run_search
 
 
@@ -56,3 +62,69 @@ def test_dashboard_shows_the_study_and_its_trials(tmp_path: Path, digits_task) -
         out, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
     assert f"study page: {base}/dashboard/studies/" in out
+
+
+_SLOW_APP = """
+import sys, time
+from quide_search.dashboard import _serve
+
+def app(environ, start_response):
+    print("in app", flush=True)
+    time.sleep(2)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"answered"]
+
+_serve(app, host="127.0.0.1", port=int(sys.argv[1]))
+print("stopped", flush=True)
+"""
+
+
+def test_ctrl_c_during_a_request_answers_it_and_stops_the_server() -> None:
+    # wsgiref's handler (under optuna-dashboard's run_server) turns a KeyboardInterrupt raised
+    # inside the app into an HTTP 500 and serves on; the dashboard must stop all the same.
+    port = _free_port()
+    server = start([sys.executable, "-c", _SLOW_APP, str(port)])
+    replies: list[bytes] = []
+    client = threading.Thread(
+        target=lambda: replies.append(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read()
+        )
+    )
+    try:
+        _wait_until_listening(port, server)
+        client.start()
+        assert server.stdout is not None
+        assert select.select([server.stdout], [], [], 30)[0], "the request never reached the app"
+        assert server.stdout.readline() == "in app\n"  # the request is being answered
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=30)
+    finally:
+        server.kill()
+        if client.ident is not None:
+            client.join(timeout=60)
+    assert (server.returncode, out, replies) == (0, "stopped\n", [b"answered"]), err
+
+
+def _wait_until_listening(port: int, server: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            assert server.poll() is None, server.communicate()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+
+
+def test_a_port_in_use_is_a_config_error(tmp_path: Path) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(study_name="s", storage=storage)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"--port {port} cannot be used on 127.0.0.1"):
+            serve_dashboard(storage=storage, port=port)
