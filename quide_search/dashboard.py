@@ -73,7 +73,7 @@ def _serve(app: WSGIApplication, *, host: str, port: int) -> None:
 
         previous = signal.signal(signal.SIGINT, stop)
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=0.1)  # how soon a stop request is seen
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

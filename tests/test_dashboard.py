@@ -59,7 +59,10 @@ def test_dashboard_shows_the_study_and_its_trials(tmp_path: Path, digits_task) -
             assert key in trials, key  # per-layer params and the metric user attributes
     finally:
         server.send_signal(signal.SIGINT)
-        out, err = server.communicate(timeout=30)
+        try:
+            out, err = server.communicate(timeout=30)
+        finally:
+            server.kill()  # a server that did not stop must not outlive the test
     assert server.returncode == 0, err
     assert f"study page: {base}/dashboard/studies/" in out
 
