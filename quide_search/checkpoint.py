@@ -10,24 +10,23 @@ For a Hugging Face causal LM the directory is written by optimum-quanto's
 ``QuantizedModelForCausalLM.save_pretrained`` instead (``config.json``, ``model.safetensors``,
 ``quanto_qmap.json``), so ``QuantizedModelForCausalLM.from_pretrained(DIR)`` reloads it.
 
-and :func:`load_quantized` is ``optimum.quanto.requantize`` on a float skeleton of the model.
-A directory is written beside its target and renamed into place, so an interrupted export
-leaves the old checkpoint or the new one, never a mix.
+:func:`load_quantized` is ``optimum.quanto.requantize`` on a float skeleton of the model. A
+folder is written beside its target and swapped in whole, so an interrupted export leaves the
+old checkpoint or the new one, never a mix; a folder quide-search did not write is never
+replaced (see :mod:`quide_search.files`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from quide_search.errors import DataError
-from quide_search.plan import atomic_write_text
+from quide_search.files import atomic_write_text, stamped, write_directory
 
 __all__ = [
     "HF_MAP_FILE",
@@ -36,6 +35,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "load_quantized",
     "save_quantized",
+    "write_checkpoint",
 ]
 
 PLAN_FILE = "plan.json"
@@ -47,27 +47,33 @@ causal LM is written by ``QuantizedModelForCausalLM.save_pretrained`` (config, w
 
 
 def save_quantized(model: nn.Module, record: dict[str, Any], out: str | os.PathLike[str]) -> Path:
-    """Write a frozen quantized ``model`` and its plan ``record`` as a checkpoint directory."""
+    """Write a frozen quantized ``model`` and its plan ``record`` as a checkpoint folder.
+
+    The folder is written beside ``out`` and swapped in whole (see
+    :func:`quide_search.files.write_directory`): ``out`` may be new, empty or an earlier
+    checkpoint; a folder holding anything quide-search did not write is refused.
+
+    Raises:
+        ConfigError: If ``out`` is a file or a folder quide-search did not write.
+    """
+    return write_directory(
+        out, lambda folder: write_checkpoint(model, record, folder), kind="checkpoint"
+    )
+
+
+def write_checkpoint(model: nn.Module, record: dict[str, Any], folder: Path) -> None:
+    """Write a checkpoint's files into the existing, empty ``folder``."""
     from safetensors.torch import save_file
 
     from quide_search.quantize import quantization_map_of, save_transformers_quantized
 
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        if _is_transformers_model(model):
-            save_transformers_quantized(model, str(staging))
-        else:
-            state = {k: v.contiguous() for k, v in model.state_dict().items()}
-            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-            atomic_write_text(staging / MAP_FILE, json.dumps(quantization_map_of(model), indent=2))
-        atomic_write_text(staging / PLAN_FILE, json.dumps(record, indent=2) + "\n")
-        _swap_in(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    if _is_transformers_model(model):
+        save_transformers_quantized(model, str(folder))
+    else:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        atomic_write_text(folder / MAP_FILE, json.dumps(quantization_map_of(model), indent=2))
+    atomic_write_text(folder / PLAN_FILE, json.dumps(stamped(record), indent=2) + "\n")
 
 
 def _is_transformers_model(model: nn.Module) -> bool:
@@ -76,17 +82,6 @@ def _is_transformers_model(model: nn.Module) -> bool:
     except ImportError:
         return False
     return isinstance(model, PreTrainedModel)
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_quantized(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:

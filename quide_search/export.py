@@ -14,8 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import ConfigError, StorageError
+from quide_search.files import (
+    atomic_write_text,
+    check_replaceable,
+    is_generated_json,
+    stamped,
+    write_directory,
+)
 from quide_search.metric import RECORD_KEYS
-from quide_search.plan import BitPlan, atomic_write_text, read_plan_file
+from quide_search.plan import BitPlan, read_plan_file
 from quide_search.search import trial_plan
 from quide_search.study import (
     best_row,
@@ -73,13 +80,15 @@ def plan_record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
     baseline = study.user_attrs.get("baseline", {})
     metrics = {k: trial.user_attrs[k] for k in _METRIC_KEYS if k in trial.user_attrs}
     metrics["latency"] = latency_context(protocol)
-    return {
-        **plan.to_dict(),
-        "metrics": metrics,
-        "baseline": {k: baseline.get(k) for k in ("C", "P", "T_ms", "I", "I_prime")},
-        "protocol": protocol,
-        "source": {"study": study.study_name, "trial": trial.number},
-    }
+    return stamped(
+        {
+            **plan.to_dict(),
+            "metrics": metrics,
+            "baseline": {k: baseline.get(k) for k in ("C", "P", "T_ms", "I", "I_prime")},
+            "protocol": protocol,
+            "source": {"study": study.study_name, "trial": trial.number},
+        }
+    )
 
 
 FORMATS = ("json", "yaml")
@@ -93,46 +102,65 @@ def export_plan(
     out: str | os.PathLike[str],
     fmt: str = "json",
     checkpoint: bool = False,
+    model: str | None = None,
 ) -> Path:
-    """Write a study's trial as a plan file, or as a checkpoint directory, atomically.
+    """Write a study's trial as a plan file, or as a checkpoint folder, atomically.
+
+    A path that exists is replaced only when quide-search wrote it (see
+    :mod:`quide_search.files`); a folder is written beside ``out`` and swapped in whole.
 
     Args:
         study: Study name.
         storage: Its storage URL.
         trial: ``best``, a trial number, or ``pareto`` (one export per front point in the
-            directory ``out``, with an ``index.json``).
-        out: A file path for one plan; a directory for ``pareto`` or ``checkpoint``.
+            folder ``out``, with an ``index.json``).
+        out: A file path for one plan; a folder for ``pareto`` or ``checkpoint``.
         fmt: ``json`` or ``yaml``.
         checkpoint: Also write the quantized model (safetensors) and quanto's map.
+        model: The study's ``package.module:factory``, for a checkpoint of a study whose
+            model comes from one: a study names code, which is imported and called only when
+            the caller names it too.
 
     Raises:
         StorageError: If the study or storage does not exist.
-        ConfigError: If the trial selector or format is not valid.
+        ConfigError: If the trial selector, format or ``out`` is not valid, or a factory
+            would be called that ``model`` does not name.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, but got {fmt!r}.")
-    _check_out(Path(out), wants_dir=trial == "pareto" or checkpoint)
+    target = Path(out)
+    if trial != "pareto" and not checkpoint:
+        check_replaceable(target, ours=is_generated_json, flag="--out")
     loaded = load_study(study=study, storage=storage)
     if trial == "pareto":
-        return _export_front(loaded, Path(out), fmt=fmt, checkpoint=checkpoint)
+        return _export_front(loaded, target, fmt=fmt, checkpoint=checkpoint, model=model)
     record = plan_record(loaded, select_trial(loaded, trial))
     if checkpoint:
-        return _write_checkpoint(record, Path(out), fmt)
-    path = Path(out)
-    atomic_write_text(path, _dump(record, fmt))
-    return path
-
-
-def _check_out(out: Path, *, wants_dir: bool) -> None:
-    if wants_dir and out.exists() and not out.is_dir():
-        raise ConfigError(
-            f"--out must be a directory for --trial pareto or --checkpoint, but {str(out)!r} is "
-            "a file. Pass a directory path (it is created if missing)."
+        trusted_factory(record["model"], model, source=f"study {study!r}")
+        built = _quantized_model(record)
+        return write_directory(
+            target, lambda d: _fill_checkpoint(built, record, d, fmt), kind="checkpoint"
         )
-    if not wants_dir and out.is_dir():
+    atomic_write_text(target, _dump(record, fmt))
+    return target
+
+
+def trusted_factory(planned: str, given: str | None, *, source: str) -> None:
+    """Refuse to import the ``package.module:factory`` a plan or study names, unless given too.
+
+    A plan file or a study's storage is data that may come from anyone; the code it names is
+    run only when the user names the same factory with ``--model``.
+
+    Raises:
+        ConfigError: If ``planned`` is a factory and ``given`` does not name the same one.
+    """
+    from quide_search.models.custom import is_factory_spec
+
+    if is_factory_spec(planned) and given != planned:
         raise ConfigError(
-            f"--out must be a file path for one plan, but {str(out)!r} is a directory. "
-            "Name a file, e.g. plan.json."
+            f"{source} is for the model factory {planned!r}, which would be imported and "
+            f"called; a plan or study never runs code by itself, but got --model {given!r}. "
+            f"Pass --model {planned} to run that factory."
         )
 
 
@@ -144,16 +172,20 @@ def _dump(record: dict[str, Any], fmt: str) -> str:
     return json.dumps(record, indent=2) + "\n"
 
 
-def _write_checkpoint(record: dict[str, Any], out: Path, fmt: str) -> Path:
-    from quide_search.checkpoint import PLAN_FILE, save_quantized
+def _quantized_model(record: dict[str, Any]) -> Any:
     from quide_search.quantize import apply_plan
     from quide_search.task import load_task
 
     task = load_task(**task_options(record.get("protocol", {}), record))
-    path = save_quantized(apply_plan(task.model, BitPlan.from_dict(record)), record, out)
+    return apply_plan(task.model, BitPlan.from_dict(record))
+
+
+def _fill_checkpoint(model: Any, record: dict[str, Any], folder: Path, fmt: str) -> None:
+    from quide_search.checkpoint import PLAN_FILE, write_checkpoint
+
+    write_checkpoint(model, record, folder)
     if fmt != "json":
-        atomic_write_text(path / Path(PLAN_FILE).with_suffix(".yaml"), _dump(record, fmt))
-    return path
+        atomic_write_text(folder / Path(PLAN_FILE).with_suffix(".yaml"), _dump(record, fmt))
 
 
 def task_options(protocol: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,23 +204,37 @@ def task_options(protocol: Mapping[str, Any], record: Mapping[str, Any]) -> dict
     }
 
 
-def _export_front(study: optuna.Study, out: Path, *, fmt: str, checkpoint: bool) -> Path:
+def _export_front(
+    study: optuna.Study, out: Path, *, fmt: str, checkpoint: bool, model: str | None
+) -> Path:
     front = study_front(completed_rows(study))
     if not front:
         raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
     trials = study.get_trials(deepcopy=False)
-    index = []
-    for point in front:
-        record = plan_record(study, trials[point["trial"]])
-        name = f"trial-{point['trial']}" + ("" if checkpoint else f".{fmt}")
-        if checkpoint:
-            _write_checkpoint(record, out / name, fmt)
-        else:
-            atomic_write_text(out / name, _dump(record, fmt))
-        index.append({"trial": point["trial"], "path": name, **_front_metrics(point)})
-    payload = {"study": study.study_name, "objectives": {"C": "max", "P": "max", "T_ms": "min"}}
-    atomic_write_text(out / "index.json", json.dumps({**payload, "front": index}, indent=2))
-    return out
+    records = [plan_record(study, trials[point["trial"]]) for point in front]
+    models: list[Any] = []
+    if checkpoint:
+        trusted_factory(records[0]["model"], model, source=f"study {study.study_name!r}")
+        models = [_quantized_model(record) for record in records]
+
+    def fill(folder: Path) -> None:
+        index = []
+        for i, (point, record) in enumerate(zip(front, records, strict=True)):
+            name = f"trial-{point['trial']}" + ("" if checkpoint else f".{fmt}")
+            if checkpoint:
+                (folder / name).mkdir()
+                _fill_checkpoint(models[i], record, folder / name, fmt)
+            else:
+                atomic_write_text(folder / name, _dump(record, fmt))
+            index.append({"trial": point["trial"], "path": name, **_front_metrics(point)})
+        payload = {
+            "study": study.study_name,
+            "objectives": {"C": "max", "P": "max", "T_ms": "min"},
+        }
+        text = json.dumps(stamped({**payload, "front": index}), indent=2) + "\n"
+        atomic_write_text(folder / "index.json", text)
+
+    return write_directory(out, fill, kind="front")
 
 
 def _front_metrics(point: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,19 +13,29 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quide_search.files import atomic_write_text, check_replaceable
 from quide_search.metric import knee
-from quide_search.plan import atomic_write_text
 from quide_search.report import cell_text, gate_text, latency_text, plan_text
 from quide_search.study import SearchSummary, completed_rows, load_study, summarize
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = ["PLOT_IDS", "build_figures", "write_report"]
+__all__ = ["PLOT_IDS", "build_figures", "is_report", "write_report"]
 
 PLOT_IDS = ("pareto", "progress", "bits")
 _BITS = {"qint8": 8, "qfloat8": 8, "qint4": 4, "qint2": 2, "none": 32}
 _COLUMNS = ("C", "P", "T_ms", "I", "I_prime")
+_GENERATOR_TAG = '<meta name="generator" content="quide-search">'
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` is an HTML report quide-search wrote (it carries a generator tag)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return _GENERATOR_TAG in f.read(4096)
+    except OSError:
+        return False
 
 
 def write_report(
@@ -39,6 +49,11 @@ def write_report(
     """
     import plotly.offline
 
+    path = Path(out)
+    pngs = [path.with_name(f"{path.stem}-{key}.png") for key in PLOT_IDS] if png else []
+    check_replaceable(path, ours=is_report, flag="--out")
+    for image in pngs:  # a plot of an earlier report of ours sits beside it
+        check_replaceable(image, ours=lambda _: is_report(path), flag="--png's file")
     loaded = load_study(study=study, storage=storage)
     summary = summarize(loaded, storage_url=storage, out_dir="studies", persist=False)
     rows = completed_rows(loaded)
@@ -48,7 +63,6 @@ def write_report(
     ]
     page = _page(summary, sections, loaded.user_attrs.get("sensitivity"))
     page = page.replace("/*PLOTLY*/", plotly.offline.get_plotlyjs())
-    path = Path(out)
     atomic_write_text(path, page)
     written = [path]
     if png:
@@ -221,7 +235,7 @@ def _page(summary: SearchSummary, sections: Sequence[str], sensitivity: Any) -> 
         "text-align:right}"
     )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8">{_GENERATOR_TAG}<title>{title}</title>
 <style>{style}</style><script>/*PLOTLY*/</script></head><body>
 <h1>{title}</h1>
 <p>{facts}</p>

@@ -48,14 +48,20 @@ def evaluate_plan(
     The eval split, eval batch size, latency batch size and gate come from the record's
     protocol, so P is measured exactly as in the study.
 
+    A plan whose model is a ``package.module:factory`` is evaluated only when ``model``
+    names the same factory: a plan file is data and never runs code by itself.
+
     Raises:
         PlanError: If the file is not a valid plan, or names layers its model lacks.
-        ConfigError: If ``model``/``dataset`` are given and differ from the plan's.
+        ConfigError: If ``model``/``dataset`` are given and differ from the plan's, or the
+            plan names a factory that ``model`` does not.
     """
-    from quide_search.export import load_plan, task_options
+    from quide_search.export import load_plan, task_options, trusted_factory
     from quide_search.task import load_task
 
     plan, record = load_plan(path)
+    # Before anything else reads the record: a plan never imports code the user did not name.
+    trusted_factory(plan.model, model, source=f"plan {str(path)!r}")
     _check_names(plan, path, model=model, dataset=dataset)
     protocol = record.get("protocol", {})
     options = task_options(protocol, record)

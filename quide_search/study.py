@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from quide_search.config import RunConfig
 from quide_search.errors import StorageError, did_you_mean
+from quide_search.files import atomic_write_text, check_replaceable, is_generated_json, stamped
 from quide_search.metric import LATENCY_UNIT, RECORD_KEYS
 from quide_search.pareto import pareto_front
-from quide_search.plan import atomic_write_text
 from quide_search.storage import open_storage, sqlite_path, study_names
 
 if TYPE_CHECKING:
@@ -178,6 +178,8 @@ def run_search(
     from quide_search.session import open_session, optimize
     from quide_search.workers import WorkerPool
 
+    pareto = _pareto_path(config.study_name, config.storage_url, config.out_dir)
+    check_replaceable(pareto, ours=is_generated_json, flag="the Pareto front file")
     session = open_session(config)
     parallel = config.workers > 1 and config.trials > 0
     if parallel and session.objective.scorer.device.type == "cpu":
@@ -217,12 +219,14 @@ def summarize(
     best = best_row(rows)
     front = study_front(rows)
     path = _pareto_path(study.study_name, storage_url, out_dir)
-    payload = {
-        "study": study.study_name,
-        "unit": LATENCY_UNIT,
-        "objectives": {"C": "max", "P": "max", "T_ms": "min"},
-        "front": front,
-    }
+    payload = stamped(
+        {
+            "study": study.study_name,
+            "unit": LATENCY_UNIT,
+            "objectives": {"C": "max", "P": "max", "T_ms": "min"},
+            "front": front,
+        }
+    )
     if persist:
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
         study.set_user_attr(

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from quide_search.config import RunConfig
+from quide_search.files import atomic_write_text, check_replaceable, is_generated_json, stamped
 from quide_search.metric import LATENCY_UNIT, RECORD_KEYS, Gate, knee
-from quide_search.plan import FLOAT, atomic_write_text
+from quide_search.plan import FLOAT
 
 __all__ = ["SWEEP_COLUMNS", "SweepResult", "precision_label", "run_sweep"]
 
@@ -53,6 +54,11 @@ def run_sweep(config: RunConfig) -> SweepResult:
 
     device = resolve_device(config.device)
     task = load_task(**config.task_options(), device_type=device.type)
+    name = config.study or f"{task.model_name}-{task.dataset_name}"
+    out = Path(config.out_dir)
+    json_path, csv_path = out / f"{name}.sweep.json", out / f"{name}.sweep.csv"
+    check_replaceable(json_path, ours=is_generated_json, flag="the sweep's JSON file")
+    check_replaceable(csv_path, ours=_is_sweep_csv, flag="the sweep's CSV file")
     scorer = Scorer.for_config(task, config, device=device)
     if config.latency.startswith("table"):
         scorer.prepare_table(config.bits)
@@ -71,31 +77,40 @@ def run_sweep(config: RunConfig) -> SweepResult:
             }
         )
     best = knee(rows)
-    name = config.study or f"{task.model_name}-{task.dataset_name}"
-    out = Path(config.out_dir)
     result = SweepResult(
         name=name,
         rows=rows,
         knee=best,
         gate=gate.to_dict(),
         latency=scorer.context.to_dict(),
-        json_path=out / f"{name}.sweep.json",
-        csv_path=out / f"{name}.sweep.csv",
+        json_path=json_path,
+        csv_path=csv_path,
     )
     _write(result, task.describe())
     return result
 
 
+def _is_sweep_csv(path: Path) -> bool:
+    """Whether ``path`` is a sweep CSV quide-search wrote (its exact header)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.readline().strip() == ",".join([*SWEEP_COLUMNS, "knee"])
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _write(result: SweepResult, task: dict[str, Any]) -> None:
-    payload = {
-        "name": result.name,
-        "unit": LATENCY_UNIT,
-        "task": task,
-        "gate": result.gate,
-        "latency": result.latency,
-        "knee": result.knee["precision"],
-        "rows": result.rows,
-    }
+    payload = stamped(
+        {
+            "name": result.name,
+            "unit": LATENCY_UNIT,
+            "task": task,
+            "gate": result.gate,
+            "latency": result.latency,
+            "knee": result.knee["precision"],
+            "rows": result.rows,
+        }
+    )
     atomic_write_text(result.json_path, json.dumps(payload, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[*SWEEP_COLUMNS, "knee"], extrasaction="ignore")

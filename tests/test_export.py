@@ -118,7 +118,7 @@ def test_yaml_export_reads_back_as_the_same_plan(study_dir: Path) -> None:
     as_yaml = export_plan(
         study="simplecnn-digits", storage=storage, out=study_dir / "b.yaml", fmt="yaml"
     )
-    assert as_yaml.read_text().startswith("schema_version: 1\n")
+    assert as_yaml.read_text().startswith("generator: quide-search\nschema_version: 1\n")
     assert load_plan(as_yaml) == load_plan(as_json)
     assert evaluate_plan(as_yaml, device="cpu").reproduced is True
 
@@ -148,7 +148,7 @@ def test_checkpoint_reloads_to_the_trial_model_and_its_bytes_are_c(study_dir: Pa
         study="simplecnn-digits", storage=storage, trial=1, out=study_dir / "ck", checkpoint=True
     )
     assert sorted(p.name for p in out.iterdir()) == [
-        "model.safetensors", "plan.json", "quantization_map.json",
+        "model.safetensors", "plan.json", "quantization_map.json", "quide-manifest.json",
     ]  # fmt: skip
     plan, record = load_plan(out / "plan.json")
     task = load_task()
@@ -193,3 +193,71 @@ def test_load_quantized_names_missing_files(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match=r"lacks model.safetensors, quantization_map.json \(or"):
         load_quantized(SimpleCNN(), tmp_path)
+
+
+def test_checkpoint_never_replaces_a_folder_it_did_not_write(study_dir: Path) -> None:
+    storage = _storage(study_dir)
+    users = study_dir / "my-folder"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    for out in (users, study_dir):  # a user's folder, and the folder holding the study itself
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(ConfigError, match="holds other files"):
+            export_plan(study="simplecnn-digits", storage=storage, out=out, checkpoint=True)
+        assert sorted(p.name for p in out.iterdir()) == before
+    assert (users / "notes.txt").read_text() == "mine"
+    assert load_study(study="simplecnn-digits", storage=storage).trials
+
+
+def test_a_checkpoint_is_replaced_by_the_next_export_of_it(study_dir: Path) -> None:
+    storage = _storage(study_dir)
+    out = study_dir / "ck-again"
+    export_plan(study="simplecnn-digits", storage=storage, trial=0, out=out, checkpoint=True)
+    export_plan(study="simplecnn-digits", storage=storage, trial=1, out=out, checkpoint=True)
+    _, record = load_plan(out / "plan.json")
+    assert record["source"]["trial"] == 1
+    (out / "extra.txt").write_text("added by hand")
+    with pytest.raises(ConfigError, match=r"holds other files \(extra.txt\)"):
+        export_plan(study="simplecnn-digits", storage=storage, trial=0, out=out, checkpoint=True)
+    assert load_plan(out / "plan.json")[1]["source"]["trial"] == 1
+
+
+def test_a_plan_file_replaces_only_a_plan_file(study_dir: Path) -> None:
+    storage = _storage(study_dir)
+    theirs = study_dir / "README.md"
+    theirs.write_text("# my notes")
+    with pytest.raises(ConfigError, match="may replace only a file that quide-search wrote"):
+        export_plan(study="simplecnn-digits", storage=storage, out=theirs)
+    assert theirs.read_text() == "# my notes"
+    ours = study_dir / "again.json"
+    export_plan(study="simplecnn-digits", storage=storage, trial=0, out=ours)
+    export_plan(study="simplecnn-digits", storage=storage, trial=1, out=ours)
+    assert load_plan(ours)[1]["source"]["trial"] == 1
+    front = study_dir / "front-foreign"
+    front.mkdir()
+    (front / "index.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds other files"):
+        export_plan(study="simplecnn-digits", storage=storage, trial="pareto", out=front)
+
+
+def test_a_plan_naming_a_factory_is_evaluated_only_with_that_factory_named(
+    study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "imported"
+    (tmp_path / "planted_factory.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n\ndef make():\n    raise SystemExit(3)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = export_plan(
+        study="simplecnn-digits", storage=_storage(study_dir), out=tmp_path / "p.json"
+    )
+    record = json.loads(out.read_text())
+    for name in ("planted_factory:make", "os:abort"):
+        record["model"] = name
+        planted = tmp_path / f"{name.replace(':', '-')}.json"
+        planted.write_text(json.dumps(record))
+        with pytest.raises(ConfigError, match=f"factory '{name}'.*Pass --model {name}"):
+            evaluate_plan(planted, device="cpu")
+        with pytest.raises(ConfigError, match="never runs code by itself"):
+            evaluate_plan(planted, device="cpu", model="other.module:make")
+    assert not marker.exists()

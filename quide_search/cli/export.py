@@ -48,6 +48,13 @@ class ExportCommand(Command):
             help="also write the quantized model (model.safetensors) and quanto's "
             "quantization_map.json; reload with quide_search.load_quantized(model, DIR)",
         )
+        parser.add_argument(
+            "--model",
+            type=str,
+            default=None,
+            help="the study's package.module:factory, for --checkpoint of a study made with "
+            "one (a study never runs code the command line does not name)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.export import export_plan
@@ -59,6 +66,7 @@ class ExportCommand(Command):
             out=args.out,
             fmt=args.format,
             checkpoint=args.checkpoint,
+            model=args.model,
         )
         print(f"wrote {path}")
         return 0

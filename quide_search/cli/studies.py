@@ -74,10 +74,18 @@ class ShowCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.errors import ConfigError
-        from quide_search.plan import atomic_write_text
+        from quide_search.files import (
+            atomic_write_text,
+            check_replaceable,
+            is_generated_json,
+            stamped,
+        )
         from quide_search.report import format_study
         from quide_search.study import load_study, summarize
 
+        if args.latency_table:
+            path = Path(args.latency_table)
+            check_replaceable(path, ours=is_generated_json, flag="--latency-table")
         storage = study_storage(args)
         study = load_study(study=args.study, storage=storage)
         summary = summarize(study, storage_url=storage, out_dir="studies", persist=False)
@@ -88,6 +96,6 @@ class ShowCommand(Command):
                     f"--latency-table needs a study run with --latency table, but study "
                     f"{args.study!r} has no table. Run it with --latency table first."
                 )
-            atomic_write_text(Path(args.latency_table), json.dumps(table, indent=2) + "\n")
+            atomic_write_text(path, json.dumps(stamped(table), indent=2) + "\n")
         print(json.dumps(summary.to_dict(), indent=2) if args.json else format_study(summary))
         return 0

@@ -146,7 +146,23 @@ BAD_INPUTS = [
     ),
     (
         ["export", "--study", "simplecnn-digits", "--trial", "pareto", "--out", "plan.json"],
-        "must be a directory",
+        "must name a folder",
+    ),
+    (
+        ["export", "--study", "simplecnn-digits", "--checkpoint", "--out", "studies"],
+        "must be a new or empty folder, or one that quide-search wrote",
+    ),
+    (
+        ["export", "--study", "simplecnn-digits", "--out", "garbage.pt"],
+        "may replace only a file that quide-search wrote",
+    ),
+    (
+        ["report", "--study", "simplecnn-digits", "--out", "broken.json"],
+        "may replace only a file that quide-search wrote",
+    ),
+    (
+        ["show", "--study", "simplecnn-digits", "--latency-table", "broken.json"],
+        "--latency-table may replace only a file",
     ),
     (["run", "--dataset", "mnist", "--data-dir", "nodata"], "laid out as MNIST/raw/"),
     (["sweep", "--dataset", "cifar10", "--data-dir", "nodata"], "or add --download"),

@@ -1,0 +1,217 @@
+"""Files and folders quide-search writes: atomically, and never over what it did not write.
+
+Every output (plan files, reports, tables, sweeps, checkpoints, exported fronts) goes through
+this module. A file is written through a temporary file and a rename, so an interrupted write
+leaves the old file or the new one. A path that already exists is replaced only when
+quide-search wrote it: a JSON file carries a ``generator`` field, an HTML report a generator
+meta tag, and a folder a manifest (``quide-manifest.json``) that lists every file in it. A
+folder is filled beside its target and swapped in with one rename (Linux's
+``renameat2(RENAME_EXCHANGE)`` where available), so it is never half-written either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from quide_search.errors import ConfigError
+
+__all__ = [
+    "GENERATOR",
+    "MANIFEST",
+    "atomic_write_text",
+    "check_replaceable",
+    "is_generated_json",
+    "stamped",
+    "write_directory",
+]
+
+GENERATOR = "quide-search"
+"""The ``generator`` value of every JSON record quide-search writes."""
+MANIFEST = "quide-manifest.json"
+"""The file that lists what a folder written by quide-search holds."""
+
+
+def stamped(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``record`` with ``generator`` first: the mark that quide-search wrote it."""
+    return {"generator": GENERATOR, **{k: v for k, v in record.items() if k != "generator"}}
+
+
+def is_generated_json(path: Path) -> bool:
+    """Whether ``path`` is a JSON (or YAML) object stamped by :func:`stamped`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return text.startswith(f"generator: {GENERATOR}\n")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and data.get("generator") == GENERATOR
+
+
+def check_replaceable(path: Path, *, ours: Callable[[Path], bool], flag: str) -> None:
+    """Refuse a file path that exists and was not written by quide-search.
+
+    Args:
+        path: Where a file is about to be written.
+        ours: Recognises a file quide-search wrote (e.g. :func:`is_generated_json`).
+        flag: The option that named the path, for the message.
+
+    Raises:
+        ConfigError: If ``path`` is a folder, or a file quide-search did not write.
+    """
+    if path.is_dir():
+        raise ConfigError(
+            f"{flag} must name a file, but {str(path)!r} is a folder. Name a file inside it."
+        )
+    if path.exists() and not ours(path):
+        raise ConfigError(
+            f"{flag} may replace only a file that quide-search wrote, but {str(path)!r} "
+            "exists and was not written by it. Choose another path, or move that file away."
+        )
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    An interrupted write leaves either the old file or the new one, never half of one. The
+    file gets the usual permissions (0666 less the umask), not the temporary file's 0600.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_directory(
+    out: str | os.PathLike[str], fill: Callable[[Path], None], *, kind: str, flag: str = "--out"
+) -> Path:
+    """Fill a new folder with ``fill(folder)`` and put it at ``out`` in one step.
+
+    ``out`` may be missing, an empty folder, or a folder quide-search wrote: one whose
+    manifest lists every file in it. Anything else is refused before anything is written,
+    so a user's folder (or the studies folder) is never replaced.
+
+    Args:
+        out: The folder to write.
+        fill: Writes the folder's files into the empty staging folder it is given.
+        kind: What the folder is (``checkpoint``, ``front``), recorded in the manifest.
+        flag: The option that named the folder, for messages.
+
+    Raises:
+        ConfigError: If ``out`` is a file, or a folder holding files quide-search did not write.
+    """
+    _check_folder(Path(out), flag)
+    target = Path(os.path.abspath(out))  # "." and "a/.." name a real folder with a parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(staging)
+        files = sorted(str(p.relative_to(staging)) for p in _files(staging))
+        manifest = stamped({"kind": kind, "files": files})
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        _normal_permissions(staging)
+        _swap_in(staging, target, flag)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _check_folder(target: Path, flag: str) -> None:
+    if target.exists() and not target.is_dir():
+        raise ConfigError(
+            f"{flag} must name a folder, but {str(target)!r} is a file. Name a folder (it is "
+            "created if missing)."
+        )
+    if not target.is_dir():
+        return
+    foreign = _foreign_files(target)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise ConfigError(
+            f"{flag} must be a new or empty folder, or one that quide-search wrote (listed in "
+            f"its {MANIFEST}), but {str(target)!r} holds other files ({shown}). Choose "
+            "another folder; nothing was written."
+        )
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Files in ``folder`` that its manifest does not list (all of them without one)."""
+    present = sorted(str(p.relative_to(folder)) for p in _files(folder))
+    listed: set[str] = set()
+    manifest = folder / MANIFEST
+    if is_generated_json(manifest):
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        listed = {MANIFEST, *(str(f) for f in data.get("files", []))}
+    return [name for name in present if name not in listed]
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    for path in folder.rglob("*"):
+        if path.is_file() or path.is_symlink():
+            yield path
+
+
+def _normal_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700 folders (and some writers 0600 files): give the usual ones."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        with contextlib.suppress(OSError):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _swap_in(staging: Path, target: Path, flag: str) -> None:
+    """Put ``staging`` at ``target``; the old ``target`` (checked as ours) ends in staging."""
+    if not target.exists():
+        os.replace(staging, target)
+        staging.mkdir()  # the caller removes it
+        return
+    if _exchange(staging, target):
+        return
+    # No atomic exchange here: move the old folder aside first. A crash between the two
+    # renames leaves the old folder beside the target, never a mix of the two.
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    aside.rmdir()
+    os.replace(target, aside)
+    os.replace(staging, target)
+    os.replace(aside, staging)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False if unavailable."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes.append(ctypes.c_uint)
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return bool(
+        renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
