@@ -131,3 +131,38 @@ def test_a_port_in_use_is_a_config_error(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"--port {port} cannot be used on 127.0.0.1"):
             serve_dashboard(storage=storage, port=port)
+
+
+def _call(app, method: str, path: str, host: str) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, object] = {"REQUEST_METHOD": method, "PATH_INFO": path, "HTTP_HOST": host}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, headers, exc=None: status.append(s)))
+    return status[0], body
+
+
+def test_only_loopback_hosts_and_reads_reach_optuna_dashboard(tmp_path: Path) -> None:
+    import optuna
+    from optuna_dashboard import wsgi
+
+    from quide_search.dashboard import loopback_only
+    from quide_search.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(study_name="kept", storage=storage)
+    delete = f"/api/studies/{study._study_id}"
+    app = loopback_only(wsgi(storage))
+    for host in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "localhost"):
+        assert _call(app, "GET", "/api/studies", host)[0] == "200 OK", host
+    for host in ("evil.example:8080", "127.0.0.1.evil.example", ""):
+        status, body = _call(app, "GET", "/api/studies", host)
+        assert status == "403 Forbidden" and b"is not a loopback name" in body, host
+    status, body = _call(app, "DELETE", delete, "127.0.0.1:8080")
+    assert status == "403 Forbidden" and b"--allow-writes" in body
+    assert [s.study_name for s in storage.get_all_studies()] == ["kept"]
+    writable = loopback_only(wsgi(storage), allow_writes=True)
+    assert _call(writable, "DELETE", delete, "evil.example")[0] == "403 Forbidden"
+    assert _call(writable, "DELETE", delete, "127.0.0.1:8080")[0].startswith("204")
+    assert storage.get_all_studies() == []

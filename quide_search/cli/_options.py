@@ -18,6 +18,7 @@ __all__ = [
     "config_from_args",
     "count",
     "gate_fraction",
+    "port_number",
     "positive_int",
     "study_storage",
 ]
@@ -38,6 +39,14 @@ def _int_at_least(text: str, low: int) -> int:
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _int_at_least(text, 1)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    value = _int_at_least(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in 1-65535, but got {value}")
+    return value
 
 
 def count(text: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from quide_search.cli._base import Command
-from quide_search.cli._options import add_study_args, positive_int, study_storage
+from quide_search.cli._options import add_study_args, port_number, study_storage
 
 __all__ = ["DashboardCommand"]
 
@@ -20,7 +20,13 @@ class DashboardCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_study_args(parser)
-        parser.add_argument("--port", type=positive_int, default=8080, help="(default: 8080)")
+        parser.add_argument("--port", type=port_number, default=8080, help="(default: 8080)")
+        parser.add_argument(
+            "--allow-writes",
+            action="store_true",
+            help="let the dashboard change the storage (notes, deleting studies or trials); "
+            "by default it only reads",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.dashboard import serve_dashboard, study_url
@@ -30,7 +36,9 @@ class DashboardCommand(Command):
         url = study_url(study=args.study, storage=storage, host=host, port=args.port)
         print(f"serving optuna-dashboard for {storage}; study page: {url}", flush=True)
         try:
-            serve_dashboard(storage=storage, host=host, port=args.port)
+            serve_dashboard(
+                storage=storage, host=host, port=args.port, allow_writes=args.allow_writes
+            )
         except KeyboardInterrupt:
             return 0
         return 0

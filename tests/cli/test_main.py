@@ -138,6 +138,7 @@ BAD_INPUTS = [
     (["report", "--study", "nope", "--out", "r.html"], "does not exist"),
     (["dashboard", "--study", "nope"], "does not exist"),
     (["dashboard", "--study", "simplecnn-digits", "--port", "0"], "--port: must be an integer"),
+    (["dashboard", "--study", "simplecnn-digits", "--port", "70000"], "must be a TCP port"),
     (["studies", "--out-dir", "nowhere"], "--out-dir must be a directory of studies"),
     (["studies", "--storage", "sqlite:///studies/none.db"], "does not exist"),
     (
