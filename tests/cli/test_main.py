@@ -326,15 +326,15 @@ def test_export_formats_from_the_command_line(
     monkeypatch.chdir(workdir)
     common = ["export", "--study", "simplecnn-digits"]
     assert main([*common, "--format", "yaml", "--out", str(tmp_path / "p.yaml")]) == 0
-    assert (tmp_path / "p.yaml").read_text().startswith("schema_version: 1")
+    assert (tmp_path / "p.yaml").read_text().startswith("generator: quide-search\n")
     assert main([*common, "--trial", "pareto", "--out", str(tmp_path / "front")]) == 0
     index = json.loads((tmp_path / "front" / "index.json").read_text())
     assert sorted(p.name for p in (tmp_path / "front").iterdir()) == sorted(
-        ["index.json", *(p["path"] for p in index["front"])]
+        ["index.json", "quide-manifest.json", *(p["path"] for p in index["front"])]
     )
     assert main([*common, "--checkpoint", "--out", str(tmp_path / "ck")]) == 0
     assert {p.name for p in (tmp_path / "ck").iterdir()} == {
-        "plan.json", "model.safetensors", "quantization_map.json",
+        "plan.json", "model.safetensors", "quantization_map.json", "quide-manifest.json",
     }  # fmt: skip
 
 
