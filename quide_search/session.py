@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from optuna.trial import TrialState
 
 from quide_search.config import RunConfig
-from quide_search.errors import QuideError
+from quide_search.errors import QuideError, StorageError
 from quide_search.metric import Gate
 from quide_search.plan import FLOAT
 from quide_search.protocol import check_resume, study_protocol
-from quide_search.storage import open_storage, supports_heartbeat
+from quide_search.storage import open_storage, study_names, supports_heartbeat
 
 if TYPE_CHECKING:
     import optuna
@@ -46,8 +46,9 @@ DEFAULT_HEARTBEAT_S = 60
 """Heartbeat interval of RDB storages when --heartbeat is not given."""
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 """Trial states that count towards --trials: scored in full, or proved to fail the gate."""
-# How long a process that lost the race to create a study waits for its creator's baseline.
-_CREATOR_WAIT_S = 120.0
+# How long a process that finds a study without an attribute waits for its creator to store it:
+# creators store them right after create_study, so this only covers that moment.
+_CREATOR_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,19 @@ class Session:
 def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Session:
     """Create or join the study of ``config``: protocol checked, baseline measured once.
 
+    A process that finds no study measures everything the study fixes (chunk schedule,
+    latency reference, latency table, fp32 baseline) first, then creates the study and stores
+    them at once: only the process whose ``create_study`` succeeded writes the protocol, and
+    nothing ever overwrites it. A process that finds the study reads them.
+
     Args:
         config: The run settings.
         sampler_seed: Seed of this process's sampler (default ``config.seed``); parallel
             workers use distinct seeds so they do not propose the same plans.
 
     Raises:
-        QuideError: For bad settings, an unusable storage or a protocol that differs from the
-            stored one; nothing is written in those cases.
+        QuideError: For bad settings, an unusable storage, a protocol that differs from the
+            stored one, or a study without quide-search's protocol; nothing is written then.
     """
     import torch
 
@@ -95,16 +101,6 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
         heartbeat = DEFAULT_HEARTBEAT_S if config.heartbeat is None else config.heartbeat
     backend = open_storage(url, heartbeat=heartbeat, on_stale=requeue_stale)
     seed = config.seed if sampler_seed is None else sampler_seed
-    study = _create_or_join(config, backend, protocol, seed, lambda: _calibrate(scorer, config))
-    # Every process scores with the chunking and latency reference the study was created with
-    # (None: a study from before they were stored, which used 1/40 of the split and plain
-    # medians).
-    stored = study.user_attrs["protocol"]
-    scorer.use_eval_chunk(stored.get("eval_first_chunk"), stored.get("eval_probes"))
-    scorer.use_latency_reference(
-        stored.get("latency_reference_ms"), stored.get("latency_reference_qtypes")
-    )
-    scorer.use_sample_floor(stored.get("latency_sample_ms"))
     objective = PlanObjective(
         scorer=scorer,
         gate=Gate(baseline_P=1.0, **config.gate_settings()),  # replaced below
@@ -112,44 +108,82 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
         granularity=config.granularity,
         settings=config.search_settings(),
     )
-    if config.latency.startswith("table"):
-        scorer.use_table(_latency_table(study, scorer, config))
-    objective.gate = _baseline(study, objective, config)
+    study = _join(config, backend, protocol, seed)
+    if study is None:
+        study = _create(config, backend, protocol, seed, objective)
+    _use_stored(study, objective, config)
+    _prepare_queue(study, objective, config)
     return Session(study=study, objective=objective, storage_url=url)
 
 
-def _create_or_join(
+def _sampler(config: RunConfig, seed: int) -> Any:
+    from quide_search.sampler import make_sampler
+
+    return make_sampler(config.sampler, seed=seed)
+
+
+def _join(
+    config: RunConfig, backend: Any, protocol: dict[str, Any], seed: int
+) -> optuna.Study | None:
+    """Return the study of ``config`` checked against ``protocol``; None if there is none."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    name = config.study_name
+    if name not in study_names(backend):
+        return None
+    study = optuna.load_study(study_name=name, storage=backend, sampler=_sampler(config, seed))
+    stored = _wait_for(study, "protocol")
+    if stored is None:
+        raise StorageError(
+            f"--study must name a study quide-search created, but {name!r} in "
+            f"{config.storage_url!r} has no quide-search protocol: another program made it, or "
+            "its creator stopped before storing one. Nothing was written to it; choose another "
+            "name with --study NAME."
+        )
+    check_resume(stored, protocol, name)
+    return study
+
+
+def _create(
     config: RunConfig,
     backend: Any,
     protocol: dict[str, Any],
     seed: int,
-    calibrate: Callable[[], dict[str, Any]],
+    objective: PlanObjective,
 ) -> optuna.Study:
+    """Measure what the study fixes, then create it and store them; join if another won.
+
+    The measurements come first, so the study exists without its protocol only for the
+    moment between ``create_study`` and the next write.
+    """
     import optuna
 
-    from quide_search.sampler import make_sampler
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    name = config.study_name
-    sampler = make_sampler(config.sampler, seed=seed)
+    scorer = objective.scorer
+    calibration = _calibrate(scorer, config)
+    table = _latency_table(scorer, config) if config.latency.startswith("table") else None
+    baseline, objective.gate = _measure_baseline(objective, config)
     pareto = config.objective == "pareto"
     directions: list[Literal["minimize", "maximize"]] = (
         ["maximize", "maximize", "minimize"] if pareto else ["maximize"]
     )
     try:
         study = optuna.create_study(
-            study_name=name, storage=backend, directions=directions, sampler=sampler
+            study_name=config.study_name,
+            storage=backend,
+            directions=directions,
+            sampler=_sampler(config, seed),
         )
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=backend, sampler=sampler)
-        stored = _wait_for(study, "protocol")
-        if stored is not None:
-            check_resume(stored, protocol, name)
-            _wait_for(study, "baseline")
-            return study
-    # This process created the study (or found it left half-made by a creator that died);
-    # others that started with it wait for these attributes.
-    study.set_user_attr("protocol", {**protocol, **calibrate()})
+        # Another process created it meanwhile: its measurements hold, not these.
+        joined = _join(config, backend, protocol, seed)
+        assert joined is not None  # a study that exists is never removed here
+        return joined
+    study.set_user_attr("protocol", {**protocol, **calibration})
+    if table is not None:
+        study.set_user_attr("latency_table", table[0])
+        study.set_user_attr("latency_table_check", table[1])
+    study.set_user_attr("baseline", baseline)
     with warnings.catch_warnings():
         # set_metric_names is marked experimental but has been stable since Optuna 3.2.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -180,40 +214,63 @@ def _calibrate(scorer: Scorer, config: RunConfig) -> dict[str, Any]:
 
 
 def _wait_for(study: optuna.Study, key: str) -> Any:
-    """Return the study attribute ``key``, waiting a while if its creator is still writing it.
+    """Return the study attribute ``key``, waiting briefly if its creator is writing it now.
 
-    A study found without it after the wait was left half-made by a creator that died; the
-    caller then writes it itself.
+    A creator stores its attributes right after creating the study, so a few seconds cover
+    that moment; a study still without them after that never had a quide-search creator
+    that finished, or had one that was killed at that moment.
     """
     deadline = time.monotonic() + _CREATOR_WAIT_S
     while True:
         value = study.user_attrs.get(key)
         if value is not None or time.monotonic() > deadline:
             return value
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
-def _baseline(study: optuna.Study, objective: PlanObjective, config: RunConfig) -> Gate:
-    """Measure the fp32 baseline once per study and return the gate built from it.
-
-    The creator also queues the uniform plans and, with warm starts, the sensitivity-greedy
-    plans before it stores the baseline: processes that join wait for the baseline, so they
-    find the queue ready.
-    """
-    stored = study.user_attrs.get("baseline")
+def _measure_baseline(objective: PlanObjective, config: RunConfig) -> tuple[dict[str, Any], Gate]:
+    """Measure the fp32 baseline; return its record and the gate built from it."""
     scorer = objective.scorer
-    if stored is None:
-        measurement = scorer.measure(scorer.float_plan())
-        provisional = Gate(baseline_P=measurement.P, **config.gate_settings())
-        metrics = measurement.metrics(baseline_bytes=scorer.baseline_bytes, gate=provisional)
-        stored = {**metrics.to_dict(), "latency_repeats": measurement.latency_repeats}
-    gate = Gate(baseline_P=stored["P"], **config.gate_settings())
+    measurement = scorer.measure(scorer.float_plan())
+    gate = Gate(baseline_P=measurement.P, **config.gate_settings())
+    metrics = measurement.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
+    return {**metrics.to_dict(), "latency_repeats": measurement.latency_repeats}, gate
+
+
+def _use_stored(study: optuna.Study, objective: PlanObjective, config: RunConfig) -> None:
+    """Score as the study was created: its chunking, latency reference, table and gate.
+
+    A study whose creator was killed between creating it and storing its baseline or table
+    gets them from this process (measured now, stored once).
+    """
+    scorer = objective.scorer
+    stored = study.user_attrs["protocol"]
+    scorer.use_eval_chunk(stored.get("eval_first_chunk"), stored.get("eval_probes"))
+    scorer.use_latency_reference(
+        stored.get("latency_reference_ms"), stored.get("latency_reference_qtypes")
+    )
+    scorer.use_sample_floor(stored.get("latency_sample_ms"))
+    if config.latency.startswith("table"):
+        table = _wait_for(study, "latency_table")
+        if table is None:
+            table, check = _latency_table(scorer, config)
+            study.set_user_attr("latency_table", table)
+            study.set_user_attr("latency_table_check", check)
+        from quide_search.latency_table import LatencyTable
+
+        scorer.use_table(LatencyTable.from_dict(table))
+    baseline = _wait_for(study, "baseline")
+    if baseline is None:
+        baseline = _measure_baseline(objective, config)[0]
+        study.set_user_attr("baseline", baseline)
+    objective.gate = Gate(baseline_P=baseline["P"], **config.gate_settings())
+
+
+def _prepare_queue(study: optuna.Study, objective: PlanObjective, config: RunConfig) -> None:
+    """Queue the uniform plans and, with warm starts, the sensitivity-greedy plans, once."""
     _enqueue_uniform(study, list(objective.groups), config.bits)
     if config.warm_start:
         _enqueue_warm(study, objective)
-    if "baseline" not in study.user_attrs:
-        study.set_user_attr("baseline", stored)
-    return gate
 
 
 def _enqueue_uniform(study: optuna.Study, params: list[str], bits: tuple[str, ...]) -> None:
@@ -266,17 +323,12 @@ def _enqueue_warm(study: optuna.Study, objective: PlanObjective) -> None:
     study.set_user_attr("warm_enqueued", True)
 
 
-def _latency_table(study: optuna.Study, scorer: Scorer, config: RunConfig) -> Any:
-    """Return the study's latency table: stored, read from ``table:PATH``, or measured now.
+def _latency_table(scorer: Scorer, config: RunConfig) -> tuple[dict[str, Any], list[Any]]:
+    """Read ``table:PATH`` or measure the latency table; check it on the uniform plans.
 
-    The first time, the table's predictions are also checked against a measured T for each
-    uniform plan, and the check is stored beside it.
+    Returns the table as stored and its predictions beside a measured T for each uniform
+    plan. The scorer predicts T from the table from then on.
     """
-    from quide_search.latency_table import LatencyTable
-
-    stored = study.user_attrs.get("latency_table")
-    if stored is not None:
-        return LatencyTable.from_dict(stored)
     table = scorer.table or scorer.prepare_table(config.bits)
     check = []
     for qtype in config.bits:
@@ -287,9 +339,7 @@ def _latency_table(study: optuna.Study, scorer: Scorer, config: RunConfig) -> An
             {"plan": qtype, "predicted_ms": predicted, "measured_ms": measured,
              "error": predicted / measured - 1.0}
         )  # fmt: skip
-    study.set_user_attr("latency_table", table.to_dict())
-    study.set_user_attr("latency_table_check", check)
-    return table
+    return table.to_dict(), check
 
 
 def optimize(

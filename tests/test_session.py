@@ -302,3 +302,59 @@ def test_latency_threads_time_t_alone_and_are_stored(tmp_path: Path, digits_task
     assert (
         open_session(dataclasses.replace(config, threads=1)).objective.scorer.context.threads == 1
     )
+
+
+def test_a_study_quide_search_did_not_create_is_never_written(tmp_path: Path) -> None:
+    import optuna
+
+    from quide_search.errors import StorageError
+    from quide_search.storage import open_storage
+
+    config = RunConfig(out_dir=str(tmp_path), device="cpu", eval_chunk=32, trials=0)
+    foreign = optuna.create_study(
+        study_name=config.study_name, storage=open_storage(config.storage_url)
+    )
+    foreign.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="has no quide-search protocol.*choose another name"):
+        open_session(config)
+    assert time.monotonic() - started < 15  # says so at once, not after minutes
+    again = load_study(study=config.study_name, storage=config.storage_url)
+    assert len(again.trials) == 2 and again.user_attrs == {}
+
+
+def test_the_protocol_is_written_once_by_the_creator(
+    tmp_path: Path,
+    digits_task,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    import quide_search.session as session_module
+
+    config = RunConfig(out_dir=str(tmp_path), device="cpu", eval_chunk=32, trials=0)
+    created = open_session(config)
+    protocol = dict(created.study.user_attrs["protocol"])
+    baseline = dict(created.study.user_attrs["baseline"])
+    # A process that lost the race to create the study measures, finds it created and joins:
+    # it writes neither the protocol nor the baseline.
+    real_join = session_module._join
+    calls: list[int] = []
+
+    def late(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return None if len(calls) == 1 else real_join(*args, **kwargs)
+
+    monkeypatch.setattr(session_module, "_join", late)
+    writes: list[str] = []
+    import optuna
+
+    original = optuna.Study.set_user_attr
+
+    def recorded(self, key, value):  # type: ignore[no-untyped-def]
+        writes.append(key)
+        return original(self, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", recorded)
+    joined = open_session(config)
+    assert len(calls) == 2 and "protocol" not in writes and "baseline" not in writes
+    assert joined.study.user_attrs["protocol"] == protocol
+    assert joined.study.user_attrs["baseline"] == baseline
