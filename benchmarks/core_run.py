@@ -2,9 +2,8 @@
 
 Measures, in one process:
   * per-trial time split into assemble / evaluate / latency / record (bytes and kernel paths)
-    for random plans, and the ratio of a trial's time to the floor: a bare fp32 evaluation of
-    the same samples plus one latency measurement of the fp32 model (benchmarks/trial_cost.py
-    also compares against each trial's own latency measurement);
+    for random plans, with T from the default source on this device (a per-layer table on a
+    CPU) and with measured T, beside the floor: a bare float evaluation of the same samples;
   * the wall time of `quide-search run` with defaults (50 trials) on a fresh cache, so the
     first-time training of the float model is included.
 
@@ -14,9 +13,7 @@ Usage:  python benchmarks/core_run.py [--trials 30] [--write benchmarks/RESULTS.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -26,12 +23,14 @@ import time
 from pathlib import Path
 
 import torch
+from _results import machine_line, write_section
 
 from quide_search.config import RunConfig
-from quide_search.latency import measure_latency
+from quide_search.measure.scorer import Scorer
 from quide_search.plan import BitPlan
-from quide_search.scorer import Scorer
-from quide_search.task import load_task
+from quide_search.protocol import build_protocol
+from quide_search.tasks.resolver import load_task
+from quide_search.tasks.task import Task
 
 
 def _trial_split(scorer: Scorer, n: int, seed: int) -> dict[str, float]:
@@ -44,17 +43,16 @@ def _trial_split(scorer: Scorer, n: int, seed: int) -> dict[str, float]:
         plan = BitPlan(
             model="simplecnn",
             dataset="digits",
-            layers={name: rng.choice(["qint8", "qint4", "qint2"]) for name in layers},
+            layers={name: rng.choice(["int8", "int4", "int2"]) for name in layers},
         )
         t0 = time.perf_counter()
         m = scorer.measure(plan)
         phases["total"].append(time.perf_counter() - t0)
         for key, value in m.seconds.items():
             phases[key].append(value)
-        # The floor, measured right after in the same process: bare fp32 eval + latency.
+        # The floor, measured right after in the same process: a bare float evaluation.
         t1 = time.perf_counter()
         scorer.evaluator.accuracy(scorer.model)
-        measure_latency(scorer.model, scorer.example, context=scorer.context)
         floors.append(time.perf_counter() - t1)
     result = {k: statistics.median(v) * 1e3 for k, v in phases.items()}
     result["floor"] = statistics.median(floors) * 1e3
@@ -82,36 +80,37 @@ def main() -> None:
     parser.add_argument("--write", type=str, default=None, help="append results to this file")
     args = parser.parse_args()
     task = load_task()
-    # T paired with the default choices dealt out over the layers, as in a study.
-    scorer = Scorer(task, device=torch.device("cpu"), reference_qtypes=RunConfig().bits)
-    split = _trial_split(scorer, args.trials, seed=0)
+    splits = {source: _trial_split(_scorer(task, source), args.trials, seed=0)
+              for source in ("auto", "measured")}  # fmt: skip
     run_s = _default_run_seconds()
-    cpu = platform.processor() or platform.machine()
+    keys = ("assemble", "evaluate", "latency", "record", "total")
     lines = [
-        f"### Core path, SimpleCNN on digits ({dt.date.today().isoformat()})",
+        "## Core path: SimpleCNN on digits",
         "",
-        f"- machine: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, CPU wall clock",
+        machine_line(),
         f"- command: `python benchmarks/core_run.py --trials {args.trials}`",
         "",
-        "| per trial (median of random plans) | ms |",
-        "|---|---|",
-        *(
-            f"| {k} | {split[k]:.2f} |"
-            for k in ("assemble", "evaluate", "latency", "record", "total")
-        ),
-        f"| floor: bare fp32 eval + fp32 latency | {split['floor']:.2f} |",
-        f"| ratio trial / floor | {split['ratio']:.2f} |",
+        "| per trial, ms (median of random plans) | T from the table (auto) | measured T |",
+        "|---|---|---|",
+        *(f"| {k} | {splits['auto'][k]:.2f} | {splits['measured'][k]:.2f} |" for k in keys),
+        f"| floor: bare float evaluation | {splits['auto']['floor']:.2f} | "
+        f"{splits['measured']['floor']:.2f} |",
+        f"| ratio trial / floor | {splits['auto']['ratio']:.2f} | "
+        f"{splits['measured']['ratio']:.2f} |",
         "",
-        f"- `quide-search run` with defaults (50 trials, fresh cache, training included): "
-        f"{run_s:.1f} s",
-        "",
+        f"- `quide-search run` with defaults (50 trials, fresh cache, training, latency table "
+        f"and confirmation included): {run_s:.1f} s",
     ]
     text = "\n".join(lines)
     print(text)
     if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+        write_section(args.write, "core_run", text)
+
+
+def _scorer(task: Task, latency: str) -> Scorer:
+    cpu = torch.device("cpu")
+    protocol = build_protocol(RunConfig(latency=latency, device="cpu"), task, device=cpu)
+    return Scorer.build(task, protocol, device=cpu)
 
 
 if __name__ == "__main__":

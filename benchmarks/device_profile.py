@@ -1,6 +1,6 @@
 """Measure the two numbers behind a CPU latency profile: memory bandwidth and float32 peak.
 
-The `cpu-epyc-2c` profile of `quide_search/latency_model.py` takes its bandwidth and peak from
+The `cpu-epyc-2c` profile of `quide_search/latency/profiles.py` takes its bandwidth and peak from
 this script's output on the CI machine; run it on another machine to write a profile for it.
 
 Usage:  python benchmarks/device_profile.py [--threads N] [--write benchmarks/RESULTS.md]

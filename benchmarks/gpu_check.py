@@ -10,7 +10,7 @@ downloaded), in float16 and bfloat16:
 2. How well the estimate ranks the uniform plans against measured T where kernels exist.
 3. A ``quide-search run`` study of ``--trials`` trials on the bfloat16 model (int4 runs there
    through tinygemm; float16 int4 needs AWQ's GEMV kernel, which crashed: see
-   ``quide_search.quantize.kernel_hazard``, which the run and this script both consult).
+   ``QuantoBackend.hazard``, which the run and this script both consult).
 
 P is the top-1 next-token agreement with the float model on 16 random windows of 128 tokens:
 with random weights there is no task accuracy to measure, only fidelity to the float model.
@@ -30,6 +30,7 @@ Usage:  python benchmarks/gpu_check.py [--size 1b|tiny] [--trials 20] [--budget-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -42,11 +43,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from quide_search.latency_model import estimate_ms, layer_shapes, layer_weight_bytes, profile
-from quide_search.models.custom import CustomTask
-from quide_search.quantize import kernel_hazard, kernel_paths
-from quide_search.scorer import Scorer
-from quide_search.task import load_task
+from quide_search.backends import get_backend
+from quide_search.config import RunConfig
+from quide_search.latency import MeasuredLatency
+from quide_search.latency._probe import layer_shapes
+from quide_search.latency.analytic import estimate_ms
+from quide_search.latency.profiles import profile
+from quide_search.measure.scorer import Scorer
+from quide_search.protocol import build_protocol
+from quide_search.tasks.models.custom import CustomTask
+from quide_search.tasks.resolver import load_task
 
 CONFIGS: dict[str, dict[str, int]] = {
     "1b": {  # the shape of TinyLlama-1.1B: 22 blocks, 154 Linear layers + lm_head
@@ -58,8 +64,8 @@ CONFIGS: dict[str, dict[str, int]] = {
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
     },
 }  # fmt: skip
-UNIFORM = ("none", "qint8", "qint4", "qfloat8")
-NEEDS_EXTENSION = ("qint4", "qfloat8")  # on CUDA: packing, AWQ/tinygemm/Marlin kernels
+UNIFORM = ("float", "int8", "int4", "fp8")
+NEEDS_EXTENSION = ("int4", "fp8")  # on CUDA: packing, AWQ/tinygemm/Marlin kernels
 SHAPES = {"decode": 1, "prefill": 256}
 WINDOWS, WINDOW_TOKENS = 16, 128
 PROFILE = "gpu-h100-sxm"
@@ -162,38 +168,34 @@ class Extension:
         return self.state.startswith("built")
 
 
-def uniform(scorer: Scorer, qtype: str, example_tokens: torch.Tensor) -> dict[str, Any]:
+def uniform(scorer: Scorer, precision: str, example_tokens: torch.Tensor) -> dict[str, Any]:
     """Measure one uniform plan: P, T for both shapes (decode twice), estimates, kernels."""
-    plan = scorer.uniform_plan(qtype)
+    plan = scorer.uniform_plan(precision)
     m = scorer.measure(plan)
     row: dict[str, Any] = {
-        "qtype": qtype, "P": m.P, "stored_bytes": m.stored_bytes,
+        "precision": precision, "P": m.P, "stored_bytes": m.stored_bytes,
         "C": scorer.baseline_bytes / m.stored_bytes, "T_decode_ms": m.T_ms,
         "latency_repeats": m.latency_repeats, "latency_spread": m.latency_spread,
         "kernel_layers": len(m.kernel_layers), "fallback_layers": len(m.fallback_layers),
         "seconds": m.seconds,
     }  # fmt: skip
     examples = {s: example_tokens[:1, :n].to(scorer.device) for s, n in SHAPES.items()}
-    shapes = {s: layer_shapes(scorer.model, x) for s, x in examples.items()}
-    device = profile(PROFILE)
-    model = scorer.layers.assemble(plan, exact=True)
-    row["kernels"] = sorted(set(kernel_paths(model).values()))
+    layers = list(scorer.weight_counts)
+    shapes = {s: layer_shapes(scorer.model, x, layers) for s, x in examples.items()}
+    row["kernels"] = sorted(set(scorer.cache.kernel_paths(plan).values()))
+    weights = scorer.cache.layer_bytes(plan)
     for shape in SHAPES:
-        weights = layer_weight_bytes(model, shapes[shape])
-        row[f"T_{shape}_model_ms"] = estimate_ms(weights, shapes[shape], device, 1)
-    decode, scorer.example = scorer.example, examples["prefill"]
-    try:
-        row["T_prefill_ms"] = scorer.measured_ms(plan)
-    finally:
-        scorer.example = decode
-    row["T_decode_again_ms"] = scorer.measured_ms(plan)
+        row[f"T_{shape}_model_ms"] = estimate_ms(weights, shapes[shape], profile(PROFILE), 1)
+    prefill = dataclasses.replace(scorer.target, example=examples["prefill"])
+    row["T_prefill_ms"] = MeasuredLatency(scorer.latency.context, prefill).latency(plan).median_ms
+    row["T_decode_again_ms"] = scorer.time_plan(plan).median_ms
     row["T_decode_repeat_diff"] = abs(row["T_decode_again_ms"] / row["T_decode_ms"] - 1)
     return row
 
 
 def rank_agreement(rows: list[dict[str, Any]], shape: str) -> dict[str, Any]:
     """Pairs of kernel-backed plans that measured T and the estimate put in the same order."""
-    kept = [r for r in rows if r["qtype"] == "none" or r["fallback_layers"] == 0]
+    kept = [r for r in rows if r["precision"] == "float" or r["fallback_layers"] == 0]
     pairs = agree = ties = 0
     for i, a in enumerate(kept):
         for b in kept[i + 1 :]:
@@ -202,7 +204,7 @@ def rank_agreement(rows: list[dict[str, Any]], shape: str) -> dict[str, Any]:
             modelled = a[f"T_{shape}_model_ms"] - b[f"T_{shape}_model_ms"]
             agree += measured * modelled > 0
             ties += modelled == 0
-    plans = [r["qtype"] for r in kept]
+    plans = [r["precision"] for r in kept]
     return {"plans": plans, "pairs": pairs, "same_order": agree, "model_ties": ties}
 
 
@@ -210,7 +212,6 @@ def study(
     args: argparse.Namespace, device: torch.device, bits: tuple[str, ...], trials: int
 ) -> dict[str, Any]:
     """Run the engine (``quide-search run``) on the bfloat16 model; return what it found."""
-    from quide_search.config import RunConfig
     from quide_search.study import load_study, run_search
 
     _STATE["dtype"] = STUDY_DTYPE
@@ -266,7 +267,7 @@ def main() -> None:
     trials = _study_trials(results, args.trials, deadline - time.monotonic())
     print(f"uniform plans done at {_elapsed():.0f} s; study of {trials} trials", flush=True)
     if trials >= 5:
-        bits = ("qint8", "qint4", "qfloat8") if extension.ready(0) else ("qint8",)
+        bits = ("int8", "int4", "fp8") if extension.ready(0) else ("int8",)
         results["study"] = study(args, device, bits, trials)
     else:
         results["study"] = f"skipped: {trials} trials fit in the time left"
@@ -283,10 +284,13 @@ def _uniform_plans(
     same CPU would slow the timed passes.
     """
     scorers: dict[torch.dtype, Scorer] = {}
+    config = RunConfig(model=FACTORY, device=device.type, latency="measured", bits=("int8",))
     for dtype in (torch.bfloat16, torch.float16):
         _STATE["dtype"] = dtype
-        scorers[dtype] = scorer = Scorer(load_task(model=FACTORY), device=device)
-        scorer.layers.assemble(scorer.uniform_plan("qint8"))
+        task = load_task(model=FACTORY)
+        protocol = build_protocol(config, task, device=device)
+        scorers[dtype] = scorer = Scorer.build(task, protocol, device=device)
+        scorer.cache.assemble(scorer.uniform_plan("int8"))
         results["uniform"][str(dtype)] = []
     results["parameters"] = sum(p.numel() for p in scorer.model.parameters())
     results["layers"] = len(scorer.weight_counts)
@@ -296,16 +300,17 @@ def _uniform_plans(
     tokens = torch.randint(0, 10**9, (1, max(SHAPES.values())), generator=_seeded())
     for dtype, scorer in scorers.items():
         rows = results["uniform"][str(dtype)]
-        for qtype in UNIFORM:
-            hazard = kernel_hazard(scorer.model, device, [qtype])
+        for precision in UNIFORM:
+            hazard = get_backend("quanto").hazard(scorer.model, device, [precision])
             if hazard is not None:  # it would end the process, not just fail the plan
-                rows.append({"qtype": qtype, "missing": f"skipped: {hazard}"})
-            elif qtype in NEEDS_EXTENSION and not built:
-                rows.append({"qtype": qtype, "missing": f"quanto_cuda {extension.state}"})
+                rows.append({"precision": precision, "missing": f"skipped: {hazard}"})
+            elif precision in NEEDS_EXTENSION and not built:
+                rows.append({"precision": precision, "missing": f"quanto_cuda {extension.state}"})
             elif deadline - time.monotonic() < 90:
-                rows.append({"qtype": qtype, "missing": "out of time budget"})
+                rows.append({"precision": precision, "missing": "out of time budget"})
             else:
-                rows.append(uniform(scorer, qtype, tokens % scorer.model.config.vocab_size))
+                tokens_here = tokens % scorer.model.config.vocab_size
+                rows.append(uniform(scorer, precision, tokens_here))
                 print(str(dtype), json.dumps(rows[-1]), flush=True)
         measured = [r for r in rows if "missing" not in r]
         results["ranking"][str(dtype)] = {s: rank_agreement(measured, s) for s in SHAPES}
@@ -342,10 +347,10 @@ def _table(results: dict[str, Any]) -> str:
     for dtype, rows in results["uniform"].items():
         for r in rows:
             if "missing" in r:
-                lines.append(f"| {dtype} | {r['qtype']} | {r['missing'][:60]} |")
+                lines.append(f"| {dtype} | {r['precision']} | {r['missing'][:60]} |")
                 continue
             lines.append(
-                f"| {dtype} | {r['qtype']} | {r['P']:.3f} | {r['C']:.2f} | "
+                f"| {dtype} | {r['precision']} | {r['P']:.3f} | {r['C']:.2f} | "
                 f"{r['T_decode_ms']:.3f} | {r['T_decode_again_ms']:.3f} | "
                 f"{r['T_decode_model_ms']:.3f} | {r['T_prefill_ms']:.3f} | "
                 f"{r['T_prefill_model_ms']:.3f} | {r['kernel_layers']}/{r['fallback_layers']} "

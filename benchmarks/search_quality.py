@@ -35,15 +35,17 @@ from typing import Any
 import optuna
 import torch
 
-from quide_search.latency import resolve_device
-from quide_search.measurement import GateUnreachable
-from quide_search.metric import Gate
+from quide_search.config import RunConfig
+from quide_search.measure.device import resolve_device
+from quide_search.measure.measurement import GateUnreachable
+from quide_search.measure.scorer import Scorer
 from quide_search.plan import BitPlan
-from quide_search.scorer import Scorer
-from quide_search.search import PlanObjective, SearchSettings, group_layers, uniform_params
-from quide_search.sensitivity import measure_sensitivity, warm_plans
-from quide_search.task import load_task
-from quide_search.warmstart import queue_warm_starts, refine_on_path
+from quide_search.protocol import build_protocol
+from quide_search.search.objective import PlanObjective, SearchSettings
+from quide_search.search.sensitivity import measure_sensitivity, warm_plans
+from quide_search.search.space import group_layers, uniform_params
+from quide_search.search.warmstart import queue_warm_starts, refine_on_path
+from quide_search.tasks.resolver import load_task
 
 BUDGETS = (10, 25, 50)
 _EPS = 1e-9
@@ -54,16 +56,18 @@ class Bench:
 
     def __init__(self, model: str, dataset: str, bits: tuple[str, ...], threads: int) -> None:
         torch.manual_seed(0)
+        torch.set_num_threads(threads)
         device = resolve_device("cpu")
         task = load_task(model=model, dataset=dataset, device_type=device.type)
-        self.scorer = Scorer(task, device=device, threads=threads, latency="table")
-        self.bits = bits
+        config = RunConfig(model=model, dataset=dataset, bits=bits, latency="table",
+                           threads=threads, device="cpu")  # fmt: skip
+        protocol = build_protocol(config, task, device=device)
         started = time.perf_counter()
-        self.table = self.scorer.build_table(bits)
+        self.scorer = Scorer.build(task, protocol, device=device)  # measures the table
         self.table_seconds = time.perf_counter() - started
-        self.scorer.use_table(self.table)
+        self.bits = bits
         baseline = self.scorer.measure(self.scorer.float_plan())
-        self.gate = Gate(baseline_P=baseline.P, max_drop=0.01)
+        self.gate = protocol.gate_for(baseline.P)
         self.groups = group_layers(list(self.scorer.weight_counts), "layer")
         started = time.perf_counter()
         self.sensitivity = measure_sensitivity(self.scorer, self.groups, bits)
@@ -89,6 +93,7 @@ class Bench:
             model=self.scorer.task.model_name,
             dataset=self.scorer.task.dataset_name,
             layers=layers,
+            backend=self.scorer.backend.name,
         )
         floor = self.gate.threshold if early_stop else None
         try:
@@ -107,10 +112,11 @@ class Bench:
         )
         study = optuna.create_study(direction="maximize", sampler=sampler)
         if strategy == "engine":
-            for qtype in self.bits:
-                if qtype != "none":
+            for precision in self.bits:
+                if precision != "float":
                     study.enqueue_trial(
-                        uniform_params(list(self.groups), qtype), user_attrs={"full_eval": True}
+                        uniform_params(list(self.groups), precision),
+                        user_attrs={"full_eval": True},
                     )
         objective = self.objective("exact" if strategy == "engine" else "off")
         callbacks = []
@@ -161,7 +167,7 @@ def median_trials(found: list[int | None]) -> float | None:
 
 
 def digits_part(seeds: int, cap: int, threads: int) -> dict[str, Any]:
-    bits = ("none", "qint8", "qint4", "qint2")
+    bits = ("float", "int8", "int4", "int2")
     bench = Bench("simplecnn", "digits", bits, threads)
     layers = list(bench.groups)
     started = time.perf_counter()
@@ -203,7 +209,7 @@ def digits_part(seeds: int, cap: int, threads: int) -> dict[str, Any]:
 
 
 def resnet_part(trials: int, threads: int, seed: int) -> dict[str, Any]:
-    bits = ("qint8", "qint4", "qint2")
+    bits = ("int8", "int4", "int2")
     bench = Bench("resnet18", "mnist-5k", bits, threads)
     layers = list(bench.groups)
     uniform = {q: bench.score(uniform_params(layers, q)) for q in bits}

@@ -11,40 +11,43 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from quide_search._lazy import lazy_exports
 
 # optimum-quanto imports torch's extension builder, which warns about a missing CUDA runtime on
 # every CPU-only machine; the warning says nothing about quide-search's work.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "BitPlan": "quide_search.plan",
     "ConfigError": "quide_search.errors",
-    "CustomTask": "quide_search.models.custom",
+    "CustomTask": "quide_search.tasks.models.custom",
     "Gate": "quide_search.metric",
     "Metrics": "quide_search.metric",
     "PlanError": "quide_search.errors",
+    "Protocol": "quide_search.protocol",
     "QuideError": "quide_search.errors",
     "RunConfig": "quide_search.config",
     "TrialEvaluationError": "quide_search.errors",
-    "apply_plan": "quide_search.quantize",
-    "evaluate_plan": "quide_search.replay",
-    "export_plan": "quide_search.export",
+    "apply_plan": "quide_search.backends",
+    "evaluate_plan": "quide_search.output.replay",
+    "export_plan": "quide_search.output.export",
     "gated_index": "quide_search.metric",
+    "get_backend": "quide_search.backends",
     "intelligence_index": "quide_search.metric",
-    "load_plan": "quide_search.export",
-    "load_quantized": "quide_search.checkpoint",
-    "save_quantized": "quide_search.checkpoint",
-    "load_task": "quide_search.task",
-    "pareto_front": "quide_search.pareto",
-    "register_dataset": "quide_search.data",
-    "register_model": "quide_search.models",
-    "run_search": "quide_search.study",
-    "run_sweep": "quide_search.sweep",
+    "load_plan": "quide_search.output.record",
+    "load_quantized": "quide_search.output.checkpoint",
+    "load_task": "quide_search.tasks.resolver",
+    "pareto_front": "quide_search.study.pareto",
+    "register_dataset": "quide_search.tasks.data",
+    "register_model": "quide_search.tasks.models",
+    "run_search": "quide_search.study.run",
+    "run_sweep": "quide_search.study.sweep",
+    "save_quantized": "quide_search.output.checkpoint",
 }
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "Gate",
     "Metrics",
     "PlanError",
+    "Protocol",
     "QuideError",
     "RunConfig",
     "TrialEvaluationError",
@@ -62,6 +66,7 @@ __all__ = [
     "evaluate_plan",
     "export_plan",
     "gated_index",
+    "get_backend",
     "intelligence_index",
     "load_plan",
     "load_quantized",
@@ -75,24 +80,22 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from quide_search.checkpoint import load_quantized, save_quantized
+    from quide_search.backends import apply_plan, get_backend
     from quide_search.config import RunConfig
-    from quide_search.data import register_dataset
     from quide_search.errors import ConfigError, PlanError, QuideError, TrialEvaluationError
-    from quide_search.export import export_plan, load_plan
     from quide_search.metric import Gate, Metrics, gated_index, intelligence_index
-    from quide_search.models import register_model
-    from quide_search.models.custom import CustomTask
-    from quide_search.pareto import pareto_front
+    from quide_search.output.checkpoint import load_quantized, save_quantized
+    from quide_search.output.export import export_plan
+    from quide_search.output.record import load_plan
+    from quide_search.output.replay import evaluate_plan
     from quide_search.plan import BitPlan
-    from quide_search.quantize import apply_plan
-    from quide_search.replay import evaluate_plan
-    from quide_search.study import run_search
-    from quide_search.sweep import run_sweep
-    from quide_search.task import load_task
+    from quide_search.protocol import Protocol
+    from quide_search.study.pareto import pareto_front
+    from quide_search.study.run import run_search
+    from quide_search.study.sweep import run_sweep
+    from quide_search.tasks.data import register_dataset
+    from quide_search.tasks.models import register_model
+    from quide_search.tasks.models.custom import CustomTask
+    from quide_search.tasks.resolver import load_task
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'quide_search' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -2,7 +2,7 @@
 
 Precedence for the CLI: flags given on the command line > these defaults. Every value is checked
 in ``__post_init__`` so the rest of the code can trust it, and so that bad input fails before any
-study or file is touched.
+study or file is touched. Nothing here does I/O or imports torch.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quide_search.errors import ConfigError
-from quide_search.plan import FLOAT, normalize_qtype
-from quide_search.storage import check_url, default_storage_url, supports_heartbeat
+from quide_search.errors import ConfigError, PlanError
+from quide_search.plan import DEFAULT_BACKEND, FLOAT, normalize_precision
+from quide_search.study.storage import check_url, default_storage_url, supports_heartbeat
 
 __all__ = ["RunConfig"]
 
@@ -44,10 +44,11 @@ class RunConfig:
         default=50, metadata={"help": "completed trials the study should hold (0: only create it)"}
     )
     bits: tuple[str, ...] = field(
-        default=("qint8", "qint4", "qint2"), metadata={"help": "per-layer choices"}
+        default=("int8", "int4", "int2"), metadata={"help": "per-layer precision choices"}
     )
+    backend: str = field(default=DEFAULT_BACKEND, metadata={"help": "quantization library"})
     max_accuracy_drop: float | None = field(
-        default=0.01, metadata={"help": "gate: largest absolute drop of P below fp32"}
+        default=0.01, metadata={"help": "gate: largest absolute drop of P below the float model"}
     )
     min_accuracy: float | None = field(default=None, metadata={"help": "gate: floor on P"})
     study: str | None = field(default=None, metadata={"help": "study name"})
@@ -70,7 +71,12 @@ class RunConfig:
         default=4096.0, metadata={"help": "bound on cached quantized layers, MiB"}
     )
     latency: str = field(
-        default="measured", metadata={"help": "T source: measured, or model:PROFILE (estimated)"}
+        default="auto",
+        metadata={"help": "T source: auto, measured, table[:PATH] or model:PROFILE"},
+    )
+    confirm_top: int = field(
+        default=5,
+        metadata={"help": "plans by I' re-timed side by side at the end of a run (0: none)"},
     )
     objective: str = field(
         default="iprime", metadata={"help": "iprime (maximise I') or pareto (C, P, T)"}
@@ -100,10 +106,14 @@ class RunConfig:
             ("--trials", self.trials, 0),
             ("--workers", self.workers, 1),
             ("--heartbeat", 0 if self.heartbeat is None else self.heartbeat, 0),
+            ("--confirm-top", self.confirm_top, 0),
         ):
             if isinstance(number, bool) or not isinstance(number, int) or number < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, but got {number!r}.")
-        bits = tuple(normalize_qtype(b, where="--bits entry") for b in self.bits)
+        try:
+            bits = tuple(normalize_precision(b, where="--bits entry") for b in self.bits)
+        except PlanError as e:
+            raise ConfigError(str(e)) from e
         if not bits or all(b == FLOAT for b in bits):
             raise ConfigError(
                 f"--bits must include at least one quantized precision, but got bits={self.bits}."
@@ -128,9 +138,11 @@ class RunConfig:
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, but got {value}.")
-        from quide_search.latency_model import latency_source
+        from quide_search.backends import check_backend
+        from quide_search.latency.profiles import parse_source
 
-        latency_source(self.latency)
+        parse_source(self.latency)
+        check_backend(self.backend)
         if not self.cache_mb > 0:
             raise ConfigError(f"--cache-mb must be > 0, but got {self.cache_mb}.")
         if not 0 <= self.latency_sample_ms < float("inf"):
@@ -163,7 +175,7 @@ class RunConfig:
                 )
 
     def _check_search(self) -> None:
-        from quide_search.sampler import check_sampler
+        from quide_search.search.samplers import check_sampler
 
         check_sampler(self.sampler)
         for flag, value, allowed in (
@@ -186,17 +198,6 @@ class RunConfig:
             if limit is not None and not (limit > 0 and limit < float("inf")):
                 raise ConfigError(f"{flag} must be a finite number > 0, but got {limit}.")
 
-    def search_settings(self) -> Any:
-        """Return the objective's :class:`~quide_search.search.SearchSettings`."""
-        from quide_search.search import SearchSettings
-
-        return SearchSettings(
-            objective=self.objective,
-            early_stop=self.early_stop,
-            max_size_mb=self.max_size_mb,
-            max_latency_ms=self.max_latency_ms,
-        )
-
     @property
     def study_name(self) -> str:
         """The study name: ``--study`` or ``<model>-<dataset>``."""
@@ -218,7 +219,7 @@ class RunConfig:
 
     def task_options(self) -> dict[str, Any]:
         """Return the keyword arguments of :func:`quide_search.task.load_task`."""
-        from quide_search.models.causal_lm import HF_PREFIX, TextTask
+        from quide_search.tasks.models.causal_lm import HF_PREFIX, TextTask
 
         text = None
         if self.model.startswith(HF_PREFIX) or self.model == "smollm2-135m":

@@ -8,6 +8,7 @@ type at its boundary. Where a builtin fits, an error also derives from it (``Con
 from __future__ import annotations
 
 import difflib
+import signal
 from collections.abc import Iterable
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "PlanError",
     "QuideError",
     "StorageError",
+    "Stopped",
     "TrialEvaluationError",
     "did_you_mean",
 ]
@@ -51,6 +53,18 @@ class TrialEvaluationError(QuideError, RuntimeError):
 
     The study records such a trial as FAIL with this message; it never stops the search.
     """
+
+
+class Stopped(KeyboardInterrupt):
+    """The process was asked to stop by a signal (SIGINT or SIGTERM); ``signum`` says which.
+
+    Not a :class:`QuideError`: like Ctrl-C, it ends the run after the trial in hand is
+    recorded, and the CLI exits with 128 + ``signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -16,7 +16,6 @@ from quide_search.errors import MetricError
 
 __all__ = [
     "LATENCY_UNIT",
-    "RECORD_KEYS",
     "Gate",
     "Metrics",
     "compression_ratio",
@@ -29,9 +28,6 @@ _Row = TypeVar("_Row", bound=Mapping[str, Any])
 
 LATENCY_UNIT = "ms"
 """The unit of T everywhere in quide-search; stored with every result."""
-
-RECORD_KEYS = ("C", "P", "T_ms", "I", "I_prime", "gate_passed", "avg_weight_bits", "stored_bytes")
-"""The metric fields every trial row, sweep row and exported plan carries."""
 
 
 def _check_finite(name: str, value: float) -> float:

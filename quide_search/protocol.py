@@ -1,100 +1,280 @@
-"""The protocol of a study: what its numbers mean, stored once and checked on every resume.
+"""The protocol of a study: what its numbers mean, built once, stored once, checked on resume.
 
-A study's C, P, T and I′ are only comparable between trials measured the same way. The
-creator stores the settings that define them (model, data splits, bit choices, gate, latency
-method, versions ...) as the study's ``protocol`` attribute, and every process that joins or
-resumes the study must bring the same ones, or it is refused before it writes anything.
+A study's C, P, T and I' compare only between trials measured the same way. Its creator
+builds a :class:`Protocol` (:func:`build_protocol`), measures the few settings that depend on
+this machine (the evaluation's chunk schedule), and stores it as the study's ``protocol``
+attribute. Every later process (a resume, a worker, ``evaluate``) checks its own settings
+against the stored ones with :meth:`Protocol.check_resume` and then scores with the *stored*
+protocol, so there is one way from a study to a scorer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from quide_search.errors import ConfigError
-from quide_search.metric import LATENCY_UNIT
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from quide_search.errors import ConfigError, StorageError
+from quide_search.latency._base import LatencyContext
 
 if TYPE_CHECKING:
+    import torch
+
     from quide_search.config import RunConfig
-    from quide_search.scorer import Scorer
+    from quide_search.metric import Gate as MetricGate
+    from quide_search.tasks.task import Task
 
-__all__ = ["PROTOCOL_SCHEMA_VERSION", "check_resume", "study_protocol"]
+__all__ = ["PROTOCOL_SCHEMA_VERSION", "Evaluation", "Protocol", "TaskRecord", "build_protocol"]
 
-PROTOCOL_SCHEMA_VERSION = 1
-# The protocol fields that must match for a resume: anything that changes what a number means.
-# The rest (seed, versions, where the weights and data came from) is recorded and may differ.
-_MUST_MATCH = (
-    "model", "dataset", "splits", "bits", "gate", "latency", "eval_batch_size", "granularity",
-    "objective", "latency_source", "limits",
-)  # fmt: skip
-# Fields added later: checked only against studies that stored them, so older studies resume.
-_MUST_MATCH_SINCE = ("eval_threads",)
-# Latency context fields stored apart (measured by the creator) or allowed to differ.
-_LATENCY_STORED_APART = ("torch_version", "reference_ms", "sample_ms", "reference_qtypes")
+PROTOCOL_SCHEMA_VERSION = 2
 
 
-def study_protocol(config: RunConfig, scorer: Scorer) -> dict[str, Any]:
-    """Return the protocol of a study run with ``config`` on ``scorer``'s task, as JSON types.
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    The creator's timing-dependent settings (chunk schedule, latency reference, sample
-    floor) are not in it: they are measured once and added by the session.
+
+class TaskRecord(_Record):
+    """What identifies the task: the model, its float weights and the data splits."""
+
+    model: str
+    dataset: str
+    kind: str
+    splits: dict[str, Any]
+    layers: tuple[str, ...]
+    fingerprint: str
+    """sha256 of the float model's layer names, shapes and weights (``Task.fingerprint``)."""
+    weights: str | None = None
+    weights_path: str | None = None
+    data_dir: str | None = None
+    eval_samples: int | None = None
+    calib_samples: int | None = None
+    text: dict[str, Any] | None = None
+
+
+class Evaluation(_Record):
+    """How P is scored; ``first_chunk`` and ``probes`` are fitted once, by the creator."""
+
+    batch_size: int
+    threads: int
+    early_stop: Literal["exact", "stat", "off"]
+    first_chunk: int | None = None
+    probes: int | None = None
+
+    @property
+    def hardest_first(self) -> bool:
+        """Samples the float model is least sure of go first (not with the statistical stop)."""
+        return self.early_stop != "stat"
+
+
+class Gate(_Record):
+    max_drop: float | None
+    min_accuracy: float | None
+
+
+class Search(_Record):
+    precisions: tuple[str, ...]
+    granularity: Literal["layer", "block", "type"]
+    objective: Literal["iprime", "pareto"]
+    max_size_mb: float | None = None
+    max_latency_ms: float | None = None
+
+
+# Dotted fields that must match on resume, each with the flag that sets it. The rest (seed,
+# versions, where the weights came from, the fitted chunk schedule) is the creator's and is
+# used as stored.
+_MUST_MATCH = {
+    "backend": "--backend",
+    "task.model": "--model",
+    "task.dataset": "--dataset",
+    "task.kind": "--model",
+    "task.splits": "--dataset, --eval-samples, --calib-samples",
+    "task.layers": "--model, --include-head",
+    "task.fingerprint": "--model, --weights",
+    "search.precisions": "--bits",
+    "search.granularity": "--granularity",
+    "search.objective": "--objective",
+    "search.max_size_mb": "--max-size-mb",
+    "search.max_latency_ms": "--max-latency-ms",
+    "gate": "--max-accuracy-drop, --min-accuracy",
+    "evaluation.batch_size": "--eval-batch-size",
+    "evaluation.threads": "--threads",
+    "evaluation.early_stop": "--early-stop",
+    "latency.source": "--latency",
+    "latency.device": "--device",
+    "latency.method": "--device, --latency",
+    "latency.batch_size": "--batch-size",
+    "latency.threads": "--latency-threads",
+    "latency.profile": "--latency model:PROFILE",
+    "latency.decode": "--model",
+}
+
+
+class Protocol(_Record):
+    """Everything that fixes what a study's numbers mean (schema 2).
+
+    Attributes:
+        backend: The quantization backend (``quanto``) and ``backend_version`` its version.
+        task: The model, its weights' fingerprint and the splits.
+        search: The per-layer precisions, their grouping, the objective and the limits.
+        gate: The accuracy gate's settings (its baseline P is measured, stored apart).
+        evaluation: How P is scored.
+        latency: How T is obtained (:class:`~quide_search.latency.LatencyContext`).
+        seed: The creator's sampler seed (joiners may use others).
+        versions: quide-search, torch and optuna versions of the creator.
     """
-    import optimum.quanto
+
+    schema_version: Literal[2] = 2
+    backend: str
+    backend_version: str
+    task: TaskRecord
+    search: Search
+    gate: Gate
+    evaluation: Evaluation
+    latency: LatencyContext
+    seed: int
+    versions: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the protocol as plain JSON types (what the study stores)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: object, *, study: str) -> Protocol:
+        """Read a stored protocol.
+
+        Raises:
+            StorageError: For a protocol of another schema (a study made by an earlier
+                version) or one that is not a protocol; nothing is written.
+        """
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != PROTOCOL_SCHEMA_VERSION:
+            raise StorageError(
+                f"study {study!r} must have a protocol of schema {PROTOCOL_SCHEMA_VERSION}, but "
+                f"it has schema {version!r}: an earlier version of quide-search made it. Start "
+                "a new study (--study NAME), or read this one with the version that made it."
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise StorageError(
+                f"study {study!r} has a malformed protocol: {where}: {first['msg']}. It was "
+                "not written by this version of quide-search; start a new study."
+            ) from e
+
+    def check_resume(self, current: Protocol, *, study: str) -> None:
+        """Refuse to go on with study ``study`` unless ``current`` matches where it must.
+
+        Raises:
+            ConfigError: Naming the first field that differs, the flags that set it, both
+                values and what to do.
+        """
+        stored, now = self.to_dict(), current.to_dict()
+        for path, flags in _MUST_MATCH.items():
+            before, after = _get(stored, path), _get(now, path)
+            if before != after:
+                raise ConfigError(
+                    f"resuming study {study!r} needs the same {path} ({flags}) as when it was "
+                    f"created, but it was {before!r} and is now {after!r}. Use the original "
+                    "flags, or start a new study with --study NAME."
+                )
+
+    def gate_for(self, baseline_p: float) -> MetricGate:
+        """The accuracy gate of this protocol around a measured float-model P."""
+        from quide_search.metric import Gate as MetricGate
+
+        return MetricGate(
+            baseline_P=baseline_p, max_drop=self.gate.max_drop, min_accuracy=self.gate.min_accuracy
+        )
+
+    def with_chunking(self, first_chunk: int, probes: int | None) -> Protocol:
+        """Return this protocol with the creator's fitted evaluation chunk schedule."""
+        evaluation = self.evaluation.model_copy(
+            update={"first_chunk": first_chunk, "probes": probes}
+        )
+        return self.model_copy(update={"evaluation": evaluation})
+
+
+def _get(data: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        data = data.get(key) if isinstance(data, dict) else None  # type: ignore[assignment]
+    return data
+
+
+def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Protocol:
+    """Return the protocol of ``config`` on ``task``: the one place a protocol is made.
+
+    The evaluation's chunk schedule is left unset unless ``--eval-chunk`` gives it; the
+    creator fits it (:meth:`Protocol.with_chunking`).
+
+    Raises:
+        ConfigError: For a backend that cannot run ``config.bits`` on ``device``, a model
+            without a layer the backend quantizes, or a latency profile that does not exist.
+    """
     import optuna
     import torch
 
     from quide_search import __version__
+    from quide_search.backends import get_backend
+    from quide_search.latency.settings import latency_context
 
+    backend = get_backend(config.backend)
+    backend.check_precisions(config.bits, device)
+    layers = list(task.layers(backend))
+    if not layers:
+        raise ConfigError(
+            f"--model must have at least one layer the {backend.name} backend quantizes "
+            f"({', '.join(t.__name__ for t in backend.layer_types())}), but "
+            f"{task.model_name!r} has none. Choose another model or backend."
+        )
+    threads = config.threads or torch.get_num_threads()
+    latency = latency_context(
+        config.latency,
+        device=device,
+        batch_size=config.batch_size,
+        threads=config.latency_threads or threads,
+        sample_ms=config.latency_sample_ms or None,
+        decode=task.decode_record(),
+    )
     text = config.task_options()["text"]
-    table = config.latency.startswith("table")
-    return {
-        "schema_version": PROTOCOL_SCHEMA_VERSION,
-        "model": scorer.task.model_name,
-        "dataset": scorer.task.dataset_name,
-        # What was asked for (a file, a published-weights name, or None: the trained default)
-        # and the file the float model came from.
-        "weights": config.weights,
-        "weights_path": str(scorer.task.weights_path) if scorer.task.weights_path else None,
-        "data_dir": config.data_dir,
-        "eval_samples": config.eval_samples,
-        "calib_samples": config.calib_samples,
-        "latency_source": "table" if table else config.latency,
-        "latency_table_file": config.latency.removeprefix("table:") if table else None,
-        "objective": config.objective,
-        "limits": {"max_size_mb": config.max_size_mb, "max_latency_ms": config.max_latency_ms},
-        "splits": scorer.task.splits.describe(),
-        "bits": list(config.bits),
-        "granularity": config.granularity,
-        "text": dataclasses.asdict(text) if text else None,
-        "layers": list(scorer.weight_counts),
-        "gate": config.gate_settings(),
-        "latency": {
-            k: v for k, v in scorer.context.to_dict().items() if k not in _LATENCY_STORED_APART
-        },
-        "eval_batch_size": config.eval_batch_size,
-        # The threads P is evaluated with; T's own are latency.threads (--latency-threads).
-        "eval_threads": torch.get_num_threads(),
-        "seed": config.seed,
-        "unit": LATENCY_UNIT,
-        "versions": {
+    return Protocol(
+        backend=backend.name,
+        backend_version=backend.version(),
+        task=TaskRecord(
+            model=task.model_name,
+            dataset=task.dataset_name,
+            kind=task.kind,
+            splits=task.splits.describe(),
+            layers=tuple(layers),
+            fingerprint=task.fingerprint(),
+            weights=config.weights,
+            weights_path=str(task.weights_path) if task.weights_path else None,
+            data_dir=config.data_dir,
+            eval_samples=config.eval_samples,
+            calib_samples=config.calib_samples,
+            text=dataclasses.asdict(text) if text else None,
+        ),
+        search=Search(
+            precisions=config.bits,
+            granularity=config.granularity,  # type: ignore[arg-type]
+            objective=config.objective,  # type: ignore[arg-type]
+            max_size_mb=config.max_size_mb,
+            max_latency_ms=config.max_latency_ms,
+        ),
+        gate=Gate(max_drop=config.max_accuracy_drop, min_accuracy=config.min_accuracy),
+        evaluation=Evaluation(
+            batch_size=config.eval_batch_size,
+            threads=threads,
+            early_stop=config.early_stop,  # type: ignore[arg-type]
+            first_chunk=config.eval_chunk,
+        ),
+        latency=latency,
+        seed=config.seed,
+        versions={
             "quide_search": __version__,
             "torch": torch.__version__,
             "optuna": optuna.__version__,
-            "optimum_quanto": getattr(optimum.quanto, "__version__", "unknown"),
-        },
-    }
-
-
-def check_resume(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
-    """Refuse to resume study ``name`` unless ``current`` matches ``stored`` where it must.
-
-    Raises:
-        ConfigError: Naming the first field that differs, both values and what to do.
-    """
-    for key in (*_MUST_MATCH, *(k for k in _MUST_MATCH_SINCE if k in stored)):
-        if stored.get(key) != current.get(key):
-            raise ConfigError(
-                f"resuming study {name!r} needs the same {key} as when it was created, but it "
-                f"was {stored.get(key)!r} and is now {current.get(key)!r}. Use the original "
-                "flags, or start a new study with --study NAME."
-            )
+        },  # fmt: skip
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -14,7 +15,9 @@ from pathlib import Path
 import optuna
 import sqlalchemy.exc
 
-STUDY = "simplecnn-digits"
+STUDY = "toytask-make_slow"
+"""The study of ``run_args``: the slow toy task (tests/toytask.py), built in milliseconds."""
+TESTS = Path(__file__).resolve().parent
 ATTRS = {"C", "P", "T_ms", "I", "I_prime", "gate_passed", "avg_weight_bits", "stored_bytes"}
 
 
@@ -23,20 +26,36 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "quide_search", *args]
 
 
-def run_args(out_dir: Path, trials: int, *extra: str) -> list[str]:
-    """A quiet, single-threaded CPU `run` on the default task with its study under ``out_dir``.
+def env() -> dict[str, str]:
+    """This process's environment, with the tests' folder importable (``toytask:make``)."""
+    paths = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
-    These tests are about processes, not T: 1-ms timed samples (against 5 by default) make
-    each trial's latency measurement about a quarter as long.
+
+def finish(argv: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to its end in a subprocess; return its exit code and output."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env())
+
+
+def run_args(out_dir: Path, trials: int, *extra: str) -> list[str]:
+    """A quiet, single-threaded CPU `run` on the slow toy task, its study under ``out_dir``.
+
+    These tests are about processes, not T: each forward call of the slow toy model takes
+    50 ms, so with an evaluation batch of 64 a trial is long enough to be stopped in the
+    middle and for several processes to share a study, and T is the analytic estimate.
     """
     return cli(
-        "run", "--trials", str(trials), "--out-dir", str(out_dir), "--device", "cpu",
-        "--threads", "1", "--latency-sample-ms", "1", "--no-progress", *extra,
+        "run", "--model", "toytask:make_slow", "--trials", str(trials), "--out-dir",
+        str(out_dir), "--device", "cpu", "--threads", "1", "--eval-batch-size", "64",
+        "--latency", "model:cpu-epyc-2c", "--no-progress", *extra,
     )  # fmt: skip
 
 
 def start(argv: Sequence[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Start ``argv`` in a subprocess with its output piped."""
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
+    )
 
 
 def trials(

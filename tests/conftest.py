@@ -1,10 +1,11 @@
-"""Shared fixtures: a private cache (the float model is trained once per test session)."""
+"""Shared fixtures: a private cache, the toy task with a fake latency source, the digits task."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,31 +23,70 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["QUIDE_CACHE_DIR"] = old
 
 
-@pytest.fixture(scope="session")
-def digits_task(_private_cache: Path):  # type: ignore[no-untyped-def]
-    from quide_search.task import load_task
-
-    return load_task(model="simplecnn", dataset="digits")
-
-
-@pytest.fixture(scope="session")
-def cpu_scorer(digits_task):  # type: ignore[no-untyped-def]
-    import torch
-
-    from quide_search.scorer import Scorer
-
-    return Scorer(digits_task, device=torch.device("cpu"))
-
-
 @pytest.fixture(autouse=True)
 def _restore_torch_threads() -> Iterator[None]:
-    # run_search fixes torch's thread count for the process (--threads); tests must not leak
-    # it, because float training reproduces bit-for-bit only at the same thread count.
+    # A test that changes torch's thread count must not leak it: float training reproduces
+    # bit for bit only at the same thread count.
     import torch
 
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def toy_task() -> Any:
+    """The toy task (tests/toytask.py) as quide-search resolves ``--model toytask:make``."""
+    from quide_search.tasks.resolver import load_task
+
+    return load_task(model="toytask:make")
+
+
+@pytest.fixture(scope="session")
+def digits_task(_private_cache: Path) -> Any:
+    """SimpleCNN on digits, trained once for the session (2-3 s)."""
+    from quide_search.tasks.resolver import load_task
+
+    return load_task(model="simplecnn", dataset="digits")
+
+
+def protocol_for(task: Any, **config: Any) -> Any:
+    """The protocol of ``RunConfig(**config)`` on ``task`` (CPU), as a study would build it."""
+    import torch
+
+    from quide_search.config import RunConfig
+    from quide_search.protocol import build_protocol
+
+    run = RunConfig(model=task.model_name, dataset=task.dataset_name, device="cpu", **config)
+    return build_protocol(run, task, device=torch.device("cpu"))
+
+
+def fake_scorer(task: Any, **config: Any) -> Any:
+    """A scorer of ``task`` with the deterministic fake latency source."""
+    import torch
+    from fakes import FakeLatency
+
+    from quide_search.measure.scorer import Scorer
+
+    protocol = protocol_for(task, **config)
+    return Scorer.build(task, protocol, device=torch.device("cpu"), latency=FakeLatency())
+
+
+@pytest.fixture(scope="session")
+def toy_scorer(toy_task: Any) -> Any:
+    """A scorer of the toy task with the fake latency source."""
+    return fake_scorer(toy_task)
+
+
+@pytest.fixture(scope="session")
+def cpu_scorer(digits_task: Any) -> Any:
+    """A scorer of the digits task with measured T on the CPU."""
+    import torch
+
+    from quide_search.measure.scorer import Scorer
+
+    protocol = protocol_for(digits_task, latency="measured")
+    return Scorer.build(digits_task, protocol, device=torch.device("cpu"))
 
 
 def _tiny_text() -> str:

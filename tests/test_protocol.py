@@ -1,47 +1,69 @@
-"""A study's protocol records what its numbers mean; a resume must bring the same one."""
+"""The protocol: built in one place, stored as JSON, checked on resume in one place."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from conftest import protocol_for
 
-from quide_search.config import RunConfig
-from quide_search.errors import ConfigError
-from quide_search.protocol import PROTOCOL_SCHEMA_VERSION, check_resume, study_protocol
-
-
-def test_study_protocol_describes_the_run_as_json(cpu_scorer) -> None:  # type: ignore[no-untyped-def]
-    config = RunConfig(bits=("qint8", "qint4"), seed=3)
-    protocol = study_protocol(config, cpu_scorer)
-    assert json.loads(json.dumps(protocol)) == protocol
-    assert (protocol["schema_version"], protocol["model"], protocol["dataset"]) == (
-        PROTOCOL_SCHEMA_VERSION,
-        cpu_scorer.task.model_name,
-        cpu_scorer.task.dataset_name,
-    )
-    assert (protocol["bits"], protocol["seed"], protocol["unit"]) == (["qint8", "qint4"], 3, "ms")
-    assert protocol["layers"] == list(cpu_scorer.weight_counts)
-    # The reference and the sample floor are measured by the creator and stored apart.
-    assert protocol["latency"]["method"] == "wall_clock"
-    assert not {"reference_ms", "sample_ms", "reference_qtypes", "torch_version"} & set(
-        protocol["latency"]
-    )
+from quide_search.errors import ConfigError, StorageError
+from quide_search.protocol import PROTOCOL_SCHEMA_VERSION, Protocol
 
 
-def test_check_resume_names_the_first_field_that_differs(cpu_scorer) -> None:  # type: ignore[no-untyped-def]
-    stored = study_protocol(RunConfig(bits=("qint8", "qint4")), cpu_scorer)
-    check_resume(stored, dict(stored), "s")  # the same protocol resumes
-    changed = study_protocol(RunConfig(bits=("qint8",)), cpu_scorer)
-    with pytest.raises(ConfigError, match=r"same bits .* was \['qint8', 'qint4'\] and is now"):
-        check_resume(stored, changed, "s")
+def test_the_protocol_describes_the_run_as_json(toy_task) -> None:  # type: ignore[no-untyped-def]
+    protocol = protocol_for(toy_task, bits=("int8", "int4"), seed=3, latency="measured")
+    data = protocol.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert Protocol.from_dict(data, study="s") == protocol
+    assert data["schema_version"] == PROTOCOL_SCHEMA_VERSION == 2
+    assert (data["task"]["model"], data["task"]["dataset"]) == ("toytask:make", "toy")
+    assert data["task"]["layers"] == ["conv", "fc1", "fc2"]
+    assert len(data["task"]["fingerprint"]) == 64
+    assert (data["search"]["precisions"], data["seed"], data["backend"]) == (
+        ["int8", "int4"], 3, "quanto",
+    )  # fmt: skip
+    assert data["latency"]["source"] == "measured" and data["latency"]["method"] == "wall_clock"
+    assert data["evaluation"]["first_chunk"] is None  # fitted by the study's creator
 
 
-def test_recorded_fields_may_differ_and_later_ones_bind_only_studies_that_have_them() -> None:
-    stored = {"model": "m", "bits": ["qint8"], "seed": 1, "versions": {"torch": "2.13"}}
-    check_resume(stored, {**stored, "seed": 2, "versions": {"torch": "2.14"}}, "s")
-    # A study created before eval_threads was stored resumes with any thread count ...
-    check_resume(stored, {**stored, "eval_threads": 4}, "s")
-    # ... and one that stored it needs the same.
-    with pytest.raises(ConfigError, match="same eval_threads as when .* was 2 and is now 4"):
-        check_resume({**stored, "eval_threads": 2}, {**stored, "eval_threads": 4}, "s")
+def test_auto_latency_is_a_table_on_a_cpu(toy_task) -> None:  # type: ignore[no-untyped-def]
+    assert protocol_for(toy_task).latency.source == "table"
+    estimate = protocol_for(toy_task, latency="model:cpu-epyc-2c").latency
+    assert (estimate.source, estimate.method, estimate.sample_ms) == (
+        "model:cpu-epyc-2c", "analytic", None,
+    )  # fmt: skip
+
+
+def test_a_resume_names_the_first_field_that_differs_and_its_flag(toy_task) -> None:  # type: ignore[no-untyped-def]
+    stored = protocol_for(toy_task, bits=("int8", "int4"))
+    stored.check_resume(protocol_for(toy_task, bits=("int8", "int4"), seed=9), study="s")
+    stored.check_resume(stored.with_chunking(32, 2), study="s")  # the creator's, not a flag
+    with pytest.raises(ConfigError, match=r"same search.precisions \(--bits\) .* was "
+                       r"\['int8', 'int4'\] and is now \['int8'\]"):  # fmt: skip
+        stored.check_resume(protocol_for(toy_task, bits=("int8",)), study="s")
+    with pytest.raises(ConfigError, match=r"same evaluation.threads \(--threads\)"):
+        stored.check_resume(protocol_for(toy_task, bits=("int8", "int4"), threads=7), study="s")
+
+
+def test_another_model_or_other_weights_are_refused(toy_task) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    import torch
+
+    stored = protocol_for(toy_task)
+    other = toy_task.model.__class__()
+    with torch.no_grad():
+        other.load_state_dict(toy_task.model.state_dict())
+        other.fc2.bias.add_(1e-3)
+    changed = dataclasses.replace(toy_task, model=other)
+    with pytest.raises(ConfigError, match=r"same task.fingerprint \(--model, --weights\)"):
+        stored.check_resume(protocol_for(changed), study="s")
+
+
+def test_a_protocol_of_an_earlier_version_or_not_a_protocol_is_refused(toy_task) -> None:  # type: ignore[no-untyped-def]
+    data = protocol_for(toy_task).to_dict()
+    with pytest.raises(StorageError, match="schema 1: an earlier version of quide-search made"):
+        Protocol.from_dict({**data, "schema_version": 1}, study="old")
+    with pytest.raises(StorageError, match="malformed protocol: task.layers"):
+        Protocol.from_dict({**data, "task": {**data["task"], "layers": 3}}, study="x")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -103,15 +104,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(e).split())
         print(f"quide-search {args_list[0]}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
+        signum = int(getattr(e, "signum", signal.SIGINT))
         print(
-            "quide-search: interrupted; completed trials are kept in the study.", file=sys.stderr
+            f"quide-search: stopped by {signal.Signals(signum).name}; completed trials are "
+            "kept in the study.",
+            file=sys.stderr,
         )
-        return 130
+        return 128 + signum
 
 
 def console_main() -> None:
-    """Entry point of the ``quide-search`` console script."""
+    """Entry point of the ``quide-search`` console script.
+
+    SIGTERM (what service managers, schedulers and CI runners send) stops the process as
+    Ctrl-C does, so what is running is recorded; the exit code is 143.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
+
+
+def _terminate(signum: int, frame: object) -> None:
+    from quide_search.errors import Stopped
+
+    raise Stopped(signum)

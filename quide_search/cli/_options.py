@@ -144,7 +144,7 @@ def add_gate_args(parser: argparse.ArgumentParser) -> None:
         "--max-accuracy-drop",
         type=gate_fraction,
         default=argparse.SUPPRESS,
-        help="pass when P >= P_fp32 - DROP (default 0.01 unless --min-accuracy)",
+        help="pass when P >= P_float - DROP (default 0.01 unless --min-accuracy)",
     )
     group.add_argument(
         "--min-accuracy",
@@ -219,11 +219,18 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--latency",
         type=str,
-        default="measured",
-        help="where T comes from: 'measured' on --device; 'table', each (layer, qtype) timed "
-        "once on --device and summed (stored in the study; 'table:PATH' reuses a saved "
-        "table); or 'model:PROFILE', an analytic estimate for a target device (cpu-epyc-2c, "
-        "gpu-h100-sxm). table and model are deterministic (default: measured)",
+        default="auto",
+        help="where T comes from: 'measured' on --device; 'table', each (layer, precision) "
+        "timed once on --device and summed (stored in the study; 'table:PATH' reuses a saved "
+        "table); 'model:PROFILE', an analytic estimate for a target device (cpu-epyc-2c, "
+        "gpu-h100-sxm); 'auto': measured on CUDA, table on a CPU (default: auto)",
+    )
+    group.add_argument(
+        "--backend",
+        type=str,
+        choices=("quanto",),
+        default="quanto",
+        help="the quantization library that applies plans (default: quanto)",
     )
 
 
@@ -233,7 +240,8 @@ def add_bits_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
         "--bits",
         type=str,
         default="8,4,2",
-        help="per-layer choices: 8, 4, 2, f8 (float8), fp (keep float) (default: 8,4,2)",
+        help="per-layer precisions: int8 (8), int4 (4), int2 (2), fp8 (f8), float (fp: keep the "
+        "layer in float) (default: 8,4,2)",
     )
 
 
@@ -270,13 +278,13 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
 
 def study_storage(args: argparse.Namespace) -> str:
     """The storage URL of ``--study``: ``--storage`` or the default SQLite file."""
-    from quide_search.storage import default_storage_url
+    from quide_search.study.storage import default_storage_url
 
     return str(args.storage or default_storage_url(study=args.study))
 
 
 def _default_dataset(model: str) -> str:
-    from quide_search.models import MODELS
+    from quide_search.tasks.models import MODELS
 
     return MODELS.get(model).datasets[0] if model in MODELS else "digits"
 
@@ -313,6 +321,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "latency_threads": args.latency_threads,
         "latency_sample_ms": args.latency_sample_ms,
         "latency": args.latency,
+        "backend": args.backend,
         "cache_mb": args.cache_mb,
     }
     if getattr(args, "bits", None) is not None:

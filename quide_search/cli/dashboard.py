@@ -29,7 +29,7 @@ class DashboardCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.dashboard import serve_dashboard, study_url
+        from quide_search.output.dashboard import serve_dashboard, study_url
 
         storage = study_storage(args)
         host = "127.0.0.1"

@@ -43,8 +43,8 @@ class EvaluateCommand(Command):
         add_device_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.replay import evaluate_plan
-        from quide_search.report import format_replay
+        from quide_search.output.replay import evaluate_plan
+        from quide_search.output.text import format_replay
 
         replay = evaluate_plan(
             args.plan,

@@ -57,7 +57,7 @@ class ExportCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.export import export_plan
+        from quide_search.output.export import export_plan
 
         path = export_plan(
             study=args.study,

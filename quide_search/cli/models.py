@@ -21,8 +21,8 @@ class ModelsCommand(Command):
         pass
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.data import DATASET_NEEDS
-        from quide_search.models import MODELS
+        from quide_search.tasks.data import DATASET_NEEDS
+        from quide_search.tasks.models import MODELS
 
         lines = ["registered models (--model NAME --dataset DATASET):"]
         for name in MODELS.names():
@@ -71,9 +71,9 @@ class TrainCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         import torch
 
-        from quide_search.evaluator import Evaluator
-        from quide_search.models import MODELS
-        from quide_search.task import load_task
+        from quide_search.measure.evaluator import Evaluator
+        from quide_search.tasks.models import MODELS
+        from quide_search.tasks.resolver import load_task
 
         task = load_task(
             model=args.model,

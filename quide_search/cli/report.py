@@ -30,7 +30,7 @@ class ReportCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.htmlreport import write_report
+        from quide_search.output.htmlreport import write_report
 
         paths = write_report(
             study=args.study, storage=study_storage(args), out=args.out, png=args.png

@@ -29,7 +29,7 @@ class RunCommand(Command):
   quide-search run --bits 8,4,2,fp --min-accuracy 0.95
   quide-search run --storage sqlite:///studies/x.db --study my-study --seed 1
   quide-search run --workers 3 --threads 1 --trials 120  # three local processes, one study
-  quide-search run --latency table --max-size-mb 0.01     # deterministic T, a size limit
+  quide-search run --latency measured --max-size-mb 0.01  # time every trial, a size limit
   quide-search run --objective pareto --sampler nsga2     # (C, P, T) as three objectives"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -80,6 +80,15 @@ class RunCommand(Command):
         limits.add_argument(
             "--max-latency-ms", type=float, default=None, help="T at most this (ms)"
         )
+        confirm = parser.add_argument_group("confirmation (the end of the run)")
+        confirm.add_argument(
+            "--confirm-top",
+            type=count,
+            default=5,
+            help="at the end of the run, re-time the float model, the best uniform plan, the "
+            "top K plans by I' and the Pareto front side by side, and recommend on that "
+            "confirmed T (0: skip; default: 5)",
+        )
         add_gate_args(parser)
         add_measure_args(parser)
         add_storage_args(parser)
@@ -103,8 +112,8 @@ class RunCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.report import format_summary
-        from quide_search.study import run_search
+        from quide_search.output.text import format_summary
+        from quide_search.study.run import run_search
 
         config = config_from_args(
             args,
@@ -121,6 +130,7 @@ class RunCommand(Command):
             warm_start=not args.no_warm_start,
             max_size_mb=args.max_size_mb,
             max_latency_ms=args.max_latency_ms,
+            confirm_top=args.confirm_top,
         )
         summary = run_search(config, progress=not args.no_progress)
         print(format_summary(summary))

@@ -39,8 +39,9 @@ class SensitivityCommand(Command):
         parser.add_argument("--json", action="store_true", help="print the table as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.report import format_sensitivity
-        from quide_search.session import open_session, study_sensitivity
+        from quide_search.output.text import format_sensitivity
+        from quide_search.study.session import open_session
+        from quide_search.study.setup import study_sensitivity
 
         config = config_from_args(
             args, trials=0, study=args.study, storage=args.storage, out_dir=args.out_dir

@@ -13,7 +13,7 @@ __all__ = ["ShowCommand", "StudiesCommand"]
 
 
 class StudiesCommand(Command):
-    """List studies with their trial counts, best I' and fp32 baseline."""
+    """List studies with their trial counts, best I' and float baseline."""
 
     name = "studies"
     epilog = """examples:
@@ -34,8 +34,8 @@ class StudiesCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.errors import StorageError
-        from quide_search.report import format_studies
-        from quide_search.study import list_studies
+        from quide_search.output.text import format_studies
+        from quide_search.study.summary import list_studies
 
         if args.storage:
             urls = [args.storage]
@@ -80,17 +80,18 @@ class ShowCommand(Command):
             is_generated_json,
             stamped,
         )
-        from quide_search.report import format_study
-        from quide_search.study import load_study, summarize
+        from quide_search.output.text import format_study
+        from quide_search.records import StudyKey
+        from quide_search.study.summary import read_study, summarize
 
         if args.latency_table:
             path = Path(args.latency_table)
             check_replaceable(path, ours=is_generated_json, flag="--latency-table")
         storage = study_storage(args)
-        study = load_study(study=args.study, storage=storage)
-        summary = summarize(study, storage_url=storage, out_dir="studies", persist=False)
+        study, _ = read_study(study=args.study, storage=storage)
+        summary = summarize(study, storage_url=storage, out_dir="studies")
         if args.latency_table:
-            table = study.user_attrs.get("latency_table")
+            table = study.user_attrs.get(StudyKey.LATENCY_TABLE)
             if table is None:
                 raise ConfigError(
                     f"--latency-table needs a study run with --latency table, but study "

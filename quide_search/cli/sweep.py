@@ -16,21 +16,21 @@ __all__ = ["SweepCommand"]
 
 
 class SweepCommand(Command):
-    """Measure uniform precisions (fp32, int8, int4, ...) and name the knee (highest I')."""
+    """Measure uniform precisions (float, int8, int4, ...) and name the knee (highest I')."""
 
     name = "sweep"
     epilog = """examples:
-  quide-search sweep                                 # fp32, int8, int4, int2, fp8 on digits
-  quide-search sweep --bits fp32,8,4 --out-dir results"""
+  quide-search sweep                                 # float, int8, int4, int2, fp8 on digits
+  quide-search sweep --bits float,8,4 --out-dir results"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_task_args(parser)
         parser.add_argument(
             "--bits",
             type=str,
-            default="fp32,8,4,2,f8",
-            help="precisions to sweep; fp32 is always measured as the baseline "
-            "(default: fp32,8,4,2,f8)",
+            default="float,8,4,2,f8",
+            help="precisions to sweep; float is always measured as the baseline "
+            "(default: float,8,4,2,f8)",
         )
         add_gate_args(parser)
         add_measure_args(parser)
@@ -48,8 +48,8 @@ class SweepCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.report import format_sweep
-        from quide_search.sweep import run_sweep
+        from quide_search.output.text import format_sweep
+        from quide_search.study.sweep import run_sweep
 
         config = config_from_args(args, out_dir=args.out_dir, study=args.name)
         print(format_sweep(run_sweep(config)))

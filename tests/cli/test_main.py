@@ -20,22 +20,15 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     old = os.getcwd()
     os.chdir(tmp)
     try:
-        assert main(["run", "--trials", "4", "--no-progress", "--device", "cpu"]) == 0
+        run = ["run", "--trials", "4", "--no-progress", "--device", "cpu"]
+        assert main([*run, "--latency-sample-ms", "1"]) == 0
         assert main(["export", "--study", "simplecnn-digits", "--out", "plan.json"]) == 0
     finally:
         os.chdir(old)
     record = json.loads((tmp / "plan.json").read_text())
     (tmp / "other-model.json").write_text(json.dumps({**record, "model": "resnet50"}))
     (tmp / "other-dataset.json").write_text(json.dumps({**record, "dataset": "svhn"}))
-    (tmp / "bad-layer.json").write_text(
-        json.dumps(
-            {
-                **record,
-                "layers": None,
-                "quantization_map": {"fc9": {"weights": "qint8", "activations": "none"}},
-            }
-        )
-    )
+    (tmp / "bad-layer.json").write_text(json.dumps({**record, "layers": {"fc9": "int8"}}))
     (tmp / "broken.json").write_text('{"schema_version": 1,')
     import torch
 
@@ -52,7 +45,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 BAD_INPUTS = [
     (["run", "--model", "simplecn"], "Did you mean: 'simplecnn'"),
     (["run", "--dataset", "digit"], "Did you mean: 'digits'"),
-    (["run", "--bits", "3,8"], "--bits must be a subset of {fp32, 8, 4, 2, f8}"),
+    (["run", "--bits", "3,8"], "--bits must list precisions among int8 (8), int4 (4)"),
     (["run", "--bits", "fp"], "at least one quantized precision"),
     (["run", "--trials", "-1"], "--trials: must be an integer >= 0, but got -1"),
     (["run", "--trials", "ten"], "--trials: must be an integer >= 0, but got 'ten'"),
@@ -66,8 +59,8 @@ BAD_INPUTS = [
     (["run", "--threads", "0"], "--threads: must be an integer >= 1"),
     (["run", "--latency-threads", "0"], "--latency-threads: must be an integer >= 1"),
     (["run", "--device", "tpu"], "invalid choice: 'tpu'"),
-    (["run", "--bits", "8,4", "--trials", "6"], "needs the same bits"),
-    (["sweep", "--bits", "9"], "--bits must be a subset"),
+    (["run", "--bits", "8,4", "--trials", "6"], "needs the same search.precisions (--bits)"),
+    (["sweep", "--bits", "9"], "--bits must list precisions among"),
     (
         ["export", "--study", "simplecnn-digits", "--trial", "99", "--out", "x.json"],
         "must name a completed trial",
@@ -92,7 +85,7 @@ BAD_INPUTS = [
     (["export", "--study", "simplecnn-digits"], "the following arguments are required: --out"),
     (["evaluate", "--plan", "missing.json"], "does not exist"),
     (["evaluate", "--plan", "broken.json"], "is not valid JSON"),
-    (["evaluate", "--plan", "v9.json"], "schema_version must be 1"),
+    (["evaluate", "--plan", "v9.json"], "schema_version must be 2, but got 9"),
     (
         ["evaluate", "--plan", "other-model.json"],
         "is for model 'resnet50', which is not registered",
@@ -114,7 +107,7 @@ BAD_INPUTS = [
     (["run", "--model", "resnet18", "--dataset", "digits"], "must be one of imagenet, mnist-5k"),
     (["train", "--dataset", "mnist", "--data-dir", "nodata"], "laid out as MNIST/raw/"),
     (["train", "--epochs", "0"], "--epochs: must be an integer >= 1"),
-    (["sweep", "--latency", "guessed"], "--latency must be 'measured', 'table', 'table:PATH'"),
+    (["sweep", "--latency", "guessed"], "--latency must be 'auto', 'measured', 'table'"),
     (
         ["run", "--study", "t", "--latency", "table:missing.json"],
         "--latency table:PATH must name a readable",
@@ -129,11 +122,7 @@ BAD_INPUTS = [
     (["run", "--max-size-mb", "0"], "--max-size-mb must be a finite number > 0"),
     (["run", "--max-latency-ms", "nan"], "--max-latency-ms must be a finite number > 0"),
     (["run", "--early-stop", "maybe"], "invalid choice: 'maybe'"),
-    (["sensitivity", "--bits", "8,4"], "needs the same bits as when it was created"),
-    (
-        ["show", "--study", "simplecnn-digits", "--latency-table", "t.json"],
-        "--latency-table needs a study run with --latency table",
-    ),
+    (["sensitivity", "--bits", "8,4"], "needs the same search.precisions (--bits) as when"),
     (["show", "--study", "nope"], "does not exist"),
     (["report", "--study", "nope", "--out", "r.html"], "does not exist"),
     (["dashboard", "--study", "nope"], "does not exist"),
@@ -228,19 +217,19 @@ def test_evaluate_and_sweep_commands(
     monkeypatch.chdir(workdir)
     assert main(["evaluate", "--plan", "plan.json", "--device", "cpu"]) == 0
     replayed = capsys.readouterr().out
-    # T is paired with the study's stored reference, not one measured now.
-    protocol = json.loads((workdir / "plan.json").read_text())["protocol"]
-    stored, mix = protocol["latency_reference_ms"], "/".join(protocol["latency_reference_qtypes"])
+    # P is scored as in the study and reproduces; T is measured again on this machine.
     assert "P reproduced exactly" in replayed
-    assert f"paired with a {mix} mix at {stored:.4g} ms per pass, samples of >= 5 ms" in replayed
-    assert main(["sweep", "--bits", "fp32,8,4", "--device", "cpu", "--out-dir", "sw"]) == 0
+    assert "on cpu (measured, wall_clock, samples of >= 1 ms)" in replayed
+    sweep = ["sweep", "--bits", "float,8,4", "--device", "cpu", "--out-dir", "sw"]
+    assert main([*sweep, "--latency-sample-ms", "1"]) == 0
     out = capsys.readouterr().out
     assert "knee:" in out and (workdir / "sw" / "simplecnn-digits.sweep.csv").exists()
-    # The sweep's T is paired with its precisions dealt out over the layers, and says so.
-    latency = json.loads((workdir / "sw" / "simplecnn-digits.sweep.json").read_text())["latency"]
-    reference = latency["reference_ms"]
-    assert latency["reference_qtypes"] == ["none", "qint8", "qint4"]
-    assert reference > 0 and f"paired with a float/qint8/qint4 mix at {reference:.4g} ms" in out
+    # The rows were timed side by side, and the knee is chosen on that confirmed T.
+    result = json.loads((workdir / "sw" / "simplecnn-digits.sweep.json").read_text())
+    assert [r["precision"] for r in result["rows"]] == ["float", "int8", "int4"]
+    assert all(r["T_confirmed_ms"] > 0 for r in result["rows"])
+    knee = max(result["rows"], key=lambda r: (r["I_prime_confirmed"], r["I_confirmed"]))
+    assert result["knee"] == knee["precision"] and "by confirmed I'" in out
 
 
 def test_every_argument_has_a_type_and_unique_help() -> None:
@@ -277,16 +266,17 @@ def test_help_is_fast_and_works_as_module() -> None:
     assert probe.stdout.strip() == "False"  # the CLI imports no heavy library up front
 
 
-@pytest.mark.parametrize("argv", [[], ["run"]], ids=["no-args", "run"])
-def test_console_script_runs_embedded_default(tmp_path: Path, argv: list[str]) -> None:
+def test_console_script_runs_embedded_default(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # With no subcommand the CLI runs `run`; its flags may follow directly.
-    cmd = [sys.executable, "-m", "quide_search", *argv, "--trials", "3", "--no-progress"]
+    cmd = [sys.executable, "-m", "quide_search", "--trials", "3", "--no-progress",
+           "--latency-sample-ms", "1"]  # fmt: skip
     result = subprocess.run(
         cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert "best found" in result.stdout and "fp32 baseline" in result.stdout
+    assert "recommended" in result.stdout and "float baseline" in result.stdout
+    assert "confirmation:" in result.stdout
 
 
 def test_study_manager_commands(
@@ -308,16 +298,12 @@ def test_study_manager_commands(
     assert shown["completed"] + shown["pruned"] == 4
     assert shown["best"]["trial"] == row["best_trial"]
     assert {p["trial"] for p in shown["pareto"]} <= set(range(4))
-    assert shown["protocol"]["latency_source"] == "measured"
+    assert shown["protocol"]["latency"]["source"] == "table"  # auto, on a CPU
     assert main(["show", "--study", "simplecnn-digits"]) == 0
     text = capsys.readouterr().out
-    assert "Pareto front over (C max, P max, T min)" in text and "uniform qint8" in text
-    reference = shown["protocol"]["latency_reference_ms"]
-    mix = "/".join(shown["protocol"]["latency_reference_qtypes"])
-    assert (
-        f"(wall_clock, paired with a {mix} mix at {reference:.4g} ms per pass, samples of >= 5 ms)"
-        in text
-    )
+    assert "Pareto front over (C max, P max, T min)" in text and "uniform int8" in text
+    assert "(per-layer table, each layer timed once and summed)" in text
+    assert "recommended plan (trial" in text and "T_conf" in text
 
 
 def test_export_formats_from_the_command_line(

@@ -1,0 +1,200 @@
+"""Latency fidelity: how well the per-layer table predicts measured T, and how stable the
+confirmation's choice of the best plan is.
+
+For each model (SimpleCNN on digits, ResNet-18 on mnist-5k, a 4-block Llama built from a config
+and scored on a generated text):
+
+1. A latency table is measured as a study would (``--latency table``), and 20 seeded random
+   plans (int8/int4/int2 per layer) are timed by measurement in interleaved, order-rotated
+   rounds (the confirmation's method). Reported: the table's median absolute error against
+   that measured T, and the Spearman rank correlation of the two.
+2. The finalists a study would confirm (the float model, the uniform plans, and the top 5 of
+   the 20 plans by the table's I') are confirmed twice, independently, 10 times over. Reported:
+   how often the two confirmations of a repeat pick the same best plan by confirmed I'.
+
+Usage:  python benchmarks/latency_fidelity.py [--models simplecnn,resnet18,llama]
+                                              [--repeats 10] [--write benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _results import machine_line, write_section
+
+from quide_search.config import RunConfig
+from quide_search.latency import confirm_latency
+from quide_search.measure.scorer import Scorer
+from quide_search.metric import gated_index
+from quide_search.plan import BitPlan
+from quide_search.protocol import build_protocol
+from quide_search.tasks.models.causal_lm import TextTask
+from quide_search.tasks.resolver import load_task
+from quide_search.tasks.task import Task
+
+CHOICES = ("int8", "int4", "int2")
+PLANS = 20
+TOP = 5
+CPU = torch.device("cpu")
+
+
+def _llama(folder: Path) -> tuple[str, TextTask]:
+    """A 4-block Llama with random weights and a word-level tokenizer, saved like a hub model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = [f"w{i}" for i in range(200)]
+    rng = random.Random(0)
+    text = folder / "text.txt"
+    text.write_text(" ".join(rng.choice(words) for _ in range(20_000)) + "\n", encoding="utf-8")
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *words])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=0, eos_token_id=2, bos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    # A timed call decodes 4 tokens after a 16-token prompt: 10 confirmations of 9 finalists
+    # stay within minutes on 2 cores.
+    settings = TextTask(path=str(folder / "model"), text_file=str(text), seq_len=64,
+                        eval_windows=16, calib_windows=4, prompt_tokens=16,
+                        new_tokens=4)  # fmt: skip
+    return f"hf:{folder / 'model'}", settings
+
+
+def _task(name: str, folder: Path) -> tuple[Task, RunConfig]:
+    if name == "llama":
+        model, text = _llama(folder)
+        config = RunConfig(model=model, text_file=text.text_file, seq_len=64, eval_windows=16,
+                           latency="table", device="cpu")  # fmt: skip
+        return load_task(model=model, text=text), config
+    dataset = {"simplecnn": "digits", "resnet18": "mnist-5k"}[name]
+    config = RunConfig(model=name, dataset=dataset, latency="table", device="cpu")
+    return load_task(model=name, dataset=dataset), config
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    def ranks(xs: list[float]) -> list[float]:
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        out = [0.0] * len(xs)
+        for rank, i in enumerate(order):
+            out[i] = float(rank)
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    mean = (len(a) - 1) / 2
+    cov = sum((x - mean) * (y - mean) for x, y in zip(ra, rb, strict=True))
+    var = sum((x - mean) ** 2 for x in ra)
+    return cov / var
+
+
+def fidelity(name: str, repeats: int, folder: Path) -> dict[str, Any]:
+    """The table's error and rank agreement, and the confirmation's stability, for one model."""
+    task, config = _task(name, folder)
+    protocol = build_protocol(config, task, device=CPU)
+    started = time.perf_counter()
+    scorer = Scorer.build(task, protocol, device=CPU)  # measures the table
+    table_s = time.perf_counter() - started
+    layers = list(scorer.weight_counts)
+    rng = random.Random(0)
+    plans = {
+        i: BitPlan(model=task.model_name, dataset=task.dataset_name, backend="quanto",
+                   layers={n: rng.choice(CHOICES) for n in layers})
+        for i in range(PLANS)
+    }  # fmt: skip
+    context = scorer.latency.context
+    measured, failed = confirm_latency(plans, scorer.target, context)
+    keys = [k for k in plans if k in measured]
+    predicted = [scorer.latency.latency(plans[k]).median_ms for k in keys]
+    timed = [measured[k].median_ms for k in keys]
+    errors = [abs(p / m - 1) for p, m in zip(predicted, timed, strict=True)]
+    # The finalists a study would confirm, scored once (P and C do not change).
+    scored = {k: scorer.measure(plans[k]) for k in keys}
+    gate = protocol.gate_for(scorer.measure(scorer.float_plan()).P)
+    by_table = sorted(keys, key=lambda k: -scored[k].metrics(
+        baseline_bytes=scorer.baseline_bytes, gate=gate).I_prime)[:TOP]  # fmt: skip
+    finalists: dict[Any, BitPlan] = {k: plans[k] for k in by_table}
+    finalists.update({p: scorer.uniform_plan(p) for p in ("float", *CHOICES)})
+    cp = {k: scorer.measure(plan) for k, plan in finalists.items()}
+    same = 0
+    for _ in range(repeats):
+        picks = []
+        for _ in range(2):
+            result, _ = confirm_latency(finalists, scorer.target, context)
+            best = max(result, key=lambda k: (gated_index(
+                C=scorer.baseline_bytes / cp[k].stored_bytes, P=cp[k].P,
+                T_ms=result[k].median_ms, gate=gate), str(k)))  # fmt: skip
+            picks.append(best)
+        same += picks[0] == picks[1]
+    return {
+        "model": name,
+        "layers": len(layers),
+        "plans": len(keys),
+        "failed": len(failed),
+        "table_seconds": table_s,
+        "median_abs_error": statistics.median(errors),
+        "spearman": _spearman(predicted, timed),
+        "finalists": len(finalists),
+        "same_best": same,
+        "repeats": repeats,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=str, default="simplecnn,resnet18,llama")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--write", type=str, default=None, help="RESULTS.md to update")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            started = time.perf_counter()
+            row = fidelity(name, args.repeats, Path(tmp))
+            row["seconds"] = time.perf_counter() - started
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    lines = [
+        "## Latency fidelity: the table against interleaved measured T",
+        "",
+        machine_line(),
+        f"- command: `python benchmarks/latency_fidelity.py --models {args.models} "
+        f"--repeats {args.repeats}`",
+        "",
+        "| model | layers | table: median abs. error | Spearman | same best in two "
+        "confirmations | run s |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {r['model']} | {r['layers']} | {r['median_abs_error']:.1%} | "
+            f"{r['spearman']:.2f} | {r['same_best']} of {r['repeats']} ({r['finalists']} "
+            f"finalists) | {r['seconds']:.0f} |"
+            for r in rows
+        ),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.write:
+        write_section(args.write, "latency_fidelity", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The interface every quantization backend implements.
+
+A backend turns backend-neutral plans (``layer -> int8 | int4 | int2 | fp8 | float``) into
+quantized modules, says what they store and how they run, and saves and reloads them. The
+rest of quide-search (the layer cache, the scorer, the export) speaks only this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from quide_search.errors import PlanError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    from quide_search.plan import BitPlan
+
+__all__ = ["QuantBackend", "model_bytes", "storage_key"]
+
+
+class QuantBackend(abc.ABC):
+    """One quantization library behind quide-search's plans.
+
+    Implementations live one per file in ``quide_search/backends`` and are looked up by
+    :attr:`name` (:func:`quide_search.backends.get_backend`).
+    """
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The library's version, recorded in every study and exported plan."""
+
+    @abc.abstractmethod
+    def precisions(self, device: torch.device) -> Mapping[str, int]:
+        """The precisions this backend can run on ``device``, with their weight bits."""
+
+    @abc.abstractmethod
+    def layer_types(self) -> tuple[type[nn.Module], ...]:
+        """The module types a plan may quantize."""
+
+    @abc.abstractmethod
+    def quantize_layer(self, module: nn.Module, precision: str) -> nn.Module:
+        """Return a frozen quantized copy of one float layer; the layer is not changed.
+
+        Raises:
+            TrialEvaluationError: If the library fails on the layer.
+        """
+
+    @abc.abstractmethod
+    def kernel_path(self, quantized: nn.Module) -> str:
+        """How the layer runs: ``kernel:NAME`` (a low-bit kernel) or ``fallback``
+        (the weight is dequantized and the float operation runs)."""
+
+    @abc.abstractmethod
+    def quantization_map(self, plan: BitPlan) -> dict[str, Any]:
+        """The plan in the library's own serialisable form (what its loaders accept)."""
+
+    @abc.abstractmethod
+    def save(self, model: nn.Module, folder: Path) -> list[str]:
+        """Write a frozen quantized model's files into ``folder``; return their names."""
+
+    @abc.abstractmethod
+    def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
+        """Quantize the float ``skeleton`` in place with the weights saved in ``folder``.
+
+        Raises:
+            DataError: If the folder lacks the files :meth:`save` writes.
+            PlanError: If they name layers the skeleton lacks.
+        """
+
+    def float_twin(self, quantized: nn.Module) -> nn.Module | None:
+        """A float module with the same outputs as ``quantized`` but cheaper to run, or None.
+
+        Where a layer is run by dequantizing its weight on every call, evaluation can use
+        the weight dequantized once; latency never does.
+        """
+        return None
+
+    def hazard(
+        self, model: nn.Module, device: torch.device, precisions: Sequence[str]
+    ) -> str | None:
+        """Why a choice of precisions would crash the process on this model and device."""
+        return None
+
+    def quantizable_layers(self, model: nn.Module) -> dict[str, int]:
+        """Return module name -> weight element count of every layer a plan may quantize.
+
+        The order is the module order, which is also the order of the search space.
+        """
+        types = self.layer_types()
+        counts: dict[str, int] = {}
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if name and isinstance(module, types) and weight is not None:
+                counts[name] = int(weight.numel())
+        return counts
+
+    def apply(self, model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
+        """Return a copy of ``model`` with ``plan`` applied, layer by layer, frozen.
+
+        Quantizing a layer on its own gives the same module as quantizing it inside the
+        whole model (each layer's weights are quantized independently), so a plan is
+        applied by replacing each planned layer with :meth:`quantize_layer`'s result.
+
+        Raises:
+            PlanError: If a plan layer is not a quantizable layer of ``model``.
+            TrialEvaluationError: If the library fails on a layer.
+        """
+        plan.validate_layers(self.quantizable_layers(model))
+        target = model if inplace else copy.deepcopy(model)
+        for name, precision in plan.quantized_layers().items():
+            parent_name, _, child = name.rpartition(".")
+            parent = target.get_submodule(parent_name) if parent_name else target
+            setattr(parent, child, self.quantize_layer(getattr(parent, child), precision))
+        return target
+
+    def check_precisions(self, precisions: Sequence[str], device: torch.device) -> None:
+        """Refuse precisions this backend cannot run on ``device``.
+
+        Raises:
+            PlanError: Naming the precision, the device and what the backend offers.
+        """
+        offered = self.precisions(device)
+        for precision in precisions:
+            if precision != "float" and precision not in offered:
+                raise PlanError(
+                    f"--bits must be precisions the {self.name} backend runs on "
+                    f"{device.type}, but {precision!r} is not among them. It offers "
+                    f"{', '.join(offered)}."
+                )
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Return the bytes a module stores: every tensor of its state dict, counted once.
+
+    For a frozen quantized model the state dict holds the packed integer data, the scales
+    and shifts, and every tensor left in float: what a checkpoint of it contains. Tensors
+    that share storage (tied weights) are counted once.
+    """
+    import torch
+
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for tensor in model.state_dict().values():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        key = storage_key(tensor)
+        if key in seen and tensor.numel() > 0:
+            continue
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def storage_key(tensor: torch.Tensor) -> tuple[int, int]:
+    """Where a tensor's data starts: equal for tensors that share it (tied weights)."""
+    return (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))

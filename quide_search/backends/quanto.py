@@ -1,0 +1,183 @@
+"""The optimum-quanto backend: weight-only int8/int4/int2/float8 for Linear and Conv2d layers.
+
+This is the only module that imports ``optimum.quanto``. Plans' backend-neutral names map to
+quanto's qtypes here; a checkpoint is quanto's own layout (the state dict as safetensors and
+``quantization_map()``), which ``optimum.quanto.requantize`` reloads without quide-search.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from optimum.quanto import quantization_map as _quanto_map
+from optimum.quanto import requantize
+from optimum.quanto.nn import quantize_module
+from torch import nn
+
+from quide_search.backends._base import QuantBackend
+from quide_search.errors import DataError, PlanError, TrialEvaluationError
+from quide_search.plan import PRECISIONS, BitPlan
+
+__all__ = ["MAP_FILE", "WEIGHTS_FILE", "QuantoBackend"]
+
+WEIGHTS_FILE = "model.safetensors"
+MAP_FILE = "quantization_map.json"
+_QTYPE = {"int8": "qint8", "int4": "qint4", "int2": "qint2", "fp8": "qfloat8"}
+
+
+class QuantoBackend(QuantBackend):
+    """optimum-quanto 0.2: weight-only quantization, float activations."""
+
+    name = "quanto"
+
+    def version(self) -> str:
+        import optimum.quanto
+
+        return str(getattr(optimum.quanto, "__version__", "unknown"))
+
+    def precisions(self, device: torch.device) -> Mapping[str, int]:
+        return {name: PRECISIONS[name] for name in _QTYPE}
+
+    def layer_types(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear, nn.Conv2d)
+
+    def quantize_layer(self, module: nn.Module, precision: str) -> nn.Module:
+        try:
+            # no_grad, not inference_mode: quanto's int4/int2 packing sets version counters,
+            # which inference tensors refuse.
+            with torch.no_grad():
+                quantized = quantize_module(copy.deepcopy(module), weights=_QTYPE[precision])
+                if quantized is None:
+                    raise TypeError(f"{type(module).__name__} is not a layer quanto quantizes")
+                quantized.freeze()
+        except MemoryError as e:
+            raise TrialEvaluationError(f"out of memory while quantizing: {e}") from e
+        except Exception as e:  # any quanto failure on one layer fails that trial, not the run
+            raise TrialEvaluationError(
+                f"quanto could not quantize a {type(module).__name__} to {precision}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        return quantized
+
+    def kernel_path(self, quantized: nn.Module) -> str:
+        """``kernel:NAME`` where quanto 0.2.7 dispatches the weights to a low-bit kernel.
+
+        Its optimized tensor types (TinyGemm, AWQ, Marlin) and torch's int8 weight-pack
+        matmul for int8 weights with bfloat16 activations on a CPU; ``fallback`` where it
+        dequantizes the weight and runs the float operation (every Conv2d, plain int2/int4
+        packing, int8 or float8 weights with float32 activations). A test checks these
+        rules against the ops the PyTorch profiler sees.
+        """
+        weight = getattr(quantized, "weight", None)
+        kind = type(weight).__name__
+        if kind.startswith(("TinyGemm", "AWQ", "Marlin")):
+            short = kind.removesuffix("WeightQBitsTensor").removesuffix("QBytesTensor")
+            return "kernel:" + short.lower()
+        if _int8pack(quantized, weight):
+            return "kernel:int8pack"
+        return "fallback"
+
+    def float_twin(self, quantized: nn.Module) -> nn.Module | None:
+        from quide_search.backends._quanto_twin import dequantized_twin
+
+        if self.kernel_path(quantized) != "fallback":
+            return None
+        return dequantized_twin(quantized)
+
+    def hazard(
+        self, model: nn.Module, device: torch.device, precisions: Sequence[str]
+    ) -> str | None:
+        """quanto 0.2.7's int4 AWQ kernels crash on float16 models on CUDA.
+
+        Their GEMV path (fewer than 8 rows: batch-1 decoding) raised "CUDA error: an illegal
+        memory access" on an H200 (benchmarks/RESULTS.md, GPU check); that error poisons the
+        process's CUDA context, so it cannot be a failed trial. bfloat16 takes quanto's
+        tinygemm kernel instead, which ran.
+        """
+        if device.type != "cuda" or "int4" not in precisions:
+            return None
+        if not any(p.dtype == torch.float16 for p in model.parameters()):
+            return None
+        return (
+            "--bits 4 on a float16 model on CUDA runs optimum-quanto 0.2.7's AWQ int4 kernels, "
+            "whose batch-1 path crashed the process with 'CUDA error: an illegal memory "
+            "access'. Load the model in bfloat16 (--dtype bfloat16), run on the CPU, or leave "
+            "4 out of --bits."
+        )
+
+    def quantization_map(self, plan: BitPlan) -> dict[str, Any]:
+        """The plan as ``optimum.quanto.requantize`` takes its quantization map."""
+        return {
+            name: {"weights": _QTYPE[precision], "activations": "none"}
+            for name, precision in plan.quantized_layers().items()
+        }
+
+    def save(self, model: nn.Module, folder: Path) -> list[str]:
+        """Write quanto's documented layout, or, for a transformers causal LM, the layout of
+        ``QuantizedModelForCausalLM.save_pretrained`` (config, weights, ``quanto_qmap.json``)."""
+        from safetensors.torch import save_file
+
+        if _is_transformers_model(model):
+            from optimum.quanto import QuantizedModelForCausalLM
+
+            QuantizedModelForCausalLM(model).save_pretrained(str(folder))
+            return sorted(p.name for p in folder.iterdir())
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        (folder / MAP_FILE).write_text(json.dumps(_quanto_map(model), indent=2), encoding="utf-8")
+        return [WEIGHTS_FILE, MAP_FILE]
+
+    def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
+        from safetensors.torch import load_file
+
+        map_file = next(
+            (n for n in (MAP_FILE, "quanto_qmap.json") if (folder / n).is_file()), None
+        )
+        missing = [n for n in (WEIGHTS_FILE,) if not (folder / n).is_file()]
+        if map_file is None:
+            missing.append(f"{MAP_FILE} (or quanto_qmap.json)")
+        if missing:
+            raise DataError(
+                f"a quantized checkpoint folder must hold {WEIGHTS_FILE} and {MAP_FILE}, but "
+                f"{str(folder)!r} lacks {', '.join(missing)}. Export one with "
+                "`quide-search export --checkpoint`."
+            )
+        qmap = json.loads((folder / str(map_file)).read_text(encoding="utf-8"))
+        layers = self.quantizable_layers(skeleton)
+        unknown = [name for name in qmap if name not in layers]
+        if unknown:
+            raise PlanError(
+                f"the checkpoint's quantization map names layer {unknown[0]!r}, which the "
+                "skeleton lacks. Build the skeleton exactly as the exported model."
+            )
+        state = load_file(str(folder / WEIGHTS_FILE))
+        with torch.no_grad():
+            requantize(skeleton, state, qmap, device=torch.device("cpu"))
+        return skeleton
+
+
+def _int8pack(module: nn.Module, weight: Any) -> bool:
+    scale = getattr(weight, "_scale", None)
+    return (
+        isinstance(module, nn.Linear)
+        and type(weight).__name__ == "WeightQBytesTensor"
+        and getattr(weight, "qtype", None) is not None
+        and weight.qtype.name == "qint8"
+        and weight.device.type == "cpu"
+        and scale is not None
+        and scale.dtype == torch.bfloat16
+        and module.in_features % 4 == 0
+    )
+
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return False
+    return isinstance(model, PreTrainedModel)

@@ -1,0 +1,108 @@
+"""From settings to a latency source: resolve ``--latency``, describe it, build it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from quide_search.latency._base import LatencyContext, LatencySource, TimingTarget
+from quide_search.latency.profiles import parse_source, profile
+
+if TYPE_CHECKING:
+    import torch
+
+    from quide_search.latency.table import LatencyTable
+
+__all__ = ["latency_context", "make_source", "read_table_file"]
+
+
+def latency_context(
+    spec: str,
+    *,
+    device: torch.device,
+    batch_size: int,
+    threads: int,
+    sample_ms: float | None,
+    decode: Mapping[str, Any] | None = None,
+) -> LatencyContext:
+    """Describe how T will be obtained for ``--latency spec`` on ``device``.
+
+    ``auto`` is ``measured`` on CUDA, where timing is steady and kernels are real, and
+    ``table`` on a CPU, where a shared machine's timing is noisy and a deterministic table
+    keeps the search repeatable; the outcome is confirmed by measurement either way.
+
+    Raises:
+        ConfigError: For a malformed ``spec`` or an unknown device profile.
+    """
+    import torch
+
+    kind, arg = parse_source(spec)
+    if kind == "auto":
+        kind = "measured" if device.type == "cuda" else "table"
+    common = {"batch_size": batch_size, "threads": threads, "torch_version": torch.__version__,
+              "decode": decode}  # fmt: skip
+    if kind == "model":
+        target = profile(str(arg))
+        return LatencyContext(
+            source=f"model:{target.name}", device=target.name, method="analytic",
+            profile=target.to_dict(), sample_ms=None, **common,  # type: ignore[arg-type]
+        )  # fmt: skip
+    cuda = device.type == "cuda"
+    return LatencyContext(
+        source=kind,
+        device=torch.cuda.get_device_name(device) if cuda else "cpu",
+        method="cuda_events" if cuda else "wall_clock",
+        sample_ms=sample_ms,
+        table_file=arg,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def make_source(
+    context: LatencyContext,
+    target: TimingTarget,
+    *,
+    precisions: Sequence[str],
+    stored: Mapping[str, Any] | None = None,
+) -> LatencySource:
+    """Build the source ``context`` describes, for the model ``target`` gives access to.
+
+    Args:
+        context: From :func:`latency_context` (a study's stored one).
+        target: The model being searched.
+        precisions: The study's choices (a table must cover them).
+        stored: A table the study already holds; measured (or read from
+            ``context.table_file``) when None.
+
+    Raises:
+        ConfigError: For a table file that is missing or does not cover the choices.
+        TrialEvaluationError: If measuring a table fails on a layer.
+    """
+    from quide_search.latency.analytic import AnalyticLatency
+    from quide_search.latency.measured import MeasuredLatency
+    from quide_search.latency.table import LatencyTable, TableLatency
+
+    if context.source.startswith("model:"):
+        return AnalyticLatency(context, target)
+    if context.source == "measured":
+        return MeasuredLatency(context, target)
+    if stored is not None:
+        return TableLatency(context, LatencyTable.from_dict(stored))
+    if context.table_file is None:
+        return TableLatency.measure(context, target, precisions)
+    return TableLatency(context, read_table_file(context.table_file, target.layers, precisions))
+
+
+def read_table_file(path: str, layers: Sequence[str], precisions: Sequence[str]) -> LatencyTable:
+    """Read ``--latency table:PATH`` and check it covers every choice of every layer.
+
+    Raises:
+        ConfigError: For a missing file, one that is not a table, or one that lacks a
+            (layer, precision).
+    """
+    from quide_search.latency.table import read_table
+
+    table = read_table(path)
+    for precision in precisions:
+        table.predict(dict.fromkeys(layers, precision))
+    return table

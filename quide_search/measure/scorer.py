@@ -1,0 +1,314 @@
+"""Measure one plan on a task: assemble it, score P, take T, count stored bytes.
+
+The scorer holds what every trial shares (the float model, the eval tensors on the device,
+the layer cache, the latency source), so a trial pays only for its own work. It is built one
+way, from a study's :class:`~quide_search.protocol.Protocol` (:meth:`Scorer.build`), and never
+reconfigured afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from quide_search.backends import QuantBackend, get_backend
+from quide_search.backends._base import model_bytes
+from quide_search.errors import ConfigError, TrialEvaluationError
+from quide_search.latency import LatencyResult, LatencySource, TimingTarget, torch_threads
+from quide_search.latency._probe import layer_inputs, layer_shapes
+from quide_search.latency.measured import MeasuredLatency
+from quide_search.measure.assembly import LayerCache
+from quide_search.measure.evaluator import Evaluator
+from quide_search.measure.measurement import GateUnreachable, Measurement
+from quide_search.plan import FLOAT, BitPlan
+from quide_search.tasks.models.causal_lm import GreedyDecode
+
+if TYPE_CHECKING:
+    from quide_search.protocol import Protocol
+    from quide_search.tasks.task import Task
+
+__all__ = ["Scorer"]
+
+_LM_EVAL_BATCH = 4
+
+
+class Scorer:
+    """Scores plans for one task on one device under one protocol; use :meth:`build`.
+
+    Attributes:
+        task: The float model and its splits.
+        device: Where evaluation and timing run.
+        backend: The quantization backend.
+        weight_counts: Quantizable layer -> weight elements, in module order.
+        cache: The quantized layers trials are assembled from.
+        evaluator: Scores P on the eval split.
+        latency: Where T comes from.
+        target: What the latency source may ask of the model (for confirmation too).
+        eval_threads: torch threads evaluation runs with.
+        baseline_bytes: Bytes the float model stores.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        *,
+        device: torch.device,
+        backend: QuantBackend,
+        cache: LayerCache,
+        evaluator: Evaluator,
+        latency: LatencySource,
+        target: TimingTarget,
+        eval_threads: int | None,
+    ) -> None:
+        self.task = task
+        self.device = device
+        self.backend = backend
+        self.cache = cache
+        self.model = cache.model
+        self.weight_counts = task.layers(backend)
+        self.evaluator = evaluator
+        self.latency = latency
+        self.target = target
+        self.eval_threads = eval_threads
+        self.baseline_bytes = model_bytes(self.model)
+
+    @classmethod
+    def build(
+        cls,
+        task: Task,
+        protocol: Protocol,
+        *,
+        device: torch.device,
+        cache_mb: float = 4096.0,
+        stored_table: Mapping[str, Any] | None = None,
+        latency: LatencySource | None = None,
+    ) -> Scorer:
+        """Return the scorer of ``task`` under ``protocol``: the one way a scorer is made.
+
+        Where the protocol leaves the evaluation's chunk schedule unset (a study being
+        created), it is fitted to this machine now (:attr:`chunking` says what was chosen);
+        where its latency source is a table and none is stored, the table is measured now
+        (:meth:`LatencySource.stored` returns it).
+
+        Args:
+            task: The float model and its splits.
+            protocol: How to measure (a study's stored protocol, or one being created).
+            device: Where to evaluate and time.
+            cache_mb: Bound on the cached quantized layers.
+            stored_table: The study's latency table, if it holds one.
+            latency: A latency source to use instead of the protocol's (tests, benchmarks).
+
+        Raises:
+            ConfigError: If the protocol's precisions would crash the backend on this model
+                and device, or its layers are not the task's.
+            TrialEvaluationError: If measuring a latency table fails.
+        """
+        from quide_search.latency import make_source
+
+        backend = get_backend(protocol.backend)
+        hazard = backend.hazard(task.model, device, protocol.search.precisions)
+        if hazard is not None:
+            raise ConfigError(hazard)
+        layers = list(task.layers(backend))
+        if tuple(layers) != protocol.task.layers:
+            raise ConfigError(
+                f"the model's quantizable layers must be the protocol's, but they differ "
+                f"({len(layers)} against {len(protocol.task.layers)}). Use the study's model."
+            )
+        model = task.model.to(device)
+        cache = LayerCache(model, backend, layers, limit_mb=cache_mb)
+        with torch_threads(protocol.evaluation.threads):
+            evaluator = _evaluator(task, protocol, device, model)
+        target = _target(task, cache, protocol.latency.batch_size, device)
+        source = latency or make_source(
+            protocol.latency, target, precisions=protocol.search.precisions, stored=stored_table
+        )
+        return cls(
+            task,
+            device=device,
+            backend=backend,
+            cache=cache,
+            evaluator=evaluator,
+            latency=source,
+            target=target,
+            eval_threads=protocol.evaluation.threads,
+        )
+
+    @property
+    def chunking(self) -> tuple[int, int | None]:
+        """The evaluation's chunk schedule: (first chunk, probes)."""
+        return self.evaluator.chunk, self.evaluator.probes
+
+    @property
+    def latency_label(self) -> str:
+        """What produced T, recorded with every trial: ``table``, ``model:NAME`` or the timer."""
+        return self.latency.label
+
+    def measure(
+        self,
+        plan: BitPlan,
+        *,
+        floor: float | None = None,
+        confidence: float | None = None,
+        on_chunk: Callable[[int, float], None] | None = None,
+    ) -> Measurement:
+        """Assemble ``plan`` from cached quantized layers and measure it.
+
+        P is scored on the evaluation view (float twins where the backend dequantizes: the
+        same outputs, without dequantizing on every call); T comes from the latency source.
+
+        Args:
+            floor: Stop the evaluation once P cannot reach it (see
+                :meth:`Evaluator.evaluate_until`); None evaluates every sample.
+            confidence: Also stop on a statistical bound at this confidence.
+            on_chunk: Called with (samples seen, best P still reachable) after each chunk.
+
+        Raises:
+            PlanError: If the plan names layers the model lacks.
+            TrialEvaluationError: If quantization, evaluation or timing fails.
+            GateUnreachable: If the evaluation stopped early; no latency was taken.
+        """
+        t0 = time.perf_counter()
+        model = self.cache.assemble(plan)
+        t1 = time.perf_counter()
+        with torch_threads(self.eval_threads):
+            accuracy, perplexity = self._score(model, floor, confidence, on_chunk)
+        t2 = time.perf_counter()
+        latency = self.latency.latency(plan)
+        t3 = time.perf_counter()
+        stored = self.cache.stored_bytes(plan)
+        paths = self.cache.kernel_paths(plan)
+        return Measurement(
+            P=accuracy,
+            T_ms=latency.median_ms,
+            stored_bytes=stored,
+            avg_weight_bits=plan.average_bits(self.weight_counts),
+            latency_repeats=latency.repeats,
+            latency_spread=latency.spread,
+            latency_passes=latency.passes,
+            eval_samples=self.evaluator.samples,
+            perplexity=perplexity,
+            fallback_layers=[n for n, path in paths.items() if path == "fallback"],
+            kernel_layers=[n for n, path in paths.items() if path != "fallback"],
+            seconds={
+                "assemble": t1 - t0,
+                "evaluate": t2 - t1,
+                "latency": t3 - t2,
+                "record": time.perf_counter() - t3,
+            },
+        )
+
+    def time_plan(self, plan: BitPlan) -> LatencyResult:
+        """Measure ``plan``'s T on the device, whatever the study's source (for checks)."""
+        context = self.latency.context
+        if context.estimated:
+            raise TrialEvaluationError("an analytic estimate has no device to time on")
+        return MeasuredLatency(context, self.target).latency(plan)
+
+    def layer_bytes(self, precisions: Sequence[str]) -> tuple[dict[str, dict[str, int]], int]:
+        """Return layer -> precision -> stored bytes of that layer, and the bytes of the rest.
+
+        Stored bytes add up over layers, so these give any plan's bytes (and C) exactly.
+        """
+        sizes = {
+            name: {q: model_bytes(self.cache.module(name, q)) for q in (FLOAT, *precisions)}
+            for name in self.weight_counts
+        }
+        rest = self.baseline_bytes - sum(row[FLOAT] for row in sizes.values())
+        return sizes, rest
+
+    def float_plan(self) -> BitPlan:
+        """Return the plan that keeps every layer in float (the baseline)."""
+        return self.uniform_plan(FLOAT)
+
+    def uniform_plan(self, precision: str) -> BitPlan:
+        """Return the plan that gives every quantizable layer ``precision``."""
+        return BitPlan.uniform(
+            model=self.task.model_name,
+            dataset=self.task.dataset_name,
+            layers=self.weight_counts,
+            precision=precision,
+            backend=self.backend.name,
+        )
+
+    def _score(
+        self,
+        model: torch.nn.Module,
+        floor: float | None,
+        confidence: float | None,
+        on_chunk: Callable[[int, float], None] | None,
+    ) -> tuple[float, float | None]:
+        if self.task.score is None:
+            result = self.evaluator.evaluate_until(
+                model, floor=floor, confidence=confidence, on_chunk=on_chunk
+            )
+            if result.accuracy is None:
+                raise GateUnreachable(result.samples, result.total, result.reachable)
+            return result.accuracy, result.perplexity
+        # A task's own score function scores all samples at once: no early stop.
+        try:
+            with torch.no_grad():
+                value = float(self.task.score(model, self.evaluator.inputs, self.evaluator.labels))
+        except Exception as e:  # a user's score function may raise anything
+            raise TrialEvaluationError(
+                f"the task's score function failed: {type(e).__name__}: {e}"
+            ) from e
+        if not 0.0 <= value <= 1.0:
+            raise TrialEvaluationError(f"the task's score must lie in [0, 1], but gave {value!r}")
+        return value, None
+
+
+def _evaluator(
+    task: Task, protocol: Protocol, device: torch.device, model: torch.nn.Module
+) -> Evaluator:
+    """The eval split on the device, in the order and chunks the protocol scores it in."""
+    settings = protocol.evaluation
+    # Language-model logits are windows x tokens x vocabulary: keep batches small.
+    batch = min(settings.batch_size, _LM_EVAL_BATCH) if task.decode else settings.batch_size
+    evaluator = Evaluator.from_split(task.splits.eval, device=device, batch_size=batch)
+    if task.score is not None:
+        return evaluator  # a score function takes every sample at once
+    if settings.hardest_first:
+        evaluator = evaluator.hardest_first(model)
+    if settings.first_chunk is None:
+        return evaluator.fit_chunking(model)
+    return evaluator.with_chunking(settings.first_chunk, settings.probes)
+
+
+def _target(task: Task, cache: LayerCache, batch_size: int, device: torch.device) -> TimingTarget:
+    """What latency sources may ask of ``task``'s model, built from ``cache``."""
+    # Real eval samples as the timed input, repeated if the split is smaller; a causal LM's
+    # prompt is the start of an eval window.
+    inputs = task.splits.eval.inputs
+    if task.decode is not None:
+        inputs = inputs[:, : task.decode["prompt_tokens"]]
+    if task.example is not None:
+        inputs = task.example
+    reps = -(-batch_size // inputs.shape[0])
+    example = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].to(device)
+    # One decoding step reads every weight for one new token: what the per-layer table and
+    # the analytic estimate time for a causal LM.
+    step = example[:, :1] if task.decode is not None else example
+    layers = list(cache.layers)
+    decode = task.decode
+
+    def runnable(plan: BitPlan) -> torch.nn.Module:
+        model = cache.assemble(plan, exact=True)
+        if decode is None:
+            return model
+        return GreedyDecode(model, decode["new_tokens"], decode["pad_token_id"])
+
+    return TimingTarget(
+        runnable=runnable,
+        example=example,
+        per_call=decode["new_tokens"] if decode is not None else 1,
+        layers=layers,
+        layer=cache.module,
+        step_inputs=partial(layer_inputs, cache.model, step, layers),
+        layer_bytes=cache.layer_bytes,
+        shapes=partial(layer_shapes, cache.model, step, layers),
+    )

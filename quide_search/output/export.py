@@ -1,0 +1,222 @@
+"""Export a trial's plan as a self-describing, versioned file, the front's plans, or a checkpoint.
+
+A plan file carries the plan (``layers``, and the backend's ``quantization_map``), its metrics
+with their latency context (and the confirmed T where the study confirmed it), the study's
+protocol and the library versions, so ``quide-search evaluate`` can check it later. Nothing
+that quide-search did not write is replaced (:mod:`quide_search.files`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quide_search.errors import ConfigError, StorageError
+from quide_search.files import (
+    atomic_write_text,
+    check_replaceable,
+    is_generated_json,
+    stamped,
+    write_directory,
+)
+from quide_search.output.record import plan_record
+from quide_search.study.summary import completed_rows, read_study, recommended, study_front
+
+if TYPE_CHECKING:
+    import optuna
+
+    from quide_search.protocol import Protocol
+
+__all__ = ["FORMATS", "export_plan", "select_trial", "task_options", "trusted_factory"]
+
+FORMATS = ("json", "yaml")
+
+
+def export_plan(
+    *,
+    study: str,
+    storage: str,
+    trial: str | int = "best",
+    out: str | os.PathLike[str],
+    fmt: str = "json",
+    checkpoint: bool = False,
+    model: str | None = None,
+) -> Path:
+    """Write a study's trial as a plan file, or as a checkpoint folder, atomically.
+
+    Args:
+        study: Study name.
+        storage: Its storage URL.
+        trial: ``best`` (the recommended plan: best feasible by confirmed I' where the
+            study confirmed its finalists), a trial number, or ``pareto`` (one export per
+            front point in the folder ``out``, with an ``index.json``).
+        out: A file path for one plan; a folder for ``pareto`` or ``checkpoint``.
+        fmt: ``json`` or ``yaml``.
+        checkpoint: Also write the quantized model, in the backend's own layout.
+        model: The study's ``package.module:factory``, for a checkpoint of a study whose
+            model comes from one: a study names code, which is imported and called only when
+            the caller names it too.
+
+    Raises:
+        StorageError: If the study or storage does not exist, or is not a quide-search study.
+        ConfigError: If the trial selector, format or ``out`` is not valid, or a factory
+            would be called that ``model`` does not name.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, but got {fmt!r}.")
+    target = Path(out)
+    if trial != "pareto" and not checkpoint:
+        check_replaceable(target, ours=is_generated_json, flag="--out")
+    loaded, protocol = read_study(study=study, storage=storage)
+    if trial == "pareto":
+        return _export_front(loaded, protocol, target, fmt=fmt, checkpoint=checkpoint, model=model)
+    record = plan_record(loaded, protocol, select_trial(loaded, trial))
+    if not checkpoint:
+        atomic_write_text(target, _dump(record, fmt))
+        return target
+    trusted_factory(record["model"], model, source=f"study {study!r}")
+    built = _quantized_model(record, protocol)
+    return write_directory(
+        target, lambda d: _fill_checkpoint(built, record, d, fmt), kind="checkpoint"
+    )
+
+
+def select_trial(study: optuna.Study, trial: str | int) -> optuna.trial.FrozenTrial:
+    """Return the trial named by ``--trial best|N``.
+
+    ``best`` is the recommended plan (see :func:`quide_search.study.summary.recommended`).
+
+    Raises:
+        StorageError: If the study has no completed trial.
+        ConfigError: For an unknown selector or a trial that is not completed.
+    """
+    from quide_search.records import StudyKey
+
+    rows = completed_rows(study)
+    best = recommended(rows, study.user_attrs.get(StudyKey.CONFIRMATION))
+    if best is None:
+        raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
+    if trial == "best":
+        number = best["trial"]
+    else:
+        try:
+            number = int(trial)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"--trial must be 'best', 'pareto' or a trial number, but got {trial!r}."
+            ) from e
+        done = [r["trial"] for r in rows]
+        if number not in done:
+            numbers = ", ".join(str(n) for n in done[:20])
+            raise ConfigError(
+                f"--trial must name a completed trial of {study.study_name!r}, but got {number}. "
+                f"Completed: {numbers}{' ...' if len(done) > 20 else ''}."
+            )
+    # Optuna numbers a study's trials consecutively from 0, so the number is the index.
+    return study.get_trials(deepcopy=False)[number]
+
+
+def trusted_factory(planned: str, given: str | None, *, source: str) -> None:
+    """Refuse to import the ``package.module:factory`` a plan or study names, unless given too.
+
+    A plan file or a study's storage is data that may come from anyone; the code it names is
+    run only when the user names the same factory with ``--model``.
+
+    Raises:
+        ConfigError: If ``planned`` is a factory and ``given`` does not name the same one.
+    """
+    from quide_search.tasks.models.custom import is_factory_spec
+
+    if is_factory_spec(planned) and given != planned:
+        raise ConfigError(
+            f"{source} is for the model factory {planned!r}, which would be imported and "
+            f"called; a plan or study never runs code by itself, but got --model {given!r}. "
+            f"Pass --model {planned} to run that factory."
+        )
+
+
+def task_options(protocol: Protocol) -> dict[str, Any]:
+    """Return ``load_task`` arguments that rebuild the float model a study's plans apply to."""
+    from quide_search.tasks.models.causal_lm import TextTask
+
+    task = protocol.task
+    return {
+        "model": task.model,
+        "dataset": task.dataset,
+        "data_dir": task.data_dir,
+        "weights": task.weights,
+        "text": TextTask(**task.text) if task.text else None,
+        "eval_samples": task.eval_samples,
+        "calib_samples": task.calib_samples,
+    }
+
+
+def _dump(record: dict[str, Any], fmt: str) -> str:
+    if fmt == "yaml":
+        import yaml
+
+        return str(yaml.safe_dump(record, sort_keys=False))
+    return json.dumps(record, indent=2) + "\n"
+
+
+def _quantized_model(record: Mapping[str, Any], protocol: Protocol) -> Any:
+    from quide_search.backends import get_backend
+    from quide_search.plan import BitPlan
+    from quide_search.tasks.resolver import load_task
+
+    task = load_task(**task_options(protocol))
+    return get_backend(protocol.backend).apply(task.model, BitPlan.from_dict(record))
+
+
+def _fill_checkpoint(model: Any, record: dict[str, Any], folder: Path, fmt: str) -> None:
+    from quide_search.output.checkpoint import PLAN_FILE, write_checkpoint
+
+    write_checkpoint(model, record, folder)
+    if fmt != "json":
+        atomic_write_text(folder / Path(PLAN_FILE).with_suffix(".yaml"), _dump(record, fmt))
+
+
+def _export_front(
+    study: optuna.Study,
+    protocol: Protocol,
+    out: Path,
+    *,
+    fmt: str,
+    checkpoint: bool,
+    model: str | None,
+) -> Path:
+    front = study_front(completed_rows(study))
+    if not front:
+        raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
+    trials = study.get_trials(deepcopy=False)
+    records = [plan_record(study, protocol, trials[point["trial"]]) for point in front]
+    models: list[Any] = []
+    if checkpoint:
+        trusted_factory(records[0]["model"], model, source=f"study {study.study_name!r}")
+        models = [_quantized_model(record, protocol) for record in records]
+
+    def fill(folder: Path) -> None:
+        index = []
+        for i, (point, record) in enumerate(zip(front, records, strict=True)):
+            name = f"trial-{point['trial']}" + ("" if checkpoint else f".{fmt}")
+            if checkpoint:
+                (folder / name).mkdir()
+                _fill_checkpoint(models[i], record, folder / name, fmt)
+            else:
+                atomic_write_text(folder / name, _dump(record, fmt))
+            index.append({"trial": point["trial"], "path": name, **_front_metrics(point)})
+        payload = {
+            "study": study.study_name,
+            "objectives": {"C": "max", "P": "max", "T_ms": "min"},
+        }
+        text = json.dumps(stamped({**payload, "front": index}), indent=2) + "\n"
+        atomic_write_text(folder / "index.json", text)
+
+    return write_directory(out, fill, kind="front")
+
+
+def _front_metrics(point: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: point[k] for k in ("C", "P", "T_ms", "I", "I_prime", "gate_passed")}

@@ -1,0 +1,167 @@
+"""The exported plan record: what ``export`` writes and ``evaluate`` reads, as one schema.
+
+A record is the plan (backend-neutral ``layers`` and the backend's own ``quantization_map``),
+its metrics, the study's float baseline and protocol, and where it came from. A file is
+validated as a whole document against :class:`PlanDocument` before anything reads it, so a
+malformed field is one error naming the field, never a crash further on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quide_search.errors import PlanError, StorageError
+from quide_search.files import stamped
+from quide_search.plan import BitPlan
+from quide_search.protocol import Protocol
+from quide_search.records import METRIC_KEYS, StudyKey, TrialKey
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["PlanDocument", "plan_record", "load_plan"]
+
+_METRIC_KEYS = (*METRIC_KEYS, TrialKey.BASELINE_BYTES, TrialKey.UNIT, TrialKey.LATENCY_REPEATS)
+
+
+class _Metrics(BaseModel):
+    # Strict: a number written as a string is an error, not a number that compares unequal.
+    model_config = ConfigDict(extra="allow", strict=True)
+    C: float
+    P: float
+    T_ms: float
+    I: float  # noqa: E741
+    I_prime: float
+    gate_passed: bool
+
+
+class _Source(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    study: str
+    trial: int
+
+
+class PlanDocument(BaseModel):
+    """The schema of an exported plan file (JSON or YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+    generator: str | None = None
+    schema_version: int
+    backend: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    dataset: str = Field(min_length=1)
+    layers: dict[str, str]
+    quantization_map: dict[str, Any] | None = None
+    metrics: _Metrics | None = None
+    baseline: _Metrics | None = None
+    protocol: dict[str, Any] | None = None
+    source: _Source | None = None
+
+
+def load_plan(path: str | os.PathLike[str]) -> tuple[BitPlan, dict[str, Any]]:
+    """Read a plan file (JSON, or YAML by its suffix); return the plan and the whole record.
+
+    Raises:
+        PlanError: If the file is missing, not JSON or YAML, or not a valid plan document.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise PlanError(
+            f"plan file {str(p)!r} does not exist. Export one with "
+            "`quide-search export --study NAME --out plan.json`."
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlanError(f"plan file {str(p)!r} cannot be read as UTF-8 text: {e}.") from e
+    data = _parse(text, p)
+    BitPlan.from_dict(data)  # the schema version and the core fields, with their own messages
+    try:
+        PlanDocument.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise PlanError(
+            f"plan file {str(p)!r} must be a plan document, but field {where!r} is wrong: "
+            f"{first['msg']} (got {_short(first.get('input'))}). Re-export the plan."
+        ) from e
+    return BitPlan.from_dict(data), data
+
+
+def record_protocol(record: dict[str, Any], path: str | os.PathLike[str]) -> Protocol:
+    """The study protocol a plan record carries.
+
+    Raises:
+        PlanError: If the record has none, or one this version cannot read.
+    """
+    if record.get("protocol") is None:
+        raise PlanError(
+            f"plan file {str(path)!r} must carry its study's protocol to be evaluated, but it "
+            "has none. Export it with `quide-search export`."
+        )
+    try:
+        return Protocol.from_dict(record["protocol"], study=str(record.get("source", {})))
+    except StorageError as e:
+        raise PlanError(f"plan file {str(path)!r}: {e}") from e
+
+
+def plan_record(
+    study: optuna.Study, protocol: Protocol, trial: optuna.trial.FrozenTrial
+) -> dict[str, Any]:
+    """Return the export record of ``trial``: plan, metrics, baseline, protocol, source."""
+    from quide_search.backends import get_backend
+    from quide_search.search.space import trial_plan
+
+    task = protocol.task
+    plan = BitPlan(
+        model=task.model, dataset=task.dataset, layers=trial_plan(trial), backend=protocol.backend
+    )
+    baseline = study.user_attrs.get(StudyKey.BASELINE, {})
+    metrics: dict[str, Any] = {
+        k: trial.user_attrs[k] for k in _METRIC_KEYS if k in trial.user_attrs
+    }
+    confirmation = study.user_attrs.get(StudyKey.CONFIRMATION) or {}
+    for entry in confirmation.get("entries", []):
+        if entry["trial"] == trial.number:
+            metrics.update({k: v for k, v in entry.items() if k != "trial"})
+    metrics["latency"] = protocol.latency.to_dict()
+    return stamped(
+        {
+            **plan.to_dict(),
+            "quantization_map": get_backend(protocol.backend).quantization_map(plan),
+            "metrics": metrics,
+            "baseline": {
+                k: baseline.get(k) for k in ("C", "P", "T_ms", "I", "I_prime", "gate_passed")
+            },  # fmt: skip
+            "protocol": protocol.to_dict(),
+            "source": {"study": study.study_name, "trial": trial.number},
+        }
+    )
+
+
+def _parse(text: str, path: Path) -> Any:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            reason = " ".join(str(e).split())
+            raise PlanError(f"plan file {str(path)!r} is not valid YAML ({reason}).") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PlanError(
+            f"plan file {str(path)!r} is not valid JSON ({e.msg} at line {e.lineno} "
+            f"column {e.colno})."
+        ) from e
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

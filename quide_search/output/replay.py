@@ -1,0 +1,145 @@
+"""Re-apply an exported plan to its model and measure it again (``quide-search evaluate``).
+
+P is scored exactly as in the study (the record's protocol: its splits, evaluation batch and
+threads), so it reproduces exactly. T is taken again on this machine's device: measured (a
+table study's T is measured too) or, for an analytic study, the same estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from quide_search.errors import ConfigError, PlanError
+from quide_search.metric import Metrics
+from quide_search.plan import BitPlan
+
+if TYPE_CHECKING:
+    from quide_search.protocol import Protocol
+
+__all__ = ["Replay", "evaluate_plan"]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A plan measured again, beside what its record stated."""
+
+    plan: BitPlan
+    measured: Metrics
+    stored: dict[str, Any]
+    latency: dict[str, Any]
+
+    @property
+    def reproduced(self) -> bool | None:
+        """Whether P equals the stored P exactly (None if the record holds no P)."""
+        if "P" not in self.stored:
+            return None
+        return self.stored["P"] == self.measured.P
+
+
+def evaluate_plan(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    model: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    weights: str | None = None,
+) -> Replay:
+    """Load a plan file, apply it to a fresh float model and measure C, P, T, I, I'.
+
+    A plan whose model is a ``package.module:factory`` is evaluated only when ``model``
+    names the same factory: a plan file is data and never runs code by itself.
+
+    Raises:
+        PlanError: If the file is not a valid plan, or names layers its model lacks.
+        ConfigError: If ``model``/``dataset`` are given and differ from the plan's, or the
+            plan names a factory that ``model`` does not.
+    """
+    from quide_search.latency import torch_threads
+    from quide_search.measure.device import resolve_device
+    from quide_search.measure.scorer import Scorer
+    from quide_search.output.export import task_options, trusted_factory
+    from quide_search.output.record import load_plan, record_protocol
+    from quide_search.tasks.resolver import load_task
+
+    plan, record = load_plan(path)
+    # Before anything else reads the record: a plan never imports code the user did not name.
+    trusted_factory(plan.model, model, source=f"plan {str(path)!r}")
+    _check_names(plan, path, model=model, dataset=dataset)
+    target = resolve_device(device)
+    protocol = _here(record_protocol(record, path), target)
+    options = task_options(protocol)
+    options.update({k: v for k, v in (("data_dir", data_dir), ("weights", weights)) if v})
+    task = load_task(**options, device_type=target.type)
+    with torch_threads(protocol.evaluation.threads):
+        scorer = Scorer.build(task, protocol, device=target)
+        plan.validate_layers(scorer.weight_counts)
+        measured = scorer.measure(plan)
+        baseline_p = (record.get("baseline") or {}).get("P")
+        if baseline_p is None:
+            baseline_p = scorer.measure(scorer.float_plan()).P
+    metrics = measured.metrics(
+        baseline_bytes=scorer.baseline_bytes, gate=protocol.gate_for(float(baseline_p))
+    )
+    return Replay(
+        plan=plan,
+        measured=metrics,
+        stored=dict(record.get("metrics") or {}),
+        latency=scorer.latency.context.to_dict(),
+    )
+
+
+def _here(protocol: Protocol, device: Any) -> Protocol:
+    """The study's protocol, with T taken on this machine's ``device``.
+
+    A table study's T is measured (its table describes the machine it was measured on); an
+    analytic estimate stays what it was.
+    """
+    from quide_search.latency import latency_context
+
+    stored = protocol.latency
+    spec = stored.source if stored.estimated else "measured"
+    latency = latency_context(
+        spec,
+        device=device,
+        batch_size=stored.batch_size,
+        threads=stored.threads,
+        sample_ms=stored.sample_ms,
+        decode=dataclasses.asdict(stored)["decode"],
+    )
+    return protocol.model_copy(update={"latency": latency})
+
+
+def _check_names(
+    plan: BitPlan, path: str | os.PathLike[str], *, model: str | None, dataset: str | None
+) -> None:
+    """Refuse a plan whose model or dataset differs from the flags, or is not registered."""
+    from quide_search.tasks.data import DATASETS
+    from quide_search.tasks.models import MODELS
+    from quide_search.tasks.models.causal_lm import HF_PREFIX
+    from quide_search.tasks.models.custom import is_factory_spec
+
+    for flag, given, planned in (
+        ("--model", model, plan.model),
+        ("--dataset", dataset, plan.dataset),
+    ):
+        if given is not None and given.lower() != planned.lower():
+            raise ConfigError(
+                f"{flag} must match the plan's, but the plan is for {planned!r} "
+                f"and {flag} is {given!r}. Drop {flag} or use a plan for {given!r}."
+            )
+    # The registries' own errors name the CLI flags; here the names come from the file.
+    # hf: models and factories are named by path or import path, not registered.
+    registered = not (plan.model.startswith(HF_PREFIX) or is_factory_spec(plan.model))
+    for kind, name, registry in (
+        ("model", plan.model, MODELS),
+        ("dataset", plan.dataset, DATASETS),
+    ):
+        if registered and name not in registry:
+            raise PlanError(
+                f"plan {str(path)!r} is for {kind} {name!r}, which is not "
+                f"registered. Registered: {', '.join(registry.names())}."
+            )

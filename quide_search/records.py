@@ -1,0 +1,92 @@
+"""Every key quide-search stores in an Optuna study, named once.
+
+Studies outlive the process that wrote them: the dashboard, ``show``, ``report``, ``export``
+and later runs read them back. Each study attribute and trial user attribute is spelled here
+and nowhere else, so a reader and a writer cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["METRIC_KEYS", "StudyKey", "TrialKey", "WarmStart"]
+
+
+class StudyKey:
+    """Study user attributes."""
+
+    PROTOCOL: Final = "protocol"
+    """How the study measures (:class:`quide_search.protocol.Protocol`), written once."""
+    BASELINE: Final = "baseline"
+    """The float model's metrics (C, P, T_ms, I, I_prime, ...), written once."""
+    LATENCY_TABLE: Final = "latency_table"
+    """The per-layer latency table of ``--latency table``."""
+    LATENCY_TABLE_CHECK: Final = "latency_table_check"
+    """The table's predictions beside measured T on the uniform plans."""
+    SENSITIVITY: Final = "sensitivity"
+    """Per-group sensitivity (KL and accuracy change), measured once."""
+    GREEDY_PATH: Final = "greedy_path"
+    """The sensitivity-greedy path of plans the warm starts come from."""
+    PATH_REFINED: Final = "path_refined"
+    CLIMBED_FROM: Final = "climbed_from"
+    UNIFORM_QUEUED: Final = "uniform_enqueued"
+    WARM_QUEUED: Final = "warm_enqueued"
+    WARM_START_SKIPPED: Final = "warm_start_skipped"
+    """Why no warm-start plan was queued, when none could be."""
+    PARETO_FRONT: Final = "pareto_front"
+    CONFIRMATION: Final = "confirmation"
+    """The last confirmation step: finalists re-timed in interleaved rounds."""
+
+
+class TrialKey:
+    """Trial user attributes."""
+
+    C: Final = "C"
+    P: Final = "P"
+    T_MS: Final = "T_ms"
+    I: Final = "I"  # noqa: E741 - the paper's name
+    I_PRIME: Final = "I_prime"
+    GATE_PASSED: Final = "gate_passed"
+    AVG_WEIGHT_BITS: Final = "avg_weight_bits"
+    STORED_BYTES: Final = "stored_bytes"
+    BASELINE_BYTES: Final = "baseline_bytes"
+    UNIT: Final = "unit"
+    FEASIBLE: Final = "feasible"
+    """Passes the gate and every size and latency limit."""
+    LATENCY_REPEATS: Final = "latency_repeats"
+    LATENCY_SPREAD: Final = "latency_spread"
+    LATENCY_PASSES: Final = "latency_passes"
+    LATENCY_SOURCE: Final = "latency_source"
+    EVAL_SAMPLES: Final = "eval_samples"
+    SAMPLES_SPENT: Final = "samples_spent"
+    P_REACHABLE: Final = "P_reachable"
+    PERPLEXITY: Final = "perplexity"
+    KERNEL_LAYERS: Final = "kernel_layers"
+    FALLBACK_LAYERS: Final = "fallback_layers"
+    SECONDS: Final = "seconds"
+    WORKER: Final = "worker"
+    FAIL_REASON: Final = "fail_reason"
+    RETRY_OF: Final = "retry_of"
+    RETRY_REASON: Final = "retry_reason"
+    WARM_START: Final = "warm_start"
+    """Why the plan was queued (:class:`WarmStart`); absent for a sampler's proposal."""
+    FULL_EVAL: Final = "full_eval"
+    LAYERS: Final = "layers"
+    """The per-layer plan, when the parameters are layer groups."""
+    DUPLICATE_OF: Final = "duplicate_of"
+
+
+class WarmStart:
+    """Values of :attr:`TrialKey.WARM_START`."""
+
+    UNIFORM: Final = "uniform"
+    GREEDY: Final = "greedy"
+    PATH: Final = "path"
+    NEIGHBOUR: Final = "neighbour"
+
+
+METRIC_KEYS = (
+    TrialKey.C, TrialKey.P, TrialKey.T_MS, TrialKey.I, TrialKey.I_PRIME, TrialKey.GATE_PASSED,
+    TrialKey.AVG_WEIGHT_BITS, TrialKey.STORED_BYTES,
+)  # fmt: skip
+"""The metric fields every trial row, sweep row and exported plan carries."""

@@ -1,0 +1,135 @@
+"""The confirmation step: the plans that decide a study, timed again side by side.
+
+At the end of every run, the finalists (the float baseline, the best uniform plan, the top-k
+plans by I' and the Pareto front up to a bound) are timed by measurement in interleaved,
+order-rotated rounds in one process (:func:`quide_search.latency.confirm_latency`). Their
+confirmed T, and the I and I' it gives with their stored C and P, are stored beside the
+search's values in the study attribute ``confirmation``; nothing the search stored changes.
+The recommended plan is then the best feasible by confirmed I' (:mod:`.summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from quide_search.metric import Gate, gated_index, intelligence_index, knee
+from quide_search.plan import BitPlan
+from quide_search.records import StudyKey
+from quide_search.study.summary import completed_rows, study_front
+
+if TYPE_CHECKING:
+    import optuna
+
+    from quide_search.search.objective import PlanObjective
+
+__all__ = ["FRONT_BOUND", "confirm_study", "finalists"]
+
+FRONT_BOUND = 8
+"""Pareto-front points confirmed at most (those with the highest I')."""
+
+
+def finalists(rows: list[dict[str, Any]], *, top: int, front: int = FRONT_BOUND) -> list[int]:
+    """Return the trial numbers to confirm, one per distinct plan.
+
+    The best uniform plan (highest I'), the ``top`` plans by I' (feasible ones, or by I when
+    none is), and the ``front`` Pareto points with the highest I'.
+    """
+    chosen: dict[str, int] = {}
+
+    def take(row: dict[str, Any]) -> None:
+        chosen.setdefault(json.dumps(row["plan"], sort_keys=True), row["trial"])
+
+    uniform = [r for r in rows if len(set(r["plan"].values())) == 1]
+    if uniform:
+        take(knee(uniform))
+    feasible = [r for r in rows if r["feasible"]]
+    ranked = sorted(feasible or rows, key=lambda r: (-r["I_prime"], -r["I"], r["trial"]))
+    distinct = len(chosen)
+    for row in ranked:
+        if len(chosen) >= distinct + top:
+            break
+        take(row)
+    for point in sorted(study_front(rows), key=lambda r: (-r["I_prime"], r["trial"]))[:front]:
+        take(point)
+    return list(chosen.values())
+
+
+def confirm_study(
+    study: optuna.Study,
+    objective: PlanObjective,
+    *,
+    top: int,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any] | None:
+    """Confirm the study's finalists by measurement and store the result; return it.
+
+    Nothing is confirmed (None) when ``top`` is 0, no trial completed, or T is an analytic
+    estimate for another device, which this machine cannot measure.
+    """
+    from quide_search.latency import confirm_latency
+
+    scorer = objective.scorer
+    context = scorer.latency.context
+    rows = completed_rows(study)
+    if top <= 0 or not rows or context.estimated:
+        return None
+    by_number = {r["trial"]: r for r in rows}
+    numbers = finalists(rows, top=top)
+    plans: dict[int | str, BitPlan] = {"float": scorer.float_plan()}
+    for n in numbers:
+        plans[n] = BitPlan(
+            model=scorer.task.model_name,
+            dataset=scorer.task.dataset_name,
+            layers=by_number[n]["plan"],
+            backend=scorer.backend.name,
+        )
+    if echo is not None:
+        echo(f"confirming T of {len(plans)} finalists (the float model included) in "
+             "interleaved rounds ...")  # fmt: skip
+    started = time.perf_counter()
+    results, failed = confirm_latency(plans, scorer.target, context)
+    baseline = study.user_attrs[StudyKey.BASELINE]
+    entries = []
+    for key, result in results.items():
+        row = baseline if key == "float" else by_number[key]
+        entries.append(_entry(key, row, result.median_ms, result.spread, result.repeats,
+                              objective.gate, objective.settings.max_latency_ms))  # fmt: skip
+    record = {
+        "rounds": max((r.repeats for r in results.values()), default=0),
+        "seconds": time.perf_counter() - started,
+        "top": top,
+        "latency": {**context.to_dict(), "source": "measured"},
+        "entries": entries,
+        "failed": {str(k): reason for k, reason in failed.items()},
+    }
+    study.set_user_attr(StudyKey.CONFIRMATION, record)
+    return record
+
+
+def _entry(
+    key: int | str,
+    row: dict[str, Any],
+    t_ms: float,
+    spread: float,
+    rounds: int,
+    gate: Gate,
+    max_latency_ms: float | None,
+) -> dict[str, Any]:
+    """One finalist's confirmed T, with the I and I' it gives with the row's C and P."""
+    feasible = bool(row.get("feasible", row["gate_passed"]))
+    if max_latency_ms is not None:
+        feasible = feasible and t_ms <= max_latency_ms
+    index = intelligence_index(C=row["C"], P=row["P"], T_ms=t_ms)
+    prime = gated_index(C=row["C"], P=row["P"], T_ms=t_ms, gate=gate)
+    return {
+        "trial": key,
+        "T_confirmed_ms": t_ms,
+        "I_confirmed": index,
+        "I_prime_confirmed": prime,
+        "feasible_confirmed": feasible and gate.passes(row["P"]),
+        "confirm_spread": spread,
+        "confirm_rounds": rounds,
+    }

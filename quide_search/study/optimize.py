@@ -1,0 +1,127 @@
+"""The trial loop of one process, and how it stops on Ctrl-C (SIGINT) or SIGTERM.
+
+SIGTERM is what systemd, Kubernetes, Slurm and CI runners send; it is handled like Ctrl-C: the
+trial in hand is recorded as failed with the reason, its plan is queued again once, and the
+process ends with 128 + the signal's number (130, 143).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
+
+from quide_search.errors import Stopped
+
+if TYPE_CHECKING:
+    import optuna
+
+    from quide_search.search.objective import PlanObjective
+    from quide_search.study.session import Session
+
+__all__ = ["COUNTED", "STOP_SIGNALS", "completed", "optimize"]
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+"""Trial states that count towards --trials: scored in full, or proved to fail the gate."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def optimize(
+    session: Session,
+    target: int,
+    *,
+    progress: bool,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run trials in this process until the study holds ``target`` counted trials.
+
+    Other processes may be adding trials to the same study; each stops once the shared count
+    reaches the target, so a study can end up to (workers - 1) over it, by the trials that
+    were already running then.
+
+    Raises:
+        Stopped: After SIGINT or SIGTERM, once the trial in hand is recorded.
+    """
+    from optuna.study import MaxTrialsCallback
+    from tqdm import tqdm
+
+    from quide_search.errors import TrialEvaluationError
+    from quide_search.records import TrialKey
+    from quide_search.search.warmstart import refine_on_path
+
+    study = session.study
+    done = completed(study)
+    if target - done <= 0:
+        return
+    bar = tqdm(total=target, initial=done, desc="trials", unit="trial", disable=not progress)
+    best = [float("-inf")]
+    objective = session.objective
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state in COUNTED:
+            best[0] = max(best[0], float(trial.user_attrs.get(TrialKey.I_PRIME, 0.0)))
+            bar.n = min(target, completed(study))
+            bar.set_postfix(best_I_prime=f"{best[0]:.3f}")
+        elif trial.state == TrialState.FAIL:
+            reason = trial.user_attrs.get(TrialKey.FAIL_REASON, "unexpected error")
+            (bar.write if progress else echo)(f"trial {trial.number} failed: {reason}")
+
+    def stop_if_asked(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if objective.stop_signal is not None:
+            study.stop()
+
+    try:
+        with _signals_between_trials(objective):
+            # Failed trials do not count towards the target: allow as many again, then stop.
+            study.optimize(
+                objective,
+                n_trials=2 * (target - done) + 10,
+                catch=(TrialEvaluationError,),
+                callbacks=[
+                    MaxTrialsCallback(target, states=COUNTED),
+                    refine_on_path(objective),
+                    report,
+                    stop_if_asked,
+                ],
+            )
+    finally:
+        bar.close()
+    if objective.stop_signal is not None:
+        raise Stopped(objective.stop_signal)
+
+
+@contextlib.contextmanager
+def _signals_between_trials(objective: PlanObjective) -> Iterator[None]:
+    """Make SIGINT and SIGTERM stop a running trial, but never in the middle of a storage call.
+
+    While a plan is being measured, the signal raises KeyboardInterrupt at once (the
+    objective records the trial as failed and queues its plan again). During the trial's
+    storage I/O it only records the signal, and the trial fails the same way at its next
+    check. Between trials it records the signal too: the study stops after the trial in hand
+    is stored, so no trial is left RUNNING by the signal.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        objective.stop_signal = signum
+        if objective.interruptible:
+            raise Stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, before in previous.items():
+            signal.signal(s, before)
+
+
+def completed(study: optuna.Study) -> int:
+    """Trials that count towards ``--trials`` (complete, or proved to fail the gate)."""
+    return len(study.get_trials(deepcopy=False, states=COUNTED))

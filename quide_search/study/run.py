@@ -1,0 +1,71 @@
+"""A whole search: open the study, run trials (in this process and any workers), confirm the
+finalists, persist the Pareto front and summarise."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+from quide_search.config import RunConfig
+from quide_search.files import check_replaceable, is_generated_json
+from quide_search.study.summary import SearchSummary, front_path, persist_front, summarize
+
+__all__ = ["run_search"]
+
+
+def run_search(
+    config: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print
+) -> SearchSummary:
+    """Create or resume the study of ``config`` and run it until it holds ``trials`` trials.
+
+    Running again with the same config runs no more trials; a larger ``trials`` extends the
+    study. With ``config.workers > 1``, that many processes (this one included) share the
+    work. At the end the finalists are re-timed side by side (``config.confirm_top``) and
+    the recommended plan is chosen on their confirmed I'.
+
+    Raises:
+        QuideError: For bad settings or an unusable storage, before anything is written.
+        Stopped: After SIGINT or SIGTERM, once the running trials are recorded as failed
+            and queued again.
+    """
+    from quide_search.latency import torch_threads
+    from quide_search.study.confirm import confirm_study
+    from quide_search.study.optimize import optimize
+    from quide_search.study.session import open_session
+    from quide_search.study.workers import WorkerPool
+
+    front = front_path(config.study_name, config.storage_url, config.out_dir)
+    check_replaceable(front, ours=is_generated_json, flag="the Pareto front file")
+    with torch_threads(config.threads):
+        session = open_session(config)
+        parallel = config.workers > 1 and config.trials > 0
+        if parallel and session.objective.scorer.device.type == "cpu":
+            echo(
+                f"note: {config.workers} workers share {os.cpu_count()} CPU cores, so T is "
+                "measured while other trials run; --threads 1 keeps them from oversubscribing."
+            )
+        pool: WorkerPool | None = None
+        signum: int | None = None
+        try:
+            if parallel:
+                pool = WorkerPool(config, config.workers - 1)
+                if not pool.wait_ready():
+                    echo("warning: a worker failed to start; going on with those that did.")
+            optimize(session, config.trials, progress=progress, echo=echo)
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            raise
+        finally:
+            for problem in pool.stop(signum=signum) if pool else []:
+                echo(f"warning: {problem}")
+        if config.trials > 0:
+            confirm_study(
+                session.study,
+                session.objective,
+                top=config.confirm_top,
+                echo=echo if progress else None,
+            )
+    summary = summarize(session.study, storage_url=session.storage_url, out_dir=config.out_dir)
+    persist_front(session.study, summary)
+    return summary

@@ -1,0 +1,94 @@
+"""What a study holds before its first trial: baseline, table check, queued plans, sensitivity.
+
+Each step is stored once and reused: a process that finds one done reads it, so a resume
+after a kill during set-up goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from quide_search.errors import QuideError
+from quide_search.plan import FLOAT
+from quide_search.records import StudyKey, TrialKey, WarmStart
+
+if TYPE_CHECKING:
+    import optuna
+
+    from quide_search.measure.scorer import Scorer
+    from quide_search.protocol import Protocol
+    from quide_search.search.objective import PlanObjective
+
+__all__ = ["baseline_record", "prepare_queue", "study_sensitivity", "table_check"]
+
+
+def baseline_record(scorer: Scorer, protocol: Protocol) -> dict[str, Any]:
+    """Measure the float model in full; return its metrics under its own gate."""
+
+    measurement = scorer.measure(scorer.float_plan())
+    gate = protocol.gate_for(measurement.P)
+    metrics = measurement.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
+    return {**metrics.to_dict(), TrialKey.LATENCY_REPEATS: measurement.latency_repeats}
+
+
+def table_check(scorer: Scorer, precisions: Sequence[str]) -> list[dict[str, Any]]:
+    """The table's T beside a measured T for each uniform plan (stored with the table)."""
+    check = []
+    for precision in precisions:
+        plan = scorer.uniform_plan(precision)
+        predicted = scorer.latency.latency(plan).median_ms
+        measured = scorer.time_plan(plan).median_ms
+        check.append(
+            {"plan": precision, "predicted_ms": predicted, "measured_ms": measured,
+             "error": predicted / measured - 1.0}
+        )  # fmt: skip
+    return check
+
+
+def prepare_queue(study: optuna.Study, objective: PlanObjective, *, warm_start: bool) -> None:
+    """Queue the uniform plans and, with warm starts, the sensitivity-greedy plans, once."""
+    if not study.user_attrs.get(StudyKey.UNIFORM_QUEUED):
+        for precision in objective.choices:
+            if precision != FLOAT:
+                # The uniform rows are the protocol's reference table: always scored in full.
+                study.enqueue_trial(
+                    dict.fromkeys(objective.groups, precision),
+                    user_attrs={TrialKey.WARM_START: WarmStart.UNIFORM, TrialKey.FULL_EVAL: True},
+                    skip_if_exists=True,
+                )
+        study.set_user_attr(StudyKey.UNIFORM_QUEUED, True)
+    if warm_start and not study.user_attrs.get(StudyKey.WARM_QUEUED):
+        from quide_search.search.warmstart import queue_warm_starts
+
+        try:
+            sensitivity = study_sensitivity(study, objective)["groups"]
+            queue_warm_starts(study, objective, sensitivity)
+        except QuideError as e:
+            # A layer that cannot be measured alone is a fault for its trials to meet, one by
+            # one; the search goes on from the uniform plans.
+            study.set_user_attr(StudyKey.WARM_START_SKIPPED, str(e))
+        study.set_user_attr(StudyKey.WARM_QUEUED, True)
+
+
+def study_sensitivity(study: optuna.Study, objective: PlanObjective) -> dict[str, Any]:
+    """Return the study's stored sensitivity table, measuring and storing it the first time."""
+    from quide_search.latency import torch_threads
+    from quide_search.search.sensitivity import measure_sensitivity
+
+    stored = study.user_attrs.get(StudyKey.SENSITIVITY)
+    if stored is None:
+        scorer = objective.scorer
+        started = time.perf_counter()
+        with torch_threads(scorer.eval_threads):
+            table = measure_sensitivity(scorer, objective.groups, objective.choices)
+        stored = {
+            "split": "calib",
+            "samples": len(scorer.task.splits.calib),
+            "measure": "KL(float || quantized) of softmax outputs, mean per sample",
+            "seconds": time.perf_counter() - started,
+            "groups": table,
+        }
+        study.set_user_attr(StudyKey.SENSITIVITY, stored)
+    return dict(stored)

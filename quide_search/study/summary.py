@@ -1,0 +1,312 @@
+"""Reading a study back: its rows, its best plan, its Pareto front, and a summary of it all.
+
+Everything here reads storage and writes nothing (except :func:`persist_front`), so ``show``,
+``report``, ``export`` and ``studies`` change no file they read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quide_search.errors import StorageError, did_you_mean
+from quide_search.files import atomic_write_text, stamped
+from quide_search.metric import LATENCY_UNIT
+from quide_search.records import METRIC_KEYS, StudyKey, TrialKey
+from quide_search.study.pareto import pareto_front
+from quide_search.study.storage import open_storage, sqlite_path, study_names
+
+if TYPE_CHECKING:
+    import optuna
+
+    from quide_search.protocol import Protocol
+
+__all__ = [
+    "SearchSummary",
+    "best_row",
+    "completed_rows",
+    "front_path",
+    "list_studies",
+    "load_study",
+    "persist_front",
+    "read_study",
+    "study_front",
+    "summarize",
+]
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """What a finished (or resumed) search reports.
+
+    ``best`` is the recommended plan: the best feasible by confirmed I' where the study's
+    finalists were confirmed, else by the search's I'. ``keep_float`` says that the float
+    model scores a higher I' than every feasible plan, so quantizing does not pay here.
+    """
+
+    study_name: str
+    storage_url: str
+    baseline: dict[str, Any]
+    uniform: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    completed: int
+    failed: int
+    pruned: int
+    running: int
+    waiting: int
+    distinct_plans: int
+    pareto_path: Path
+    pareto: list[dict[str, Any]]
+    protocol: dict[str, Any]
+    keep_float: bool = False
+    confirmation: dict[str, Any] | None = None
+    latency_warning: str | None = None
+    early_stop: dict[str, Any] | None = None
+    latency_table_check: list[dict[str, Any]] | None = None
+    warm_start_skipped: str | None = None
+
+    @property
+    def latency(self) -> dict[str, Any]:
+        """How the study's T was obtained (its protocol's latency context)."""
+        return dict(self.protocol.get("latency", {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the summary as plain JSON types (for ``show --json``)."""
+        data = dataclasses.asdict(self)
+        data["pareto_path"] = str(self.pareto_path)
+        data["latency"] = self.latency
+        return data
+
+
+def load_study(*, study: str, storage: str) -> optuna.Study:
+    """Load an existing study, never creating one (nor changing its file).
+
+    Raises:
+        StorageError: If the storage cannot be opened or holds no study of that name.
+    """
+    import optuna
+
+    backend = open_storage(storage, must_exist=True, read_only=True)
+    names = study_names(backend)
+    if study not in names:
+        raise StorageError(
+            f"--study must name a study in {storage!r}, but {study!r} is not there."
+            + did_you_mean(study, names)
+            + (f" Studies: {', '.join(names)}." if names else " The storage holds no studies.")
+        )
+    return optuna.load_study(study_name=study, storage=backend)
+
+
+def read_study(*, study: str, storage: str) -> tuple[optuna.Study, Protocol]:
+    """Load a study quide-search made, read-only, with its protocol.
+
+    Raises:
+        StorageError: If the study is missing, was made by another program (it has no
+            protocol) or by an earlier version of quide-search.
+    """
+    from quide_search.protocol import Protocol
+
+    loaded = load_study(study=study, storage=storage)
+    if not _ours(loaded):
+        raise StorageError(
+            f"--study must name a study quide-search created, but {study!r} in {storage!r} "
+            "has no quide-search protocol (another program made it). Open it with "
+            "optuna-dashboard, or name a quide-search study."
+        )
+    return loaded, Protocol.from_dict(loaded.user_attrs[StudyKey.PROTOCOL], study=study)
+
+
+def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Return one row per completed trial: its number, per-layer plan and metrics."""
+    import optuna
+
+    from quide_search.search.space import trial_plan
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if TrialKey.P not in t.user_attrs:
+            continue
+        row = {"trial": t.number, "plan": trial_plan(t)}
+        row.update({k: t.user_attrs[k] for k in METRIC_KEYS})
+        row["feasible"] = bool(t.user_attrs.get(TrialKey.FEASIBLE, row[TrialKey.GATE_PASSED]))
+        rows.append(row)
+    return rows
+
+
+def study_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the Pareto front of completed rows, one point per distinct plan.
+
+    A plan proposed again reuses its first trial's metrics, so its later trials are the same
+    point; the front keeps the first trial of each plan.
+    """
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault(json.dumps(r["plan"], sort_keys=True), r)
+    return [dict(p) for p in pareto_front(list(first.values()))]
+
+
+def list_studies(storage_urls: list[str]) -> list[dict[str, Any]]:
+    """Return one overview row per study in each storage: counts, best I', baseline.
+
+    Storages are opened read-only. A study without quide-search's protocol is listed with
+    its counts and the task ``(not a quide-search study)``.
+    """
+    import optuna
+
+    rows = []
+    for url in storage_urls:
+        backend = open_storage(url, must_exist=True, read_only=True)
+        for name in study_names(backend):
+            study = optuna.load_study(study_name=name, storage=backend)
+            states = [t.state.name for t in study.get_trials(deepcopy=False)]
+            summary = summarize(study, storage_url=url, out_dir=".") if _ours(study) else None
+            best = summary.best if summary else None
+            task = summary.protocol.get("task", {}) if summary else {}
+            rows.append(
+                {
+                    "storage": url,
+                    "study": name,
+                    "task": f"{task.get('model')}/{task.get('dataset')}"
+                    if summary
+                    else "(not a quide-search study)",
+                    "complete": states.count("COMPLETE"),
+                    "pruned": states.count("PRUNED"),
+                    "failed": states.count("FAIL"),
+                    "running": states.count("RUNNING"),
+                    "best_I_prime": _best_score(best),
+                    "best_trial": best["trial"] if best else None,
+                    "baseline_P": summary.baseline.get("P") if summary else None,
+                    "baseline_T_ms": summary.baseline.get("T_ms") if summary else None,
+                }
+            )
+    return rows
+
+
+def _ours(study: optuna.Study) -> bool:
+    return StudyKey.PROTOCOL in study.user_attrs
+
+
+def _best_score(best: Mapping[str, Any] | None) -> float | None:
+    if not best or not best.get("feasible"):
+        return None
+    return float(best.get("I_prime_confirmed", best["I_prime"]))
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Return the best completed row by the search's I', with a ``feasible`` flag.
+
+    The highest I' among feasible rows (passing the gate and any size or latency limit);
+    when none is feasible, the highest I' (then I) among all rows, so a run without a
+    feasible plan still reports its best-so-far. Ties go to the earlier trial.
+    """
+    feasible = [r for r in rows if r.get("feasible", r["gate_passed"])]
+    pool = feasible or rows
+    if not pool:
+        return None
+    best = max(pool, key=lambda r: (r["I_prime"], r["I"], -r["trial"]))
+    return {**best, "feasible": bool(feasible)}
+
+
+def recommended(
+    rows: list[dict[str, Any]], confirmation: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """Return the recommended row: best feasible by confirmed I' where confirmed.
+
+    The row carries its confirmed values (``T_confirmed_ms``, ``I_prime_confirmed``, ...)
+    beside the search's.
+    """
+    confirmed = {
+        e["trial"]: e for e in (confirmation or {}).get("entries", []) if e["trial"] != "float"
+    }
+    by_number = {r["trial"]: r for r in rows}
+    pool = [{**by_number[n], **e} for n, e in confirmed.items() if n in by_number]
+    feasible = [r for r in pool if r["feasible_confirmed"]]
+    if not feasible:
+        return best_row(rows)
+    best = max(feasible, key=lambda r: (r["I_prime_confirmed"], r["I_confirmed"], -r["trial"]))
+    return {**best, "feasible": True}
+
+
+def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> SearchSummary:
+    """Summarise a study from storage, the Pareto front recomputed from its trials."""
+    import optuna
+
+    from quide_search.study.warnings import early_stop_savings, latency_warnings
+
+    rows = completed_rows(study)
+    attrs = study.user_attrs
+    confirmation = attrs.get(StudyKey.CONFIRMATION)
+    baseline = dict(attrs.get(StudyKey.BASELINE, {}))
+    float_entry = next(
+        (e for e in (confirmation or {}).get("entries", []) if e["trial"] == "float"), None
+    )
+    if float_entry is not None:
+        baseline.update({k: v for k, v in float_entry.items() if k != "trial"})
+    best = recommended(rows, confirmation)
+    states = optuna.trial.TrialState
+    by_state = {s: study.get_trials(deepcopy=False, states=(s,)) for s in states}
+    return SearchSummary(
+        study_name=study.study_name,
+        storage_url=storage_url,
+        baseline=baseline,
+        uniform=_uniform(rows),
+        best=best,
+        completed=len(rows),
+        failed=len(by_state[states.FAIL]),
+        pruned=len(by_state[states.PRUNED]),
+        running=len(by_state[states.RUNNING]),
+        waiting=len(by_state[states.WAITING]),
+        distinct_plans=len({json.dumps(r["plan"], sort_keys=True) for r in rows}),
+        pareto_path=front_path(study.study_name, storage_url, out_dir),
+        pareto=study_front(rows),
+        protocol=dict(attrs.get(StudyKey.PROTOCOL, {})),
+        keep_float=_keep_float(baseline, best),
+        confirmation=confirmation,
+        latency_warning=latency_warnings(study),
+        early_stop=early_stop_savings(by_state[states.PRUNED]),
+        latency_table_check=attrs.get(StudyKey.LATENCY_TABLE_CHECK),
+        warm_start_skipped=attrs.get(StudyKey.WARM_START_SKIPPED),
+    )
+
+
+def persist_front(study: optuna.Study, summary: SearchSummary) -> None:
+    """Write the Pareto front as JSON beside the study and store it as a study attribute."""
+    payload = stamped({
+        "study": study.study_name,
+        "unit": LATENCY_UNIT,
+        "objectives": {"C": "max", "P": "max", "T_ms": "min"},
+        "front": summary.pareto,
+    })  # fmt: skip
+    atomic_write_text(summary.pareto_path, json.dumps(payload, indent=2) + "\n")
+    study.set_user_attr(
+        StudyKey.PARETO_FRONT,
+        [{k: p[k] for k in ("trial", "C", "P", "T_ms")} for p in summary.pareto],
+    )
+
+
+def _keep_float(baseline: Mapping[str, Any], best: Mapping[str, Any] | None) -> bool:
+    """Whether the float model's I' beats the recommended plan's (both confirmed if they were)."""
+    if not baseline or best is None or not best.get("feasible"):
+        return False
+    float_score = baseline.get("I_prime_confirmed", baseline.get("I_prime", 0.0))
+    plan_score = best.get("I_prime_confirmed", best["I_prime"])
+    return bool(float_score > plan_score)
+
+
+def _uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if len(set(r["plan"].values())) == 1:
+            seen.setdefault(next(iter(r["plan"].values())), r)
+    return sorted(seen.values(), key=lambda r: -r["avg_weight_bits"])
+
+
+def front_path(study: str, storage_url: str, out_dir: str | Path) -> Path:
+    """Where a study's Pareto front JSON goes: beside its SQLite file, or under ``out_dir``."""
+    db = sqlite_path(storage_url)
+    folder = db.parent if db is not None else Path(out_dir)
+    return folder / f"{study}.pareto.json"

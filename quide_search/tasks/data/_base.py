@@ -1,0 +1,140 @@
+"""Dataset splits and the dataset registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from quide_search.errors import ConfigError
+from quide_search.tasks.registry import Registry
+
+__all__ = [
+    "DATASETS",
+    "DATASET_NEEDS",
+    "DataRequest",
+    "Split",
+    "Splits",
+    "register_dataset",
+    "seeded_splits",
+]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs and integer labels of one split, as tensors ready for the model."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Disjoint train / calibration / eval splits of one dataset.
+
+    Attributes:
+        name: Registered dataset name.
+        input_shape: Shape of one input, channel first (C, H, W).
+        num_classes: Number of label classes.
+        seed: Seed of the permutation that made the splits.
+    """
+
+    name: str
+    train: Split
+    calib: Split
+    eval: Split
+    input_shape: tuple[int, ...]
+    num_classes: int
+    seed: int
+
+    def describe(self) -> dict[str, Any]:
+        """Return the split sizes and seed, as recorded in every study's protocol."""
+        return {
+            "dataset": self.name,
+            "train": len(self.train),
+            "calib": len(self.calib),
+            "eval": len(self.eval),
+            "split_seed": self.seed,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+        }
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What a loader may use: where data lives and whether it may download."""
+
+    seed: int = 0
+    data_dir: str | None = None
+    download: bool = False
+    eval_samples: int | None = None
+    calib_samples: int | None = None
+
+
+DatasetLoader = Callable[[DataRequest], Splits]
+DATASETS: Registry[DatasetLoader] = Registry("dataset", "--dataset")
+
+
+DATASET_NEEDS: dict[str, str] = {}
+"""What each registered dataset needs, for ``quide-search models``."""
+
+
+def register_dataset(
+    name: str, *, needs: str = "nothing"
+) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Register a loader ``DataRequest -> Splits`` under ``name``; ``needs`` says what it reads."""
+    DATASET_NEEDS[name.lower()] = needs
+    return DATASETS.register(name)
+
+
+def seeded_dataset(
+    name: str,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    seed: int,
+    calib: int,
+    eval: int,
+    num_classes: int,
+) -> Splits:
+    """Return the :class:`Splits` of one in-memory dataset cut by :func:`seeded_splits`."""
+    train, calib_split, eval_split = seeded_splits(
+        inputs, labels, seed=seed, calib=calib, eval=eval
+    )
+    return Splits(
+        name=name,
+        train=train,
+        calib=calib_split,
+        eval=eval_split,
+        input_shape=tuple(inputs.shape[1:]),
+        num_classes=num_classes,
+        seed=seed,
+    )
+
+
+def seeded_splits(
+    inputs: torch.Tensor, labels: torch.Tensor, *, seed: int, calib: int, eval: int
+) -> tuple[Split, Split, Split]:
+    """Cut one seeded permutation into disjoint train / calib / eval splits.
+
+    The eval and calibration splits are taken first, so their contents do not depend on how
+    many samples remain for training.
+    """
+    n = int(labels.shape[0])
+    if calib + eval >= n:
+        raise ConfigError(
+            f"calib + eval samples must be < {n} (the dataset size), "
+            f"but got calib={calib}, eval={eval}."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    ev, ca, tr = order[:eval], order[eval : eval + calib], order[eval + calib :]
+    return (
+        Split(inputs[tr].contiguous(), labels[tr].contiguous()),
+        Split(inputs[ca].contiguous(), labels[ca].contiguous()),
+        Split(inputs[ev].contiguous(), labels[ev].contiguous()),
+    )

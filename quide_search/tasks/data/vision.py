@@ -1,0 +1,99 @@
+"""MNIST and CIFAR-10 through torchvision's own loaders, read from ``--data-dir``.
+
+Nothing is downloaded unless the user passes ``--download``: a missing dataset is a one-line
+error naming the layout torchvision expects. The train split is the dataset's training set; the
+eval and calibration splits are seeded, disjoint subsets of its test set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quide_search.errors import DataError
+from quide_search.tasks.data._base import (
+    DataRequest,
+    Split,
+    Splits,
+    register_dataset,
+    seeded_splits,
+)
+
+__all__ = ["CALIB_SAMPLES", "EVAL_SAMPLES", "data_root"]
+
+EVAL_SAMPLES = 5000
+CALIB_SAMPLES = 500
+
+_LAYOUT = {
+    "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "cifar10": "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+}
+
+
+def data_root(request: DataRequest) -> Path:
+    """``--data-dir``, else ``$QUIDE_DATA_DIR``, else ``./data``."""
+    return Path(request.data_dir or os.environ.get("QUIDE_DATA_DIR") or "data")
+
+
+def _open(name: str, factory: Callable[..., Any], request: DataRequest, train: bool) -> Any:
+    root = data_root(request)
+    try:
+        return factory(root=str(root), train=train, download=request.download)
+    except RuntimeError as e:
+        if request.download:
+            raise DataError(f"--download of {name} into {str(root)!r} failed: {e}") from e
+        raise DataError(
+            f"--dataset {name} needs its files under --data-dir ({str(root)!r} now) laid out "
+            f"as {_LAYOUT[name]}, but they are not there. Pass --data-dir DIR where they are, "
+            "or add --download to fetch them (needs network access)."
+        ) from e
+
+
+def _tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    data = torch.as_tensor(dataset.data)
+    # MNIST holds N x H x W, CIFAR-10 N x H x W x C, both uint8.
+    images = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
+    return images.float().div(255.0).contiguous(), torch.as_tensor(dataset.targets).long()
+
+
+def _load(name: str, factory: Callable[..., Any], request: DataRequest) -> Splits:
+    train_x, train_y = _tensors(_open(name, factory, request, train=True))
+    test_x, test_y = _tensors(_open(name, factory, request, train=False))
+    eval_n = min(EVAL_SAMPLES, len(test_y) - CALIB_SAMPLES - 1)
+    if eval_n < 1:
+        raise DataError(
+            f"the {name} test set must hold more than {CALIB_SAMPLES + 1} samples, but the one "
+            f"in {str(data_root(request))!r} holds {len(test_y)}. Check the files."
+        )
+    _, calib, eval_ = seeded_splits(
+        test_x, test_y, seed=request.seed, calib=CALIB_SAMPLES, eval=eval_n
+    )
+    return Splits(
+        name=name,
+        train=Split(train_x, train_y),
+        calib=calib,
+        eval=eval_,
+        input_shape=tuple(train_x.shape[1:]),
+        num_classes=10,
+        seed=request.seed,
+    )
+
+
+@register_dataset("mnist", needs="files under --data-dir, or --download")
+def load_mnist_splits(request: DataRequest) -> Splits:
+    """MNIST from ``<data-dir>/MNIST/raw``: train 60,000; eval 5,000, calib 500 of the test set."""
+    from torchvision.datasets import MNIST
+
+    return _load("mnist", MNIST, request)
+
+
+@register_dataset("cifar10", needs="files under --data-dir, or --download")
+def load_cifar10_splits(request: DataRequest) -> Splits:
+    """CIFAR-10 from ``<data-dir>/cifar-10-batches-py``: train 50,000; eval/calib from test."""
+    from torchvision.datasets import CIFAR10
+
+    return _load("cifar10", CIFAR10, request)

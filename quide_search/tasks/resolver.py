@@ -1,0 +1,171 @@
+"""One resolver from ``--model`` to a task: registered names, ``hf:PATH`` and factories.
+
+Built once per study: the float model is trained (or loaded from the cache), the splits are
+materialised as tensors, and everything a trial needs is at hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quide_search.errors import ConfigError, DataError
+from quide_search.tasks.data import DATASETS, DataRequest
+from quide_search.tasks.models import MODELS
+from quide_search.tasks.models._train import load_or_train
+from quide_search.tasks.models.causal_lm import HF_PREFIX, TextTask, causal_lm_task
+from quide_search.tasks.models.custom import is_factory_spec, load_factory
+from quide_search.tasks.task import Task
+
+__all__ = ["DATA_SEED", "load_task"]
+
+DATA_SEED = 0
+"""Seed of the data splits and of float-model training: fixed so that every search seed is
+scored on the same data with the same float model."""
+
+
+_RECIPE_VERSION = 2
+"""Version of the training recipe in the cache key; 2 seeds the initial weights too, so weights
+cached by version 1 (unseeded initialisation) are not reused."""
+
+
+def load_task(
+    *,
+    model: str = "simplecnn",
+    dataset: str = "digits",
+    data_dir: str | None = None,
+    download: bool = False,
+    weights: str | None = None,
+    text: TextTask | None = None,
+    device_type: str = "cpu",
+    epochs: int | None = None,
+    retrain: bool = False,
+    eval_samples: int | None = None,
+    calib_samples: int | None = None,
+) -> Task:
+    """Build the float model for ``model`` on ``dataset`` and its data splits.
+
+    Args:
+        model: Registered model name.
+        dataset: Registered dataset name.
+        data_dir: Where datasets that need files read them from.
+        download: Let a dataset loader download missing files.
+        weights: A local state dict (``.pt`` or ``.safetensors``) to use instead of the seeded
+            training run cached on first use.
+        text: For ``hf:`` models, the text and window settings.
+        device_type: ``cpu`` or ``cuda``: picks an ``hf:`` model's dtype under ``auto``.
+        epochs: Training epochs instead of the model's default for the dataset.
+        retrain: Train again even if cached weights exist (``quide-search train``).
+        eval_samples: Eval subset size, for datasets that sample one (imagenet).
+        calib_samples: Calibration subset size, likewise.
+
+    Raises:
+        ConfigError: For an unknown model or dataset, or a dataset the model does not serve.
+        DataError: For missing data, or weights that are missing or do not fit the model.
+    """
+    if model.startswith(HF_PREFIX):
+        settings = text or TextTask(path=model.removeprefix(HF_PREFIX), text_file=None)
+        return causal_lm_task(model, settings, device_type, seed=DATA_SEED)
+    if is_factory_spec(model):
+        return _custom_task(model)
+    spec = MODELS.get(model)
+    if spec.loader is not None:
+        task: Task = spec.loader(
+            text=text,
+            device_type=device_type,
+            eval_samples=eval_samples,
+            calib_samples=calib_samples,
+        )
+        return task
+    loader = DATASETS.get(dataset)
+    if dataset.lower() not in spec.datasets:
+        raise ConfigError(
+            f"--dataset must be one of {', '.join(spec.datasets)} for model {spec.name!r}, "
+            f"but got {dataset!r}."
+        )
+    weights = weights or spec.default_weights.get(dataset.lower())
+    if weights is not None and weights not in spec.pretrained:
+        _check_weights_file(weights)
+    request = DataRequest(
+        seed=DATA_SEED,
+        data_dir=data_dir,
+        download=download,
+        eval_samples=eval_samples,
+        calib_samples=calib_samples,
+    )
+    splits = loader(request)
+    # The initial weights are part of the seeded training run: without this the cached model
+    # depends on whatever the global RNG held when the process got here.
+    torch.manual_seed(DATA_SEED)
+    float_model = spec.build(splits)
+    path: Path | None = None
+    if weights is not None and weights in spec.pretrained:
+        float_model.load_state_dict(spec.pretrained[weights]())
+    elif weights is not None:
+        path = _load_weights(float_model, Path(weights), spec.name)
+    elif (epochs := epochs or spec.epochs(splits.name)) > 0:
+        key = (
+            f"{spec.name}-{splits.name}-v{spec.arch_version}-e{epochs}"
+            f"-s{DATA_SEED}-r{_RECIPE_VERSION}"
+        )
+        float_model, path = load_or_train(
+            float_model, splits.train, key=key, epochs=epochs, seed=DATA_SEED, force=retrain
+        )
+    float_model.eval()
+    for p in float_model.parameters():
+        p.requires_grad_(False)
+    return Task(
+        model_name=spec.name,
+        dataset_name=splits.name,
+        model=float_model,
+        splits=splits,
+        weights_path=path,
+    )
+
+
+def _custom_task(spec: str) -> Task:
+    custom = load_factory(spec)
+    model = custom.model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    splits = custom.splits()
+    return Task(
+        model_name=spec,
+        dataset_name=splits.name,
+        model=model,
+        splits=splits,
+        weights_path=None,
+        kind="custom",
+        score=custom.score,
+        example=custom.example,
+    )
+
+
+def _check_weights_file(weights: str) -> None:
+    if not Path(weights).is_file():
+        raise DataError(
+            f"--weights must name a state-dict file (.pt or .safetensors), but {weights!r} "
+            "does not exist. Check the path, or drop --weights to use the trained default."
+        )
+
+
+def _load_weights(model: nn.Module, path: Path, name: str) -> Path:
+    """Load a local state dict into ``model``; every key and shape must fit."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # torch, pickle and safetensors raise many types for a bad file
+        reason = " ".join(str(e).split())[:300]
+        raise DataError(
+            f"--weights {str(path)!r} must hold a state dict that fits model {name!r}, but "
+            f"loading it failed: {type(e).__name__}: {reason}. Use weights saved from this "
+            "model (e.g. by `quide-search train`) or drop --weights."
+        ) from e
+    return path

@@ -1,0 +1,24 @@
+"""Terminal text: what T is, said in one line."""
+
+from __future__ import annotations
+
+from quide_search.output.text import latency_text, plan_text
+
+
+def test_latency_text_says_source_threads_and_floor() -> None:
+    measured = {"batch_size": 1, "threads": 2, "device": "cpu", "method": "wall_clock",
+                "source": "measured", "sample_ms": 5.0}  # fmt: skip
+    assert latency_text(measured) == (
+        "T in ms at batch 1, 2 threads on cpu (measured, wall_clock, samples of >= 5 ms)"
+    )
+    table = {**measured, "threads": 1, "source": "table"}
+    assert latency_text(table) == (
+        "T in ms at batch 1, 1 thread on cpu (per-layer table, each layer timed once and summed)"
+    )
+    estimate = {**measured, "source": "model:gpu-h100-sxm", "device": "gpu-h100-sxm",
+                "method": "analytic", "decode": {"new_tokens": 16}}  # fmt: skip
+    assert latency_text(estimate) == (
+        "T in ms at batch 1, 2 threads on gpu-h100-sxm (analytic estimate for gpu-h100-sxm, "
+        "per generated token)"
+    )
+    assert plan_text({"conv1": "int8", "fc": "float"}) == "conv1=int8, fc=float"

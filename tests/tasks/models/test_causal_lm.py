@@ -1,0 +1,157 @@
+"""Hugging Face causal LMs: a 2-block Llama built from a config, scored on a text file."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from quide_search.backends import get_backend
+from quide_search.config import RunConfig
+from quide_search.errors import DataError
+from quide_search.study import load_study, run_search
+from quide_search.tasks.models.causal_lm import TextTask
+from quide_search.tasks.resolver import load_task
+
+QUANTO = get_backend("quanto")
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _task(tiny_llama: tuple[Path, Path], **kw: object):  # type: ignore[no-untyped-def]
+    folder, text = tiny_llama
+    options = {"seq_len": 24, "eval_windows": 8, "calib_windows": 4, **kw}
+    return load_task(
+        model=f"hf:{folder}", text=TextTask(path=str(folder), text_file=str(text), **options)
+    )  # type: ignore[arg-type]
+
+
+def test_windows_layers_and_head_exclusion(tiny_llama: tuple[Path, Path]) -> None:
+    task = _task(tiny_llama)
+    assert task.kind == "causal-lm" and task.dataset_name == "text:text.txt"
+    assert task.splits.eval.inputs.shape == (8, 24) and task.splits.calib.inputs.shape == (4, 24)
+    # Labels are the inputs shifted by one token.
+    assert torch.equal(task.splits.eval.inputs[:, 1:], task.splits.eval.labels[:, :-1])
+    kinds = ["self_attn"] * 4 + ["mlp"] * 3
+    pairs = list(zip(kinds, LINEARS, strict=True))
+    expected = [f"model.layers.{b}.{k}.{n}" for b in (0, 1) for k, n in pairs]
+    assert list(task.layers(QUANTO)) == expected
+    assert "lm_head" in _task(tiny_llama, include_head=True).layers(QUANTO)
+
+
+def test_p_and_perplexity_match_a_hand_computation(tiny_llama: tuple[Path, Path]) -> None:
+    from quide_search.measure.evaluator import Evaluator
+
+    task = _task(tiny_llama)
+    accuracy, perplexity = Evaluator.from_split(
+        task.splits.eval, device=torch.device("cpu"), batch_size=3
+    ).evaluate(task.model)
+    with torch.no_grad():
+        logits = task.model(task.splits.eval.inputs).logits
+    labels = task.splits.eval.labels
+    assert accuracy == float((logits.argmax(-1) == labels).float().mean())
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    assert perplexity == pytest.approx(math.exp(float(nll)), rel=1e-5)
+
+
+@pytest.mark.parametrize(("granularity", "params"), [("type", 7), ("block", 2)])
+def test_grouped_search_on_a_causal_lm(
+    tiny_llama: tuple[Path, Path], tmp_path: Path, granularity: str, params: int
+) -> None:
+    folder, text = tiny_llama
+    config = RunConfig(
+        model=f"hf:{folder}", text_file=str(text), seq_len=24, eval_windows=8, trials=5,
+        out_dir=str(tmp_path), device="cpu", granularity=granularity, min_accuracy=0.0,
+        max_accuracy_drop=None, latency="model:cpu-epyc-2c",
+    )  # fmt: skip
+    summary = run_search(config, progress=False)
+    assert summary.completed == 5 and summary.failed == 0
+    study = load_study(study=config.study_name, storage=config.storage_url)
+    protocol = study.user_attrs["protocol"]
+    assert protocol["search"]["granularity"] == granularity
+    assert protocol["task"]["text"]["seq_len"] == 24
+    assert protocol["latency"]["source"] == "model:cpu-epyc-2c"
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert len(t.params) == params and len(t.user_attrs["layers"]) == 14
+        assert t.user_attrs["perplexity"] > 1.0 and t.user_attrs["T_ms"] > 0
+        if granularity == "type":  # every layer of a type carries the type's choice
+            for layer, precision in t.user_attrs["layers"].items():
+                assert precision == t.params[layer.rsplit(".", 1)[-1]]
+
+
+def test_measured_t_is_per_generated_token(tiny_llama: tuple[Path, Path]) -> None:
+    import dataclasses
+
+    import torch
+    from conftest import protocol_for
+
+    from quide_search.measure.scorer import Scorer
+
+    task = _task(tiny_llama, eval_windows=4)
+    protocol = protocol_for(task, latency="measured", latency_sample_ms=0.5, threads=1,
+                            min_accuracy=0.0, max_accuracy_drop=None)  # fmt: skip
+    assert protocol.latency.decode == {"prompt_tokens": 24, "new_tokens": 16,
+                                       "per": "generated token"}  # fmt: skip
+    fewer = dataclasses.replace(protocol.latency, max_repeats=20)
+    scorer = Scorer.build(task, protocol.model_copy(update={"latency": fewer}),
+                          device=torch.device("cpu"))  # fmt: skip
+    # One timed call is a greedy decode of 16 tokens; T is a call's time per token.
+    assert scorer.target.per_call == 16
+    call = scorer.target.runnable(scorer.float_plan())
+    assert call(scorer.target.example).shape == (1, 24 + 16)
+    result = scorer.time_plan(scorer.float_plan())
+    assert result.repeats == 20 and result.median_ms > 0
+    assert result.median_ms == pytest.approx(statistics.median(result.samples))
+    assert max(result.samples) < 16 * result.median_ms  # per token, not per call
+
+
+def test_checkpoint_reloads_the_quanto_way_for_transformers(
+    tiny_llama: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from optimum.quanto import QuantizedModelForCausalLM
+
+    from quide_search.output.export import export_plan
+    from quide_search.output.record import load_plan
+
+    folder, text = tiny_llama
+    config = RunConfig(
+        model=f"hf:{folder}", text_file=str(text), seq_len=24, eval_windows=8, trials=3,
+        out_dir=str(tmp_path), device="cpu", min_accuracy=0.0, max_accuracy_drop=None,
+        latency="model:cpu-epyc-2c",
+    )  # fmt: skip
+    run_search(config, progress=False)
+    out = export_plan(
+        study=config.study_name, storage=config.storage_url, trial=1, out=tmp_path / "ck",
+        checkpoint=True,
+    )  # fmt: skip
+    assert {"config.json", "model.safetensors", "quanto_qmap.json", "plan.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    plan, _ = load_plan(out / "plan.json")
+    task = _task(tiny_llama)
+    trial_model = QUANTO.apply(task.model, plan)
+    reloaded = QuantizedModelForCausalLM.from_pretrained(str(out))
+    x = task.splits.eval.inputs
+    with torch.no_grad():
+        assert torch.equal(reloaded(x).logits, trial_model(x).logits)
+
+
+def test_missing_model_or_text_is_one_clear_error(
+    tiny_llama: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder, text = tiny_llama
+    with pytest.raises(DataError, match="must name a local model directory"):
+        load_task(
+            model=f"hf:{tmp_path}/none",
+            text=TextTask(path=f"{tmp_path}/none", text_file=str(text)),
+        )
+    with pytest.raises(DataError, match="--text-file must name a UTF-8 text file"):
+        load_task(model=f"hf:{folder}", text=TextTask(path=str(folder), text_file=None))
+    short = tmp_path / "short.txt"
+    short.write_text("one two three")
+    with pytest.raises(DataError, match="at least 2 windows"):
+        load_task(model=f"hf:{folder}", text=TextTask(path=str(folder), text_file=str(short)))

@@ -1,0 +1,58 @@
+"""`--model package.module:factory` with a model defined only in this file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quide_search.cli import main
+from quide_search.config import RunConfig
+from quide_search.errors import ConfigError
+from quide_search.study import load_study, run_search
+
+SPEC = "factories:make_task"
+
+
+def test_factory_model_is_searched(tmp_path: Path) -> None:
+    config = RunConfig(model=SPEC, out_dir=str(tmp_path), device="cpu", trials=4,
+                       latency="model:cpu-epyc-2c")  # fmt: skip
+    summary = run_search(config, progress=False)
+    assert summary.completed + summary.pruned == 4 and summary.baseline["P"] == 1.0
+    # The factory gave no calibration data: no sensitivity, so no warm-start plans.
+    assert summary.warm_start_skipped is not None
+    assert "sensitivity needs a calibration split" in summary.warm_start_skipped
+    study = load_study(study=config.study_name, storage=config.storage_url)
+    assert study.user_attrs["protocol"]["task"]["model"] == SPEC
+    assert set(study.trials[0].params) == {"encode", "decode"}
+
+
+def test_factory_score_function_gives_p(tmp_path: Path) -> None:
+    config = RunConfig(
+        model="factories:make_scored_task", out_dir=str(tmp_path), device="cpu",
+        trials=3, latency="model:cpu-epyc-2c",
+    )  # fmt: skip
+    summary = run_search(config, progress=False)
+    assert summary.baseline["P"] == 1.0
+    assert summary.protocol["task"]["dataset"] == "agreement"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("factories:not_a_task", "must return quide_search.CustomTask"),
+        ("factories:missing", "must name an importable function"),
+        ("no_such_module_xyz:make", "must name an importable function"),
+    ],
+)
+def test_bad_factories_are_one_line_errors(
+    spec: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        run_search(RunConfig(model=spec, out_dir=str(tmp_path), device="cpu"), progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--model", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert list(tmp_path.iterdir()) == []  # no study was created

@@ -1,0 +1,69 @@
+"""A toy task for fast tests: a tiny conv net on seeded random images, built in milliseconds.
+
+No training: the labels are the float model's own predictions, so the float model scores
+P = 1.0 and every quantized plan scores the share of predictions it keeps. Used in-process
+through :func:`make` and, in subprocesses, as ``--model toytask:make`` (with ``tests`` on
+``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from quide_search import CustomTask
+
+__all__ = ["SLOW_CALL_S", "SlowToyNet", "ToyNet", "make", "make_slow"]
+
+SLOW_CALL_S = 0.05
+"""Seconds each forward call of the slow toy model sleeps: long enough to stop a trial in."""
+
+
+class ToyNet(nn.Module):
+    """Conv2d(1, 4) -> Linear(256, 16) -> Linear(16, 4): three quantizable layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, kernel_size=3, padding=1)
+        self.fc1 = nn.Linear(4 * 8 * 8, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x)).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class SlowToyNet(ToyNet):
+    """The toy model, with every forward call taking at least :data:`SLOW_CALL_S`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(SLOW_CALL_S)
+        return super().forward(x)
+
+
+def make() -> CustomTask:
+    """The toy task: 384 eval and 64 calibration samples, labelled by the float model."""
+    return _task(ToyNet)
+
+
+def make_slow() -> CustomTask:
+    """The toy task on :class:`SlowToyNet`: trials last long enough for processes to meet."""
+    return _task(SlowToyNet)
+
+
+def _task(kind: type[ToyNet]) -> CustomTask:
+    torch.manual_seed(0)
+    model = kind().eval()
+    inputs = torch.randn(448, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model(inputs).argmax(dim=-1)
+    return CustomTask(
+        model=model,
+        eval_inputs=inputs[:384],
+        eval_labels=labels[:384],
+        calib_inputs=inputs[384:],
+        calib_labels=labels[384:],
+        name="toy",
+    )
