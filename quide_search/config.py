@@ -7,18 +7,68 @@ study or file is touched. Nothing here does I/O or imports torch.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quide_search.errors import ConfigError, PlanError
+from quide_search.files import check_path
 from quide_search.plan import DEFAULT_BACKEND, FLOAT, normalize_precision
 from quide_search.study.storage import check_url, default_storage_url, supports_heartbeat
 
-__all__ = ["RunConfig"]
+__all__ = ["MAX_SEED", "RunConfig", "check_seed", "check_study_name", "check_threads"]
 
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+MAX_SEED = 2**32 - 1
+"""The largest seed Optuna's samplers take (numpy's RandomState)."""
+
+
+def check_study_name(name: str, *, flag: str = "--study") -> str:
+    """Return ``name`` if it is a study name every command accepts.
+
+    One rule for every command: 1-128 letters, digits, '_', '-' or '.', starting with a letter
+    or digit. It keeps a name a plain file name (no path separators, no control characters).
+
+    Raises:
+        ConfigError: Naming the rule and what was given.
+    """
+    if not _STUDY_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{flag} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or "
+            f"digit, but got {name!r}. Choose a plain name such as simplecnn-digits."
+        )
+    return name
+
+
+def check_seed(seed: object, *, flag: str = "--seed") -> int:
+    """Return ``seed`` if Optuna's samplers take it: an integer in [0, 2**32 - 1].
+
+    Raises:
+        ConfigError: For anything else.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{flag} must be an integer in [0, {MAX_SEED}], but got {seed!r}.")
+    return seed
+
+
+def check_threads(threads: int | None, *, flag: str, force: bool = False) -> None:
+    """Refuse a thread count below 1, or above the machine's cores unless ``force``.
+
+    Raises:
+        ConfigError: Naming the count, the cores and the flag that allows more.
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"{flag} must be >= 1, but got {threads}.")
+    cores = os.cpu_count() or 1
+    if threads > cores and not force:
+        raise ConfigError(
+            f"{flag} must be at most the machine's {cores} cores, but got {threads}: more "
+            "threads than cores only wait on each other. Lower it, or add --force-threads."
+        )
 
 
 @dataclass(frozen=True)
@@ -100,8 +150,19 @@ class RunConfig:
         default=None,
         metadata={"help": "seconds between trial heartbeats (None: 60 on RDB storages; 0: off)"},
     )
+    force_threads: bool = field(
+        default=False, metadata={"help": "allow more torch threads than the machine has cores"}
+    )
 
     def __post_init__(self) -> None:
+        self._check_counts()
+        self._check_bits()
+        self._check_gate()
+        self._check_measurement()
+        self._check_search()
+        self._check_storage()
+
+    def _check_counts(self) -> None:
         for flag, number, low in (
             ("--trials", self.trials, 0),
             ("--workers", self.workers, 1),
@@ -110,6 +171,12 @@ class RunConfig:
         ):
             if isinstance(number, bool) or not isinstance(number, int) or number < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, but got {number!r}.")
+        check_seed(self.seed)
+        for flag, size in (("--seq-len", self.seq_len), ("--eval-windows", self.eval_windows)):
+            if size < 1:
+                raise ConfigError(f"{flag} must be >= 1, but got {size}.")
+
+    def _check_bits(self) -> None:
         try:
             bits = tuple(normalize_precision(b, where="--bits entry") for b in self.bits)
         except PlanError as e:
@@ -121,6 +188,8 @@ class RunConfig:
         if len(set(bits)) != len(bits):
             raise ConfigError(f"--bits must not repeat a precision, but got bits={self.bits}.")
         object.__setattr__(self, "bits", bits)
+
+    def _check_gate(self) -> None:
         for flag, value in (
             ("--max-accuracy-drop", self.max_accuracy_drop),
             ("--min-accuracy", self.min_accuracy),
@@ -129,18 +198,21 @@ class RunConfig:
                 raise ConfigError(f"{flag} must lie in [0, 1], but got {value}.")
         if self.max_accuracy_drop is None and self.min_accuracy is None:
             raise ConfigError("the gate needs --max-accuracy-drop or --min-accuracy; got neither.")
+
+    def _check_measurement(self) -> None:
+        from quide_search.backends import check_backend
+        from quide_search.latency.profiles import parse_source
+
         for flag, value in (
             ("--batch-size", self.batch_size),
             ("--eval-batch-size", self.eval_batch_size),
             ("--eval-chunk", 1 if self.eval_chunk is None else self.eval_chunk),
-            ("--threads", 1 if self.threads is None else self.threads),
-            ("--latency-threads", 1 if self.latency_threads is None else self.latency_threads),
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, but got {value}.")
-        from quide_search.backends import check_backend
-        from quide_search.latency.profiles import parse_source
-
+        for flag, threads in (("--threads", self.threads),
+                              ("--latency-threads", self.latency_threads)):  # fmt: skip
+            check_threads(threads, flag=flag, force=self.force_threads)
         parse_source(self.latency)
         check_backend(self.backend)
         if not self.cache_mb > 0:
@@ -150,21 +222,17 @@ class RunConfig:
                 "--latency-sample-ms must be a finite number >= 0, but got "
                 f"{self.latency_sample_ms}."
             )
-        self._check_search()
         if self.granularity not in ("layer", "block", "type"):
             raise ConfigError(
                 f"--granularity must be layer, block or type, but got {self.granularity!r}."
             )
-        for flag, size in (("--seq-len", self.seq_len), ("--eval-windows", self.eval_windows)):
-            if size < 1:
-                raise ConfigError(f"{flag} must be >= 1, but got {size}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be one of auto, cpu, cuda, but got {self.device!r}.")
-        if self.study is not None and not _STUDY_NAME.match(self.study):
-            raise ConfigError(
-                "--study must be 1-128 letters, digits, '_', '-' or '.', starting with a letter "
-                f"or digit, but got {self.study!r}."
-            )
+
+    def _check_storage(self) -> None:
+        if self.study is not None:
+            check_study_name(self.study)
+        check_path(self.out_dir, kind="folder", flag="--out-dir")
         if self.storage is not None:
             check_url(self.storage, must_exist=False)
             if self.heartbeat and not supports_heartbeat(self.storage):

@@ -27,6 +27,7 @@ __all__ = [
     "GENERATOR",
     "MANIFEST",
     "atomic_write_text",
+    "check_path",
     "check_replaceable",
     "is_generated_json",
     "stamped",
@@ -57,6 +58,39 @@ def is_generated_json(path: Path) -> bool:
     except json.JSONDecodeError:
         return False
     return isinstance(data, dict) and data.get("generator") == GENERATOR
+
+
+def check_path(
+    path: str | os.PathLike[str], *, kind: str, flag: str, must_exist: bool = False
+) -> Path:
+    """Check a path argument by kind, before anything is read or written; return it.
+
+    Args:
+        path: The path given.
+        kind: ``file`` or ``folder``: what it must be where it exists.
+        flag: The option that named it, for the message.
+        must_exist: It must exist already (an input rather than an output).
+
+    Raises:
+        ConfigError: If it is of the other kind, missing when it must exist, or an output
+            that cannot be created (its nearest existing parent is a file or not writable).
+    """
+    p = Path(path)
+    other = "file" if kind == "folder" else "folder"
+    if p.exists() and (p.is_dir() if kind == "file" else not p.is_dir()):
+        raise ConfigError(
+            f"{flag} must name a {kind}, but {str(p)!r} is a {other}. Name a {kind}."
+        )
+    if must_exist and not p.exists():
+        raise ConfigError(f"{flag} must name an existing {kind}, but {str(p)!r} does not exist.")
+    if not must_exist:
+        parent = next((a for a in [p, *p.absolute().parents] if a.exists()), Path("/"))
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ConfigError(
+                f"{flag} must be a path quide-search can create or write, but {str(parent)!r} "
+                "is not a writable folder. Choose another path."
+            )
+    return p
 
 
 def check_replaceable(path: Path, *, ours: Callable[[Path], bool], flag: str) -> None:

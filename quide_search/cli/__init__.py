@@ -104,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(e).split())
         print(f"quide-search {args_list[0]}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as e:
+        full = _full_device(e)
+        if full is None or debug:
+            raise
+        print(f"quide-search {args_list[0]}: error: {full}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
         if debug:
             raise
@@ -114,6 +120,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 128 + signum
+
+
+def _full_device(error: BaseException) -> str | None:
+    """One line for an error whose cause is a full disk (or quota), else None.
+
+    A full disk can surface anywhere (SQLite's "database or disk is full", an OSError with
+    ENOSPC from a write, or Optuna's own error raised while recording the failure); committed
+    trials are kept, and a trial left RUNNING is failed by the next run's heartbeat check.
+    """
+    import errno
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" ({current.filename})" if current.filename else ""
+            return (
+                f"the disk is full{where}: {current.strerror}. Completed trials are kept; free "
+                "space and run the same command again."
+            )
+        if "database or disk is full" in str(current):
+            return (
+                "the disk holding the study database is full. Completed trials are kept; free "
+                "space and run the same command again."
+            )
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def console_main() -> None:

@@ -19,6 +19,8 @@ __all__ = [
     "count",
     "gate_fraction",
     "port_number",
+    "seed",
+    "study_name",
     "positive_int",
     "study_storage",
 ]
@@ -39,6 +41,27 @@ def _int_at_least(text: str, low: int) -> int:
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _int_at_least(text, 1)
+
+
+def study_name(text: str) -> str:
+    """argparse type: a study name (the one rule of ``config.check_study_name``)."""
+    from quide_search.config import check_study_name
+    from quide_search.errors import ConfigError
+
+    try:
+        return check_study_name(text, flag="name")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("name ")) from None
+
+
+def seed(text: str) -> int:
+    """argparse type: a sampler seed in [0, 2**32 - 1]."""
+    from quide_search.config import MAX_SEED
+
+    value = _int_at_least(text, 0)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], but got {value}")
+    return value
 
 
 def port_number(text: str) -> int:
@@ -195,6 +218,11 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         help="torch threads, fixed for the run and recorded with T (default: torch's choice)",
     )
     group.add_argument(
+        "--force-threads",
+        action="store_true",
+        help="allow --threads or --latency-threads above the machine's cores",
+    )
+    group.add_argument(
         "--latency-threads",
         type=positive_int,
         default=None,
@@ -249,7 +277,7 @@ def add_storage_args(parser: argparse.ArgumentParser) -> None:
     """Add --study, --storage and --out-dir of a study that may be created."""
     study = parser.add_argument_group("study storage")
     study.add_argument(
-        "--study", type=str, default=None, help="study name (default: <model>-<dataset>)"
+        "--study", type=study_name, default=None, help="study name (default: <model>-<dataset>)"
     )
     study.add_argument(
         "--storage",
@@ -267,7 +295,7 @@ def add_storage_args(parser: argparse.ArgumentParser) -> None:
 
 def add_study_args(parser: argparse.ArgumentParser) -> None:
     """Add --study (required) and --storage, for the commands that read one study."""
-    parser.add_argument("--study", type=str, required=True, help="name of the study")
+    parser.add_argument("--study", type=study_name, required=True, help="name of the study")
     parser.add_argument(
         "--storage",
         type=str,
@@ -322,6 +350,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "latency_sample_ms": args.latency_sample_ms,
         "latency": args.latency,
         "backend": args.backend,
+        "force_threads": args.force_threads,
         "cache_mb": args.cache_mb,
     }
     if getattr(args, "bits", None) is not None:

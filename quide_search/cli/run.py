@@ -14,6 +14,7 @@ from quide_search.cli._options import (
     config_from_args,
     count,
     positive_int,
+    seed,
 )
 
 __all__ = ["RunCommand"]
@@ -44,7 +45,9 @@ class RunCommand(Command):
             "join (default: 50)",
         )
         add_bits_arg(search)
-        search.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+        search.add_argument(
+            "--seed", type=seed, default=0, help="sampler seed, 0 to 2**32 - 1 (default: 0)"
+        )
         search.add_argument(
             "--sampler",
             type=str,

@@ -10,6 +10,7 @@ from quide_search.cli._options import (
     add_measure_args,
     add_task_args,
     config_from_args,
+    study_name,
 )
 
 __all__ = ["SweepCommand"]
@@ -42,7 +43,7 @@ class SweepCommand(Command):
         )
         parser.add_argument(
             "--name",
-            type=str,
+            type=study_name,
             default=None,
             help="file name stem of the outputs (default: <model>-<dataset>)",
         )

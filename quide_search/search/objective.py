@@ -49,7 +49,7 @@ TERMINATED = "stopped by SIGTERM while the trial ran"
 """``fail_reason`` of a trial stopped by SIGTERM (a scheduler or service manager)."""
 
 NO_HEARTBEAT = "its worker stopped sending heartbeats (killed or lost)"
-"""``retry_reason`` of a plan re-queued after Optuna failed its trial as stale."""
+"""``fail_reason`` of a trial whose worker went silent, and ``retry_reason`` of its retry."""
 
 _COPIED_ATTRS = (
     *METRIC_KEYS, TrialKey.BASELINE_BYTES, TrialKey.UNIT, TrialKey.LATENCY_REPEATS,

@@ -53,8 +53,10 @@ def optimize(
     from quide_search.errors import TrialEvaluationError
     from quide_search.records import TrialKey
     from quide_search.search.warmstart import refine_on_path
+    from quide_search.study.heartbeat import fail_stale
 
     study = session.study
+    fail_stale(study)
     done = completed(study)
     if target - done <= 0:
         return
@@ -85,6 +87,7 @@ def optimize(
                 callbacks=[
                     MaxTrialsCallback(target, states=COUNTED),
                     refine_on_path(objective),
+                    fail_stale,
                     report,
                     stop_if_asked,
                 ],

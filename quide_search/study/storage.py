@@ -76,6 +76,11 @@ def check_url(url: str, *, must_exist: bool, read_only: bool = False) -> None:
         )
     if path is None:
         return
+    if path.is_dir():
+        raise StorageError(
+            f"--storage must name a file, but {str(path)!r} (from {url!r}) is a folder. Name a "
+            "file inside it, e.g. journal:runs/study.log or sqlite:///runs/study.db."
+        )
     if must_exist and not path.is_file():
         raise StorageError(
             f"--storage must point to an existing study file, but {str(path)!r} does not exist. "

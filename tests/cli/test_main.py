@@ -30,6 +30,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "other-dataset.json").write_text(json.dumps({**record, "dataset": "svhn"}))
     (tmp / "bad-layer.json").write_text(json.dumps({**record, "layers": {"fc9": "int8"}}))
     (tmp / "broken.json").write_text('{"schema_version": 1,')
+    (tmp / "baseline-string.json").write_text(json.dumps({**record, "baseline": "0.97"}))
     import torch
 
     torch.save(torch.nn.Linear(3, 2).state_dict(), tmp / "wrong.pt")
@@ -54,7 +55,7 @@ BAD_INPUTS = [
     (["run", "--storage", "foo://bar"], "--storage must be an Optuna storage URL"),
     (["run", "--storage", "sqlite:///no/such/dir/x.db"], "directory 'no/such/dir' does not exist"),
     (["run", "--storage", "sqlite://"], "--storage sqlite URLs must name a file"),
-    (["run", "--study", "bad name!"], "--study must be 1-128 letters"),
+    (["run", "--study", "bad name!"], "--study: must be 1-128 letters"),
     (["run", "--batch-size", "0"], "--batch-size: must be an integer >= 1"),
     (["run", "--threads", "0"], "--threads: must be an integer >= 1"),
     (["run", "--latency-threads", "0"], "--latency-threads: must be an integer >= 1"),
@@ -97,6 +98,19 @@ BAD_INPUTS = [
     (["evaluate", "--plan", "bad-layer.json"], "'fc9' is not a quantizable layer"),
     (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "--seed", "-1"], "--seed: must be an integer >= 0, but got -1"),
+    (["run", "--seed", str(2**32)], "--seed: must be an integer in [0, 4294967295]"),
+    (["run", "--storage", "journal:studies"], "--storage must name a file, but 'studies'"),
+    (["run", "--out-dir", "plan.json"], "--out-dir must name a folder, but 'plan.json' is a file"),
+    (["run", "--study", "name\n"], "--study: must be 1-128 letters"),
+    (["show", "--study", "../../x/y"], "--study: must be 1-128 letters"),
+    (["report", "--study", "a/b"], "--study: must be 1-128 letters"),
+    (["export", "--study", "a b", "--out", "x.json"], "--study: must be 1-128 letters"),
+    (["dashboard", "--study", ".hidden"], "--study: must be 1-128 letters"),
+    (["sweep", "--name", "../up"], "--name: must be 1-128 letters"),
+    (["run", "--threads", "1000"], "--threads must be at most the machine's"),
+    (["run", "--latency-threads", "999"], "add --force-threads"),
+    (["evaluate", "--plan", "baseline-string.json"], "field 'baseline' is wrong"),
     (["run", "--latency", "model:cpu-epyc"], "Did you mean: 'cpu-epyc-2c'"),
     (["run", "--model", "hf:./no-such-model"], "must name a local model directory"),
     (["run", "--granularity", "row"], "invalid choice: 'row'"),

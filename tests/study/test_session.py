@@ -64,7 +64,7 @@ def test_sigkill_mid_trial_then_same_command_finishes(tmp_path: Path, digits_tas
     assert len(plans) == len(set(plans))
     # The killed trial failed on its stale heartbeat; its plan ran again exactly once.
     stale = next(t for t in after if t.number == killed[0].number)
-    assert stale.state.name == "FAIL"
+    assert stale.state.name == "FAIL" and stale.user_attrs["fail_reason"] == NO_HEARTBEAT
     retries = [t for t in after if t.user_attrs.get("retry_of") == stale.number]
     assert len(retries) == 1
     # A waiting trial has no params yet: Optuna keeps the queued ones in a system attribute.

@@ -59,3 +59,30 @@ def test_unreachable_server_is_one_clear_error() -> None:
         open_storage("postgresql://nobody@127.0.0.1:1/x")
     assert "\n" not in str(e.value)
     assert time.monotonic() - start < 30
+
+
+def test_reading_commands_read_without_writing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import sqlite3
+
+    from quide_search.cli import main
+
+    db = tmp_path / "other.db"
+    url = f"sqlite:///{db}"
+    plain = optuna.storages.RDBStorage(url)  # another program's database: rollback journal
+    optuna.create_study(study_name="theirs", storage=plain).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
+    plain.engine.dispose()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    db.chmod(0o444)
+    assert main(["studies", "--storage", url]) == 0
+    assert "theirs" in capsys.readouterr().out
+    for command in ("show", "report"):
+        assert main([command, "--study", "theirs", "--storage", url]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "has no quide-search protocol" in err
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]  # no -wal, no -shm
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"

@@ -4,20 +4,22 @@ The factory takes no arguments and returns a :class:`CustomTask`: the float mode
 data, and optionally calibration data, a latency example and a score function. quide-search
 quantizes every ``nn.Linear`` and ``nn.Conv2d`` of the model. Example::
 
-    # mypkg/task.py
+    # mytask.py, in the folder quide-search runs from (or on PYTHONPATH)
     from quide_search import CustomTask
 
     def make() -> CustomTask:
         model = build_and_load_my_model()
-        x, y = load_my_eval_tensors()
+        x, y = load_my_eval_arrays()  # tensors, numpy arrays or lists
         return CustomTask(model=model, eval_inputs=x, eval_labels=y)
 
-    # quide-search run --model mypkg.task:make
+    # quide-search run --model mytask:make
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +38,11 @@ ScoreFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
 @dataclass(frozen=True)
 class CustomTask:
     """What a ``--model package.module:factory`` factory returns.
+
+    The data fields take torch tensors, numpy arrays or (nested) lists; they are converted once,
+    here: float inputs become float32 (float16 and bfloat16 tensors are kept), integer inputs
+    (token ids) int64, and labels must be integer class indices unless a ``score`` function
+    reads them.
 
     Attributes:
         model: The float model (left unchanged; quantized copies are made per trial).
@@ -57,6 +64,17 @@ class CustomTask:
     score: ScoreFn | None = None
     name: str = "custom"
 
+    def __post_init__(self) -> None:
+        for field_name in ("eval_inputs", "calib_inputs", "example"):
+            value = getattr(self, field_name)
+            if value is not None:
+                object.__setattr__(self, field_name, _tensor(value, field_name, labels=False))
+        for field_name in ("eval_labels", "calib_labels"):
+            value = getattr(self, field_name)
+            if value is not None:
+                converted = _tensor(value, field_name, labels=self.score is None)
+                object.__setattr__(self, field_name, converted)
+
     def splits(self) -> Splits:
         """Return the task's data as quide-search splits (no train split)."""
         empty = Split(self.eval_inputs[:0], self.eval_labels[:0])
@@ -74,6 +92,36 @@ class CustomTask:
         )
 
 
+def _tensor(value: object, field_name: str, *, labels: bool) -> torch.Tensor:
+    """``value`` as a tensor of the dtype quide-search scores with.
+
+    Raises:
+        ConfigError: For data that is not numeric, or class labels that are not integers.
+    """
+    try:
+        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"CustomTask.{field_name} must be a tensor, a numpy array or a list of numbers, but "
+            f"got {type(value).__name__} that torch cannot read ({e})."
+        ) from e
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise ConfigError(
+            f"CustomTask.{field_name} must hold real numbers, but holds {tensor.dtype}."
+        )
+    if labels:
+        if tensor.is_floating_point():
+            raise ConfigError(
+                f"CustomTask.{field_name} must hold integer class indices for top-1 accuracy, "
+                f"but holds {tensor.dtype}. Convert them (labels.astype(int)), or pass "
+                "score=... to read other labels."
+            )
+        return tensor.long()
+    if tensor.dtype == torch.float64:
+        return tensor.float()  # numpy's default float: the model's weights are float32
+    return tensor if tensor.is_floating_point() else tensor.long()
+
+
 def is_factory_spec(model: str) -> bool:
     """Whether ``--model`` names a factory (``package.module:function``)."""
     return ":" in model and not model.startswith("hf:")
@@ -87,15 +135,21 @@ def load_factory(spec: str) -> CustomTask:
             not return a CustomTask with a module and matching eval tensors.
     """
     module_name, _, function = spec.partition(":")
+    # The working folder is importable, as it is for `python -m` and servers like uvicorn.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError) as e:
         raise ConfigError(
             f"--model package.module:factory must name an importable function, but {spec!r} "
-            f"cannot be found ({type(e).__name__}: {e}). Check the module is on PYTHONPATH."
+            f"cannot be found ({type(e).__name__}: {e}). Run from the folder that holds it, "
+            "or put it on PYTHONPATH."
         ) from e
     try:
         task = factory()
+    except ConfigError:
+        raise  # CustomTask's own check of the data: it names the field
     except Exception as e:  # user code may raise anything
         raise ConfigError(
             f"the factory {spec!r} raised {type(e).__name__}: {e}. Fix the factory."

@@ -56,3 +56,27 @@ def test_bad_factories_are_one_line_errors(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert list(tmp_path.iterdir()) == []  # no study was created
+
+
+def test_custom_task_takes_numpy_arrays_and_lists_and_checks_their_dtypes() -> None:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from quide_search import CustomTask
+
+    model = nn.Linear(3, 2)
+    task = CustomTask(model=model, eval_inputs=np.ones((4, 3)), eval_labels=[0, 1, 1, 0],
+                      calib_inputs=np.zeros((2, 3), dtype=np.float32),
+                      calib_labels=np.array([1, 0], dtype=np.int32))  # fmt: skip
+    assert task.eval_inputs.dtype == torch.float32 and task.eval_labels.dtype == torch.int64
+    assert task.calib_labels is not None and task.calib_labels.tolist() == [1, 0]
+    tokens = CustomTask(model=model, eval_inputs=[[1, 2], [3, 4]], eval_labels=[0, 1])
+    assert tokens.eval_inputs.dtype == torch.int64  # token ids stay integers
+    with pytest.raises(ConfigError, match=r"CustomTask.eval_labels must hold integer class"):
+        CustomTask(model=model, eval_inputs=np.ones((2, 3)), eval_labels=np.array([0.0, 1.0]))
+    with pytest.raises(ConfigError, match=r"CustomTask.eval_inputs must be a tensor, a numpy"):
+        CustomTask(model=model, eval_inputs=["a", "b"], eval_labels=[0, 1])
+    scored = CustomTask(model=model, eval_inputs=np.ones((2, 3)), eval_labels=np.ones((2, 2)),
+                        score=lambda m, x, y: 1.0)  # fmt: skip
+    assert scored.eval_labels.dtype == torch.float32  # a score function reads any labels

@@ -1,0 +1,43 @@
+"""Trials whose worker stopped sending heartbeats: failed with the reason, retried once.
+
+Optuna fails such a trial itself at the start of the next trial, but only after it is
+finished can its callback see it, and a finished trial takes no more attributes. So each
+process fails them first, right before its trials and after each one: the reason goes onto
+the trial while it is still RUNNING, then the trial is failed and its plan queued again once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from quide_search.records import TrialKey
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["fail_stale"]
+
+
+def fail_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
+    """Fail the study's stale trials with ``fail_reason`` and queue their plans once.
+
+    Usable as an Optuna callback (``trial`` is ignored). Does nothing on storages without
+    heartbeats.
+    """
+    import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    from quide_search.search.objective import NO_HEARTBEAT, retry_once
+
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+        return
+    # Optuna keeps no public way to ask which trials are stale; this is the one it uses.
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, TrialKey.FAIL_REASON, NO_HEARTBEAT)
+            if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                stale = storage.get_trial(trial_id)
+                retry_once(study, stale.params, stale.user_attrs, stale.number, NO_HEARTBEAT)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process failed it first
