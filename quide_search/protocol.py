@@ -11,9 +11,9 @@ protocol, so there is one way from a study to a scorer.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quide_search.errors import ConfigError, StorageError
 from quide_search.latency._base import LatencyContext
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["PROTOCOL_SCHEMA_VERSION", "Evaluation", "Protocol", "TaskRecord", "build_protocol"]
 
 PROTOCOL_SCHEMA_VERSION = 2
+
+# A count that must be at least one (a batch, a thread count, a number of samples).
+_Positive = Annotated[int, Field(ge=1)]
+_Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Record(BaseModel):
@@ -47,19 +51,19 @@ class TaskRecord(_Record):
     weights: str | None = None
     weights_path: str | None = None
     data_dir: str | None = None
-    eval_samples: int | None = None
-    calib_samples: int | None = None
+    eval_samples: _Positive | None = None
+    calib_samples: _Positive | None = None
     text: dict[str, Any] | None = None
 
 
 class Evaluation(_Record):
     """How P is scored; ``first_chunk`` and ``probes`` are fitted once, by the creator."""
 
-    batch_size: int
-    threads: int
+    batch_size: _Positive
+    threads: _Positive
     early_stop: Literal["exact", "stat", "off"]
-    first_chunk: int | None = None
-    probes: int | None = None
+    first_chunk: _Positive | None = None
+    probes: _Positive | None = None
 
     @property
     def hardest_first(self) -> bool:
@@ -68,16 +72,16 @@ class Evaluation(_Record):
 
 
 class Gate(_Record):
-    max_drop: float | None
-    min_accuracy: float | None
+    max_drop: _Fraction | None
+    min_accuracy: _Fraction | None
 
 
 class Search(_Record):
     precisions: tuple[str, ...]
     granularity: Literal["layer", "block", "type"]
     objective: Literal["iprime", "pareto"]
-    max_size_mb: float | None = None
-    max_latency_ms: float | None = None
+    max_size_mb: Annotated[float, Field(gt=0)] | None = None
+    max_latency_ms: Annotated[float, Field(gt=0)] | None = None
 
 
 # Dotted fields that must match on resume, each with the flag that sets it. The rest (seed,

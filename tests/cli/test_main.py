@@ -350,3 +350,36 @@ def test_models_and_train_commands(
     assert "trained simplecnn on digits: eval P = " in out and "--weights" in out
     weights = out.split("--weights ")[1].split(" to use")[0]
     assert Path(weights).is_file() and "-e2-" in Path(weights).name
+
+
+def test_a_full_disk_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import sqlalchemy.exc
+
+    import quide_search.study.run as run_module
+
+    def full(*args: object, **kwargs: object) -> None:
+        try:
+            raise sqlalchemy.exc.OperationalError(
+                "INSERT", {}, Exception("database or disk is full")
+            )
+        except sqlalchemy.exc.OperationalError as e:
+            raise RuntimeError("Should not reach.") from e  # what Optuna raised on top
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_module, "run_search", full)
+    assert main(["run", "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the disk holding the study database is full" in err
+
+    def enospc(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "studies/x.pareto.json")
+
+    monkeypatch.setattr(run_module, "run_search", enospc)
+    assert main(["run", "--trials", "1"]) == 2
+    assert "the disk is full (studies/x.pareto.json)" in capsys.readouterr().err
+    with pytest.raises(OSError):
+        main(["run", "--trials", "1", "--debug"])

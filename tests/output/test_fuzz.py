@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from quide_search.config import RunConfig
@@ -46,6 +46,8 @@ _paths = st.sampled_from([
 
 
 @given(path=_paths, value=_values)
+@example(path=("protocol", "evaluation", "threads"), value=0)  # found by CI: torch refused 0
+@example(path=("protocol", "latency", "batch_size"), value=-1)
 @_SETTINGS
 def test_evaluate_of_a_mutated_plan_measures_or_says_why(
     exported: tuple[RunConfig, dict], tmp_path: Path, path: tuple[str, ...], value: object

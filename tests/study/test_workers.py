@@ -73,3 +73,21 @@ def test_two_hosts_share_a_postgresql_study(tmp_path: Path) -> None:
         assert len({t.number for t in all_trials}) == len(all_trials)
         assert all(set(t.user_attrs) >= ATTRS for t in by_state(all_trials, "COMPLETE"))
         assert len({t.user_attrs["worker"] for t in done}) == 2
+
+
+def test_sigterm_to_the_parent_stops_its_workers(tmp_path: Path) -> None:
+    import signal
+
+    from _procs import signal_mid_trial
+
+    storage = f"sqlite:///{tmp_path}/{STUDY}.db"
+    process = start(run_args(tmp_path, 200, "--workers", "2", "--early-stop", "off"))
+    workers = lambda ts: len({t.user_attrs.get("worker") for t in counted(ts)}) >= 2  # noqa: E731
+    signal_mid_trial(storage, workers, process, signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    after = trials(storage)
+    assert not by_state(after, "RUNNING")  # the worker's trial was recorded too
+    assert len(counted(after)) < 200
+    reasons = {t.user_attrs.get("fail_reason") for t in by_state(after, "FAIL")}
+    assert reasons <= {"stopped by SIGTERM while the trial ran"} and reasons
