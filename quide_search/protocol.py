@@ -21,6 +21,7 @@ from quide_search.latency._base import LatencyContext
 if TYPE_CHECKING:
     import torch
 
+    from quide_search.backends import QuantBackend
     from quide_search.config import RunConfig
     from quide_search.metric import Gate as MetricGate
     from quide_search.tasks.task import Task
@@ -54,6 +55,10 @@ class TaskRecord(_Record):
     eval_samples: _Positive | None = None
     calib_samples: _Positive | None = None
     text: dict[str, Any] | None = None
+    kept_float: dict[str, int] = Field(default_factory=dict)
+    """Module type -> count of the layers with weights the backend has no quantized version of."""
+    excluded: tuple[str, ...] = ()
+    """Quantizable layers left out of the search (a causal LM's ``lm_head`` by default)."""
 
 
 class Evaluation(_Record):
@@ -226,13 +231,7 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
 
     backend = get_backend(config.backend)
     backend.check_precisions(config.bits, device)
-    layers = list(task.layers(backend))
-    if not layers:
-        raise ConfigError(
-            f"--model must have at least one layer the {backend.name} backend quantizes "
-            f"({', '.join(t.__name__ for t in backend.layer_types())}), but "
-            f"{task.model_name!r} has none. Choose another model or backend."
-        )
+    task_record = _task_record(config, task, backend)
     threads = config.threads or torch.get_num_threads()
     latency = latency_context(
         config.latency,
@@ -242,24 +241,10 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
         sample_ms=config.latency_sample_ms or None,
         decode=task.decode_record(),
     )
-    text = config.task_options()["text"]
     return Protocol(
         backend=backend.name,
         backend_version=backend.version(),
-        task=TaskRecord(
-            model=task.model_name,
-            dataset=task.dataset_name,
-            kind=task.kind,
-            splits=task.splits.describe(),
-            layers=tuple(layers),
-            fingerprint=task.fingerprint(),
-            weights=config.weights,
-            weights_path=str(task.weights_path) if task.weights_path else None,
-            data_dir=config.data_dir,
-            eval_samples=config.eval_samples,
-            calib_samples=config.calib_samples,
-            text=dataclasses.asdict(text) if text else None,
-        ),
+        task=task_record,
         search=Search(
             precisions=config.bits,
             granularity=config.granularity,  # type: ignore[arg-type]
@@ -281,4 +266,35 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
             "torch": torch.__version__,
             "optuna": optuna.__version__,
         },  # fmt: skip
+    )
+
+
+def _task_record(config: RunConfig, task: Task, backend: QuantBackend) -> TaskRecord:
+    """The task part of the protocol; refuse a model with no layer the backend quantizes."""
+    layers = list(task.layers(backend))
+    kept = backend.float_kinds(task.model)
+    if not layers:
+        others = ", ".join(f"{n} {kind}" for kind, n in kept.items()) or "none"
+        raise ConfigError(
+            f"--model must have at least one layer the {backend.name} backend quantizes "
+            f"({', '.join(t.__name__ for t in backend.layer_types())}), but "
+            f"{task.model_name!r} has none (its other layers with weights: {others}). "
+            "Choose another model or backend."
+        )
+    text = config.task_options()["text"]
+    return TaskRecord(
+        model=task.model_name,
+        dataset=task.dataset_name,
+        kind=task.kind,
+        splits=task.splits.describe(),
+        layers=tuple(layers),
+        fingerprint=task.fingerprint(),
+        weights=config.weights,
+        weights_path=str(task.weights_path) if task.weights_path else None,
+        data_dir=config.data_dir,
+        eval_samples=config.eval_samples,
+        calib_samples=config.calib_samples,
+        text=dataclasses.asdict(text) if text else None,
+        kept_float=kept,
+        excluded=tuple(n for n in backend.quantizable_layers(task.model) if n in task.exclude),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,29 @@ def _tiny_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save_tiny_lm(root: Path, build: Callable[[int], Any]) -> tuple[Path, Path]:
+    """Save ``build(vocab_size)`` with a word-level tokenizer, like a hub model, and a text."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    text = root / "text.txt"
+    text.write_text(_tiny_text(), encoding="utf-8")
+    words = ["[PAD]", "[UNK]", "[EOS]", ".", "zero", "one", "two", "three", "four", "five",
+             "six", "seven", "eight", "nine"]  # fmt: skip
+    vocab = {w: i for i, w in enumerate(words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
+    )
+    torch.manual_seed(0)
+    folder = root / "model"
+    build(len(words)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, text
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 2-block Llama built from a config, with a word-level tokenizer, saved like a hub model.
@@ -105,33 +128,27 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     Returns the model directory and a text file to score it on. The weights are random (seeded):
     the tests check the machinery, not the language modelling.
     """
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    root = tmp_path_factory.mktemp("tiny-llama")
-    text = root / "text.txt"
-    text.write_text(_tiny_text(), encoding="utf-8")
-    vocab = {
-        w: i
-        for i, w in enumerate(
-            ["[PAD]", "[UNK]", "[EOS]", "."]
-            + ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-        )
-    }
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
-    )
-    config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=0, eos_token_id=2, bos_token_id=2, tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    folder = root / "model"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder, text
+    def build(vocab: int) -> Any:
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+            pad_token_id=0, eos_token_id=2, bos_token_id=2, tie_word_embeddings=False,
+        ))  # fmt: skip
+
+    return _save_tiny_lm(tmp_path_factory.mktemp("tiny-llama"), build)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 2-block GPT-2 (transformers ``Conv1D`` layers), saved like :func:`tiny_llama`."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def build(vocab: int) -> Any:
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+            pad_token_id=0, eos_token_id=2, bos_token_id=2,
+        ))  # fmt: skip
+
+    return _save_tiny_lm(tmp_path_factory.mktemp("tiny-gpt2"), build)

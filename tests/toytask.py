@@ -9,13 +9,15 @@ through :func:`make` and, in subprocesses, as ``--model toytask:make`` (with ``t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from quide_search import CustomTask
 
-__all__ = ["SLOW_CALL_S", "SlowToyNet", "ToyNet", "make", "make_slow"]
+__all__ = ["SLOW_CALL_S", "MixedNet", "SlowToyNet", "ToyNet", "make", "make_mixed", "make_slow",
+           "make_unquantizable"]  # fmt: skip
 
 SLOW_CALL_S = 0.05
 """Seconds each forward call of the slow toy model sleeps: long enough to stop a trial in."""
@@ -43,6 +45,22 @@ class SlowToyNet(ToyNet):
         return super().forward(x)
 
 
+class MixedNet(nn.Module):
+    """Conv1d -> ConvTranspose2d -> Linear head: quanto quantizes only the head."""
+
+    def __init__(self, head: bool = True) -> None:
+        super().__init__()
+        self.conv1d = nn.Conv1d(8, 4, kernel_size=3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 2, kernel_size=2, stride=2)
+        self.norm = nn.BatchNorm2d(2)
+        self.head = nn.Linear(2 * 16 * 16, 4) if head else nn.Flatten()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1d(x.flatten(2))).view(-1, 4, 8, 8)
+        x = self.norm(self.up(x)).flatten(1)
+        return self.head(x) if isinstance(self.head, nn.Linear) else x[:, :4]
+
+
 def make() -> CustomTask:
     """The toy task: 384 eval and 64 calibration samples, labelled by the float model."""
     return _task(ToyNet)
@@ -53,10 +71,20 @@ def make_slow() -> CustomTask:
     return _task(SlowToyNet)
 
 
-def _task(kind: type[ToyNet]) -> CustomTask:
+def make_mixed() -> CustomTask:
+    """:class:`MixedNet` on (8, 8, 8) inputs: one searched layer, two kept in float."""
+    return _task(MixedNet, channels=8)
+
+
+def make_unquantizable() -> CustomTask:
+    """:class:`MixedNet` without its head: no layer quanto quantizes."""
+    return _task(lambda: MixedNet(head=False), channels=8)
+
+
+def _task(kind: Callable[[], nn.Module], channels: int = 1) -> CustomTask:
     torch.manual_seed(0)
     model = kind().eval()
-    inputs = torch.randn(448, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    inputs = torch.randn(448, channels, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         labels = model(inputs).argmax(dim=-1)
     return CustomTask(

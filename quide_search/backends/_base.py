@@ -103,6 +103,23 @@ class QuantBackend(abc.ABC):
                 counts[name] = int(weight.numel())
         return counts
 
+    def float_kinds(self, model: nn.Module) -> dict[str, int]:
+        """Return module type name -> count of the layers this backend leaves in float.
+
+        A layer here is a module holding a weight matrix or kernel of its own (a parameter of
+        two or more dimensions: an Embedding, a ConvTranspose2d, a Conv1d) that is not of
+        :meth:`layer_types`. Norm layers' 1-D scales are not weights a plan quantizes.
+        """
+        types = self.layer_types()
+        kinds: dict[str, int] = {}
+        for module in model.modules():
+            if isinstance(module, types):
+                continue
+            if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+                kind = type(module).__name__
+                kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
+
     def apply(self, model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
         """Return a copy of ``model`` with ``plan`` applied, layer by layer, frozen.
 

@@ -1,5 +1,9 @@
 """The optimum-quanto backend: weight-only int8/int4/int2/float8 for Linear and Conv2d layers.
 
+transformers' ``Conv1D`` (GPT-2's attention and MLP projections) computes ``x @ W + b`` with
+``W`` of shape (in, out): a Linear with the transposed weight. quanto has no quantized
+version of it, so it is quantized as that Linear (quanto's ``QLinear``), exactly.
+
 This is the only module that imports ``optimum.quanto``. Plans' backend-neutral names map to
 quanto's qtypes here; a checkpoint is quanto's own layout (the state dict as safetensors and
 ``quantization_map()``), which ``optimum.quanto.requantize`` reloads without quide-search.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,14 +49,15 @@ class QuantoBackend(QuantBackend):
         return {name: PRECISIONS[name] for name in _QTYPE}
 
     def layer_types(self) -> tuple[type[nn.Module], ...]:
-        return (nn.Linear, nn.Conv2d)
+        return (nn.Linear, nn.Conv2d, *_conv1d_type())
 
     def quantize_layer(self, module: nn.Module, precision: str) -> nn.Module:
         try:
             # no_grad, not inference_mode: quanto's int4/int2 packing sets version counters,
             # which inference tensors refuse.
             with torch.no_grad():
-                quantized = quantize_module(copy.deepcopy(module), weights=_QTYPE[precision])
+                copied = linear_from_conv1d(module) or copy.deepcopy(module)
+                quantized = quantize_module(copied, weights=_QTYPE[precision])
                 if quantized is None:
                     raise TypeError(f"{type(module).__name__} is not a layer quanto quantizes")
                 quantized.freeze()
@@ -157,8 +163,40 @@ class QuantoBackend(QuantBackend):
             )
         state = load_file(str(folder / WEIGHTS_FILE))
         with torch.no_grad():
+            for name in qmap:
+                linear = linear_from_conv1d(skeleton.get_submodule(name))
+                if linear is not None:
+                    parent, _, child = name.rpartition(".")
+                    setattr(skeleton.get_submodule(parent), child, linear)
             requantize(skeleton, state, qmap, device=torch.device("cpu"))
         return skeleton
+
+
+def linear_from_conv1d(module: nn.Module) -> nn.Linear | None:
+    """The ``nn.Linear`` with the same outputs as a transformers ``Conv1D``, else None.
+
+    ``Conv1D(nf, nx)`` holds ``weight`` of shape (nx, nf) = (in, out) and returns
+    ``x @ weight + bias``; the Linear holds its transpose (out, in) and the same bias.
+    """
+    types = _conv1d_type()
+    if not types or not isinstance(module, types):
+        return None
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    bias: torch.Tensor | None = getattr(module, "bias", None)
+    linear = nn.Linear(int(weight.shape[0]), int(weight.shape[1]), bias=bias is not None,
+                       device=weight.device, dtype=weight.dtype)  # fmt: skip
+    with torch.no_grad():
+        linear.weight.copy_(weight.t())
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear.requires_grad_(bool(weight.requires_grad)).train(module.training)
+
+
+def _conv1d_type() -> tuple[type[nn.Module], ...]:
+    """transformers' ``Conv1D`` where transformers is already imported (a model of it is)."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(utils, "Conv1D", None)
+    return (conv1d,) if isinstance(conv1d, type) else ()
 
 
 def _int8pack(module: nn.Module, weight: Any) -> bool:

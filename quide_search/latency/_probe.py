@@ -84,4 +84,8 @@ def _macs(module: nn.Module, output: torch.Tensor) -> int:
         kh, kw = module.kernel_size
         return int(output.numel()) * (module.in_channels // module.groups) * kh * kw
     weight = getattr(module, "weight", None)
-    return int(output.numel()) * (int(weight[0].numel()) if weight is not None else 1)
+    if weight is None:
+        return int(output.numel())
+    if weight.dim() == 2:  # a matrix either way round (transformers' Conv1D holds (in, out))
+        return int(output.numel()) * (int(weight.numel()) // int(output.shape[-1]))
+    return int(output.numel()) * int(weight[0].numel())

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from quide_search.files import atomic_write_text, check_replaceable
 from quide_search.metric import knee
-from quide_search.output.text import cell_text, gate_text, latency_text, plan_text, verdict_lines
+from quide_search.output.text import (
+    cell_text,
+    gate_text,
+    kept_float_text,
+    latency_text,
+    plan_text,
+    verdict_lines,
+)
 from quide_search.plan import weight_bits
 from quide_search.records import StudyKey
 from quide_search.study.summary import SearchSummary, completed_rows, read_study, summarize
@@ -247,11 +254,15 @@ def _page(summary: SearchSummary, sections: Sequence[str], sensitivity: Any) -> 
     lat = summary.latency
     title = html.escape(f"quide-search report: {summary.study_name}")
     protocol = summary.protocol
+    task = protocol.get("task", {})
     facts = html.escape(
-        f"{protocol.get('model')}/{protocol.get('dataset')}; bits "
-        f"{', '.join(protocol.get('bits', []))}; {summary.completed} completed, "
-        f"{summary.failed} failed trials; {latency_text(lat)}"
+        f"{task.get('model')}/{task.get('dataset')}; backend {protocol.get('backend')}; bits "
+        f"{', '.join(protocol.get('search', {}).get('precisions', []))}; {summary.completed} "
+        f"completed, {summary.failed} failed trials; {latency_text(lat)}"
     )
+    kept = kept_float_text(protocol)
+    if kept:
+        facts += f"</p><p>{html.escape(kept)}"
     best_line = html.escape(" ".join(verdict_lines(summary)))
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1200px}"

@@ -20,6 +20,7 @@ __all__ = [
     "format_sweep",
     "format_table",
     "gate_text",
+    "kept_float_text",
     "latency_text",
     "plan_text",
     "verdict_lines",
@@ -85,6 +86,34 @@ def latency_text(latency: Mapping[str, Any]) -> str:
     if sample is not None and source == "measured":
         text += f", samples of >= {sample:g} ms"
     return text + ")"
+
+
+def kept_float_text(protocol: Mapping[str, Any]) -> str | None:
+    """Say which layers no plan quantizes and why, or None when every layer is searched.
+
+    E.g. ``kept in float: 3 ConvTranspose2d, 1 Conv1d (the quanto backend, 0.2.7, has no
+    quantized version of them); lm_head (left out of the search: --include-head adds it)``.
+    """
+    task = protocol.get("task", {})
+    kinds = dict(task.get("kept_float") or {})
+    excluded = list(task.get("excluded") or ())
+    if not kinds and not excluded:
+        return None
+    parts = []
+    if kinds:
+        parts.append(
+            ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+            + f" (the {protocol.get('backend')} backend, {protocol.get('backend_version')}, "
+            "has no quantized version of them)"
+        )
+    if excluded:
+        how = (
+            " (left out of the search: --include-head adds it)"
+            if excluded == ["lm_head"]
+            else (" (left out of the search by the task)")
+        )
+        parts.append(", ".join(excluded) + how)
+    return "kept in float: " + "; ".join(parts)
 
 
 def plan_text(plan: Mapping[str, str]) -> str:
@@ -158,6 +187,9 @@ def _with_confirmed(summary: SearchSummary, row: Mapping[str, Any]) -> dict[str,
 
 def _notes(summary: SearchSummary) -> list[str]:
     lines = []
+    kept = kept_float_text(summary.protocol)
+    if kept:
+        lines.append("\n" + kept)
     if summary.confirmation:
         c = summary.confirmation
         lines.append(
@@ -292,6 +324,9 @@ def format_study(summary: SearchSummary) -> str:
         "",
         *verdict_lines(summary),
     ]
+    kept = kept_float_text(protocol)
+    if kept:
+        lines += ["", kept]
     front = [
         [p["trial"], *(p[c] for c in _COLUMNS), p["gate_passed"], plan_text(p["plan"])]
         for p in sorted(summary.pareto, key=lambda p: -p["C"])

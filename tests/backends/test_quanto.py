@@ -159,3 +159,54 @@ def test_int4_on_a_float16_cuda_model_is_refused_before_it_can_crash(toy_task) -
     task = dataclasses.replace(toy_task, model=copy.deepcopy(toy_task.model).half())
     with pytest.raises(ConfigError, match="leave 4 out of --bits"):
         Scorer.build(task, protocol_for(toy_task, bits=("int4",)), device=cuda)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "int2", "fp8"])
+def test_transformers_conv1d_is_quantized_as_the_linear_with_its_weight_transposed(
+    precision: str,
+) -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(48, 64)  # 64 inputs -> 48 outputs, weight (64, 48)
+    torch.nn.init.normal_(conv.bias)
+    linear = nn.Linear(64, 48)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.t())
+        linear.bias.copy_(conv.bias)
+    assert Conv1D in QUANTO.layer_types()
+    assert QUANTO.quantizable_layers(nn.Sequential(conv)) == {"0": 64 * 48}
+    ours, theirs = QUANTO.quantize_layer(conv, precision), QUANTO.quantize_layer(linear, precision)
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+        assert torch.allclose(ours(x), conv(x), atol=0.5)  # a quantized layer, not another one
+    assert model_bytes(ours) == model_bytes(theirs) < model_bytes(conv)
+    assert isinstance(conv, Conv1D) and conv.weight.shape == (64, 48)  # the float layer is kept
+
+
+def test_a_conv1d_checkpoint_reloads_into_a_fresh_conv1d_model(tmp_path: Path) -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    def build() -> nn.Module:
+        torch.manual_seed(3)
+        return nn.Sequential(Conv1D(16, 32), nn.ReLU(), Conv1D(4, 16))
+
+    quantized = QUANTO.apply(build(), _plan({"0": "int4", "2": "int8"}))
+    QUANTO.save(quantized, tmp_path)
+    torch.manual_seed(9)
+    rebuilt = QUANTO.load(nn.Sequential(Conv1D(16, 32), nn.ReLU(), Conv1D(4, 16)), tmp_path)
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), quantized(x))
+
+
+def test_layers_left_in_float_are_counted_by_kind() -> None:
+    model = nn.Sequential(
+        nn.Embedding(10, 8), nn.Conv1d(8, 8, 3), nn.ConvTranspose2d(2, 2, 2), nn.ConvTranspose2d(
+            2, 2, 2), nn.BatchNorm2d(2), nn.LayerNorm(8), nn.Linear(8, 2), nn.Conv2d(2, 2, 1),
+    )  # fmt: skip
+    assert QUANTO.float_kinds(model) == {"Embedding": 1, "Conv1d": 1, "ConvTranspose2d": 2}
+    assert QUANTO.float_kinds(QUANTO.apply(model, _plan({"6": "int8"}))) == {
+        "Embedding": 1, "Conv1d": 1, "ConvTranspose2d": 2,
+    }  # fmt: skip

@@ -37,6 +37,15 @@ def test_estimate_matches_hand_computation(precision: str, weight_bytes: int) ->
     )
 
 
+def test_a_transformers_conv1d_does_the_work_of_its_linear() -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    shapes = layer_shapes(nn.Sequential(Conv1D(16, 64)), torch.zeros(3, 5, 64), ["0"])
+    assert [(s.macs, s.input_elems, s.output_elems) for s in shapes] == [
+        (5 * 64 * 16, 5 * 64, 5 * 16)
+    ]
+
+
 def test_conv_macs_and_fewer_bits_are_never_slower(toy_scorer) -> None:  # type: ignore[no-untyped-def]
     layers = list(toy_scorer.weight_counts)
     shapes = {s.name: s for s in layer_shapes(toy_scorer.model, toy_scorer.target.example, layers)}

@@ -243,3 +243,38 @@ def test_show_writes_the_latency_table_only_of_a_study_that_has_one(
     assert main([*show, "--latency-table", str(tmp_path / "t.json")]) == 2
     assert "--latency-table needs a study run with --latency table" in capsys.readouterr().err
     assert not (tmp_path / "t.json").exists()
+
+
+def test_layers_left_in_float_are_named_in_the_summary_show_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quide_search.cli import main
+
+    config = _config(tmp_path, model="toytask:make_mixed", trials=3)
+    summary = run_search(config, progress=False)
+    assert summary.protocol["task"]["layers"] == ["head"]
+    assert summary.protocol["task"]["kept_float"] == {"Conv1d": 1, "ConvTranspose2d": 1}
+    line = ("kept in float: 1 Conv1d, 1 ConvTranspose2d (the quanto backend, "
+            f"{QUANTO.version()}, has no quantized version of them)")  # fmt: skip
+    assert line in format_summary(summary)
+    capsys.readouterr()
+    study = ["--study", config.study_name, "--storage", config.storage_url]
+    assert main(["show", *study]) == 0
+    assert line in capsys.readouterr().out
+    assert main(["report", *study, "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert line in page and "toytask:make_mixed/toy; backend quanto; bits int8, int4" in page
+
+
+def test_a_model_without_a_quantizable_layer_is_refused_before_a_study_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quide_search.cli import main
+
+    args = ["run", "--model", "toytask:make_unquantizable", "--out-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "at least one layer the quanto backend quantizes (Linear, Conv2d" in err
+    assert "its other layers with weights: 1 Conv1d, 1 ConvTranspose2d" in err
+    assert list(tmp_path.iterdir()) == []

@@ -155,3 +155,44 @@ def test_missing_model_or_text_is_one_clear_error(
     short.write_text("one two three")
     with pytest.raises(DataError, match="at least 2 windows"):
         load_task(model=f"hf:{folder}", text=TextTask(path=str(folder), text_file=str(short)))
+
+
+def test_gpt2_conv1d_layers_are_searched_exported_and_reloaded(
+    tiny_gpt2: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from quide_search import load_quantized
+    from quide_search.output.export import export_plan
+    from quide_search.output.record import load_plan
+    from quide_search.output.text import format_summary
+
+    folder, text = tiny_gpt2
+    config = RunConfig(
+        model=f"hf:{folder}", text_file=str(text), seq_len=24, eval_windows=8, trials=4,
+        out_dir=str(tmp_path), device="cpu", min_accuracy=0.0, max_accuracy_drop=None,
+        latency="model:cpu-epyc-2c",
+    )  # fmt: skip
+    summary = run_search(config, progress=False)
+    projections = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    assert summary.protocol["task"]["layers"] == [
+        f"transformer.h.{i}.{p}" for i in range(2) for p in projections
+    ]
+    assert summary.completed == 4 and summary.failed == 0
+    assert summary.protocol["task"]["kept_float"] == {"Embedding": 2}  # wte, wpe
+    assert summary.protocol["task"]["excluded"] == ["lm_head"]
+    assert "kept in float: 2 Embedding (the quanto backend" in format_summary(summary)
+    study = load_study(study=config.study_name, storage=config.storage_url)
+    # A uniform int4 GPT-2 stores less than the float one: its Conv1D weights are counted in C.
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    int4 = next(t for t in done if set(t.params.values()) == {"int4"})
+    assert int4.user_attrs["C"] > 2.0
+    out = export_plan(study=config.study_name, storage=config.storage_url, trial=int4.number,
+                      out=tmp_path / "ck", checkpoint=True)  # fmt: skip
+    plan, _ = load_plan(out / "plan.json")
+    fresh = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    trial_model = QUANTO.apply(fresh, plan)
+    reloaded = load_quantized(AutoModelForCausalLM.from_pretrained(str(folder)).eval(), out)
+    x = torch.tensor([[4, 5, 6, 7, 3, 8, 9]])
+    with torch.no_grad():
+        assert torch.equal(reloaded(x).logits, trial_model(x).logits)
