@@ -76,6 +76,11 @@ class QuantBackend(abc.ABC):
             PlanError: If they name layers the skeleton lacks.
         """
 
+    def loading_note(self, model: nn.Module) -> str:
+        """Markdown for a checkpoint's README: how to load :meth:`save`'s files without
+        quide-search, or an empty string."""
+        return ""
+
     def float_twin(self, quantized: nn.Module) -> nn.Module | None:
         """A float module with the same outputs as ``quantized`` but cheaper to run, or None.
 

@@ -56,11 +56,14 @@ class QuantoBackend(QuantBackend):
             # no_grad, not inference_mode: quanto's int4/int2 packing sets version counters,
             # which inference tensors refuse.
             with torch.no_grad():
-                copied = linear_from_conv1d(module) or copy.deepcopy(module)
+                linear = linear_from_conv1d(module)
+                copied = linear if linear is not None else copy.deepcopy(module)
                 quantized = quantize_module(copied, weights=_QTYPE[precision])
                 if quantized is None:
                     raise TypeError(f"{type(module).__name__} is not a layer quanto quantizes")
                 quantized.freeze()
+                if linear is not None:
+                    quantized.from_conv1d = True  # its checkpoint needs our loader
         except MemoryError as e:
             raise TrialEvaluationError(f"out of memory while quantizing: {e}") from e
         except Exception as e:  # any quanto failure on one layer fails that trial, not the run
@@ -137,6 +140,27 @@ class QuantoBackend(QuantBackend):
         save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
         (folder / MAP_FILE).write_text(json.dumps(_quanto_map(model), indent=2), encoding="utf-8")
         return [WEIGHTS_FILE, MAP_FILE]
+
+    def loading_note(self, model: nn.Module) -> str:
+        if not _is_transformers_model(model):
+            return (
+                "\nWithout quide-search: build the float model, then\n"
+                "`optimum.quanto.requantize(model, safetensors.torch.load_file("
+                f'"{WEIGHTS_FILE}"), json.load(open("{MAP_FILE}")))`.\n'
+            )
+        if any(
+            getattr(m, "from_conv1d", False) or linear_from_conv1d(m) is not None
+            for m in model.modules()
+        ):
+            return (
+                "\nThis model has transformers `Conv1D` layers (GPT-2), which quide-search "
+                "quantizes as the equivalent `nn.Linear`; optimum-quanto's own loader does not "
+                "know them, so load it with `load_quantized` as above.\n"
+            )
+        return (
+            "\nWithout quide-search: `optimum.quanto.QuantizedModelForCausalLM."
+            'from_pretrained("path/to/this/folder")`.\n'
+        )
 
     def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
         from safetensors.torch import load_file

@@ -24,30 +24,94 @@ from quide_search.plan import DEFAULT_BACKEND
 __all__ = ["PLAN_FILE", "load_quantized", "save_quantized", "write_checkpoint"]
 
 PLAN_FILE = "plan.json"
+README_FILE = "README.md"
+_FILE_MODE = 0o644
 
 
-def save_quantized(model: nn.Module, record: dict[str, Any], out: str | os.PathLike[str]) -> Path:
+def save_quantized(
+    model: nn.Module,
+    record: dict[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    tokenizer: Any = None,
+) -> Path:
     """Write a frozen quantized ``model`` and its plan ``record`` as a checkpoint folder.
 
     Args:
         model: The quantized model (e.g. ``backend.apply(float_model, plan)``).
         record: Its plan record (at least ``backend``, ``model``, ``dataset``, ``layers``).
         out: The folder: new, empty, or an earlier checkpoint.
+        tokenizer: A transformers tokenizer to save beside it (``save_pretrained``).
 
     Raises:
         ConfigError: If ``out`` is a file or a folder quide-search did not write.
     """
     return write_directory(
-        out, lambda folder: write_checkpoint(model, record, folder), kind="checkpoint"
+        out,
+        lambda folder: write_checkpoint(model, record, folder, tokenizer=tokenizer),
+        kind="checkpoint",
     )
 
 
-def write_checkpoint(model: nn.Module, record: dict[str, Any], folder: Path) -> None:
-    """Write a checkpoint's files into the existing, empty ``folder``."""
+def write_checkpoint(
+    model: nn.Module, record: dict[str, Any], folder: Path, *, tokenizer: Any = None
+) -> None:
+    """Write a checkpoint's files into the existing, empty ``folder``: the backend's files,
+    the tokenizer if any, ``plan.json`` and a ``README.md`` saying how to load them."""
     from quide_search.backends import get_backend
 
-    get_backend(str(record.get("backend", DEFAULT_BACKEND))).save(model, folder)
+    backend = get_backend(str(record.get("backend", DEFAULT_BACKEND)))
+    backend.save(model, folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
     atomic_write_text(folder / PLAN_FILE, json.dumps(stamped(record), indent=2) + "\n")
+    atomic_write_text(folder / README_FILE, _readme(record, backend.loading_note(model)))
+    for path in folder.iterdir():  # some writers create 0600 files; a checkpoint is shared
+        path.chmod(_FILE_MODE)
+
+
+def _readme(record: dict[str, Any], backend_note: str) -> str:
+    """A short README of our own (replacing any a library wrote) on what this folder is."""
+    from quide_search.plan import BitPlan
+
+    plan = BitPlan.from_dict(record)
+    counts: dict[str, int] = {}
+    for precision in plan.layers.values():
+        counts[precision] = counts.get(precision, 0) + 1
+    mix = ", ".join(f"{n} layer{'s' if n > 1 else ''} {p}" for p, n in counts.items())
+    metrics = {k: f"{v:.4g}" if isinstance(v, float) else v
+               for k, v in record.get("metrics", {}).items()}  # fmt: skip
+    source = record.get("source") or {}
+    model = record.get("model")
+    skeleton = _skeleton_code(str(model))
+    return f"""# Quantized {model} ({record.get("backend")} backend, weight-only)
+
+Written by quide-search from study `{source.get("study")}`, trial {source.get("trial")}:
+{mix}. C = {metrics.get("C")}, P = {metrics.get("P")}, T = {metrics.get("T_ms")} ms.
+`plan.json` holds the plan, its metrics and the protocol they were measured under.
+
+## Load it
+
+```python
+from quide_search import load_quantized
+{skeleton}
+model = load_quantized(model, "path/to/this/folder")
+```
+{backend_note}"""
+
+
+def _skeleton_code(model: str) -> str:
+    """Python that builds the float model the plan was applied to, for the README."""
+    if model.startswith("hf:"):
+        return (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"model = AutoModelForCausalLM.from_pretrained({model.removeprefix('hf:')!r})\n"
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")'
+        )
+    return (
+        "from quide_search.tasks import load_task\n"
+        f"model = load_task(model={model!r}).model  # or your own code that builds it"
+    )
 
 
 def load_quantized(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:

@@ -162,19 +162,23 @@ def _dump(record: dict[str, Any], fmt: str) -> str:
     return json.dumps(record, indent=2) + "\n"
 
 
-def _quantized_model(record: Mapping[str, Any], protocol: Protocol) -> Any:
+def _quantized_model(record: Mapping[str, Any], protocol: Protocol) -> tuple[Any, Any]:
+    """The trial's quantized model and the float model's tokenizer (None without one)."""
     from quide_search.backends import get_backend
     from quide_search.plan import BitPlan
     from quide_search.tasks.resolver import load_task
 
     task = load_task(**task_options(protocol))
-    return get_backend(protocol.backend).apply(task.model, BitPlan.from_dict(record))
+    quantized = get_backend(protocol.backend).apply(task.model, BitPlan.from_dict(record))
+    return quantized, task.tokenizer
 
 
-def _fill_checkpoint(model: Any, record: dict[str, Any], folder: Path, fmt: str) -> None:
+def _fill_checkpoint(
+    built: tuple[Any, Any], record: dict[str, Any], folder: Path, fmt: str
+) -> None:
     from quide_search.output.checkpoint import PLAN_FILE, write_checkpoint
 
-    write_checkpoint(model, record, folder)
+    write_checkpoint(built[0], record, folder, tokenizer=built[1])
     if fmt != "json":
         atomic_write_text(folder / Path(PLAN_FILE).with_suffix(".yaml"), _dump(record, fmt))
 
@@ -193,7 +197,7 @@ def _export_front(
         raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
     trials = study.get_trials(deepcopy=False)
     records = [plan_record(study, protocol, trials[point["trial"]]) for point in front]
-    models: list[Any] = []
+    models: list[tuple[Any, Any]] = []
     if checkpoint:
         trusted_factory(records[0]["model"], model, source=f"study {study.study_name!r}")
         models = [_quantized_model(record, protocol) for record in records]

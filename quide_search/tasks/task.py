@@ -37,6 +37,7 @@ class Task:
             token.
         score: P of a model on inputs and labels, when not top-1 accuracy.
         example: The latency input, when not the first eval sample.
+        tokenizer: A transformers model's tokenizer, saved beside its checkpoints.
     """
 
     model_name: str
@@ -49,6 +50,7 @@ class Task:
     decode: Mapping[str, int] | None = None
     score: ScoreFn | None = None
     example: torch.Tensor | None = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
 
     def layers(self, backend: QuantBackend) -> dict[str, int]:
         """Quantizable layer -> weight elements, in module order, without the exclusions."""

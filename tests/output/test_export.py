@@ -155,7 +155,8 @@ def test_checkpoint_reloads_to_the_trial_model_and_its_bytes_are_c(study_dir: Pa
         study="simplecnn-digits", storage=storage, trial=1, out=study_dir / "ck", checkpoint=True
     )
     assert sorted(p.name for p in out.iterdir()) == [
-        "model.safetensors", "plan.json", "quantization_map.json", "quide-manifest.json",
+        "README.md", "model.safetensors", "plan.json", "quantization_map.json",
+        "quide-manifest.json",
     ]  # fmt: skip
     plan, record = load_plan(out / "plan.json")
     task = load_task()
@@ -163,8 +164,15 @@ def test_checkpoint_reloads_to_the_trial_model_and_its_bytes_are_c(study_dir: Pa
     torch.manual_seed(123)  # a skeleton with other float weights: they must not matter
     reloaded = load_quantized(SimpleCNN(), out)
     x = task.splits.eval.inputs
+    # The README's own loading code, run as written, gives the same model.
+    readme = (out / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, object] = {}
+    exec(code.replace("path/to/this/folder", str(out)), scope)  # noqa: S102 - our own README
+    assert "optimum.quanto.requantize" in readme
     with torch.no_grad():
         assert torch.equal(reloaded(x), trial_model(x))
+        assert torch.equal(scope["model"](x), trial_model(x))  # type: ignore[operator]
     weights = out / "model.safetensors"
     header = struct.unpack("<Q", weights.read_bytes()[:8])[0]
     tensor_bytes = weights.stat().st_size - 8 - header

@@ -134,11 +134,11 @@ def _windows(task: TextTask, tokenizer: Any) -> torch.Tensor:
 
 def load_causal_lm(
     task: TextTask, *, seed: int, device_type: str
-) -> tuple[nn.Module, Splits, int]:
+) -> tuple[nn.Module, Splits, Any]:
     """Load the model and cut the text into seeded, disjoint eval and calibration windows.
 
     Returns:
-        The model, its splits, and the token id generation pads with.
+        The model, its splits, and its tokenizer.
 
     Raises:
         DataError: If the model or text cannot be loaded, or the text is too short.
@@ -159,8 +159,7 @@ def load_causal_lm(
         num_classes=int(model.config.vocab_size),  # type: ignore[union-attr, arg-type]
         seed=seed,
     )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return model, splits, int(pad if pad is not None else 0)
+    return model, splits, tokenizer
 
 
 def causal_lm_task(model: str, text: TextTask, device_type: str = "cpu", *, seed: int = 0) -> Task:
@@ -169,7 +168,8 @@ def causal_lm_task(model: str, text: TextTask, device_type: str = "cpu", *, seed
     Raises:
         DataError: If the model or text cannot be loaded, or the text is too short.
     """
-    lm, splits, pad = load_causal_lm(text, seed=seed, device_type=device_type)
+    lm, splits, tokenizer = load_causal_lm(text, seed=seed, device_type=device_type)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for p in lm.parameters():
         p.requires_grad_(False)
     return Task(
@@ -183,6 +183,7 @@ def causal_lm_task(model: str, text: TextTask, device_type: str = "cpu", *, seed
         decode={
             "prompt_tokens": min(text.prompt_tokens, text.seq_len),
             "new_tokens": text.new_tokens,
-            "pad_token_id": pad,
+            "pad_token_id": int(pad if pad is not None else 0),
         },
+        tokenizer=tokenizer,
     )

@@ -113,6 +113,7 @@ def test_checkpoint_reloads_the_quanto_way_for_transformers(
     tiny_llama: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from optimum.quanto import QuantizedModelForCausalLM
+    from transformers import AutoTokenizer
 
     from quide_search.output.export import export_plan
     from quide_search.output.record import load_plan
@@ -128,9 +129,13 @@ def test_checkpoint_reloads_the_quanto_way_for_transformers(
         study=config.study_name, storage=config.storage_url, trial=1, out=tmp_path / "ck",
         checkpoint=True,
     )  # fmt: skip
-    assert {"config.json", "model.safetensors", "quanto_qmap.json", "plan.json"} <= {
-        p.name for p in out.iterdir()
-    }
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "quanto_qmap.json", "plan.json",
+            "tokenizer.json", "README.md"} <= files  # fmt: skip
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o644"}
+    readme = (out / "README.md").read_text()
+    assert readme.startswith(f"# Quantized hf:{folder} (quanto backend, weight-only)")
+    assert "QuantizedModelForCausalLM" in readme and "Hub" not in readme
     plan, _ = load_plan(out / "plan.json")
     task = _task(tiny_llama)
     trial_model = QUANTO.apply(task.model, plan)
@@ -138,6 +143,8 @@ def test_checkpoint_reloads_the_quanto_way_for_transformers(
     x = task.splits.eval.inputs
     with torch.no_grad():
         assert torch.equal(reloaded(x).logits, trial_model(x).logits)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer("one two .")["input_ids"] == task.tokenizer("one two .")["input_ids"] == [5, 6, 3]
 
 
 def test_missing_model_or_text_is_one_clear_error(
@@ -189,6 +196,7 @@ def test_gpt2_conv1d_layers_are_searched_exported_and_reloaded(
     assert int4.user_attrs["C"] > 2.0
     out = export_plan(study=config.study_name, storage=config.storage_url, trial=int4.number,
                       out=tmp_path / "ck", checkpoint=True)  # fmt: skip
+    assert "load it with `load_quantized`" in (out / "README.md").read_text()
     plan, _ = load_plan(out / "plan.json")
     fresh = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
     trial_model = QUANTO.apply(fresh, plan)
