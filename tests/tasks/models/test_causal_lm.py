@@ -144,7 +144,8 @@ def test_checkpoint_reloads_the_quanto_way_for_transformers(
     with torch.no_grad():
         assert torch.equal(reloaded(x).logits, trial_model(x).logits)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
-    assert tokenizer("one two .")["input_ids"] == task.tokenizer("one two .")["input_ids"] == [5, 6, 3]
+    ids = tokenizer("one two .")["input_ids"]
+    assert ids == task.tokenizer("one two .")["input_ids"] == [5, 6, 3]
 
 
 def test_missing_model_or_text_is_one_clear_error(
