@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from quide_search.plan import parse_bits
@@ -98,8 +99,8 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         "--dataset",
         type=str,
         default=None,
-        help="registered dataset name (default: the model's first; digits for simplecnn, "
-        "bundled with scikit-learn)",
+        help="registered dataset name (default: the model's first, or, where its files are "
+        "missing, the first that needs none: simplecnn digits, resnet18 imagenet else mnist-5k)",
     )
     group.add_argument(
         "--data-dir",
@@ -116,13 +117,14 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         "--eval-samples",
         type=positive_int,
         default=None,
-        help="eval subset of datasets that sample one (imagenet: default 10000)",
+        help="at most this many eval samples: the first of the seeded eval split (default: "
+        "all; imagenet: 10000)",
     )
     group.add_argument(
         "--calib-samples",
         type=positive_int,
         default=None,
-        help="calibration subset, likewise (imagenet: default 512)",
+        help="at most this many calibration samples, likewise (imagenet default: 512)",
     )
     lm = parser.add_argument_group("Hugging Face causal LMs (--model hf:PATH_OR_ID)")
     lm.add_argument(
@@ -311,10 +313,31 @@ def study_storage(args: argparse.Namespace) -> str:
     return str(args.storage or default_storage_url(study=args.study))
 
 
-def _default_dataset(model: str) -> str:
+def default_dataset(model: str, data_dir: str | None) -> tuple[str, str | None]:
+    """The dataset a run without ``--dataset`` uses, and a line saying why when it is not the
+    model's first.
+
+    A model's first dataset is its paper setting (ResNet-18: ImageNet). Where that dataset's
+    files are not at the data dir, the first of its datasets that needs none is used instead,
+    so the command runs offline, and the line gives the flags for the paper's setting.
+    """
+    from quide_search.tasks.data import dataset_present
     from quide_search.tasks.models import MODELS
 
-    return MODELS.get(model).datasets[0] if model in MODELS else "digits"
+    if model not in MODELS:
+        return "digits", None
+    spec = MODELS.get(model)
+    first = spec.datasets[0]
+    offline = [d for d in spec.datasets if dataset_present(d, data_dir)]
+    if not offline or offline[0] == first:
+        return first, None
+    weights = spec.default_weights.get(first)
+    flags = f"--dataset {first} --data-dir DIR" + (f" --weights {weights}" if weights else "")
+    where = repr(data_dir) if data_dir else "the default data dir ($QUIDE_DATA_DIR or ./data)"
+    return offline[0], (
+        f"note: no {first} data in {where}, so {model} runs offline on {offline[0]}; for the "
+        f"{first} setting pass {flags}."
+    )
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
@@ -325,9 +348,14 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     floor = getattr(args, "min_accuracy", None)
     if drop is None and floor is None:
         drop = 0.01
+    dataset = args.dataset
+    if dataset is None:
+        dataset, note = default_dataset(args.model, args.data_dir)
+        if note:
+            print(note, file=sys.stderr)
     values: dict[str, Any] = {
         "model": args.model,
-        "dataset": args.dataset or _default_dataset(args.model),
+        "dataset": dataset,
         "data_dir": args.data_dir,
         "download": args.download,
         "weights": args.weights,

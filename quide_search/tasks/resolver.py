@@ -95,7 +95,7 @@ def load_task(
         eval_samples=eval_samples,
         calib_samples=calib_samples,
     )
-    splits = loader(request)
+    splits = loader(request).limited(eval=eval_samples, calib=calib_samples)
     # The initial weights are part of the seeded training run: without this the cached model
     # depends on whatever the global RNG held when the process got here.
     torch.manual_seed(DATA_SEED)

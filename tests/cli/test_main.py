@@ -117,7 +117,7 @@ BAD_INPUTS = [
     (["run", "--cache-mb", "0"], "--cache-mb must be > 0, but got 0.0"),
     (["run", "--latency-sample-ms", "-1"], "--latency-sample-ms must be a finite number >= 0"),
     (["train", "--model", "simplecn"], "Did you mean: 'simplecnn'"),
-    (["run", "--model", "resnet18", "--trials", "200"], "in ImageFolder layout"),
+    (["run", "--model", "resnet18", "--dataset", "imagenet"], "in ImageFolder layout"),
     (["run", "--model", "resnet18", "--dataset", "digits"], "must be one of imagenet, mnist-5k"),
     (["train", "--dataset", "mnist", "--data-dir", "nodata"], "laid out as MNIST/raw/"),
     (["train", "--epochs", "0"], "--epochs: must be an integer >= 1"),
@@ -334,7 +334,8 @@ def test_export_formats_from_the_command_line(
     )
     assert main([*common, "--checkpoint", "--out", str(tmp_path / "ck")]) == 0
     assert {p.name for p in (tmp_path / "ck").iterdir()} == {
-        "plan.json", "model.safetensors", "quantization_map.json", "quide-manifest.json",
+        "README.md", "plan.json", "model.safetensors", "quantization_map.json",
+        "quide-manifest.json",
     }  # fmt: skip
 
 
@@ -383,3 +384,37 @@ def test_a_full_disk_is_one_line(
     assert "the disk is full (studies/x.pareto.json)" in capsys.readouterr().err
     with pytest.raises(OSError):
         main(["run", "--trials", "1", "--debug"])
+
+
+def test_the_headline_command_runs_offline_and_says_how_to_run_imagenet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quide_search.tasks.models import MODELS
+
+    # Smaller and untrained: the command's path is under test here, not ResNet-18's accuracy.
+    monkeypatch.setitem(MODELS.get("resnet18").dataset_epochs, "mnist-5k", 0)
+    monkeypatch.setenv("QUIDE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    small = ["--eval-samples", "96", "--calib-samples", "16", "--latency", "model:cpu-epyc-2c",
+             "--no-progress"]  # fmt: skip
+    assert main(["run", "--model", "resnet18", "--trials", "1", *small]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == (
+        "note: no imagenet data in the default data dir ($QUIDE_DATA_DIR or ./data), so "
+        "resnet18 runs offline on mnist-5k; for the imagenet setting pass --dataset imagenet "
+        "--data-dir DIR --weights imagenet."
+    )
+    assert "study 'resnet18-mnist-5k'" in out and "1 completed trials" in out
+    assert (tmp_path / "studies" / "resnet18-mnist-5k.db").is_file()
+    assert main(["show", "--study", "resnet18-mnist-5k", "--json"]) == 0
+    splits = json.loads(capsys.readouterr().out)["protocol"]["task"]["splits"]
+    assert (splits["calib"], splits["eval"], splits["train"]) == (16, 96, 3500)
+
+
+def test_imagenet_is_the_default_where_its_folder_is(tmp_path: Path) -> None:
+    from quide_search.cli._options import default_dataset
+
+    assert default_dataset("resnet18", str(tmp_path))[0] == "mnist-5k"
+    (tmp_path / "n01440764").mkdir()
+    assert default_dataset("resnet18", str(tmp_path)) == ("imagenet", None)
+    assert default_dataset("simplecnn", str(tmp_path)) == ("digits", None)

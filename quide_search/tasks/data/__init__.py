@@ -12,6 +12,7 @@ from quide_search.tasks.data._base import (
     DataRequest,
     Split,
     Splits,
+    dataset_present,
     register_dataset,
     seeded_splits,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "DataRequest",
     "Split",
     "Splits",
+    "dataset_present",
     "register_dataset",
     "seeded_splits",
 ]

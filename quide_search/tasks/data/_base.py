@@ -14,9 +14,11 @@ from quide_search.tasks.registry import Registry
 __all__ = [
     "DATASETS",
     "DATASET_NEEDS",
+    "DATASET_PRESENT",
     "DataRequest",
     "Split",
     "Splits",
+    "dataset_present",
     "register_dataset",
     "seeded_splits",
 ]
@@ -52,6 +54,18 @@ class Splits:
     num_classes: int
     seed: int
 
+    def limited(self, *, eval: int | None, calib: int | None) -> Splits:
+        """Return these splits with at most ``eval`` eval and ``calib`` calibration samples
+        (the first of each seeded split; None keeps a split whole). The train split, and so a
+        trained model, does not change."""
+        import dataclasses
+
+        return dataclasses.replace(
+            self,
+            eval=Split(self.eval.inputs[:eval], self.eval.labels[:eval]),
+            calib=Split(self.calib.inputs[:calib], self.calib.labels[:calib]),
+        )
+
     def describe(self) -> dict[str, Any]:
         """Return the split sizes and seed, as recorded in every study's protocol."""
         return {
@@ -84,12 +98,31 @@ DATASET_NEEDS: dict[str, str] = {}
 """What each registered dataset needs, for ``quide-search models``."""
 
 
+DATASET_PRESENT: dict[str, Callable[[str | None], bool]] = {}
+"""For datasets read from ``--data-dir``: whether a data dir (None: the default) holds them."""
+
+
 def register_dataset(
-    name: str, *, needs: str = "nothing"
+    name: str, *, needs: str = "nothing", present: Callable[[str | None], bool] | None = None
 ) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Register a loader ``DataRequest -> Splits`` under ``name``; ``needs`` says what it reads."""
+    """Register a loader ``DataRequest -> Splits`` under ``name``.
+
+    Args:
+        name: The ``--dataset`` name.
+        needs: What it reads, for ``quide-search models``.
+        present: A cheap check that its files are at a ``--data-dir`` (no decoding); None
+            for a dataset that needs no files.
+    """
     DATASET_NEEDS[name.lower()] = needs
+    if present is not None:
+        DATASET_PRESENT[name.lower()] = present
     return DATASETS.register(name)
+
+
+def dataset_present(name: str, data_dir: str | None) -> bool:
+    """Whether dataset ``name`` can be read without a download from ``data_dir``."""
+    check = DATASET_PRESENT.get(name.lower())
+    return check is None or check(data_dir)
 
 
 def seeded_dataset(
