@@ -16,17 +16,18 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from optimum.quanto import quantization_map as _quanto_map
-from optimum.quanto import requantize
-from optimum.quanto.nn import quantize_module
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from quide_search.backends._base import QuantBackend
 from quide_search.errors import DataError, PlanError, TrialEvaluationError
 from quide_search.plan import PRECISIONS, BitPlan
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch and optimum.quanto are imported where they are used: the plan names and the
+# quantization map (what `export` writes) need neither, and importing them takes seconds.
 
 __all__ = ["MAP_FILE", "WEIGHTS_FILE", "QuantoBackend"]
 
@@ -49,9 +50,14 @@ class QuantoBackend(QuantBackend):
         return {name: PRECISIONS[name] for name in _QTYPE}
 
     def layer_types(self) -> tuple[type[nn.Module], ...]:
+        from torch import nn
+
         return (nn.Linear, nn.Conv2d, *_conv1d_type())
 
     def quantize_layer(self, module: nn.Module, precision: str) -> nn.Module:
+        import torch
+        from optimum.quanto.nn import quantize_module
+
         try:
             # no_grad, not inference_mode: quanto's int4/int2 packing sets version counters,
             # which inference tensors refuse.
@@ -108,6 +114,8 @@ class QuantoBackend(QuantBackend):
         process's CUDA context, so it cannot be a failed trial. bfloat16 takes quanto's
         tinygemm kernel instead, which ran.
         """
+        import torch
+
         if device.type != "cuda" or "int4" not in precisions:
             return None
         if not any(p.dtype == torch.float16 for p in model.parameters()):
@@ -129,6 +137,7 @@ class QuantoBackend(QuantBackend):
     def save(self, model: nn.Module, folder: Path) -> list[str]:
         """Write quanto's documented layout, or, for a transformers causal LM, the layout of
         ``QuantizedModelForCausalLM.save_pretrained`` (config, weights, ``quanto_qmap.json``)."""
+        from optimum.quanto import quantization_map as _quanto_map
         from safetensors.torch import save_file
 
         if _is_transformers_model(model):
@@ -163,6 +172,8 @@ class QuantoBackend(QuantBackend):
         )
 
     def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
+        import torch
+        from optimum.quanto import requantize
         from safetensors.torch import load_file
 
         map_file = next(
@@ -205,6 +216,9 @@ def linear_from_conv1d(module: nn.Module) -> nn.Linear | None:
     types = _conv1d_type()
     if not types or not isinstance(module, types):
         return None
+    import torch
+    from torch import nn
+
     weight: torch.Tensor = module.weight  # type: ignore[assignment]
     bias: torch.Tensor | None = getattr(module, "bias", None)
     linear = nn.Linear(int(weight.shape[0]), int(weight.shape[1]), bias=bias is not None,
@@ -224,6 +238,9 @@ def _conv1d_type() -> tuple[type[nn.Module], ...]:
 
 
 def _int8pack(module: nn.Module, weight: Any) -> bool:
+    import torch
+    from torch import nn
+
     scale = getattr(weight, "_scale", None)
     return (
         isinstance(module, nn.Linear)

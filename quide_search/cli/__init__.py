@@ -93,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args_list
     try:
         args = parser.parse_args(args_list)
-        return int(args._command.run(args))
+        from quide_search.progress import shown
+
+        # Long phases draw bars on a terminal (`run` decides with --no-progress itself).
+        with shown(sys.stderr.isatty()):
+            return int(args._command.run(args))
     except UsageError as e:
         print(f"{e.prog}: error: {e} (see '{e.prog} --help')", file=sys.stderr)
         return 2

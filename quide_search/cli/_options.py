@@ -313,33 +313,6 @@ def study_storage(args: argparse.Namespace) -> str:
     return str(args.storage or default_storage_url(study=args.study))
 
 
-def default_dataset(model: str, data_dir: str | None) -> tuple[str, str | None]:
-    """The dataset a run without ``--dataset`` uses, and a line saying why when it is not the
-    model's first.
-
-    A model's first dataset is its paper setting (ResNet-18: ImageNet). Where that dataset's
-    files are not at the data dir, the first of its datasets that needs none is used instead,
-    so the command runs offline, and the line gives the flags for the paper's setting.
-    """
-    from quide_search.tasks.data import dataset_present
-    from quide_search.tasks.models import MODELS
-
-    if model not in MODELS:
-        return "digits", None
-    spec = MODELS.get(model)
-    first = spec.datasets[0]
-    offline = [d for d in spec.datasets if dataset_present(d, data_dir)]
-    if not offline or offline[0] == first:
-        return first, None
-    weights = spec.default_weights.get(first)
-    flags = f"--dataset {first} --data-dir DIR" + (f" --weights {weights}" if weights else "")
-    where = repr(data_dir) if data_dir else "the default data dir ($QUIDE_DATA_DIR or ./data)"
-    return offline[0], (
-        f"note: no {first} data in {where}, so {model} runs offline on {offline[0]}; for the "
-        f"{first} setting pass {flags}."
-    )
-
-
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     """Build the validated RunConfig from parsed arguments (CLI > defaults)."""
     from quide_search.config import RunConfig
@@ -348,6 +321,10 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     floor = getattr(args, "min_accuracy", None)
     if drop is None and floor is None:
         drop = 0.01
+    from quide_search.tasks.catalog import check_names, default_dataset
+
+    bits = parse_bits(args.bits) if getattr(args, "bits", None) is not None else None
+    check_names(args.model, args.dataset)  # before anything imports torch: a typo answers at once
     dataset = args.dataset
     if dataset is None:
         dataset, note = default_dataset(args.model, args.data_dir)
@@ -381,7 +358,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "force_threads": args.force_threads,
         "cache_mb": args.cache_mb,
     }
-    if getattr(args, "bits", None) is not None:
-        values["bits"] = parse_bits(args.bits)
+    if bits is not None:
+        values["bits"] = bits
     values.update(extra)
     return RunConfig(**values)

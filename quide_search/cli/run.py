@@ -96,7 +96,7 @@ class RunCommand(Command):
         add_measure_args(parser)
         add_storage_args(parser)
         parser.add_argument(
-            "--no-progress", action="store_true", help="do not draw the progress bar"
+            "--no-progress", action="store_true", help="draw no progress bars (phases, trials)"
         )
         workers = parser.add_argument_group("workers and recovery")
         workers.add_argument(

@@ -61,6 +61,8 @@ def confirm_latency(
         Each plan's confirmed T (per generated token for a causal LM, ``repeats`` = its
         rounds), and the plans that failed to run, with the reason (left out of later rounds).
     """
+    from quide_search.progress import bar
+
     timer = pass_timer(context.method)
     keys = list(plans)
     samples: dict[K, list[float]] = {k: [] for k in keys}
@@ -72,7 +74,8 @@ def confirm_latency(
                 passes[key] = _warm(plans[key], target, timer, context)
             except _FAULTS as e:
                 failed[key] = _reason(e)
-        for round_ in range(max_rounds):
+        desc = f"confirmation: {len(keys)} finalists re-timed side by side, rounds"
+        for round_ in bar(range(max_rounds), desc, unit="round"):
             live = [k for k in keys if k not in failed]
             start = round_ % max(1, len(live))
             for key in live[start:] + live[:start]:

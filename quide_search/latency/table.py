@@ -153,12 +153,16 @@ class TableLatency(LatencySource):
         Raises:
             TrialEvaluationError: If a layer fails to quantize or run.
         """
-        float_plan_ms = MeasuredLatency(context, target).latency(_float_plan(target)).median_ms
+        from quide_search.progress import bar, phase
+
+        with phase("latency table: the float model's T"):
+            float_plan_ms = MeasuredLatency(context, target).latency(_float_plan(target)).median_ms
         single = dataclasses.replace(context, sample_ms=None)
         inputs = target.step_inputs()
         table: dict[str, dict[str, float]] = {}
         choices = (FLOAT, *(q for q in precisions if q != FLOAT))
-        for name in target.layers:
+        desc = f"latency table: each layer timed alone at {len(choices)} precisions"
+        for name in bar(target.layers, desc, unit="layer"):
             if name not in inputs:  # a layer the step never reaches costs nothing
                 table[name] = dict.fromkeys(choices, 0.0)
                 continue

@@ -272,10 +272,13 @@ def _evaluator(
     evaluator = Evaluator.from_split(task.splits.eval, device=device, batch_size=batch)
     if task.score is not None:
         return evaluator  # a score function takes every sample at once
-    if settings.hardest_first:
-        evaluator = evaluator.hardest_first(model)
-    if settings.first_chunk is None:
-        return evaluator.fit_chunking(model)
+    from quide_search.progress import phase
+
+    with phase(f"evaluation order and chunks: the float model on {len(task.splits.eval)} samples"):
+        if settings.hardest_first:
+            evaluator = evaluator.hardest_first(model)
+        if settings.first_chunk is None:
+            return evaluator.fit_chunking(model)
     return evaluator.with_chunking(settings.first_chunk, settings.probes)
 
 

@@ -58,17 +58,19 @@ def evaluate_plan(
         ConfigError: If ``model``/``dataset`` are given and differ from the plan's, or the
             plan names a factory that ``model`` does not.
     """
-    from quide_search.latency import torch_threads
-    from quide_search.measure.device import resolve_device
-    from quide_search.measure.scorer import Scorer
     from quide_search.output.export import task_options, trusted_factory
     from quide_search.output.record import load_plan, record_protocol
-    from quide_search.tasks.resolver import load_task
 
-    plan, record = load_plan(path)
+    plan, record = load_plan(path)  # a bad plan is refused before torch is imported
     # Before anything else reads the record: a plan never imports code the user did not name.
     trusted_factory(plan.model, model, source=f"plan {str(path)!r}")
     _check_names(plan, path, model=model, dataset=dataset)
+
+    from quide_search.latency import torch_threads
+    from quide_search.measure.device import resolve_device
+    from quide_search.measure.scorer import Scorer
+    from quide_search.tasks.resolver import load_task
+
     target = resolve_device(device)
     protocol = _here(record_protocol(record, path), target)
     options = task_options(protocol)

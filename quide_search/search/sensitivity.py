@@ -12,14 +12,16 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from quide_search.errors import ConfigError, TrialEvaluationError
-from quide_search.measure.evaluator import logits_of
 from quide_search.plan import FLOAT, PRECISIONS, BitPlan, weight_bits
 
 if TYPE_CHECKING:
+    import torch
+
     from quide_search.measure.scorer import Scorer
+
+# torch is imported by the measuring functions only: the report reads a stored table with
+# sensitivity_rows, and a reading command does not import torch.
 
 __all__ = [
     "Sensitivity",
@@ -47,6 +49,10 @@ def measure_sensitivity(
         ConfigError: If the task has no calibration split.
         TrialEvaluationError: If a layer fails to quantize or run.
     """
+    import torch
+
+    from quide_search.progress import bar
+
     calib = scorer.task.splits.calib
     if len(calib) == 0:
         raise ConfigError(
@@ -59,7 +65,8 @@ def measure_sensitivity(
     score = _scoring(scorer, inputs, labels)
     float_score = score(scorer.model, reference)
     table: Sensitivity = {}
-    for group, names in groups.items():
+    desc = f"sensitivity: each layer group quantized alone, on {len(calib)} calibration samples"
+    for group, names in bar(groups.items(), desc, total=len(groups), unit="group"):
         row = {}
         for precision in precisions:
             if precision == FLOAT:
@@ -83,6 +90,10 @@ def measure_sensitivity(
 
 
 def _log_probs(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    from quide_search.measure.evaluator import logits_of
+
     parts = []
     try:
         with torch.no_grad():
@@ -104,6 +115,8 @@ def _scoring(
     scorer: Scorer, inputs: torch.Tensor, labels: torch.Tensor
 ) -> Callable[[torch.nn.Module, torch.Tensor], float]:
     """Return P on the calibration split: top-1 accuracy, or the task's own score function."""
+    import torch
+
     task_score = scorer.task.score
     if task_score is not None:
 

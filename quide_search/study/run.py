@@ -30,6 +30,7 @@ def run_search(
             and queued again.
     """
     from quide_search.latency import torch_threads
+    from quide_search.progress import shown
     from quide_search.study.confirm import confirm_study
     from quide_search.study.optimize import optimize
     from quide_search.study.session import open_session
@@ -37,7 +38,7 @@ def run_search(
 
     front = front_path(config.study_name, config.storage_url, config.out_dir)
     check_replaceable(front, ours=is_generated_json, flag="the Pareto front file")
-    with torch_threads(config.threads):
+    with torch_threads(config.threads), shown(progress):
         session = open_session(config)
         parallel = config.workers > 1 and config.trials > 0
         if parallel and session.objective.scorer.device.type == "cpu":

@@ -26,8 +26,11 @@ __all__ = ["baseline_record", "prepare_queue", "study_sensitivity", "table_check
 
 def baseline_record(scorer: Scorer, protocol: Protocol) -> dict[str, Any]:
     """Measure the float model in full; return its metrics under its own gate."""
+    from quide_search.progress import phase
 
-    measurement = scorer.measure(scorer.float_plan())
+    samples = len(scorer.task.splits.eval)
+    with phase(f"float baseline: P on {samples} eval samples and T"):
+        measurement = scorer.measure(scorer.float_plan())
     gate = protocol.gate_for(measurement.P)
     metrics = measurement.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
     return {**metrics.to_dict(), TrialKey.LATENCY_REPEATS: measurement.latency_repeats}
@@ -35,8 +38,11 @@ def baseline_record(scorer: Scorer, protocol: Protocol) -> dict[str, Any]:
 
 def table_check(scorer: Scorer, precisions: Sequence[str]) -> list[dict[str, Any]]:
     """The table's T beside a measured T for each uniform plan (stored with the table)."""
+    from quide_search.progress import bar
+
     check = []
-    for precision in precisions:
+    desc = "latency table check: uniform plans timed whole"
+    for precision in bar(precisions, desc, unit="plan"):
         plan = scorer.uniform_plan(precision)
         predicted = scorer.latency.latency(plan).median_ms
         measured = scorer.time_plan(plan).median_ms

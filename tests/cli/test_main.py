@@ -411,10 +411,24 @@ def test_the_headline_command_runs_offline_and_says_how_to_run_imagenet(
     assert (splits["calib"], splits["eval"], splits["train"]) == (16, 96, 3500)
 
 
-def test_imagenet_is_the_default_where_its_folder_is(tmp_path: Path) -> None:
-    from quide_search.cli._options import default_dataset
-
-    assert default_dataset("resnet18", str(tmp_path))[0] == "mnist-5k"
-    (tmp_path / "n01440764").mkdir()
-    assert default_dataset("resnet18", str(tmp_path)) == ("imagenet", None)
-    assert default_dataset("simplecnn", str(tmp_path)) == ("digits", None)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--model", "simplecn"],
+        ["run", "--dataset", "digit"],
+        ["run", "--bits", "3,8"],
+        ["evaluate", "--plan", "missing.json"],
+        ["studies"],
+        ["show", "--study", "simplecnn-digits"],
+        ["report", "--study", "simplecnn-digits", "--out", "r.html"],
+        ["export", "--study", "simplecnn-digits", "--out", "p2.json"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_typos_and_reading_commands_never_import_torch(workdir: Path, args: list[str]) -> None:
+    probe = ("import sys; from quide_search.cli import main; rc = main(sys.argv[1:]); "
+             "print('torch' in sys.modules); sys.exit(rc)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe, *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stderr
+    assert done.returncode == (0 if args[0] in ("studies", "show", "report", "export") else 2)

@@ -326,3 +326,46 @@ def test_the_protocol_is_written_once_by_the_creator(
     assert len(calls) == 2 and "protocol" not in writes and "baseline" not in writes
     assert joined.study.user_attrs["protocol"] == protocol
     assert joined.study.user_attrs["baseline"] == baseline
+
+
+def test_each_long_phase_draws_a_bar_and_no_progress_draws_none(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from quide_search.config import RunConfig
+    from quide_search.study import run_search
+
+    def run(name: str, progress: bool) -> str:
+        config = RunConfig(model="toytask:make", out_dir=str(tmp_path), device="cpu", trials=4,
+                           study=name, latency_sample_ms=1.0)  # fmt: skip
+        capfd.readouterr()
+        run_search(config, progress=progress)
+        return capfd.readouterr().err
+
+    err = run("drawn", True)
+    for phase in (
+        "evaluation order and chunks: the float model on 384 samples",
+        "latency table: the float model's T",
+        "latency table: each layer timed alone at 4 precisions: 100%",
+        "float baseline: P on 384 eval samples and T",
+        "latency table check: uniform plans timed whole: 100%",
+        "sensitivity: each layer group quantized alone, on 64 calibration samples: 100%",
+        "confirmation: ",
+        "trials: 100%",
+    ):
+        assert phase in err, phase
+    assert run("silent", False) == ""
+
+
+def test_training_draws_one_step_per_batch(capfd: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from quide_search.progress import shown
+    from quide_search.tasks.data import Split
+    from quide_search.tasks.models._train import train_classifier
+
+    split = Split(torch.randn(100, 4), torch.randint(0, 2, (100,)))
+    with shown():
+        train_classifier(torch.nn.Linear(4, 2), split, epochs=3, seed=0, batch_size=32,
+                         desc="training toy")  # fmt: skip
+    err = capfd.readouterr().err
+    assert "training toy: 100%" in err and "12/12" in err  # 4 batches (32, 32, 32, 4) x 3

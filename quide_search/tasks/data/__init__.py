@@ -12,7 +12,6 @@ from quide_search.tasks.data._base import (
     DataRequest,
     Split,
     Splits,
-    dataset_present,
     register_dataset,
     seeded_splits,
 )
@@ -23,7 +22,6 @@ __all__ = [
     "DataRequest",
     "Split",
     "Splits",
-    "dataset_present",
     "register_dataset",
     "seeded_splits",
 ]

@@ -14,11 +14,9 @@ from quide_search.tasks.registry import Registry
 __all__ = [
     "DATASETS",
     "DATASET_NEEDS",
-    "DATASET_PRESENT",
     "DataRequest",
     "Split",
     "Splits",
-    "dataset_present",
     "register_dataset",
     "seeded_splits",
 ]
@@ -98,31 +96,12 @@ DATASET_NEEDS: dict[str, str] = {}
 """What each registered dataset needs, for ``quide-search models``."""
 
 
-DATASET_PRESENT: dict[str, Callable[[str | None], bool]] = {}
-"""For datasets read from ``--data-dir``: whether a data dir (None: the default) holds them."""
-
-
 def register_dataset(
-    name: str, *, needs: str = "nothing", present: Callable[[str | None], bool] | None = None
+    name: str, *, needs: str = "nothing"
 ) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Register a loader ``DataRequest -> Splits`` under ``name``.
-
-    Args:
-        name: The ``--dataset`` name.
-        needs: What it reads, for ``quide-search models``.
-        present: A cheap check that its files are at a ``--data-dir`` (no decoding); None
-            for a dataset that needs no files.
-    """
+    """Register a loader ``DataRequest -> Splits`` under ``name``; ``needs`` says what it reads."""
     DATASET_NEEDS[name.lower()] = needs
-    if present is not None:
-        DATASET_PRESENT[name.lower()] = present
     return DATASETS.register(name)
-
-
-def dataset_present(name: str, data_dir: str | None) -> bool:
-    """Whether dataset ``name`` can be read without a download from ``data_dir``."""
-    check = DATASET_PRESENT.get(name.lower())
-    return check is None or check(data_dir)
 
 
 def seeded_dataset(

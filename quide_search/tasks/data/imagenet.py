@@ -16,27 +16,14 @@ from quide_search.errors import DataError
 from quide_search.tasks.data._base import DataRequest, Split, Splits, register_dataset
 from quide_search.tasks.data.vision import data_root
 
-__all__ = ["CALIB_SAMPLES", "EVAL_SAMPLES", "imagenet_present"]
+__all__ = ["CALIB_SAMPLES", "EVAL_SAMPLES"]
 
 EVAL_SAMPLES = 10_000
 CALIB_SAMPLES = 512
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def imagenet_present(data_dir: str | None) -> bool:
-    """Whether ``data_dir`` (None: the default) looks like an ImageFolder: a class folder."""
-    root = data_root(DataRequest(seed=0, data_dir=data_dir))
-    try:
-        return root.is_dir() and any(p.is_dir() for p in root.iterdir())
-    except OSError:
-        return False
-
-
-@register_dataset(
-    "imagenet",
-    needs="an ImageFolder under --data-dir (one folder per class)",
-    present=imagenet_present,
-)
+@register_dataset("imagenet", needs="an ImageFolder under --data-dir (one folder per class)")
 def load_imagenet_splits(request: DataRequest) -> Splits:
     """Decode seeded eval and calibration subsets of an ImageFolder of validation images."""
     from torchvision import datasets, transforms

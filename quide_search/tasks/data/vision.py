@@ -7,7 +7,6 @@ eval and calibration splits are seeded, disjoint subsets of its test set.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,9 @@ _LAYOUT = {
 
 def data_root(request: DataRequest) -> Path:
     """``--data-dir``, else ``$QUIDE_DATA_DIR``, else ``./data``."""
-    return Path(request.data_dir or os.environ.get("QUIDE_DATA_DIR") or "data")
+    from quide_search.tasks.catalog import data_dir_path
+
+    return data_dir_path(request.data_dir)
 
 
 def _open(name: str, factory: Callable[..., Any], request: DataRequest, train: bool) -> Any:

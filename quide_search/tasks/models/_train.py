@@ -17,9 +17,20 @@ __all__ = ["load_or_train", "train_classifier"]
 
 
 def train_classifier(
-    model: nn.Module, split: Split, *, epochs: int, seed: int, batch_size: int = 64
+    model: nn.Module,
+    split: Split,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int = 64,
+    desc: str = "training",
 ) -> nn.Module:
-    """Train ``model`` with Adam and cross-entropy; deterministic for a given seed on CPU."""
+    """Train ``model`` with Adam and cross-entropy; deterministic for a given seed on CPU.
+
+    ``desc`` names the progress bar (one step per batch) drawn inside a run.
+    """
+    from quide_search.progress import bar
+
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -27,15 +38,18 @@ def train_classifier(
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     n = len(split)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(split.inputs[idx]), split.labels[idx])
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+    # Every epoch's order up front: the same permutations, in the same order, as drawing each
+    # at the epoch's start (the generator serves nothing else).
+    orders = [torch.randperm(n, generator=generator) for _ in range(epochs)]
+    steps = [(epoch, start) for epoch in range(epochs) for start in range(0, n, batch_size)]
+    for epoch, start in bar(steps, desc, unit="batch"):
+        idx = orders[epoch][start : start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(split.inputs[idx]), split.labels[idx])
+        loss.backward()
+        optimizer.step()
+        if start + batch_size >= n:
+            scheduler.step()
     return model.eval()
 
 
@@ -59,7 +73,8 @@ def load_or_train(
             ) from e
         return model.eval(), path
     with torch.enable_grad():
-        train_classifier(model, split, epochs=epochs, seed=seed)
+        desc = f"training {key.split('-v')[0]} on first use ({epochs} epochs; cached after)"
+        train_classifier(model, split, epochs=epochs, seed=seed, desc=desc)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from quide_search.errors import ConfigError, DataError
+from quide_search.tasks.catalog import HF_PREFIX
 from quide_search.tasks.data import Split, Splits
 from quide_search.tasks.task import Task
 
 __all__ = ["HF_PREFIX", "GreedyDecode", "TextTask", "causal_lm_task", "load_causal_lm"]
 
-HF_PREFIX = "hf:"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from quide_search.errors import ConfigError
+from quide_search.tasks.catalog import is_factory_spec
 from quide_search.tasks.data import Split, Splits
 
 __all__ = ["CustomTask", "ScoreFn", "is_factory_spec", "load_factory"]
@@ -120,11 +121,6 @@ def _tensor(value: object, field_name: str, *, labels: bool) -> torch.Tensor:
     if tensor.dtype == torch.float64:
         return tensor.float()  # numpy's default float: the model's weights are float32
     return tensor if tensor.is_floating_point() else tensor.long()
-
-
-def is_factory_spec(model: str) -> bool:
-    """Whether ``--model`` names a factory (``package.module:function``)."""
-    return ":" in model and not model.startswith("hf:")
 
 
 def load_factory(spec: str) -> CustomTask:

@@ -24,7 +24,6 @@ import inspect
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from torch import nn
 from quide_search.errors import DataError
 from quide_search.files import atomic_write_text
 from quide_search.tasks.cache import cache_dir
+from quide_search.tasks.catalog import TEXT_DATASET
 from quide_search.tasks.data import Split, Splits
 from quide_search.tasks.models.causal_lm import TextTask, causal_lm_task
 from quide_search.tasks.task import Task
@@ -51,8 +51,7 @@ _MODULES = (
     "warnings", "weakref", "zipfile",
 )  # fmt: skip
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_PY = f"py{sys.version_info.major}.{sys.version_info.minor}"
-TEXT_NAME = f"stdlib-docstrings-{_PY}"
+TEXT_NAME = TEXT_DATASET
 """Dataset name of the docstring text (the Python version changes the docstrings)."""
 
 
