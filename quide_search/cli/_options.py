@@ -16,6 +16,8 @@ __all__ = [
     "add_storage_args",
     "add_study_args",
     "add_task_args",
+    "add_budget_args",
+    "budget_from_args",
     "config_from_args",
     "count",
     "gate_fraction",
@@ -362,3 +364,26 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         values["bits"] = bits
     values.update(extra)
     return RunConfig(**values)
+
+
+def add_budget_args(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """Add --max-size-mb and --max-latency-ms, answered from the stored trials."""
+    parser.add_argument(
+        "--max-size-mb",
+        type=float,
+        default=None,
+        help=f"{what} the best stored plan passing the gate with weights at most this (MiB)",
+    )
+    parser.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=None,
+        help=f"{what} the best stored plan passing the gate with T at most this (ms)",
+    )
+
+
+def budget_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~quide_search.study.budget.Budget` of --max-size-mb/--max-latency-ms."""
+    from quide_search.study.budget import Budget
+
+    return Budget(max_size_mb=args.max_size_mb, max_latency_ms=args.max_latency_ms)

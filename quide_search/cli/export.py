@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 
 from quide_search.cli._base import Command
-from quide_search.cli._options import add_study_args, study_storage
+from quide_search.cli._options import (
+    add_budget_args,
+    add_study_args,
+    budget_from_args,
+    study_storage,
+)
 
 __all__ = ["ExportCommand"]
 
@@ -18,7 +23,8 @@ class ExportCommand(Command):
   quide-search export --study simplecnn-digits --out plan.json
   quide-search export --study simplecnn-digits --trial 7 --out plan7.json
   quide-search export --study simplecnn-digits --trial pareto --out front/ --format yaml
-  quide-search export --study simplecnn-digits --checkpoint --out best-int/"""
+  quide-search export --study simplecnn-digits --checkpoint --out best-int/
+  quide-search export --study simplecnn-digits --max-size-mb 0.01 --out small.json"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_study_args(parser)
@@ -55,6 +61,7 @@ class ExportCommand(Command):
             help="the study's package.module:factory, for --checkpoint of a study made with "
             "one (a study never runs code the command line does not name)",
         )
+        add_budget_args(parser, what="with --trial best: export")
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.output.export import export_plan
@@ -67,6 +74,7 @@ class ExportCommand(Command):
             fmt=args.format,
             checkpoint=args.checkpoint,
             model=args.model,
+            budget=budget_from_args(args),
         )
         print(f"wrote {path}")
         return 0

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from quide_search.cli._base import Command
-from quide_search.cli._options import add_study_args, study_storage
+from quide_search.cli._options import (
+    add_budget_args,
+    add_study_args,
+    budget_from_args,
+    study_storage,
+)
 
 __all__ = ["ShowCommand", "StudiesCommand"]
 
@@ -58,7 +64,8 @@ class ShowCommand(Command):
     name = "show"
     epilog = """examples:
   quide-search show --study simplecnn-digits
-  quide-search show --study simplecnn-digits --json | jq .best.plan"""
+  quide-search show --study simplecnn-digits --json | jq .best.plan
+  quide-search show --study simplecnn-digits --max-size-mb 0.01 --max-latency-ms 0.1"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_study_args(parser)
@@ -71,6 +78,7 @@ class ShowCommand(Command):
             help="also write the study's latency table (from --latency table) to PATH, for "
             "another run's --latency table:PATH",
         )
+        add_budget_args(parser, what="also show")
 
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.errors import ConfigError
@@ -80,7 +88,7 @@ class ShowCommand(Command):
             is_generated_json,
             stamped,
         )
-        from quide_search.output.text import format_study
+        from quide_search.output.text import format_budget, format_study
         from quide_search.records import StudyKey
         from quide_search.study.summary import read_study, summarize
 
@@ -98,5 +106,27 @@ class ShowCommand(Command):
                     f"{args.study!r} has no table. Run it with --latency table first."
                 )
             atomic_write_text(path, json.dumps(stamped(table), indent=2) + "\n")
-        print(json.dumps(summary.to_dict(), indent=2) if args.json else format_study(summary))
+        budget = budget_from_args(args)
+        within = _within(study, budget) if budget.given else None
+        if args.json:
+            data = summary.to_dict()
+            if within is not None:
+                data["budget"] = {"limits": budget.text(), **within}
+            print(json.dumps(data, indent=2))
+        else:
+            print(format_study(summary))
+            if within is not None:
+                print("\n" + format_budget(budget, **within))
         return 0
+
+
+def _within(study: Any, budget: Any) -> dict[str, Any]:
+    """The best stored plan within ``budget`` and, where none fits, why."""
+    from quide_search.records import StudyKey
+    from quide_search.study.budget import best_within, nothing_fits
+    from quide_search.study.summary import completed_rows
+
+    rows = completed_rows(study)
+    best = best_within(rows, budget, study.user_attrs.get(StudyKey.CONFIRMATION))
+    why = None if best is not None else nothing_fits(rows, budget, study.study_name)
+    return {"best": best, "why": why, "trials": len(rows)}

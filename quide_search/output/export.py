@@ -23,6 +23,7 @@ from quide_search.files import (
     write_directory,
 )
 from quide_search.output.record import plan_record
+from quide_search.study.budget import Budget, best_within, nothing_fits
 from quide_search.study.summary import completed_rows, read_study, recommended, study_front
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def export_plan(
     fmt: str = "json",
     checkpoint: bool = False,
     model: str | None = None,
+    budget: Budget | None = None,
 ) -> Path:
     """Write a study's trial as a plan file, or as a checkpoint folder, atomically.
 
@@ -59,6 +61,8 @@ def export_plan(
         model: The study's ``package.module:factory``, for a checkpoint of a study whose
             model comes from one: a study names code, which is imported and called only when
             the caller names it too.
+        budget: With ``trial="best"``: the best stored plan that passes the gate within
+            these limits (:func:`quide_search.study.budget.best_within`) instead.
 
     Raises:
         StorageError: If the study or storage does not exist, or is not a quide-search study.
@@ -73,7 +77,7 @@ def export_plan(
     loaded, protocol = read_study(study=study, storage=storage)
     if trial == "pareto":
         return _export_front(loaded, protocol, target, fmt=fmt, checkpoint=checkpoint, model=model)
-    record = plan_record(loaded, protocol, select_trial(loaded, trial))
+    record = plan_record(loaded, protocol, select_trial(loaded, trial, budget))
     if not checkpoint:
         atomic_write_text(target, _dump(record, fmt))
         return target
@@ -84,10 +88,13 @@ def export_plan(
     )
 
 
-def select_trial(study: optuna.Study, trial: str | int) -> optuna.trial.FrozenTrial:
+def select_trial(
+    study: optuna.Study, trial: str | int, budget: Budget | None = None
+) -> optuna.trial.FrozenTrial:
     """Return the trial named by ``--trial best|N``.
 
-    ``best`` is the recommended plan (see :func:`quide_search.study.summary.recommended`).
+    ``best`` is the recommended plan (see :func:`quide_search.study.summary.recommended`), or
+    with a ``budget``, the best stored plan within it.
 
     Raises:
         StorageError: If the study has no completed trial.
@@ -96,7 +103,17 @@ def select_trial(study: optuna.Study, trial: str | int) -> optuna.trial.FrozenTr
     from quide_search.records import StudyKey
 
     rows = completed_rows(study)
-    best = recommended(rows, study.user_attrs.get(StudyKey.CONFIRMATION))
+    confirmation = study.user_attrs.get(StudyKey.CONFIRMATION)
+    best = recommended(rows, confirmation)
+    if budget is not None and budget.given:
+        if trial != "best":
+            raise ConfigError(
+                "--max-size-mb and --max-latency-ms choose the best plan within them, so they "
+                f"go with --trial best, but got --trial {trial}. Drop one of them."
+            )
+        best = best_within(rows, budget, confirmation)
+        if best is None:
+            raise ConfigError(nothing_fits(rows, budget, study.study_name))
     if best is None:
         raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
     if trial == "best":

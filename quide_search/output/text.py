@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "cell_text",
+    "format_budget",
     "format_replay",
     "format_sensitivity",
     "format_studies",
@@ -297,6 +298,24 @@ def format_studies(rows: Sequence[Mapping[str, Any]]) -> str:
     ]  # fmt: skip
     headers = ["study", "task", "done", "pruned", "failed", "running", "best I'", "trial"]
     return format_table([*headers, "float P", "float T_ms", "storage"], table)
+
+
+def format_budget(
+    budget: Any, *, best: Mapping[str, Any] | None, why: str | None, trials: int
+) -> str:
+    """The answer to ``show --max-size-mb/--max-latency-ms``: the best stored plan within."""
+    if best is None:
+        return f"within {budget.text()}: {why}"
+    confirmed = "I_prime_confirmed" in best
+    return "\n".join([
+        f"best within {budget.text()}, among the {trials} stored trials (by "
+        f"{'confirmed' if confirmed else 'the search' + chr(39) + 's'} I'; no new search):",
+        "",
+        format_table(_headers("plan", confirmed, "trial"),
+                     [_row("within budget", best, confirmed, [best["trial"]])]),
+        "",
+        f"plan (trial {best['trial']}): {plan_text(best['plan'])}",
+    ])  # fmt: skip
 
 
 def format_study(summary: SearchSummary) -> str:

@@ -432,3 +432,31 @@ def test_typos_and_reading_commands_never_import_torch(workdir: Path, args: list
                           text=True, timeout=120)  # fmt: skip
     assert done.stdout.strip().splitlines()[-1] == "False", done.stderr
     assert done.returncode == (0 if args[0] in ("studies", "show", "report", "export") else 2)
+
+
+def test_a_budget_is_answered_from_the_stored_trials(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from quide_search.study import load_study
+    from quide_search.study.summary import completed_rows
+
+    monkeypatch.chdir(workdir)
+    storage = "sqlite:///studies/simplecnn-digits.db"
+    rows = completed_rows(load_study(study="simplecnn-digits", storage=storage))
+    passing = sorted((r for r in rows if r["gate_passed"]), key=lambda r: r["stored_bytes"])
+    limit = passing[0]["stored_bytes"] / 2**20  # only the smallest passing plan fits
+    study = ["--study", "simplecnn-digits"]
+    capsys.readouterr()
+    assert main(["show", *study, "--max-size-mb", f"{limit:.9f}", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)["budget"]
+    assert answer["best"]["trial"] == passing[0]["trial"] and answer["trials"] == len(rows)
+    out = tmp_path / "small.json"
+    assert main(["export", *study, "--max-size-mb", f"{limit:.9f}", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["source"]["trial"] == passing[0]["trial"]
+    assert main(["show", *study, "--max-size-mb", f"{limit / 2:.9f}"]) == 0
+    assert "no stored plan of study 'simplecnn-digits' passes its gate" in capsys.readouterr().out
+    assert main(["export", *study, "--trial", "0", "--max-size-mb", "1", "--out", str(out)]) == 2
+    assert main(["show", *study, "--max-latency-ms", "0"]) == 2
+    assert "--max-latency-ms must be a finite number > 0, but got 0.0" in capsys.readouterr().err
+    assert len(completed_rows(load_study(study="simplecnn-digits", storage=storage))) == len(rows)

@@ -1,0 +1,59 @@
+"""Budgets answered from stored trials: the best plan that fits, or why none does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from quide_search.errors import ConfigError
+from quide_search.study.budget import MIB, Budget, best_within, nothing_fits
+
+
+def _row(trial: int, mib: float, t_ms: float, i_prime: float, gate: bool = True) -> dict[str, Any]:
+    return {"trial": trial, "plan": {"fc": "int8"}, "stored_bytes": int(mib * MIB), "T_ms": t_ms,
+            "I_prime": i_prime if gate else 0.0, "I": i_prime, "gate_passed": gate, "C": 1.0,
+            "P": 0.9, "feasible": gate}  # fmt: skip
+
+
+ROWS = [_row(0, 1.0, 1.0, 5.0), _row(1, 0.5, 2.0, 7.0), _row(2, 0.2, 3.0, 9.0),
+        _row(3, 0.1, 0.5, 12.0, gate=False)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("budget", "trial"),
+    [
+        (Budget(), 2),
+        (Budget(max_size_mb=0.6), 2),
+        (Budget(max_size_mb=0.6, max_latency_ms=2.5), 1),
+        (Budget(max_latency_ms=1.0), 0),
+        (Budget(max_size_mb=0.19), None),  # trial 3 is smaller but fails the gate
+    ],
+)
+def test_the_best_plan_that_passes_the_gate_within_the_budget(budget: Budget, trial: int) -> None:
+    best = best_within(ROWS, budget)
+    assert (best and best["trial"]) == trial
+
+
+def test_a_confirmed_finalist_is_chosen_on_its_confirmed_t() -> None:
+    confirmation = {"entries": [
+        {"trial": 2, "T_confirmed_ms": 3.5, "I_prime_confirmed": 9.5, "I_confirmed": 9.5},
+        {"trial": 1, "T_confirmed_ms": 1.5, "I_prime_confirmed": 8.0, "I_confirmed": 8.0},
+        {"trial": "float", "T_confirmed_ms": 0.4, "I_prime_confirmed": 1.0, "I_confirmed": 1.0},
+    ]}  # fmt: skip
+    assert best_within(ROWS, Budget(), confirmation)["trial"] == 2  # type: ignore[index]
+    # Within 3.2 ms by the search's T trial 2 fits, but its confirmed T does not.
+    best = best_within(ROWS, Budget(max_latency_ms=3.2), confirmation)
+    assert best is not None and best["trial"] == 1 and best["T_confirmed_ms"] == 1.5
+
+
+def test_nothing_fits_names_the_smallest_and_fastest_passing_plans() -> None:
+    text = nothing_fits(ROWS, Budget(max_size_mb=0.1), "s")
+    assert text.startswith("no stored plan of study 's' passes its gate within size <= 0.1 MiB")
+    assert "stores 0.2 MiB (trial 2), the fastest has T 1 ms (trial 0)" in text
+
+
+@pytest.mark.parametrize("limit", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_budget_must_be_a_finite_positive_number(limit: float) -> None:
+    with pytest.raises(ConfigError, match="--max-size-mb must be a finite number > 0"):
+        Budget(max_size_mb=limit)
