@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -58,16 +59,20 @@ def test_p_and_perplexity_match_a_hand_computation(tiny_llama: tuple[Path, Path]
     assert perplexity == pytest.approx(math.exp(float(nll)), rel=1e-5)
 
 
+def _lm_config(folder: Path, text: Path, out: Path, **kw: Any) -> RunConfig:
+    """A short search of a tiny causal LM with an analytic T and no accuracy gate."""
+    return RunConfig(
+        model=f"hf:{folder}", text_file=str(text), seq_len=24, eval_windows=8, out_dir=str(out),
+        device="cpu", min_accuracy=0.0, max_accuracy_drop=None, latency="model:cpu-epyc-2c", **kw,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(("granularity", "params"), [("type", 7), ("block", 2)])
 def test_grouped_search_on_a_causal_lm(
     tiny_llama: tuple[Path, Path], tmp_path: Path, granularity: str, params: int
 ) -> None:
     folder, text = tiny_llama
-    config = RunConfig(
-        model=f"hf:{folder}", text_file=str(text), seq_len=24, eval_windows=8, trials=5,
-        out_dir=str(tmp_path), device="cpu", granularity=granularity, min_accuracy=0.0,
-        max_accuracy_drop=None, latency="model:cpu-epyc-2c",
-    )  # fmt: skip
+    config = _lm_config(folder, text, tmp_path, trials=5, granularity=granularity)
     summary = run_search(config, progress=False)
     assert summary.completed == 5 and summary.failed == 0
     study = load_study(study=config.study_name, storage=config.storage_url)
@@ -119,11 +124,7 @@ def test_checkpoint_reloads_the_quanto_way_for_transformers(
     from quide_search.output.record import load_plan
 
     folder, text = tiny_llama
-    config = RunConfig(
-        model=f"hf:{folder}", text_file=str(text), seq_len=24, eval_windows=8, trials=3,
-        out_dir=str(tmp_path), device="cpu", min_accuracy=0.0, max_accuracy_drop=None,
-        latency="model:cpu-epyc-2c",
-    )  # fmt: skip
+    config = _lm_config(folder, text, tmp_path, trials=3)
     run_search(config, progress=False)
     out = export_plan(
         study=config.study_name, storage=config.storage_url, trial=1, out=tmp_path / "ck",
@@ -176,11 +177,7 @@ def test_gpt2_conv1d_layers_are_searched_exported_and_reloaded(
     from quide_search.output.text import format_summary
 
     folder, text = tiny_gpt2
-    config = RunConfig(
-        model=f"hf:{folder}", text_file=str(text), seq_len=24, eval_windows=8, trials=4,
-        out_dir=str(tmp_path), device="cpu", min_accuracy=0.0, max_accuracy_drop=None,
-        latency="model:cpu-epyc-2c",
-    )  # fmt: skip
+    config = _lm_config(folder, text, tmp_path, trials=4)
     summary = run_search(config, progress=False)
     projections = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     assert summary.protocol["task"]["layers"] == [
