@@ -213,7 +213,9 @@ class RunConfig:
         for flag, threads in (("--threads", self.threads),
                               ("--latency-threads", self.latency_threads)):  # fmt: skip
             check_threads(threads, flag=flag, force=self.force_threads)
-        parse_source(self.latency)
+        kind, table = parse_source(self.latency)
+        if kind == "table" and table is not None:  # an input file: checked before any import
+            check_path(table, kind="file", flag="--latency table:PATH", must_exist=True)
         check_backend(self.backend)
         if not self.cache_mb > 0:
             raise ConfigError(f"--cache-mb must be > 0, but got {self.cache_mb}.")
@@ -293,7 +295,8 @@ class RunConfig:
         if self.model.startswith(HF_PREFIX) or self.model == "smollm2-135m":
             text = TextTask(
                 path=self.model.removeprefix(HF_PREFIX),
-                text_file=self.text_file,
+                # Absolute, so that evaluate finds it from any folder.
+                text_file=os.path.abspath(self.text_file) if self.text_file else None,
                 seq_len=self.seq_len,
                 eval_windows=self.eval_windows,
                 dtype=self.dtype,

@@ -273,6 +273,12 @@ def _task_record(config: RunConfig, task: Task, backend: QuantBackend) -> TaskRe
     """The task part of the protocol; refuse a model with no layer the backend quantizes."""
     layers = list(task.layers(backend))
     kept = backend.float_kinds(task.model)
+    if isinstance(task.model, backend.layer_types()):
+        kind = type(task.model).__name__
+        raise ConfigError(
+            f"--model must hold its layers as submodules, but {task.model_name!r} is itself "
+            f"a {kind}, which a plan cannot name. Wrap it: torch.nn.Sequential(model)."
+        )
     if not layers:
         others = ", ".join(f"{n} {kind}" for kind, n in kept.items()) or "none"
         raise ConfigError(

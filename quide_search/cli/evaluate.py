@@ -40,6 +40,12 @@ class EvaluateCommand(Command):
             default=None,
             help="the float state dict the plan's study used, if not the trained default",
         )
+        parser.add_argument(
+            "--text-file",
+            type=str,
+            default=None,
+            help="for a causal LM: where the study's text file is now, if it moved",
+        )
         add_device_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -53,6 +59,7 @@ class EvaluateCommand(Command):
             dataset=args.dataset,
             data_dir=args.data_dir,
             weights=args.weights,
+            text_file=args.text_file,
         )
         print(format_replay(replay))
         return 1 if replay.reproduced is False else 0

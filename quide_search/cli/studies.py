@@ -124,9 +124,11 @@ def _within(study: Any, budget: Any) -> dict[str, Any]:
     """The best stored plan within ``budget`` and, where none fits, why."""
     from quide_search.records import StudyKey
     from quide_search.study.budget import best_within, nothing_fits
-    from quide_search.study.summary import completed_rows
+    from quide_search.study.summary import completed_rows, study_baseline
 
     rows = completed_rows(study)
     best = best_within(rows, budget, study.user_attrs.get(StudyKey.CONFIRMATION))
-    why = None if best is not None else nothing_fits(rows, budget, study.study_name)
+    why = None
+    if best is None:
+        why = nothing_fits(rows, budget, study.study_name, study_baseline(study))
     return {"best": best, "why": why, "trials": len(rows)}

@@ -19,8 +19,9 @@ from torch import nn
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.measure.chunking import chunk_bounds, fit_chunking
 from quide_search.tasks.data import Split
+from quide_search.tasks.task import Task
 
-__all__ = ["EvalResult", "Evaluator", "logits_of"]
+__all__ = ["EvalResult", "Evaluator", "check_task_runs", "logits_of"]
 
 _MIN_CHUNKS = 40
 
@@ -276,3 +277,36 @@ def logits_of(output: object) -> torch.Tensor:
             f"model forward must return a tensor of logits, but returned {type(output).__name__}"
         )
     return logits
+
+
+def check_task_runs(task: Task) -> None:
+    """Run the float model on two eval samples; refuse a task it cannot score, at once.
+
+    Called before a study exists, so a factory's wrong input shape or labels the model cannot
+    predict is one error, not a traceback and an empty study.
+
+    Raises:
+        ConfigError: If the forward fails, returns no logits, or (top-1 accuracy) an eval
+            label is not below the model's number of outputs.
+    """
+    split = task.splits.eval
+    device = next((p.device for p in task.model.parameters()), torch.device("cpu"))
+    sample = split.inputs[:2].to(device)
+    try:
+        with torch.no_grad():
+            logits = logits_of(task.model(sample))
+    except Exception as e:  # whatever the user's model raises is the message
+        raise ConfigError(
+            f"--model {task.model_name!r} must run on its eval inputs (shape "
+            f"{tuple(split.inputs.shape[1:])} per sample), but its forward raised "
+            f"{type(e).__name__}: {e}. Check the model and the inputs its task gives it."
+        ) from e
+    if task.score is not None or task.kind not in ("classifier", "custom"):
+        return
+    classes, top = int(logits.shape[-1]), int(split.labels.max()) if len(split) else -1
+    if top >= classes or (len(split) and int(split.labels.min()) < 0):
+        raise ConfigError(
+            f"eval labels must be class indices in [0, {classes - 1}] (the model has {classes} "
+            f"outputs), but they range over [{int(split.labels.min())}, {top}]. Check the task's "
+            "labels or the model's last layer."
+        )

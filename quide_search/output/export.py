@@ -24,7 +24,13 @@ from quide_search.files import (
 )
 from quide_search.output.record import plan_record
 from quide_search.study.budget import Budget, best_within, nothing_fits
-from quide_search.study.summary import completed_rows, read_study, recommended, study_front
+from quide_search.study.summary import (
+    completed_rows,
+    read_study,
+    recommended,
+    study_baseline,
+    study_front,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -113,7 +119,8 @@ def select_trial(
             )
         best = best_within(rows, budget, confirmation)
         if best is None:
-            raise ConfigError(nothing_fits(rows, budget, study.study_name))
+            why = nothing_fits(rows, budget, study.study_name, study_baseline(study))
+            raise ConfigError(why)
     if best is None:
         raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
     if trial == "best":
@@ -148,9 +155,10 @@ def trusted_factory(planned: str, given: str | None, *, source: str) -> None:
     from quide_search.tasks.models.custom import is_factory_spec
 
     if is_factory_spec(planned) and given != planned:
+        got = f"--model {given!r}" if given else "no --model"
         raise ConfigError(
             f"{source} is for the model factory {planned!r}, which would be imported and "
-            f"called; a plan or study never runs code by itself, but got --model {given!r}. "
+            f"called; a plan or study never runs code by itself, but got {got}. "
             f"Pass --model {planned} to run that factory."
         )
 

@@ -258,7 +258,8 @@ def _page(summary: SearchSummary, sections: Sequence[str], sensitivity: Any) -> 
     facts = html.escape(
         f"{task.get('model')}/{task.get('dataset')}; backend {protocol.get('backend')}; bits "
         f"{', '.join(protocol.get('search', {}).get('precisions', []))}; {summary.completed} "
-        f"completed, {summary.failed} failed trials; {latency_text(lat)}"
+        f"completed, {summary.pruned} stopped early, {summary.failed} failed trials; "
+        f"{latency_text(lat)}"
     )
     kept = kept_float_text(protocol)
     if kept:

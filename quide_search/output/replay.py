@@ -47,11 +47,14 @@ def evaluate_plan(
     dataset: str | None = None,
     data_dir: str | None = None,
     weights: str | None = None,
+    text_file: str | None = None,
 ) -> Replay:
     """Load a plan file, apply it to a fresh float model and measure C, P, T, I, I'.
 
     A plan whose model is a ``package.module:factory`` is evaluated only when ``model``
     names the same factory: a plan file is data and never runs code by itself.
+    ``data_dir``, ``weights`` and ``text_file`` say where the study's files are now, where
+    they moved.
 
     Raises:
         PlanError: If the file is not a valid plan, or names layers its model lacks.
@@ -75,6 +78,8 @@ def evaluate_plan(
     protocol = _here(record_protocol(record, path), target)
     options = task_options(protocol)
     options.update({k: v for k, v in (("data_dir", data_dir), ("weights", weights)) if v})
+    if text_file and options["text"] is not None:
+        options["text"] = dataclasses.replace(options["text"], text_file=text_file)
     task = load_task(**options, device_type=target.type)
     with torch_threads(protocol.evaluation.threads):
         scorer = Scorer.build(task, protocol, device=target)

@@ -160,7 +160,8 @@ def format_summary(summary: SearchSummary) -> str:
         rows.append(_row("recommended", summary.best, confirmed, [summary.best["trial"]]))
     lines = [
         f"study {summary.study_name!r} in {summary.storage_url}",
-        f"{summary.completed} completed trials ({summary.distinct_plans} distinct plans), "
+        f"{_count(summary.completed, 'completed trial')} "
+        f"({_count(summary.distinct_plans, 'distinct plan')}), "
         f"{summary.pruned} stopped early, {summary.failed} failed"
         + (f", {summary.waiting} queued and not run" if summary.waiting else "")
         + f"; {latency_text(summary.latency)}",
@@ -176,8 +177,13 @@ def format_summary(summary: SearchSummary) -> str:
             "of a worker killed recently; once their heartbeat is stale the next run fails them "
             "and retries their plans once."
         )
-    lines.append(f"Pareto front ({len(summary.pareto)} points): {summary.pareto_path}")
+    lines.append(f"Pareto front ({_count(len(summary.pareto), 'point')}): {summary.pareto_path}")
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 point``, ``2 points``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _with_confirmed(summary: SearchSummary, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -305,7 +311,7 @@ def format_budget(
 ) -> str:
     """The answer to ``show --max-size-mb/--max-latency-ms``: the best stored plan within."""
     if best is None:
-        return f"within {budget.text()}: {why}"
+        return str(why)
     confirmed = "I_prime_confirmed" in best
     return "\n".join([
         f"best within {budget.text()}, among the {trials} stored trials (by "

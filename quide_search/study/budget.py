@@ -43,11 +43,13 @@ class Budget:
         return self.max_size_mb is not None or self.max_latency_ms is not None
 
     def fits(self, row: Mapping[str, Any]) -> bool:
-        """Whether a completed trial's row fits: stored bytes and the search's T."""
+        """Whether a row fits: its stored bytes, and its confirmed T where it has one, else
+        the search's T (a plan measured over the limit is never offered as within it)."""
         size_mb = float(row[TrialKey.STORED_BYTES]) / MIB
         if self.max_size_mb is not None and size_mb > self.max_size_mb:
             return False
-        return self.max_latency_ms is None or float(row[TrialKey.T_MS]) <= self.max_latency_ms
+        t_ms = float(row.get("T_confirmed_ms", row[TrialKey.T_MS]))
+        return self.max_latency_ms is None or t_ms <= self.max_latency_ms
 
     def text(self) -> str:
         """``size <= 0.5 MiB, T <= 2 ms``."""
@@ -80,21 +82,32 @@ def best_within(
     """
     from quide_search.study.summary import recommended
 
-    fitting = [{**r, "feasible": True} for r in rows if r[TrialKey.GATE_PASSED] and budget.fits(r)]
-    if not fitting:
-        return None
-    numbers = {r["trial"] for r in fitting}
-    limit = budget.max_latency_ms
-    entries = [
-        {**e, "feasible_confirmed": limit is None or e["T_confirmed_ms"] <= limit}
-        for e in (confirmation or {}).get("entries", [])
-        if e["trial"] in numbers
+    entries = {e["trial"]: e for e in (confirmation or {}).get("entries", [])}
+    fitting = [
+        {**r, "feasible": True}
+        for r in rows
+        if r[TrialKey.GATE_PASSED] and budget.fits({**r, **entries.get(r["trial"], {})})
     ]
-    return recommended(fitting, {"entries": entries})
+    numbers = {r["trial"] for r in fitting}
+    kept = [{**e, "feasible_confirmed": True} for n, e in entries.items() if n in numbers]
+    return recommended(fitting, {"entries": kept}) if fitting else None
 
 
-def nothing_fits(rows: Sequence[Mapping[str, Any]], budget: Budget, study: str) -> str:
-    """Why no stored plan fits ``budget``: the smallest and fastest plans that pass the gate."""
+def nothing_fits(
+    rows: Sequence[Mapping[str, Any]],
+    budget: Budget,
+    study: str,
+    baseline: Mapping[str, Any] | None = None,
+) -> str:
+    """Why no stored plan fits ``budget``: the smallest and fastest plans that pass the gate,
+    or that the float model (``baseline``, the study's float metrics) fits it."""
+    if baseline and TrialKey.STORED_BYTES in baseline and budget.fits(baseline):
+        t_ms = float(baseline.get("T_confirmed_ms", baseline[TrialKey.T_MS]))
+        return (
+            f"no quantized plan of study {study!r} passes its gate within {budget.text()}, but "
+            f"the float model fits ({float(baseline[TrialKey.STORED_BYTES]) / MIB:.4g} MiB, T "
+            f"{t_ms:.4g} ms): keep it in float for this budget."
+        )
     passing = [r for r in rows if r[TrialKey.GATE_PASSED]]
     if not passing:
         return f"no stored plan of study {study!r} passes its accuracy gate."

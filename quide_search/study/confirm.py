@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from quide_search.metric import Gate, gated_index, intelligence_index, knee
@@ -62,12 +62,13 @@ def confirm_study(
     objective: PlanObjective,
     *,
     top: int,
-    echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any] | None:
     """Confirm the study's finalists by measurement and store the result; return it.
 
     Nothing is confirmed (None) when ``top`` is 0, no trial completed, or T is an analytic
-    estimate for another device, which this machine cannot measure.
+    estimate for another device, which this machine cannot measure. A study whose stored
+    confirmation already covers the same finalists keeps it: running the same command again
+    changes nothing.
     """
     from quide_search.latency import confirm_latency
 
@@ -86,9 +87,9 @@ def confirm_study(
             layers=by_number[n]["plan"],
             backend=scorer.backend.name,
         )
-    if echo is not None:
-        echo(f"confirming T of {len(plans)} finalists (the float model included) in "
-             "interleaved rounds ...")  # fmt: skip
+    stored = study.user_attrs.get(StudyKey.CONFIRMATION)
+    if stored and stored.get("top") == top and _keys(stored) == {str(k) for k in plans}:
+        return dict(stored)
     started = time.perf_counter()
     results, failed = confirm_latency(plans, scorer.target, context)
     baseline = study.user_attrs[StudyKey.BASELINE]
@@ -107,6 +108,11 @@ def confirm_study(
     }
     study.set_user_attr(StudyKey.CONFIRMATION, record)
     return record
+
+
+def _keys(record: Mapping[str, Any]) -> set[str]:
+    """The finalists a stored confirmation covers: those re-timed and those that failed."""
+    return {str(e["trial"]) for e in record.get("entries", [])} | set(record.get("failed", {}))
 
 
 def _entry(

@@ -61,12 +61,7 @@ def run_search(
             for problem in pool.stop(signum=signum) if pool else []:
                 echo(f"warning: {problem}")
         if config.trials > 0:
-            confirm_study(
-                session.study,
-                session.objective,
-                top=config.confirm_top,
-                echo=echo if progress else None,
-            )
+            confirm_study(session.study, session.objective, top=config.confirm_top)
     summary = summarize(session.study, storage_url=session.storage_url, out_dir=config.out_dir)
     persist_front(session.study, summary)
     return summary

@@ -65,6 +65,7 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     import torch
 
     from quide_search.measure.device import resolve_device
+    from quide_search.measure.evaluator import check_task_runs
     from quide_search.search.objective import requeue_stale
     from quide_search.study.setup import prepare_queue
     from quide_search.tasks.resolver import load_task
@@ -72,6 +73,7 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     device = resolve_device(config.device)
     # The task first: an unknown model or dataset must fail before any storage file exists.
     task = load_task(**config.task_options(), device_type=device.type)
+    check_task_runs(task)
     torch.manual_seed(config.seed)
     draft = build_protocol(config, task, device=device)
     if draft.latency.table_file is not None:  # a bad file must fail before any study exists

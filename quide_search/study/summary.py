@@ -34,6 +34,7 @@ __all__ = [
     "load_study",
     "persist_front",
     "read_study",
+    "study_baseline",
     "study_front",
     "summarize",
 ]
@@ -149,6 +150,15 @@ def study_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [dict(p) for p in pareto_front(list(first.values()))]
 
 
+def study_baseline(study: optuna.Study) -> dict[str, Any]:
+    """The float model's stored metrics, with its confirmed T where the study confirmed it."""
+    baseline = dict(study.user_attrs.get(StudyKey.BASELINE, {}))
+    entries = (study.user_attrs.get(StudyKey.CONFIRMATION) or {}).get("entries", [])
+    float_entry: dict[str, Any] = next((e for e in entries if e["trial"] == "float"), {})
+    baseline.update({k: v for k, v in float_entry.items() if k != "trial"})
+    return baseline
+
+
 def list_studies(storage_urls: list[str]) -> list[dict[str, Any]]:
     """Return one overview row per study in each storage: counts, best I', baseline.
 
@@ -240,12 +250,7 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
     rows = completed_rows(study)
     attrs = study.user_attrs
     confirmation = attrs.get(StudyKey.CONFIRMATION)
-    baseline = dict(attrs.get(StudyKey.BASELINE, {}))
-    float_entry = next(
-        (e for e in (confirmation or {}).get("entries", []) if e["trial"] == "float"), None
-    )
-    if float_entry is not None:
-        baseline.update({k: v for k, v in float_entry.items() if k != "trial"})
+    baseline = study_baseline(study)
     best = recommended(rows, confirmation)
     states = optuna.trial.TrialState
     by_state = {s: study.get_trials(deepcopy=False, states=(s,)) for s in states}

@@ -103,7 +103,7 @@ def default_dataset(model: str, data_dir: str | None) -> tuple[str, str | None]:
         return first, None
     weights = MODEL_WEIGHTS.get(model.lower(), {}).get(first)
     flags = f"--dataset {first} --data-dir DIR" + (f" --weights {weights}" if weights else "")
-    where = repr(data_dir) if data_dir else "the default data dir ($QUIDE_DATA_DIR or ./data)"
+    where = repr(str(data_dir_path(data_dir)))
     return offline[0], (
         f"note: no {first} data in {where}, so {model} runs offline on {offline[0]}; for the "
         f"{first} setting pass {flags}."

@@ -124,7 +124,7 @@ BAD_INPUTS = [
     (["sweep", "--latency", "guessed"], "--latency must be 'auto', 'measured', 'table'"),
     (
         ["run", "--study", "t", "--latency", "table:missing.json"],
-        "--latency table:PATH must name a readable",
+        "--latency table:PATH must name an existing file, but 'missing.json' does not exist",
     ),
     (
         ["run", "--study", "t", "--latency", "table:plan.json"],
@@ -400,11 +400,11 @@ def test_the_headline_command_runs_offline_and_says_how_to_run_imagenet(
     assert main(["run", "--model", "resnet18", "--trials", "1", *small]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines()[0] == (
-        "note: no imagenet data in the default data dir ($QUIDE_DATA_DIR or ./data), so "
+        f"note: no imagenet data in {str(tmp_path / 'data')!r}, so "
         "resnet18 runs offline on mnist-5k; for the imagenet setting pass --dataset imagenet "
         "--data-dir DIR --weights imagenet."
     )
-    assert "study 'resnet18-mnist-5k'" in out and "1 completed trials" in out
+    assert "study 'resnet18-mnist-5k'" in out and "1 completed trial (1 distinct plan)" in out
     assert (tmp_path / "studies" / "resnet18-mnist-5k.db").is_file()
     assert main(["show", "--study", "resnet18-mnist-5k", "--json"]) == 0
     splits = json.loads(capsys.readouterr().out)["protocol"]["task"]["splits"]

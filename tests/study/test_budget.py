@@ -45,6 +45,9 @@ def test_a_confirmed_finalist_is_chosen_on_its_confirmed_t() -> None:
     # Within 3.2 ms by the search's T trial 2 fits, but its confirmed T does not.
     best = best_within(ROWS, Budget(max_latency_ms=3.2), confirmation)
     assert best is not None and best["trial"] == 1 and best["T_confirmed_ms"] == 1.5
+    # Trial 1's confirmed T (1.5) is over 1.8 even where no confirmed plan fits: trial 0.
+    best = best_within(ROWS, Budget(max_latency_ms=1.4), confirmation)
+    assert best is not None and best["trial"] == 0
 
 
 def test_nothing_fits_names_the_smallest_and_fastest_passing_plans() -> None:
@@ -57,3 +60,11 @@ def test_nothing_fits_names_the_smallest_and_fastest_passing_plans() -> None:
 def test_a_budget_must_be_a_finite_positive_number(limit: float) -> None:
     with pytest.raises(ConfigError, match="--max-size-mb must be a finite number > 0"):
         Budget(max_size_mb=limit)
+
+
+def test_where_only_the_float_model_fits_it_is_said() -> None:
+    baseline = {"stored_bytes": int(0.05 * MIB), "T_ms": 0.3, "T_confirmed_ms": 0.2}
+    text = nothing_fits(ROWS, Budget(max_latency_ms=0.25), "s", baseline)
+    assert text == ("no quantized plan of study 's' passes its gate within T <= 0.25 ms, but "
+                    "the float model fits (0.05 MiB, T 0.2 ms): keep it in float for this "
+                    "budget.")  # fmt: skip

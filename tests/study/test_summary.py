@@ -108,6 +108,18 @@ def test_resume_does_nothing_more_then_extends(tmp_path: Path) -> None:
     assert stored_digest(db) == digest
 
 
+def test_the_same_command_again_keeps_the_stored_confirmation(tmp_path: Path) -> None:
+    config = _config(tmp_path, model="toytask:make", trials=4, latency="table",
+                     latency_sample_ms=1.0)  # fmt: skip
+    first = run_search(config, progress=False).confirmation
+    assert first is not None and first["entries"]
+    again = run_search(config, progress=False).confirmation
+    assert again == first  # not re-timed: nothing ran, the finalists are the same
+    fewer = run_search(_config(tmp_path, model="toytask:make", trials=4, latency="table",
+                               latency_sample_ms=1.0, confirm_top=1), progress=False)  # fmt: skip
+    assert fewer.confirmation is not None and fewer.confirmation["top"] == 1  # other finalists
+
+
 def test_no_feasible_trial_reports_best_so_far(tmp_path: Path) -> None:
     summary = run_search(
         _config(tmp_path, trials=3, bits=("int2",), max_accuracy_drop=0.0, min_accuracy=None),
@@ -278,3 +290,43 @@ def test_a_model_without_a_quantizable_layer_is_refused_before_a_study_exists(
     assert "at least one layer the quanto backend quantizes (Linear, Conv2d" in err
     assert "its other layers with weights: 1 Conv1d, 1 ConvTranspose2d" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("wrong_shape", "must run on its eval inputs (shape (5,) per sample), but its forward "
+                        "raised RuntimeError"),
+        ("bad_labels", "eval labels must be class indices in [0, 2] (the model has 3 outputs), "
+                       "but they range over [0, 7]"),
+        ("bare_linear", "is itself a Linear, which a plan cannot name. Wrap it"),
+    ],
+)  # fmt: skip
+def test_a_task_the_model_cannot_score_is_refused_before_a_study_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], factory: str, message: str
+) -> None:
+    from quide_search.cli import main
+
+    module = tmp_path / "badtasks.py"
+    module.write_text(
+        "import numpy as np\nimport torch\nfrom quide_search import CustomTask\n\n"
+        "def _task(model, inputs, labels):\n"
+        "    return CustomTask(model=model, eval_inputs=inputs, eval_labels=labels)\n\n"
+        "def wrong_shape():\n"
+        "    return _task(torch.nn.Sequential(torch.nn.Linear(4, 3)),\n"
+        "                 np.zeros((10, 5), np.float32), np.zeros(10, np.int64))\n\n"
+        "def bad_labels():\n"
+        "    return _task(torch.nn.Sequential(torch.nn.Linear(4, 3)),\n"
+        "                 np.zeros((10, 4), np.float32), np.arange(10) % 8)\n\n"
+        "def bare_linear():\n"
+        "    return _task(torch.nn.Linear(4, 3), np.zeros((10, 4), np.float32),\n"
+        "                 np.zeros(10, np.int64))\n"
+    )
+    out = tmp_path / "studies"
+    args = ["run", "--model", f"badtasks:{factory}", "--out-dir", str(out), "--trials", "1"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(tmp_path))
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()

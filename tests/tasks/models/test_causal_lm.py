@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -174,6 +175,7 @@ def test_gpt2_conv1d_layers_are_searched_exported_and_reloaded(
     from quide_search import load_quantized
     from quide_search.output.export import export_plan
     from quide_search.output.record import load_plan
+    from quide_search.output.replay import evaluate_plan
     from quide_search.output.text import format_summary
 
     folder, text = tiny_gpt2
@@ -202,3 +204,20 @@ def test_gpt2_conv1d_layers_are_searched_exported_and_reloaded(
     x = torch.tensor([[4, 5, 6, 7, 3, 8, 9]])
     with torch.no_grad():
         assert torch.equal(reloaded(x).logits, trial_model(x).logits)
+    # The text moved: evaluate is told where it is now, and reproduces P exactly.
+    record = json.loads((out / "plan.json").read_text())
+    assert record["protocol"]["task"]["text"]["text_file"] == str(text)
+    record["protocol"]["task"]["text"]["text_file"] = str(tmp_path / "moved.txt")
+    (tmp_path / "moved.json").write_text(json.dumps(record))
+    with pytest.raises(DataError, match="--text-file must name a UTF-8 text file"):
+        evaluate_plan(tmp_path / "moved.json", device="cpu")
+    replay = evaluate_plan(tmp_path / "moved.json", device="cpu", text_file=str(text))
+    assert replay.reproduced
+
+
+def test_a_relative_text_file_is_recorded_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    options = RunConfig(model="hf:some/model", text_file="text.txt").task_options()
+    assert options["text"].text_file == str(tmp_path / "text.txt")
