@@ -61,8 +61,10 @@ def check_threads(threads: int | None, *, flag: str, force: bool = False) -> Non
     """
     if threads is None:
         return
-    if threads < 1:
-        raise ConfigError(f"{flag} must be >= 1, but got {threads}.")
+    from quide_search.latency._base import MAX_THREADS
+
+    if not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"{flag} must be in [1, {MAX_THREADS}], but got {threads}.")
     cores = os.cpu_count() or 1
     if threads > cores and not force:
         raise ConfigError(

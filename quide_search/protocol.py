@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quide_search.errors import ConfigError, StorageError
-from quide_search.latency._base import LatencyContext
+from quide_search.latency._base import MAX_BATCH, MAX_THREADS, LatencyContext
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +30,11 @@ __all__ = ["PROTOCOL_SCHEMA_VERSION", "Evaluation", "Protocol", "TaskRecord", "b
 
 PROTOCOL_SCHEMA_VERSION = 2
 
-# A count that must be at least one (a batch, a thread count, a number of samples).
-_Positive = Annotated[int, Field(ge=1)]
+# A count that must be at least one (a number of samples); batches and thread counts also
+# have a ceiling, so a plan file from elsewhere cannot ask for more memory than exists.
+_Positive = Annotated[int, Field(ge=1, strict=True)]
+_Batch = Annotated[int, Field(ge=1, le=MAX_BATCH, strict=True)]
+_Threads = Annotated[int, Field(ge=1, le=MAX_THREADS, strict=True)]
 _Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -64,8 +67,8 @@ class TaskRecord(_Record):
 class Evaluation(_Record):
     """How P is scored; ``first_chunk`` and ``probes`` are fitted once, by the creator."""
 
-    batch_size: _Positive
-    threads: _Positive
+    batch_size: _Batch
+    threads: _Threads
     early_stop: Literal["exact", "stat", "off"]
     first_chunk: _Positive | None = None
     probes: _Positive | None = None

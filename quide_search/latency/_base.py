@@ -26,6 +26,12 @@ SAMPLE_MS = 5.0
 """Shortest timed sample on a CPU (ms): passes run back to back until a sample spans it."""
 
 
+MAX_BATCH = 65_536
+"""The largest batch a setting or a plan file may ask for (a larger one only exhausts memory)."""
+MAX_THREADS = 1024
+"""The most torch threads a setting or a plan file may ask for."""
+
+
 @dataclass(frozen=True)
 class LatencyContext:
     """The conditions T is measured (or estimated) under; stored with every study.
@@ -69,10 +75,14 @@ class LatencyContext:
     unit: str = "ms"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, but got {self.batch_size}.")
-        if self.threads < 1:
-            raise ConfigError(f"--latency-threads must be >= 1, but got {self.threads}.")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ConfigError(
+                f"--batch-size must be in [1, {MAX_BATCH}], but got {self.batch_size}."
+            )
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise ConfigError(
+                f"--latency-threads must be in [1, {MAX_THREADS}], but got {self.threads}."
+            )
         if self.min_repeats < 2 or self.max_repeats < self.min_repeats:
             raise ConfigError(
                 "2 <= min_repeats <= max_repeats must hold, but got "

@@ -98,5 +98,5 @@ def test_t_is_timed_with_the_contexts_threads_and_the_process_keeps_its_own() ->
     ):
         time_model(broken, torch.zeros(1), _context())
     assert broken.seen == {1} and torch.get_num_threads() == 3
-    with pytest.raises(ConfigError, match="--latency-threads must be >= 1, but got 0"):
+    with pytest.raises(ConfigError, match=r"--latency-threads must be in \[1, 1024\], but got 0"):
         _context(threads=0)

@@ -48,6 +48,8 @@ _paths = st.sampled_from([
 @given(path=_paths, value=_values)
 @example(path=("protocol", "evaluation", "threads"), value=0)  # found by CI: torch refused 0
 @example(path=("protocol", "latency", "batch_size"), value=-1)
+@example(path=("protocol", "latency", "batch_size"), value=3.0e6)  # found by CI: out of memory
+@example(path=("protocol", "evaluation", "threads"), value=1.0e6)
 @_SETTINGS
 def test_evaluate_of_a_mutated_plan_measures_or_says_why(
     exported: tuple[RunConfig, dict], tmp_path: Path, path: tuple[str, ...], value: object
