@@ -16,6 +16,7 @@ from typing import Any
 from quide_search.errors import ConfigError, PlanError
 from quide_search.files import check_path
 from quide_search.plan import DEFAULT_BACKEND, FLOAT, normalize_precision
+from quide_search.study.budget import Budget
 from quide_search.study.storage import check_url, default_storage_url, supports_heartbeat
 
 __all__ = ["MAX_SEED", "RunConfig", "check_seed", "check_study_name", "check_threads"]
@@ -263,12 +264,7 @@ class RunConfig:
                 "--sampler gp needs --objective iprime (one objective), but got --objective "
                 "pareto. Use --sampler tpe or nsga2 for Pareto mode."
             )
-        for flag, limit in (
-            ("--max-size-mb", self.max_size_mb),
-            ("--max-latency-ms", self.max_latency_ms),
-        ):
-            if limit is not None and not (limit > 0 and limit < float("inf")):
-                raise ConfigError(f"{flag} must be a finite number > 0, but got {limit}.")
+        Budget(max_size_mb=self.max_size_mb, max_latency_ms=self.max_latency_ms)  # checks them
 
     @property
     def study_name(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import copy
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -116,14 +117,12 @@ class QuantBackend(abc.ABC):
         :meth:`layer_types`. Norm layers' 1-D scales are not weights a plan quantizes.
         """
         types = self.layer_types()
-        kinds: dict[str, int] = {}
-        for module in model.modules():
-            if isinstance(module, types):
-                continue
-            if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
-                kind = type(module).__name__
-                kinds[kind] = kinds.get(kind, 0) + 1
-        return kinds
+        return dict(Counter(
+            type(module).__name__
+            for module in model.modules()
+            if not isinstance(module, types)
+            and any(p.dim() >= 2 for p in module.parameters(recurse=False))
+        ))  # fmt: skip
 
     def apply(self, model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
         """Return a copy of ``model`` with ``plan`` applied, layer by layer, frozen.
@@ -139,9 +138,7 @@ class QuantBackend(abc.ABC):
         plan.validate_layers(self.quantizable_layers(model))
         target = model if inplace else copy.deepcopy(model)
         for name, precision in plan.quantized_layers().items():
-            parent_name, _, child = name.rpartition(".")
-            parent = target.get_submodule(parent_name) if parent_name else target
-            setattr(parent, child, self.quantize_layer(getattr(parent, child), precision))
+            target.set_submodule(name, self.quantize_layer(target.get_submodule(name), precision))
         return target
 
     def check_precisions(self, precisions: Sequence[str], device: torch.device) -> None:

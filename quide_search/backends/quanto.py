@@ -157,10 +157,8 @@ class QuantoBackend(QuantBackend):
                 "`optimum.quanto.requantize(model, safetensors.torch.load_file("
                 f'"{WEIGHTS_FILE}"), json.load(open("{MAP_FILE}")))`.\n'
             )
-        if any(
-            getattr(m, "from_conv1d", False) or linear_from_conv1d(m) is not None
-            for m in model.modules()
-        ):
+        conv1d = _conv1d_type()
+        if any(getattr(m, "from_conv1d", False) or isinstance(m, conv1d) for m in model.modules()):
             return (
                 "\nThis model has transformers `Conv1D` layers (GPT-2), which quide-search "
                 "quantizes as the equivalent `nn.Linear`; optimum-quanto's own loader does not "
@@ -201,8 +199,7 @@ class QuantoBackend(QuantBackend):
             for name in qmap:
                 linear = linear_from_conv1d(skeleton.get_submodule(name))
                 if linear is not None:
-                    parent, _, child = name.rpartition(".")
-                    setattr(skeleton.get_submodule(parent), child, linear)
+                    skeleton.set_submodule(name, linear)
             requantize(skeleton, state, qmap, device=torch.device("cpu"))
         return skeleton
 

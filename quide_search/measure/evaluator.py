@@ -301,12 +301,13 @@ def check_task_runs(task: Task) -> None:
             f"{tuple(split.inputs.shape[1:])} per sample), but its forward raised "
             f"{type(e).__name__}: {e}. Check the model and the inputs its task gives it."
         ) from e
-    if task.score is not None or task.kind not in ("classifier", "custom"):
+    if task.score is not None or task.kind not in ("classifier", "custom") or not len(split):
         return
-    classes, top = int(logits.shape[-1]), int(split.labels.max()) if len(split) else -1
-    if top >= classes or (len(split) and int(split.labels.min()) < 0):
+    classes = int(logits.shape[-1])
+    low, high = int(split.labels.min()), int(split.labels.max())
+    if low < 0 or high >= classes:
         raise ConfigError(
             f"eval labels must be class indices in [0, {classes - 1}] (the model has {classes} "
-            f"outputs), but they range over [{int(split.labels.min())}, {top}]. Check the task's "
-            "labels or the model's last layer."
+            f"outputs), but they range over [{low}, {high}]. Check the task's labels or the "
+            "model's last layer."
         )

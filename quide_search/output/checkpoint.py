@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,7 @@ def _readme(record: dict[str, Any], backend_note: str) -> str:
     """A short README of our own (replacing any a library wrote) on what this folder is."""
     from quide_search.plan import BitPlan
 
-    plan = BitPlan.from_dict(record)
-    counts: dict[str, int] = {}
-    for precision in plan.layers.values():
-        counts[precision] = counts.get(precision, 0) + 1
+    counts = Counter(BitPlan.from_dict(record).layers.values())
     mix = ", ".join(f"{n} layer{'s' if n > 1 else ''} {p}" for p, n in counts.items())
     metrics = {k: f"{v:.4g}" if isinstance(v, float) else v
                for k, v in record.get("metrics", {}).items()}  # fmt: skip

@@ -110,8 +110,9 @@ def select_trial(
 
     rows = completed_rows(study)
     confirmation = study.user_attrs.get(StudyKey.CONFIRMATION)
-    best = recommended(rows, confirmation)
-    if budget is not None and budget.given:
+    if budget is None or not budget.given:
+        best = recommended(rows, confirmation)
+    else:
         if trial != "best":
             raise ConfigError(
                 "--max-size-mb and --max-latency-ms choose the best plan within them, so they "

@@ -24,6 +24,7 @@ __all__ = [
     "MODEL_WEIGHTS",
     "TEXT_DATASET",
     "check_names",
+    "check_served",
     "data_dir_path",
     "default_dataset",
     "is_factory_spec",
@@ -78,10 +79,19 @@ def check_names(model: str, dataset: str | None) -> None:
             + did_you_mean(key, MODEL_DATASETS)
             + f" Registered: {', '.join(sorted(MODEL_DATASETS))}."
         )
-    served = MODEL_DATASETS[key]
-    if dataset is not None and dataset.lower() not in served:
+    if dataset is not None:
+        check_served(key, MODEL_DATASETS[key], dataset)
+
+
+def check_served(model: str, served: tuple[str, ...], dataset: str) -> None:
+    """Refuse a ``--dataset`` that ``model`` does not serve (``served``: its datasets).
+
+    Raises:
+        ConfigError: Listing the model's datasets, with a close match.
+    """
+    if dataset.lower() not in served:
         raise ConfigError(
-            f"--dataset must be one of {', '.join(served)} for model {key!r}, but got "
+            f"--dataset must be one of {', '.join(served)} for model {model!r}, but got "
             f"{dataset!r}." + did_you_mean(dataset.lower(), served)
         )
 

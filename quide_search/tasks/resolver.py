@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quide_search.errors import ConfigError, DataError
+from quide_search.errors import DataError
+from quide_search.tasks.catalog import check_served
 from quide_search.tasks.data import DATASETS, DataRequest
 from quide_search.tasks.models import MODELS
 from quide_search.tasks.models._train import load_or_train
@@ -80,11 +81,7 @@ def load_task(
         )
         return task
     loader = DATASETS.get(dataset)
-    if dataset.lower() not in spec.datasets:
-        raise ConfigError(
-            f"--dataset must be one of {', '.join(spec.datasets)} for model {spec.name!r}, "
-            f"but got {dataset!r}."
-        )
+    check_served(spec.name, spec.datasets, dataset)
     weights = weights or spec.default_weights.get(dataset.lower())
     if weights is not None and weights not in spec.pretrained:
         _check_weights_file(weights)
