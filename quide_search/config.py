@@ -85,6 +85,9 @@ class RunConfig:
     weights: str | None = field(default=None, metadata={"help": "local float state dict"})
     eval_samples: int | None = field(default=None, metadata={"help": "eval samples, at most"})
     calib_samples: int | None = field(default=None, metadata={"help": "calib samples, at most"})
+    test_samples: int | None = field(
+        default=None, metadata={"help": "held-out test samples, at most"}
+    )
     text_file: str | None = field(default=None, metadata={"help": "text for hf: models"})
     seq_len: int = field(default=512, metadata={"help": "tokens per eval window (hf: models)"})
     eval_windows: int = field(default=64, metadata={"help": "eval windows (hf: models)"})
@@ -309,6 +312,7 @@ class RunConfig:
             "text": text,
             "eval_samples": self.eval_samples,
             "calib_samples": self.calib_samples,
+            "test_samples": self.test_samples,
         }
 
     def gate_settings(self) -> dict[str, float | None]:

@@ -57,6 +57,7 @@ class TaskRecord(_Record):
     data_dir: str | None = None
     eval_samples: _Positive | None = None
     calib_samples: _Positive | None = None
+    test_samples: _Positive | None = None
     text: dict[str, Any] | None = None
     kept_float: dict[str, int] = Field(default_factory=dict)
     """Module type -> count of the layers with weights the backend has no quantized version of."""
@@ -100,7 +101,7 @@ _MUST_MATCH = {
     "task.model": "--model",
     "task.dataset": "--dataset",
     "task.kind": "--model",
-    "task.splits": "--dataset, --eval-samples, --calib-samples",
+    "task.splits": "--dataset, --eval-samples, --calib-samples, --test-samples",
     "task.layers": "--model, --include-head",
     "task.fingerprint": "--model, --weights",
     "search.precisions": "--bits",
@@ -303,6 +304,7 @@ def _task_record(config: RunConfig, task: Task, backend: QuantBackend) -> TaskRe
         data_dir=config.data_dir,
         eval_samples=config.eval_samples,
         calib_samples=config.calib_samples,
+        test_samples=config.test_samples,
         text=dataclasses.asdict(text) if text else None,
         kept_float=kept,
         excluded=tuple(n for n in backend.quantizable_layers(task.model) if n in task.exclude),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["METRIC_KEYS", "StudyKey", "TrialKey", "WarmStart"]
+__all__ = ["METRIC_KEYS", "TEST_KEYS", "StudyKey", "TrialKey", "WarmStart"]
 
 
 class StudyKey:
@@ -36,6 +36,8 @@ class StudyKey:
     PARETO_FRONT: Final = "pareto_front"
     CONFIRMATION: Final = "confirmation"
     """The last confirmation step: finalists re-timed in interleaved rounds."""
+    TEST: Final = "test"
+    """The finalists' P on the held-out test split, and the gate around the float model's."""
 
 
 class TrialKey:
@@ -74,6 +76,10 @@ class TrialKey:
     LAYERS: Final = "layers"
     """The per-layer plan, when the parameters are layer groups."""
     DUPLICATE_OF: Final = "duplicate_of"
+    P_TEST: Final = "P_test"
+    """P on the held-out test split (finalists only; in the ``test`` study attribute)."""
+    GATE_PASSED_TEST: Final = "gate_passed_test"
+    """Whether ``P_test`` passes the gate around the float model's test P."""
 
 
 class WarmStart:
@@ -90,3 +96,6 @@ METRIC_KEYS = (
     TrialKey.AVG_WEIGHT_BITS, TrialKey.STORED_BYTES,
 )  # fmt: skip
 """The metric fields every trial row, sweep row and exported plan carries."""
+
+TEST_KEYS = (TrialKey.P_TEST, TrialKey.GATE_PASSED_TEST)
+"""The held-out test split's fields a finalist carries beside its metrics."""

@@ -62,7 +62,8 @@ class MixedNet(nn.Module):
 
 
 def make() -> CustomTask:
-    """The toy task: 384 eval and 64 calibration samples, labelled by the float model."""
+    """The toy task: 384 eval, 64 calibration and 128 test samples, labelled by the float
+    model."""
     return _task(ToyNet)
 
 
@@ -85,13 +86,17 @@ def _task(kind: Callable[[], nn.Module], channels: int = 1) -> CustomTask:
     torch.manual_seed(0)
     model = kind().eval()
     inputs = torch.randn(448, channels, 8, 8, generator=torch.Generator().manual_seed(1))
+    held_out = torch.randn(128, channels, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         labels = model(inputs).argmax(dim=-1)
+        test_labels = model(held_out).argmax(dim=-1)
     return CustomTask(
         model=model,
         eval_inputs=inputs[:384],
         eval_labels=labels[:384],
         calib_inputs=inputs[384:],
         calib_labels=labels[384:],
+        test_inputs=held_out,
+        test_labels=test_labels,
         name="toy",
     )

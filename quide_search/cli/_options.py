@@ -128,6 +128,13 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="at most this many calibration samples, likewise (imagenet default: 512)",
     )
+    group.add_argument(
+        "--test-samples",
+        type=positive_int,
+        default=None,
+        help="at most this many samples of the held-out test split that scores the finalists, "
+        "likewise (imagenet default: 10000)",
+    )
     lm = parser.add_argument_group("Hugging Face causal LMs (--model hf:PATH_OR_ID)")
     lm.add_argument(
         "--text-file", type=str, default=None, help="UTF-8 text to score on (e.g. WikiText-2 raw)"
@@ -340,6 +347,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "weights": args.weights,
         "eval_samples": args.eval_samples,
         "calib_samples": args.calib_samples,
+        "test_samples": args.test_samples,
         "text_file": args.text_file,
         "seq_len": args.seq_len,
         "eval_windows": args.eval_windows,

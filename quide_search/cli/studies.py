@@ -127,7 +127,8 @@ def _within(study: Any, budget: Any) -> dict[str, Any]:
     from quide_search.study.summary import completed_rows, study_baseline
 
     rows = completed_rows(study)
-    best = best_within(rows, budget, study.user_attrs.get(StudyKey.CONFIRMATION))
+    attrs = study.user_attrs
+    best = best_within(rows, budget, attrs.get(StudyKey.CONFIRMATION), attrs.get(StudyKey.TEST))
     why = None
     if best is None:
         why = nothing_fits(rows, budget, study.study_name, study_baseline(study))

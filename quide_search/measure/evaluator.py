@@ -286,8 +286,8 @@ def check_task_runs(task: Task) -> None:
     predict is one error, not a traceback and an empty study.
 
     Raises:
-        ConfigError: If the forward fails, returns no logits, or (top-1 accuracy) an eval
-            label is not below the model's number of outputs.
+        ConfigError: If the forward fails, returns no logits, or (top-1 accuracy) an eval or
+            test label is not below the model's number of outputs.
     """
     split = task.splits.eval
     device = next((p.device for p in task.model.parameters()), torch.device("cpu"))
@@ -304,10 +304,11 @@ def check_task_runs(task: Task) -> None:
     if task.score is not None or task.kind not in ("classifier", "custom") or not len(split):
         return
     classes = int(logits.shape[-1])
-    low, high = int(split.labels.min()), int(split.labels.max())
+    labels = torch.cat([split.labels.flatten(), task.splits.test.labels.flatten()])
+    low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= classes:
         raise ConfigError(
-            f"eval labels must be class indices in [0, {classes - 1}] (the model has {classes} "
-            f"outputs), but they range over [{low}, {high}]. Check the task's labels or the "
-            "model's last layer."
+            f"eval and test labels must be class indices in [0, {classes - 1}] (the model has "
+            f"{classes} outputs), but they range over [{low}, {high}]. Check the task's labels "
+            "or the model's last layer."
         )

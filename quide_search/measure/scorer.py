@@ -45,7 +45,7 @@ class Scorer:
         backend: The quantization backend.
         weight_counts: Quantizable layer -> weight elements, in module order.
         cache: The quantized layers trials are assembled from.
-        evaluator: Scores P on the eval split.
+        evaluator: Scores P on the eval split (the search split).
         latency: Where T comes from.
         target: What the latency source may ask of the model (for confirmation too).
         eval_threads: torch threads evaluation runs with.
@@ -75,6 +75,7 @@ class Scorer:
         self.target = target
         self.eval_threads = eval_threads
         self.baseline_bytes = model_bytes(self.model)
+        self._test_evaluator: Evaluator | None = None
 
     @classmethod
     def build(
@@ -176,7 +177,7 @@ class Scorer:
         model = self.cache.assemble(plan)
         t1 = time.perf_counter()
         with torch_threads(self.eval_threads):
-            accuracy, perplexity = self._score(model, floor, confidence, on_chunk)
+            accuracy, perplexity = self._score(self.evaluator, model, floor, confidence, on_chunk)
         t2 = time.perf_counter()
         latency = self.latency.latency(plan)
         t3 = time.perf_counter()
@@ -201,6 +202,26 @@ class Scorer:
                 "record": time.perf_counter() - t3,
             },
         )
+
+    def test_score(self, plan: BitPlan) -> float:
+        """P of ``plan`` on the held-out test split: every sample, in plain batches, no stop.
+
+        The search never sees this split; it scores the finalists at the end of a run
+        (:mod:`quide_search.study.holdout`) and ``evaluate``. The batches depend only on the
+        split's size and the protocol's eval batch size, so P reproduces exactly.
+
+        Raises:
+            PlanError: If the plan names layers the model lacks.
+            TrialEvaluationError: If quantization or evaluation fails.
+        """
+        if self._test_evaluator is None:
+            split = self.task.splits.test
+            batch = self.evaluator.batch_size
+            evaluator = Evaluator.from_split(split, device=self.device, batch_size=batch)
+            self._test_evaluator = evaluator.with_chunking(batch, 1)
+        model = self.cache.assemble(plan)
+        with torch_threads(self.eval_threads):
+            return self._score(self._test_evaluator, model, None, None, None)[0]
 
     def time_plan(self, plan: BitPlan) -> LatencyResult:
         """Measure ``plan``'s T on the device, whatever the study's source (for checks)."""
@@ -237,13 +258,14 @@ class Scorer:
 
     def _score(
         self,
+        evaluator: Evaluator,
         model: torch.nn.Module,
         floor: float | None,
         confidence: float | None,
         on_chunk: Callable[[int, float], None] | None,
     ) -> tuple[float, float | None]:
         if self.task.score is None:
-            result = self.evaluator.evaluate_until(
+            result = evaluator.evaluate_until(
                 model, floor=floor, confidence=confidence, on_chunk=on_chunk
             )
             if result.accuracy is None:
@@ -252,7 +274,7 @@ class Scorer:
         # A task's own score function scores all samples at once: no early stop.
         try:
             with torch.no_grad():
-                value = float(self.task.score(model, self.evaluator.inputs, self.evaluator.labels))
+                value = float(self.task.score(model, evaluator.inputs, evaluator.labels))
         except Exception as e:  # a user's score function may raise anything
             raise TrialEvaluationError(
                 f"the task's score function failed: {type(e).__name__}: {e}"

@@ -59,8 +59,9 @@ def export_plan(
         study: Study name.
         storage: Its storage URL.
         trial: ``best`` (the recommended plan: best feasible by confirmed I' where the
-            study confirmed its finalists), a trial number, or ``pareto`` (one export per
-            front point in the folder ``out``, with an ``index.json``).
+            study confirmed its finalists, passing the gate on the test split too), a trial
+            number, or ``pareto`` (one export per front point in the folder ``out``, with an
+            ``index.json``).
         out: A file path for one plan; a folder for ``pareto`` or ``checkpoint``.
         fmt: ``json`` or ``yaml``.
         checkpoint: Also write the quantized model, in the backend's own layout.
@@ -110,15 +111,16 @@ def select_trial(
 
     rows = completed_rows(study)
     confirmation = study.user_attrs.get(StudyKey.CONFIRMATION)
+    test = study.user_attrs.get(StudyKey.TEST)
     if budget is None or not budget.given:
-        best = recommended(rows, confirmation)
+        best = recommended(rows, confirmation, test)
     else:
         if trial != "best":
             raise ConfigError(
                 "--max-size-mb and --max-latency-ms choose the best plan within them, so they "
                 f"go with --trial best, but got --trial {trial}. Drop one of them."
             )
-        best = best_within(rows, budget, confirmation)
+        best = best_within(rows, budget, confirmation, test)
         if best is None:
             why = nothing_fits(rows, budget, study.study_name, study_baseline(study))
             raise ConfigError(why)
@@ -177,6 +179,7 @@ def task_options(protocol: Protocol) -> dict[str, Any]:
         "text": TextTask(**task.text) if task.text else None,
         "eval_samples": task.eval_samples,
         "calib_samples": task.calib_samples,
+        "test_samples": task.test_samples,
     }
 
 

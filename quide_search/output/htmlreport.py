@@ -2,7 +2,8 @@
 
 The report opens offline: no CDN, no server. It holds the Pareto front (C against P, colour T,
 the knee and the best I' marked, the plan on hover), I' over the trials, the per-layer bit-widths
-of the front's plans, the sensitivity table when the study stores one, and the uniform rows.
+of the front's plans, the uniform rows, the finalists' confirmed T and their P on the search and
+held-out test splits, and the sensitivity table when the study stores one.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def write_report(
     sections = [
         figures[k].to_html(full_html=False, include_plotlyjs=False, div_id=k) for k in PLOT_IDS
     ]
-    page = _page(summary, sections, loaded.user_attrs.get(StudyKey.SENSITIVITY))
+    page = _page(summary, rows, sections, loaded.user_attrs.get(StudyKey.SENSITIVITY))
     page = page.replace("/*PLOTLY*/", plotly.offline.get_plotlyjs())
     atomic_write_text(path, page)
     written = [path]
@@ -233,8 +234,7 @@ def _confirmation_table(summary: SearchSummary) -> str:
     confirmation = summary.confirmation
     if not confirmation:
         return "<p>The finalists were not re-timed (an analytic T, or --confirm-top 0).</p>"
-    rows = [summary.baseline | {"trial": "float"}, *(summary.pareto), *summary.uniform]
-    search = {r["trial"]: r for r in [*rows, *([summary.best] if summary.best else [])]}
+    search = _known_rows(summary)
     body = [
         [e["trial"], search.get(e["trial"], {}).get("T_ms"), e["T_confirmed_ms"],
          search.get(e["trial"], {}).get("I_prime"), e["I_prime_confirmed"],
@@ -250,7 +250,39 @@ def _confirmation_table(summary: SearchSummary) -> str:
     return caption + _table(headers, body)
 
 
-def _page(summary: SearchSummary, sections: Sequence[str], sensitivity: Any) -> str:
+def _test_table(summary: SearchSummary, completed: Sequence[Mapping[str, Any]]) -> str:
+    """The finalists' P on the search split beside their P on the held-out test split."""
+    test = summary.test or {}
+    if not test.get("entries"):
+        return "<p>This study's finalists were not scored on a held-out test split.</p>"
+    rows = {**_known_rows(summary), **{r["trial"]: r for r in completed}}
+    body = [
+        [e["trial"], rows.get(e["trial"], {}).get("P"), e["P_test"],
+         rows.get(e["trial"], {}).get("gate_passed"), e["gate_passed_test"]]
+        for e in test["entries"]
+    ]  # fmt: skip
+    caption = (
+        f"<p>{len(body)} finalists scored on {test['samples']} held-out samples the search never "
+        f"saw; gate there P_test &ge; {test['gate']['threshold']:.4f} (around the float "
+        "model's test P). The search selected on P (search split), so P (test split) is the "
+        "estimate to expect; the recommendation passes both gates.</p>"
+    )
+    headers = ["trial", "P (search split)", "P (test split)", "gate (search)", "gate (test)"]
+    return caption + _table(headers, body)
+
+
+def _known_rows(summary: SearchSummary) -> dict[Any, dict[str, Any]]:
+    """The summary's known rows (float, front, uniform, recommended) by trial."""
+    rows = [summary.baseline | {"trial": "float"}, *summary.pareto, *summary.uniform]
+    return {r["trial"]: r for r in [*rows, *([summary.best] if summary.best else [])]}
+
+
+def _page(
+    summary: SearchSummary,
+    completed: Sequence[Mapping[str, Any]],
+    sections: Sequence[str],
+    sensitivity: Any,
+) -> str:
     lat = summary.latency
     title = html.escape(f"quide-search report: {summary.study_name}")
     protocol = summary.protocol
@@ -281,6 +313,7 @@ def _page(summary: SearchSummary, sections: Sequence[str], sensitivity: Any) -> 
 <h2>Bit-widths on the front</h2>{sections[2]}
 <h2>Uniform precisions</h2>{_uniform_table(summary)}
 <h2>Confirmation</h2>{_confirmation_table(summary)}
+<h2>Held-out test split</h2>{_test_table(summary, completed)}
 <h2>Sensitivity</h2>{_sensitivity_table(sensitivity)}
 </body></html>
 """

@@ -121,23 +121,30 @@ def plan_record(
     plan = BitPlan(
         model=task.model, dataset=task.dataset, layers=trial_plan(trial), backend=protocol.backend
     )
-    baseline = study.user_attrs.get(StudyKey.BASELINE, {})
+    baseline = {
+        k: study.user_attrs.get(StudyKey.BASELINE, {}).get(k)
+        for k in ("C", "P", "T_ms", "I", "I_prime", "gate_passed")
+    }
     metrics: dict[str, Any] = {
         k: trial.user_attrs[k] for k in _METRIC_KEYS if k in trial.user_attrs
     }
-    confirmation = study.user_attrs.get(StudyKey.CONFIRMATION) or {}
-    for entry in confirmation.get("entries", []):
-        if entry["trial"] == trial.number:
-            metrics.update({k: v for k, v in entry.items() if k != "trial"})
+    # The confirmed T and the held-out test P, where the trial was a finalist; the float
+    # model's test P goes with the baseline.
+    for key in (StudyKey.CONFIRMATION, StudyKey.TEST):
+        for entry in (study.user_attrs.get(key) or {}).get("entries", []):
+            if entry["trial"] == trial.number:
+                metrics.update({k: v for k, v in entry.items() if k != "trial"})
+            elif entry["trial"] == "float" and key == StudyKey.TEST:
+                baseline[TrialKey.P_TEST] = entry[TrialKey.P_TEST]
+    if TrialKey.P_TEST in metrics:
+        metrics["test_samples"] = study.user_attrs[StudyKey.TEST]["samples"]
     metrics["latency"] = protocol.latency.to_dict()
     return stamped(
         {
             **plan.to_dict(),
             "quantization_map": get_backend(protocol.backend).quantization_map(plan),
             "metrics": metrics,
-            "baseline": {
-                k: baseline.get(k) for k in ("C", "P", "T_ms", "I", "I_prime", "gate_passed")
-            },  # fmt: skip
+            "baseline": baseline,
             "protocol": protocol.to_dict(),
             "source": {"study": study.study_name, "trial": trial.number},
         }

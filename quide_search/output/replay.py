@@ -1,8 +1,9 @@
 """Re-apply an exported plan to its model and measure it again (``quide-search evaluate``).
 
 P is scored exactly as in the study (the record's protocol: its splits, evaluation batch and
-threads), so it reproduces exactly. T is taken again on this machine's device: measured (a
-table study's T is measured too) or, for an analytic study, the same estimate.
+threads), on the search split and on the held-out test split, so both reproduce exactly. T is
+taken again on this machine's device: measured (a table study's T is measured too) or, for an
+analytic study, the same estimate.
 """
 
 from __future__ import annotations
@@ -24,19 +25,30 @@ __all__ = ["Replay", "evaluate_plan"]
 
 @dataclass(frozen=True)
 class Replay:
-    """A plan measured again, beside what its record stated."""
+    """A plan measured again, beside what its record stated.
+
+    Attributes:
+        plan: The plan.
+        measured: Its metrics now (P on the search split).
+        p_test: Its P now on the held-out test split.
+        stored: The record's metrics (``P_test`` where the plan was a study finalist).
+        latency: How T was taken now.
+    """
 
     plan: BitPlan
     measured: Metrics
+    p_test: float
     stored: dict[str, Any]
     latency: dict[str, Any]
 
     @property
     def reproduced(self) -> bool | None:
-        """Whether P equals the stored P exactly (None if the record holds no P)."""
+        """Whether P, and P_test where stored, equal the stored values exactly (None if the
+        record holds no P)."""
         if "P" not in self.stored:
             return None
-        return self.stored["P"] == self.measured.P
+        same_test = self.stored.get("P_test", self.p_test) == self.p_test
+        return self.stored["P"] == self.measured.P and same_test
 
 
 def evaluate_plan(
@@ -85,6 +97,7 @@ def evaluate_plan(
         scorer = Scorer.build(task, protocol, device=target)
         plan.validate_layers(scorer.weight_counts)
         measured = scorer.measure(plan)
+        p_test = scorer.test_score(plan)
         baseline_p = (record.get("baseline") or {}).get("P")
         if baseline_p is None:
             baseline_p = scorer.measure(scorer.float_plan()).P
@@ -94,6 +107,7 @@ def evaluate_plan(
     return Replay(
         plan=plan,
         measured=metrics,
+        p_test=p_test,
         stored=dict(record.get("metrics") or {}),
         latency=scorer.latency.context.to_dict(),
     )

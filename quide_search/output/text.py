@@ -57,16 +57,27 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _row(
-    label: str, m: Mapping[str, Any], confirmed: bool, extra: Sequence[Any] = ()
+    label: str,
+    m: Mapping[str, Any],
+    confirmed: bool,
+    extra: Sequence[Any] = (),
+    *,
+    tested: bool = False,
 ) -> list[Any]:
-    row = [label, *(m[c] for c in _COLUMNS), m["gate_passed"]]
+    """One table row; ``tested`` adds P and the gate on the held-out test split."""
+    row = [label, m["C"], m["P"], *((m.get("P_test"),) if tested else ()), m["T_ms"], m["I"]]
+    row += [m["I_prime"], m["gate_passed"], *((m.get("gate_passed_test"),) if tested else ())]
     if confirmed:
         row += [m.get(c) for c in _CONFIRMED]
     return [*row, *extra]
 
 
-def _headers(first: str, confirmed: bool, *extra: str) -> list[str]:
-    return [first, *_COLUMNS, "gate", *(("T_conf", "I'_conf") if confirmed else ()), *extra]
+def _headers(first: str, confirmed: bool, *extra: str, tested: bool = False) -> list[str]:
+    """The headers of :func:`_row`'s columns; with a test split, P is labelled by split."""
+    p = ("P_search", "P_test") if tested else ("P",)
+    gate = ("gate", "gate_test") if tested else ("gate",)
+    conf = ("T_conf", "I'_conf") if confirmed else ()
+    return [first, "C", *p, "T_ms", "I", "I_prime", *gate, *conf, *extra]
 
 
 def latency_text(latency: Mapping[str, Any]) -> str:
@@ -135,29 +146,40 @@ def verdict_lines(summary: SearchSummary) -> list[str]:
             f"than every feasible plan's (best: trial {best['trial']}, {plan_score:.4f}).",
         ]
     lines = []
+    tested = bool((summary.test or {}).get("entries"))
     if not best["feasible"]:
-        lines.append("no trial is feasible (accuracy gate, size and latency limits); the "
-                     "best-so-far by I' then I is shown.")  # fmt: skip
+        where = " on the search split and the held-out test split" if tested else ""
+        lines.append(f"no trial is feasible{where} (accuracy gate, size and latency limits); "
+                     "the best-so-far by I' then I is shown.")  # fmt: skip
     by = "confirmed I'" if "I_prime_confirmed" in best else "I'"
+    if tested and best["feasible"]:
+        by += ", passing the gate on the test split too"
     lines.append(
         f"recommended plan (trial {best['trial']}, best by {by}): {plan_text(best['plan'])}"
     )
+    if best.get("P_test") is not None:
+        lines.append(
+            f"its P: {best['P']:.4f} on the search split it was selected on, "
+            f"{best['P_test']:.4f} on the held-out test split (the unbiased estimate)."
+        )
     return lines
 
 
 def format_summary(summary: SearchSummary) -> str:
     """Return the end-of-run table: float baseline, best uniform plan, recommended plan."""
     confirmed = summary.confirmation is not None
-    rows = [_row("float baseline", summary.baseline, confirmed, ["-"])]
+    tested = _tested(summary)
+    rows = [_row("float baseline", summary.baseline, confirmed, ["-"], tested=tested)]
     if summary.uniform:
         from quide_search.metric import knee
 
         best_uniform = knee(summary.uniform)
         label = "best uniform (" + next(iter(best_uniform["plan"].values())) + ")"
         rows.append(_row(label, _with_confirmed(summary, best_uniform), confirmed,
-                         [best_uniform["trial"]]))  # fmt: skip
+                         [best_uniform["trial"]], tested=tested))  # fmt: skip
     if summary.best is not None:
-        rows.append(_row("recommended", summary.best, confirmed, [summary.best["trial"]]))
+        rows.append(_row("recommended", summary.best, confirmed, [summary.best["trial"]],
+                         tested=tested))  # fmt: skip
     lines = [
         f"study {summary.study_name!r} in {summary.storage_url}",
         f"{_count(summary.completed, 'completed trial')} "
@@ -166,7 +188,7 @@ def format_summary(summary: SearchSummary) -> str:
         + (f", {summary.waiting} queued and not run" if summary.waiting else "")
         + f"; {latency_text(summary.latency)}",
         "",
-        format_table(_headers("plan", confirmed, "trial"), rows),
+        format_table(_headers("plan", confirmed, "trial", tested=tested), rows),
         "",
         *verdict_lines(summary),
     ]
@@ -186,10 +208,19 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def _tested(summary: SearchSummary) -> bool:
+    """Whether the study's finalists were scored on the held-out test split."""
+    return bool((summary.test or {}).get("entries"))
+
+
 def _with_confirmed(summary: SearchSummary, row: Mapping[str, Any]) -> dict[str, Any]:
-    entries = (summary.confirmation or {}).get("entries", [])
-    entry: dict[str, Any] = next((e for e in entries if e["trial"] == row["trial"]), {})
-    return {**row, **entry}
+    """``row`` with its confirmed T and its test P, where it was a finalist."""
+    merged = dict(row)
+    for record in (summary.confirmation, summary.test):
+        entries = (record or {}).get("entries", [])
+        entry: dict[str, Any] = next((e for e in entries if e["trial"] == row["trial"]), {})
+        merged.update(entry)
+    return merged
 
 
 def _notes(summary: SearchSummary) -> list[str]:
@@ -206,6 +237,7 @@ def _notes(summary: SearchSummary) -> list[str]:
         )
         for key, reason in c.get("failed", {}).items():
             lines.append(f"  finalist {key} could not be re-timed: {reason}")
+    lines += _test_notes(summary.test)
     if summary.warm_start_skipped:
         lines.append(f"\nno warm-start plans: {summary.warm_start_skipped}")
     if summary.early_stop:
@@ -219,6 +251,24 @@ def _notes(summary: SearchSummary) -> list[str]:
         lines.append(f"\nlatency table vs measured T on the uniform plans: {errors}")
     if summary.latency_warning:
         lines.append("\n" + summary.latency_warning)
+    return lines
+
+
+def _test_notes(test: Mapping[str, Any] | None) -> list[str]:
+    """What the held-out test step did, in a line (and one per failed finalist)."""
+    if not test:
+        return []
+    lines = []
+    if test.get("entries"):
+        gate = test["gate"]
+        lines.append(
+            f"\ntest split: {len(test['entries'])} finalists (float included) scored on "
+            f"{test['samples']} held-out samples the search never saw ({test['seconds']:.2f} s); "
+            f"its gate is P_test >= {gate['threshold']:.4f} (around the float model's "
+            f"{gate['baseline_P']:.4f}). The recommendation must pass it too."
+        )
+    for key, reason in test.get("failed", {}).items():
+        lines.append(f"  finalist {key} could not be scored on the test split: {reason}")
     return lines
 
 
@@ -245,15 +295,17 @@ def format_sweep(result: SweepResult) -> str:
 
 def format_replay(replay: Replay) -> str:
     """Return the measured metrics beside the stored ones and the reproduction verdict."""
-    rows = [_row("measured", replay.measured.to_dict(), False)]
+    measured = {**replay.measured.to_dict(), "P_test": replay.p_test}
+    rows = [_row("measured", measured, False, tested=True)]
     if all(c in replay.stored for c in _COLUMNS):
-        rows.append(_row("stored", replay.stored, False))
+        rows.append(_row("stored", replay.stored, False, tested=True))
+    both = "P and P_test" if "P_test" in replay.stored else "P (no P_test stored: not a finalist)"
     verdict = {
-        True: "P reproduced exactly",
-        False: "P differs from the stored P",
+        True: f"{both} reproduced exactly",
+        False: "P or P_test differs from the stored value",
         None: "the plan stores no P to compare",
     }[replay.reproduced]
-    table = format_table(_headers("", False), rows)
+    table = format_table(_headers("", False, tested=True), rows)
     return "\n".join([latency_text(replay.latency), "", table, "", verdict])
 
 
@@ -313,12 +365,13 @@ def format_budget(
     if best is None:
         return str(why)
     confirmed = "I_prime_confirmed" in best
+    tested = "P_test" in best
     return "\n".join([
         f"best within {budget.text()}, among the {trials} stored trials (by "
         f"{'confirmed' if confirmed else 'the search' + chr(39) + 's'} I'; no new search):",
         "",
-        format_table(_headers("plan", confirmed, "trial"),
-                     [_row("within budget", best, confirmed, [best["trial"]])]),
+        format_table(_headers("plan", confirmed, "trial", tested=tested),
+                     [_row("within budget", best, confirmed, [best["trial"]], tested=tested)]),
         "",
         f"plan (trial {best['trial']}): {plan_text(best['plan'])}",
     ])  # fmt: skip
@@ -329,11 +382,15 @@ def format_study(summary: SearchSummary) -> str:
     protocol = summary.protocol
     task = protocol.get("task", {})
     confirmed = summary.confirmation is not None
+    tested = _tested(summary)
     uniform = [
         _row("uniform " + next(iter(r["plan"].values())), _with_confirmed(summary, r), confirmed,
-             [r["trial"]])
+             [r["trial"]], tested=tested)
         for r in summary.uniform
     ]  # fmt: skip
+    if summary.best is not None:
+        uniform.append(_row("recommended", summary.best, confirmed, [summary.best["trial"]],
+                            tested=tested))  # fmt: skip
     lines = [
         f"study {summary.study_name!r} in {summary.storage_url}",
         f"task {task.get('model')}/{task.get('dataset')}, backend {protocol.get('backend')}, "
@@ -343,8 +400,8 @@ def format_study(summary: SearchSummary) -> str:
         f"failed, {summary.running} running, {summary.waiting} queued and not run",
         "",
         format_table(
-            _headers("plan", confirmed, "trial"),
-            [_row("float baseline", summary.baseline, confirmed, ["-"]), *uniform],
+            _headers("plan", confirmed, "trial", tested=tested),
+            [_row("float baseline", summary.baseline, confirmed, ["-"], tested=tested), *uniform],
         ),
         "",
         *verdict_lines(summary),
@@ -352,6 +409,7 @@ def format_study(summary: SearchSummary) -> str:
     kept = kept_float_text(protocol)
     if kept:
         lines += ["", kept]
+    lines += _test_notes(summary.test)
     front = [
         [p["trial"], *(p[c] for c in _COLUMNS), p["gate_passed"], plan_text(p["plan"])]
         for p in sorted(summary.pareto, key=lambda p: -p["C"])

@@ -65,17 +65,21 @@ def best_within(
     rows: Sequence[Mapping[str, Any]],
     budget: Budget,
     confirmation: Mapping[str, Any] | None = None,
+    test: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Return the best stored plan that passes the gate and fits ``budget``, or None.
 
     The choice follows the recommendation's rule on the plans that fit: the best confirmed
     finalist by confirmed I' (its confirmed T within the budget too), else the best by the
-    search's I'. A budget that every finalist meets gives the recommended plan.
+    search's I'. A finalist whose P failed the gate on the held-out test split is never
+    chosen; a plan that was not a finalist has no test P (``P_test`` absent). A budget that
+    every finalist meets gives the recommended plan.
 
     Args:
         rows: The study's completed rows (:func:`quide_search.study.summary.completed_rows`).
         budget: The limits.
         confirmation: The study's confirmation record, if it has one.
+        test: The study's test-split record, if it has one.
 
     Returns:
         The row with ``feasible`` True, or None when no stored plan fits.
@@ -83,10 +87,13 @@ def best_within(
     from quide_search.study.summary import recommended
 
     entries = {e["trial"]: e for e in (confirmation or {}).get("entries", [])}
+    tested = {e["trial"]: e for e in (test or {}).get("entries", [])}
     fitting = [
-        {**r, "feasible": True}
+        {**r, **tested.get(r["trial"], {}), "feasible": True}
         for r in rows
-        if r[TrialKey.GATE_PASSED] and budget.fits({**r, **entries.get(r["trial"], {})})
+        if r[TrialKey.GATE_PASSED]
+        and tested.get(r["trial"], {}).get(TrialKey.GATE_PASSED_TEST, True)
+        and budget.fits({**r, **entries.get(r["trial"], {})})
     ]
     numbers = {r["trial"] for r in fitting}
     kept = [{**e, "feasible_confirmed": True} for n, e in entries.items() if n in numbers]

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from quide_search.search.objective import PlanObjective
 
-__all__ = ["FRONT_BOUND", "confirm_study", "finalists"]
+__all__ = ["FRONT_BOUND", "confirm_study", "finalist_plans", "finalists"]
 
 FRONT_BOUND = 8
 """Pareto-front points confirmed at most (those with the highest I')."""
@@ -78,15 +78,7 @@ def confirm_study(
     if top <= 0 or not rows or context.estimated:
         return None
     by_number = {r["trial"]: r for r in rows}
-    numbers = finalists(rows, top=top)
-    plans: dict[int | str, BitPlan] = {"float": scorer.float_plan()}
-    for n in numbers:
-        plans[n] = BitPlan(
-            model=scorer.task.model_name,
-            dataset=scorer.task.dataset_name,
-            layers=by_number[n]["plan"],
-            backend=scorer.backend.name,
-        )
+    plans = finalist_plans(objective, rows, top=top)
     stored = study.user_attrs.get(StudyKey.CONFIRMATION)
     if stored and stored.get("top") == top and _keys(stored) == {str(k) for k in plans}:
         return dict(stored)
@@ -108,6 +100,23 @@ def confirm_study(
     }
     study.set_user_attr(StudyKey.CONFIRMATION, record)
     return record
+
+
+def finalist_plans(
+    objective: PlanObjective, rows: list[dict[str, Any]], *, top: int
+) -> dict[int | str, BitPlan]:
+    """The float plan (key ``float``) and the :func:`finalists`' plans, by trial number."""
+    scorer = objective.scorer
+    by_number = {r["trial"]: r for r in rows}
+    plans: dict[int | str, BitPlan] = {"float": scorer.float_plan()}
+    for n in finalists(rows, top=top):
+        plans[n] = BitPlan(
+            model=scorer.task.model_name,
+            dataset=scorer.task.dataset_name,
+            layers=by_number[n]["plan"],
+            backend=scorer.backend.name,
+        )
+    return plans
 
 
 def _keys(record: Mapping[str, Any]) -> set[str]:

@@ -1,5 +1,5 @@
 """A whole search: open the study, run trials (in this process and any workers), confirm the
-finalists, persist the Pareto front and summarise."""
+finalists, score them on the held-out test split, persist the Pareto front and summarise."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def run_search(
     Running again with the same config runs no more trials; a larger ``trials`` extends the
     study. With ``config.workers > 1``, that many processes (this one included) share the
     work. At the end the finalists are re-timed side by side (``config.confirm_top``) and
-    the recommended plan is chosen on their confirmed I'.
+    scored on the held-out test split; the recommended plan is the best by confirmed I'
+    whose P passes the gate on the search split and on the test split.
 
     Raises:
         QuideError: For bad settings or an unusable storage, before anything is written.
@@ -32,6 +33,7 @@ def run_search(
     from quide_search.latency import torch_threads
     from quide_search.progress import shown
     from quide_search.study.confirm import confirm_study
+    from quide_search.study.holdout import test_study
     from quide_search.study.optimize import optimize
     from quide_search.study.session import open_session
     from quide_search.study.workers import WorkerPool
@@ -62,6 +64,7 @@ def run_search(
                 echo(f"warning: {problem}")
         if config.trials > 0:
             confirm_study(session.study, session.objective, top=config.confirm_top)
+            test_study(session.study, session.objective, top=config.confirm_top)
     summary = summarize(session.study, storage_url=session.storage_url, out_dir=config.out_dir)
     persist_front(session.study, summary)
     return summary

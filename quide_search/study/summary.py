@@ -45,7 +45,9 @@ class SearchSummary:
     """What a finished (or resumed) search reports.
 
     ``best`` is the recommended plan: the best feasible by confirmed I' where the study's
-    finalists were confirmed, else by the search's I'. ``keep_float`` says that the float
+    finalists were confirmed, else by the search's I', among the finalists whose P also
+    passes the gate on the held-out test split (``test``) where they were scored on it.
+    ``keep_float`` says that the float
     model scores a higher I' than every feasible plan, so quantizing does not pay here.
     """
 
@@ -65,6 +67,7 @@ class SearchSummary:
     protocol: dict[str, Any]
     keep_float: bool = False
     confirmation: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
     latency_warning: str | None = None
     early_stop: dict[str, Any] | None = None
     latency_table_check: list[dict[str, Any]] | None = None
@@ -151,11 +154,13 @@ def study_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def study_baseline(study: optuna.Study) -> dict[str, Any]:
-    """The float model's stored metrics, with its confirmed T where the study confirmed it."""
+    """The float model's stored metrics, with its confirmed T and its test P where the study
+    has them."""
     baseline = dict(study.user_attrs.get(StudyKey.BASELINE, {}))
-    entries = (study.user_attrs.get(StudyKey.CONFIRMATION) or {}).get("entries", [])
-    float_entry: dict[str, Any] = next((e for e in entries if e["trial"] == "float"), {})
-    baseline.update({k: v for k, v in float_entry.items() if k != "trial"})
+    for key in (StudyKey.CONFIRMATION, StudyKey.TEST):
+        entries = (study.user_attrs.get(key) or {}).get("entries", [])
+        entry: dict[str, Any] = next((e for e in entries if e["trial"] == "float"), {})
+        baseline.update({k: v for k, v in entry.items() if k != "trial"})
     return baseline
 
 
@@ -222,23 +227,62 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def recommended(
-    rows: list[dict[str, Any]], confirmation: Mapping[str, Any] | None
+    rows: list[dict[str, Any]],
+    confirmation: Mapping[str, Any] | None,
+    test: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Return the recommended row: best feasible by confirmed I' where confirmed.
+    """Return the recommended row.
+
+    Among the finalists (those confirmed, else those scored on the test split), the best
+    by confirmed I' (else the search's I') that is feasible on the search split (by its
+    confirmed T where confirmed) and whose P on the held-out test split passes the gate
+    around the float model's test P. Without finalists, the best row by the search's I'
+    (:func:`best_row`). When no finalist qualifies, :func:`best_row`'s choice with
+    ``feasible`` False.
 
     The row carries its confirmed values (``T_confirmed_ms``, ``I_prime_confirmed``, ...)
-    beside the search's.
+    and its ``P_test`` and ``gate_passed_test`` beside the search's.
     """
-    confirmed = {
-        e["trial"]: e for e in (confirmation or {}).get("entries", []) if e["trial"] != "float"
-    }
+    confirmed = _entries(confirmation)
+    tested = _entries(test)
     by_number = {r["trial"]: r for r in rows}
-    pool = [{**by_number[n], **e} for n, e in confirmed.items() if n in by_number]
-    feasible = [r for r in pool if r["feasible_confirmed"]]
-    if not feasible:
+    numbers = list(confirmed or tested)
+    pool = [
+        {**by_number[n], **confirmed.get(n, {}), **tested.get(n, {})}
+        for n in numbers
+        if n in by_number
+    ]
+    if not pool:
         return best_row(rows)
-    best = max(feasible, key=lambda r: (r["I_prime_confirmed"], r["I_confirmed"], -r["trial"]))
-    return {**best, "feasible": True}
+    feasible: list[dict[str, Any]] = [r for r in pool if _qualifies(r, tested=bool(tested))]
+    if not feasible:
+        best = best_row(rows)
+        return (
+            None if best is None else {**best, **tested.get(best["trial"], {}), "feasible": False}
+        )
+
+    def score(r: dict[str, Any]) -> tuple[float, float, int]:
+        return (
+            r.get("I_prime_confirmed", r["I_prime"]),
+            r.get("I_confirmed", r["I"]),
+            -r["trial"],
+        )
+
+    chosen: dict[str, Any] = max(feasible, key=score)
+    return {**chosen, "feasible": True}
+
+
+def _entries(record: Mapping[str, Any] | None) -> dict[int, dict[str, Any]]:
+    """A finalist record's entries by trial number, without the float model's."""
+    entries = (record or {}).get("entries", [])
+    return {e["trial"]: e for e in entries if e["trial"] != "float"}
+
+
+def _qualifies(row: Mapping[str, Any], *, tested: bool) -> bool:
+    """Feasible on the search split (confirmed where confirmed) and, where the finalists were
+    scored on the test split, passing its gate too."""
+    feasible = bool(row.get("feasible_confirmed", row["feasible"]))
+    return feasible and (not tested or bool(row.get(TrialKey.GATE_PASSED_TEST, False)))
 
 
 def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> SearchSummary:
@@ -250,8 +294,9 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
     rows = completed_rows(study)
     attrs = study.user_attrs
     confirmation = attrs.get(StudyKey.CONFIRMATION)
+    test = attrs.get(StudyKey.TEST)
     baseline = study_baseline(study)
-    best = recommended(rows, confirmation)
+    best = recommended(rows, confirmation, test)
     states = optuna.trial.TrialState
     by_state = {s: study.get_trials(deepcopy=False, states=(s,)) for s in states}
     return SearchSummary(
@@ -271,6 +316,7 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
         protocol=dict(attrs.get(StudyKey.PROTOCOL, {})),
         keep_float=_keep_float(baseline, best),
         confirmation=confirmation,
+        test=test,
         latency_warning=latency_warnings(study),
         early_stop=early_stop_savings(by_state[states.PRUNED]),
         latency_table_check=attrs.get(StudyKey.LATENCY_TABLE_CHECK),

@@ -27,9 +27,9 @@ DATA_SEED = 0
 scored on the same data with the same float model."""
 
 
-_RECIPE_VERSION = 2
-"""Version of the training recipe in the cache key; 2 seeds the initial weights too, so weights
-cached by version 1 (unseeded initialisation) are not reused."""
+_RECIPE_VERSION = 3
+"""Version of the training recipe in the cache key: 2 seeds the initial weights too; 3 trains
+without the held-out test split, so weights that saw its samples are never reused."""
 
 
 def load_task(
@@ -45,6 +45,7 @@ def load_task(
     retrain: bool = False,
     eval_samples: int | None = None,
     calib_samples: int | None = None,
+    test_samples: int | None = None,
 ) -> Task:
     """Build the float model for ``model`` on ``dataset`` and its data splits.
 
@@ -61,6 +62,7 @@ def load_task(
         retrain: Train again even if cached weights exist (``quide-search train``).
         eval_samples: Eval subset size, for datasets that sample one (imagenet).
         calib_samples: Calibration subset size, likewise.
+        test_samples: Held-out test subset size, likewise.
 
     Raises:
         ConfigError: For an unknown model or dataset, or a dataset the model does not serve.
@@ -78,6 +80,7 @@ def load_task(
             device_type=device_type,
             eval_samples=eval_samples,
             calib_samples=calib_samples,
+            test_samples=test_samples,
         )
         return task
     loader = DATASETS.get(dataset)
@@ -91,8 +94,9 @@ def load_task(
         download=download,
         eval_samples=eval_samples,
         calib_samples=calib_samples,
+        test_samples=test_samples,
     )
-    splits = loader(request).limited(eval=eval_samples, calib=calib_samples)
+    splits = loader(request).limited(eval=eval_samples, calib=calib_samples, test=test_samples)
     # The initial weights are part of the seeded training run: without this the cached model
     # depends on whatever the global RNG held when the process got here.
     torch.manual_seed(DATA_SEED)

@@ -232,7 +232,7 @@ def test_evaluate_and_sweep_commands(
     assert main(["evaluate", "--plan", "plan.json", "--device", "cpu"]) == 0
     replayed = capsys.readouterr().out
     # P is scored as in the study and reproduces; T is measured again on this machine.
-    assert "P reproduced exactly" in replayed
+    assert "P and P_test reproduced exactly" in replayed
     assert "on cpu (measured, wall_clock, samples of >= 1 ms)" in replayed
     sweep = ["sweep", "--bits", "float,8,4", "--device", "cpu", "--out-dir", "sw"]
     assert main([*sweep, "--latency-sample-ms", "1"]) == 0
@@ -395,8 +395,8 @@ def test_the_headline_command_runs_offline_and_says_how_to_run_imagenet(
     monkeypatch.setitem(MODELS.get("resnet18").dataset_epochs, "mnist-5k", 0)
     monkeypatch.setenv("QUIDE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    small = ["--eval-samples", "96", "--calib-samples", "16", "--latency", "model:cpu-epyc-2c",
-             "--no-progress"]  # fmt: skip
+    small = ["--eval-samples", "96", "--calib-samples", "16", "--test-samples", "64",
+             "--latency", "model:cpu-epyc-2c", "--no-progress"]  # fmt: skip
     assert main(["run", "--model", "resnet18", "--trials", "1", *small]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines()[0] == (
@@ -408,7 +408,7 @@ def test_the_headline_command_runs_offline_and_says_how_to_run_imagenet(
     assert (tmp_path / "studies" / "resnet18-mnist-5k.db").is_file()
     assert main(["show", "--study", "resnet18-mnist-5k", "--json"]) == 0
     splits = json.loads(capsys.readouterr().out)["protocol"]["task"]["splits"]
-    assert (splits["calib"], splits["eval"], splits["train"]) == (16, 96, 3500)
+    assert (splits["calib"], splits["eval"], splits["test"], splits["train"]) == (16, 96, 64, 2500)
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,7 @@ def test_the_recommendation_uses_confirmed_t_and_can_be_the_float_model(
                 "confirm_spread": 0.01, "confirm_rounds": 10}  # fmt: skip
 
     copy = _copy_with(study)
+    copy.set_user_attr("test", None)  # the confirmation alone decides here
     floats = {**entry({"trial": "float"}, 1.0), "feasible_confirmed": True}
     copy.set_user_attr("confirmation", {"rounds": 10, "seconds": 0.1, "top": 5, "failed": {},
                                         "entries": [floats, entry(first, 2.0),
@@ -297,8 +298,8 @@ def test_a_model_without_a_quantizable_layer_is_refused_before_a_study_exists(
     [
         ("wrong_shape", "must run on its eval inputs (shape (5,) per sample), but its forward "
                         "raised RuntimeError"),
-        ("bad_labels", "eval labels must be class indices in [0, 2] (the model has 3 outputs), "
-                       "but they range over [0, 7]"),
+        ("bad_labels", "eval and test labels must be class indices in [0, 2] (the model has 3 "
+                       "outputs), but they range over [0, 7]"),
         ("bare_linear", "is itself a Linear, which a plan cannot name. Wrap it"),
     ],
 )  # fmt: skip

@@ -32,10 +32,18 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def first(self, n: int | None) -> Split:
+        """The first ``n`` samples (all of them for None)."""
+        return self if n is None else Split(self.inputs[:n], self.labels[:n])
+
 
 @dataclass(frozen=True)
 class Splits:
-    """Disjoint train / calibration / eval splits of one dataset.
+    """Disjoint train / calibration / eval / test splits of one dataset.
+
+    The search scores P on ``eval`` (the search split) and its gate reads that P; ``test`` is
+    held out from everything the search sees and scores only the finalists at the end of a
+    run, so the recommended plan's reported P is not the one it was selected on.
 
     Attributes:
         name: Registered dataset name.
@@ -48,20 +56,22 @@ class Splits:
     train: Split
     calib: Split
     eval: Split
+    test: Split
     input_shape: tuple[int, ...]
     num_classes: int
     seed: int
 
-    def limited(self, *, eval: int | None, calib: int | None) -> Splits:
-        """Return these splits with at most ``eval`` eval and ``calib`` calibration samples
-        (the first of each seeded split; None keeps a split whole). The train split, and so a
-        trained model, does not change."""
+    def limited(self, *, eval: int | None, calib: int | None, test: int | None = None) -> Splits:
+        """Return these splits with at most ``eval`` eval, ``calib`` calibration and ``test``
+        test samples (the first of each seeded split; None keeps a split whole). The train
+        split, and so a trained model, does not change."""
         import dataclasses
 
         return dataclasses.replace(
             self,
-            eval=Split(self.eval.inputs[:eval], self.eval.labels[:eval]),
-            calib=Split(self.calib.inputs[:calib], self.calib.labels[:calib]),
+            eval=self.eval.first(eval),
+            calib=self.calib.first(calib),
+            test=self.test.first(test),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -71,6 +81,7 @@ class Splits:
             "train": len(self.train),
             "calib": len(self.calib),
             "eval": len(self.eval),
+            "test": len(self.test),
             "split_seed": self.seed,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
@@ -86,6 +97,7 @@ class DataRequest:
     download: bool = False
     eval_samples: int | None = None
     calib_samples: int | None = None
+    test_samples: int | None = None
 
 
 DatasetLoader = Callable[[DataRequest], Splits]
@@ -112,17 +124,19 @@ def seeded_dataset(
     seed: int,
     calib: int,
     eval: int,
+    test: int,
     num_classes: int,
 ) -> Splits:
     """Return the :class:`Splits` of one in-memory dataset cut by :func:`seeded_splits`."""
-    train, calib_split, eval_split = seeded_splits(
-        inputs, labels, seed=seed, calib=calib, eval=eval
+    train, calib_split, eval_split, test_split = seeded_splits(
+        inputs, labels, seed=seed, calib=calib, eval=eval, test=test
     )
     return Splits(
         name=name,
         train=train,
         calib=calib_split,
         eval=eval_split,
+        test=test_split,
         input_shape=tuple(inputs.shape[1:]),
         num_classes=num_classes,
         seed=seed,
@@ -130,23 +144,32 @@ def seeded_dataset(
 
 
 def seeded_splits(
-    inputs: torch.Tensor, labels: torch.Tensor, *, seed: int, calib: int, eval: int
-) -> tuple[Split, Split, Split]:
-    """Cut one seeded permutation into disjoint train / calib / eval splits.
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    seed: int,
+    calib: int,
+    eval: int,
+    test: int = 0,
+) -> tuple[Split, Split, Split, Split]:
+    """Cut one seeded permutation into disjoint train / calib / eval / test splits.
 
-    The eval and calibration splits are taken first, so their contents do not depend on how
-    many samples remain for training.
+    The eval, calibration and test splits are taken first, in that order, so their contents
+    do not depend on how many samples remain for training (nor eval's and calib's on the
+    size of test).
+
+    Raises:
+        ConfigError: If the three held-out splits leave no sample to train on.
     """
     n = int(labels.shape[0])
-    if calib + eval >= n:
+    if calib + eval + test >= n:
         raise ConfigError(
-            f"calib + eval samples must be < {n} (the dataset size), "
-            f"but got calib={calib}, eval={eval}."
+            f"calib + eval + test samples must be < {n} (the dataset size), "
+            f"but got calib={calib}, eval={eval}, test={test}."
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    ev, ca, tr = order[:eval], order[eval : eval + calib], order[eval + calib :]
-    return (
-        Split(inputs[tr].contiguous(), labels[tr].contiguous()),
-        Split(inputs[ca].contiguous(), labels[ca].contiguous()),
-        Split(inputs[ev].contiguous(), labels[ev].contiguous()),
+    cuts = [0, eval, eval + calib, eval + calib + test, n]
+    ev, ca, te, tr = (order[a:b] for a, b in zip(cuts, cuts[1:], strict=False))
+    return tuple(  # type: ignore[return-value]
+        Split(inputs[i].contiguous(), labels[i].contiguous()) for i in (tr, ca, ev, te)
     )

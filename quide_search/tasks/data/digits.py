@@ -6,15 +6,16 @@ import torch
 
 from quide_search.tasks.data._base import DataRequest, Splits, register_dataset, seeded_dataset
 
-__all__ = ["EVAL_SAMPLES", "CALIB_SAMPLES", "load_digits_splits"]
+__all__ = ["CALIB_SAMPLES", "EVAL_SAMPLES", "TEST_SAMPLES", "load_digits_splits"]
 
 EVAL_SAMPLES = 500
 CALIB_SAMPLES = 200
+TEST_SAMPLES = 300
 
 
 @register_dataset("digits", needs="nothing (bundled with scikit-learn)")
 def load_digits_splits(request: DataRequest) -> Splits:
-    """Load the digits and cut seeded splits (eval 500, calib 200, train the remaining 1,097).
+    """Load the digits and cut seeded splits (eval 500, calib 200, test 300, train 797).
 
     Pixel values 0..16 are scaled to [0, 1]; inputs have shape (1, 8, 8).
     """
@@ -25,5 +26,5 @@ def load_digits_splits(request: DataRequest) -> Splits:
     labels = torch.tensor(bunch.target, dtype=torch.long)
     return seeded_dataset(
         "digits", images, labels, seed=request.seed, calib=CALIB_SAMPLES, eval=EVAL_SAMPLES,
-        num_classes=10,
+        test=TEST_SAMPLES, num_classes=10,
     )  # fmt: skip

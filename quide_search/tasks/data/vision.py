@@ -2,7 +2,7 @@
 
 Nothing is downloaded unless the user passes ``--download``: a missing dataset is a one-line
 error naming the layout torchvision expects. The train split is the dataset's training set; the
-eval and calibration splits are seeded, disjoint subsets of its test set.
+eval, calibration and test splits are seeded, disjoint subsets of its test set.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from quide_search.tasks.data._base import (
     seeded_splits,
 )
 
-__all__ = ["CALIB_SAMPLES", "EVAL_SAMPLES", "data_root"]
+__all__ = ["CALIB_SAMPLES", "EVAL_SAMPLES", "TEST_SAMPLES", "data_root"]
 
 EVAL_SAMPLES = 5000
 CALIB_SAMPLES = 500
+TEST_SAMPLES = 4000
 
 _LAYOUT = {
     "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
@@ -64,20 +65,24 @@ def _tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def _load(name: str, factory: Callable[..., Any], request: DataRequest) -> Splits:
     train_x, train_y = _tensors(_open(name, factory, request, train=True))
     test_x, test_y = _tensors(_open(name, factory, request, train=False))
-    eval_n = min(EVAL_SAMPLES, len(test_y) - CALIB_SAMPLES - 1)
-    if eval_n < 1:
+    # Of the test set: eval first, then calibration, then the held-out test split.
+    room = len(test_y) - CALIB_SAMPLES - 1
+    test_n = min(TEST_SAMPLES, room // 2)
+    eval_n = min(EVAL_SAMPLES, room - test_n)
+    if min(eval_n, test_n) < 1:
         raise DataError(
-            f"the {name} test set must hold more than {CALIB_SAMPLES + 1} samples, but the one "
+            f"the {name} test set must hold more than {CALIB_SAMPLES + 2} samples, but the one "
             f"in {str(data_root(request))!r} holds {len(test_y)}. Check the files."
         )
-    _, calib, eval_ = seeded_splits(
-        test_x, test_y, seed=request.seed, calib=CALIB_SAMPLES, eval=eval_n
+    _, calib, eval_, test = seeded_splits(
+        test_x, test_y, seed=request.seed, calib=CALIB_SAMPLES, eval=eval_n, test=test_n
     )
     return Splits(
         name=name,
         train=Split(train_x, train_y),
         calib=calib,
         eval=eval_,
+        test=test,
         input_shape=tuple(train_x.shape[1:]),
         num_classes=10,
         seed=request.seed,
@@ -86,7 +91,8 @@ def _load(name: str, factory: Callable[..., Any], request: DataRequest) -> Split
 
 @register_dataset("mnist", needs="files under --data-dir, or --download")
 def load_mnist_splits(request: DataRequest) -> Splits:
-    """MNIST from ``<data-dir>/MNIST/raw``: train 60,000; eval 5,000, calib 500 of the test set."""
+    """MNIST from ``<data-dir>/MNIST/raw``: train 60,000; eval 5,000, calib 500 and test 4,000
+    of the test set."""
     from torchvision.datasets import MNIST
 
     return _load("mnist", MNIST, request)

@@ -35,7 +35,8 @@ class TextTask:
         path: Local model directory or hub id (without the ``hf:`` prefix).
         text_file: UTF-8 text the windows are cut from.
         seq_len: Tokens each window predicts.
-        eval_windows: Windows in the eval split (fewer if the text is short).
+        eval_windows: Windows in the eval split (fewer if the text is short); the held-out
+            test split gets as many.
         calib_windows: Windows in the calibration split.
         dtype: ``auto`` (float32 on CPU, the model's own dtype on GPU) or a torch dtype name.
         include_head: Quantize ``lm_head`` too (excluded by default).
@@ -124,10 +125,11 @@ def _windows(task: TextTask, tokenizer: Any) -> torch.Tensor:
     ids = tokenizer(path.read_text(encoding="utf-8"))["input_ids"]
     width = task.seq_len + 1
     count = len(ids) // width
-    if count < 2:
+    if count < 3:
         raise DataError(
-            f"--text-file must hold at least 2 windows of --seq-len + 1 = {width} tokens, but "
-            f"{str(path)!r} has {len(ids)} tokens. Use a longer text or a smaller --seq-len."
+            f"--text-file must hold at least 3 windows (eval, calibration, test) of --seq-len "
+            f"+ 1 = {width} tokens, but {str(path)!r} has {len(ids)} tokens. Use a longer "
+            "text or a smaller --seq-len."
         )
     return torch.tensor(ids[: count * width], dtype=torch.long).view(count, width)
 
@@ -146,15 +148,19 @@ def load_causal_lm(
     model, tokenizer = _load_pretrained(task, device_type)
     windows = _windows(task, tokenizer)
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
-    calib_n = min(task.calib_windows, len(windows) // 2)
-    eval_n = min(task.eval_windows, len(windows) - calib_n)
-    ev, ca = windows[order[:eval_n]], windows[order[eval_n : eval_n + calib_n]]
+    # Eval first, then calibration, then the held-out test windows (as many as eval's).
+    calib_n = min(task.calib_windows, len(windows) // 3)
+    eval_n = min(task.eval_windows, (len(windows) - calib_n + 1) // 2)
+    test_n = min(eval_n, len(windows) - calib_n - eval_n)
+    cuts = [0, eval_n, eval_n + calib_n, eval_n + calib_n + test_n]
+    ev, ca, te = (windows[order[a:b]] for a, b in zip(cuts, cuts[1:], strict=False))
     empty = Split(torch.zeros(0, task.seq_len, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     splits = Splits(
         name=f"text:{Path(task.text_file or '').name}",
         train=empty,
         calib=Split(ca[:, :-1].contiguous(), ca[:, 1:].contiguous()),
         eval=Split(ev[:, :-1].contiguous(), ev[:, 1:].contiguous()),
+        test=Split(te[:, :-1].contiguous(), te[:, 1:].contiguous()),
         input_shape=(task.seq_len,),
         num_classes=int(model.config.vocab_size),  # type: ignore[union-attr, arg-type]
         seed=seed,

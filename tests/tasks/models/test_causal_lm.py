@@ -163,7 +163,7 @@ def test_missing_model_or_text_is_one_clear_error(
         load_task(model=f"hf:{folder}", text=TextTask(path=str(folder), text_file=None))
     short = tmp_path / "short.txt"
     short.write_text("one two three")
-    with pytest.raises(DataError, match="at least 2 windows"):
+    with pytest.raises(DataError, match=r"at least 3 windows \(eval, calibration, test\)"):
         load_task(model=f"hf:{folder}", text=TextTask(path=str(folder), text_file=str(short)))
 
 

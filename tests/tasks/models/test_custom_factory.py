@@ -80,3 +80,25 @@ def test_custom_task_takes_numpy_arrays_and_lists_and_checks_their_dtypes() -> N
     scored = CustomTask(model=model, eval_inputs=np.ones((2, 3)), eval_labels=np.ones((2, 2)),
                         score=lambda m, x, y: 1.0)  # fmt: skip
     assert scored.eval_labels.dtype == torch.float32  # a score function reads any labels
+
+
+def test_a_custom_task_holds_out_half_its_eval_data_unless_given_a_test_split() -> None:
+    import torch
+    from torch import nn
+
+    from quide_search import CustomTask
+
+    x = torch.arange(9).float().unsqueeze(1)
+    task = CustomTask(model=nn.Linear(1, 2), eval_inputs=x, eval_labels=torch.arange(9) % 2)
+    splits = task.splits()
+    search = {int(v) for v in splits.eval.inputs[:, 0]}
+    held = {int(v) for v in splits.test.inputs[:, 0]}
+    assert (len(search), len(held)) == (5, 4) and search | held == set(range(9))
+    assert torch.equal(splits.test.labels, splits.test.inputs[:, 0].long() % 2)
+    assert torch.equal(task.splits().test.inputs, splits.test.inputs)  # seeded
+    given = CustomTask(model=nn.Linear(1, 2), eval_inputs=x, eval_labels=torch.arange(9) % 2,
+                       test_inputs=x[:3] + 100, test_labels=[1, 0, 1]).splits()  # fmt: skip
+    assert len(given.eval) == 9 and given.test.inputs[:, 0].tolist() == [100.0, 101.0, 102.0]
+    one = CustomTask(model=nn.Linear(1, 2), eval_inputs=x[:1], eval_labels=[0])
+    with pytest.raises(ConfigError, match="at least 2 samples when no test_inputs"):
+        one.splits()
