@@ -115,7 +115,7 @@ class RunCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.output.text import format_summary
+        from quide_search.output.summary_text import format_summary
         from quide_search.study.run import run_search
 
         config = config_from_args(

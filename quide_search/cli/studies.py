@@ -88,7 +88,8 @@ class ShowCommand(Command):
             is_generated_json,
             stamped,
         )
-        from quide_search.output.text import format_budget, format_study
+        from quide_search.output.summary_text import format_study
+        from quide_search.output.text import format_budget
         from quide_search.records import StudyKey
         from quide_search.study.summary import read_study, summarize
 

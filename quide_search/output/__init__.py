@@ -1,10 +1,10 @@
 """Output: what people and other programs read from a study.
 
-Owns the terminal tables (``text``), the offline HTML report (``htmlreport``), exported plan
-records and their schema (``record``, ``export``), quantized checkpoints (``checkpoint``),
-re-measuring an exported plan (``replay``) and optuna-dashboard on loopback (``dashboard``).
-It reads what :mod:`quide_search.study` stored and writes only through
-:mod:`quide_search.files`.
+Owns the terminal tables (``text``; a study's summary in ``summary_text``), the offline HTML
+report (``htmlreport``), exported plan records and their schema (``record``, ``export``),
+quantized checkpoints (``checkpoint``), re-measuring an exported plan (``replay``) and
+optuna-dashboard on loopback (``dashboard``). It reads what :mod:`quide_search.study` stored
+and writes only through :mod:`quide_search.files`.
 """
 
 from __future__ import annotations

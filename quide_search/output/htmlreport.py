@@ -16,14 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from quide_search.files import atomic_write_text, check_replaceable
 from quide_search.metric import knee
-from quide_search.output.text import (
-    cell_text,
-    gate_text,
-    kept_float_text,
-    latency_text,
-    plan_text,
-    verdict_lines,
-)
+from quide_search.output.summary_text import gate_text, verdict_lines
+from quide_search.output.text import cell_text, kept_float_text, latency_text, plan_text
 from quide_search.plan import weight_bits
 from quide_search.records import StudyKey
 from quide_search.study.summary import SearchSummary, completed_rows, read_study, summarize

@@ -50,6 +50,11 @@ def test_report_is_one_offline_file(report: tuple[Path, int, int]) -> None:
     assert "stores no sensitivity" not in sensitivity and "<td>conv1</td>" in sensitivity
     confirmation = page.split("<h2>Confirmation</h2>")[1].split("<h2>")[0]
     assert "finalists re-timed by measurement" in confirmation and "<td>float</td>" in confirmation
+    # So is each finalist's P on the search split beside its P on the held-out test split.
+    test = page.split("<h2>Held-out test split</h2>")[1].split("<h2>")[0]
+    assert "held-out samples the search never saw" in test and "<th>P (test split)</th>" in test
+    assert "<td>float</td>" in test
+    assert "on the held-out test split (the unbiased estimate)" in page
     assert '<meta name="generator" content="quide-search">' in page
 
 

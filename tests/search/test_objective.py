@@ -161,7 +161,7 @@ def test_size_limit_makes_big_plans_infeasible(tmp_path: Path) -> None:
 
 
 def test_no_feasible_plan_is_said_and_best_so_far_kept(tmp_path: Path) -> None:
-    from quide_search.output.text import format_summary
+    from quide_search.output.summary_text import format_summary
 
     config = _config(tmp_path, trials=5, max_latency_ms=1e-6)
     summary = run_search(config, progress=False)

@@ -13,7 +13,7 @@ from quide_search.backends import get_backend
 from quide_search.config import RunConfig
 from quide_search.output.export import export_plan
 from quide_search.output.replay import evaluate_plan
-from quide_search.output.text import format_study, format_summary
+from quide_search.output.summary_text import format_study, format_summary
 from quide_search.plan import BitPlan
 from quide_search.study import load_study, run_search
 from quide_search.study.confirm import finalists

@@ -12,7 +12,7 @@ from _procs import stored_digest
 from quide_search.backends import get_backend, model_bytes
 from quide_search.config import RunConfig
 from quide_search.errors import ConfigError, TrialEvaluationError
-from quide_search.output.text import format_summary
+from quide_search.output.summary_text import format_summary
 from quide_search.plan import BitPlan
 from quide_search.search.objective import GATE_CONSTRAINT
 from quide_search.study import load_study, run_search, summarize

@@ -137,7 +137,7 @@ def _windows(task: TextTask, tokenizer: Any) -> torch.Tensor:
 def load_causal_lm(
     task: TextTask, *, seed: int, device_type: str
 ) -> tuple[nn.Module, Splits, Any]:
-    """Load the model and cut the text into seeded, disjoint eval and calibration windows.
+    """Load the model and cut the text into seeded, disjoint eval, calibration and test windows.
 
     Returns:
         The model, its splits, and its tokenizer.

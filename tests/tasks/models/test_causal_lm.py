@@ -36,6 +36,19 @@ def test_windows_layers_and_head_exclusion(tiny_llama: tuple[Path, Path]) -> Non
     task = _task(tiny_llama)
     assert task.kind == "causal-lm" and task.dataset_name == "text:text.txt"
     assert task.splits.eval.inputs.shape == (8, 24) and task.splits.calib.inputs.shape == (4, 24)
+    # The held-out test windows: as many as eval's, cut from the seeded window order after
+    # eval and calib, so no window position serves two splits.
+    assert task.splits.test.inputs.shape == (8, 24)
+    from transformers import AutoTokenizer
+
+    folder, text = tiny_llama
+    ids = AutoTokenizer.from_pretrained(str(folder))(text.read_text())["input_ids"]
+    count = len(ids) // 25
+    windows = torch.tensor(ids[: count * 25]).view(count, 25)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(0))
+    assert count >= 20 and len(set(order[:20].tolist())) == 20
+    assert torch.equal(task.splits.eval.inputs, windows[order[:8], :-1])
+    assert torch.equal(task.splits.test.inputs, windows[order[12:20], :-1])
     # Labels are the inputs shifted by one token.
     assert torch.equal(task.splits.eval.inputs[:, 1:], task.splits.eval.labels[:, :-1])
     kinds = ["self_attn"] * 4 + ["mlp"] * 3
@@ -176,7 +189,7 @@ def test_gpt2_conv1d_layers_are_searched_exported_and_reloaded(
     from quide_search.output.export import export_plan
     from quide_search.output.record import load_plan
     from quide_search.output.replay import evaluate_plan
-    from quide_search.output.text import format_summary
+    from quide_search.output.summary_text import format_summary
 
     folder, text = tiny_gpt2
     config = _lm_config(folder, text, tmp_path, trials=4)

@@ -1,0 +1,220 @@
+"""The terminal summary of a study: what ``run`` prints at its end and ``show`` prints later."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from quide_search.output.text import (
+    METRIC_COLUMNS,
+    format_table,
+    kept_float_text,
+    latency_text,
+    metric_headers,
+    metric_row,
+    plan_text,
+)
+
+if TYPE_CHECKING:
+    from quide_search.study.summary import SearchSummary
+
+__all__ = ["format_study", "format_summary", "gate_text", "verdict_lines"]
+
+
+def verdict_lines(summary: SearchSummary) -> list[str]:
+    """What to deploy: the recommended plan, or the float model when quantizing loses."""
+    best = summary.best
+    if best is None:
+        return ["no trial completed yet."]
+    if summary.keep_float:
+        float_score = summary.baseline.get("I_prime_confirmed", summary.baseline.get("I_prime"))
+        plan_score = best.get("I_prime_confirmed", best["I_prime"])
+        return [
+            f"keep the model in float for this target: its I' ({float_score:.4f}) is higher "
+            f"than every feasible plan's (best: trial {best['trial']}, {plan_score:.4f}).",
+        ]
+    lines = []
+    tested = bool((summary.test or {}).get("entries"))
+    if not best["feasible"]:
+        where = " on the search split and the held-out test split" if tested else ""
+        lines.append(f"no trial is feasible{where} (accuracy gate, size and latency limits); "
+                     "the best-so-far by I' then I is shown.")  # fmt: skip
+    by = "confirmed I'" if "I_prime_confirmed" in best else "I'"
+    if tested and best["feasible"]:
+        by += ", passing the gate on the test split too"
+    lines.append(
+        f"recommended plan (trial {best['trial']}, best by {by}): {plan_text(best['plan'])}"
+    )
+    if best.get("P_test") is not None:
+        lines.append(
+            f"its P: {best['P']:.4f} on the search split it was selected on, "
+            f"{best['P_test']:.4f} on the held-out test split (the unbiased estimate)."
+        )
+    return lines
+
+
+def format_summary(summary: SearchSummary) -> str:
+    """Return the end-of-run table: float baseline, best uniform plan, recommended plan."""
+    uniform = []
+    if summary.uniform:
+        from quide_search.metric import knee
+
+        best_uniform = knee(summary.uniform)
+        uniform.append((f"best uniform ({_precision(best_uniform)})", best_uniform))
+    lines = [
+        f"study {summary.study_name!r} in {summary.storage_url}",
+        f"{_count(summary.completed, 'completed trial')} "
+        f"({_count(summary.distinct_plans, 'distinct plan')}), "
+        f"{summary.pruned} stopped early, {summary.failed} failed"
+        + (f", {summary.waiting} queued and not run" if summary.waiting else "")
+        + f"; {latency_text(summary.latency)}",
+        "",
+        _plans_table(summary, uniform),
+        "",
+        *verdict_lines(summary),
+    ]
+    lines += _notes(summary)
+    if summary.running:
+        lines.append(
+            f"\n{summary.running} trial(s) still marked RUNNING: other workers' trials, or those "
+            "of a worker killed recently; once their heartbeat is stale the next run fails them "
+            "and retries their plans once."
+        )
+    lines.append(f"Pareto front ({_count(len(summary.pareto), 'point')}): {summary.pareto_path}")
+    return "\n".join(lines)
+
+
+def format_study(summary: SearchSummary) -> str:
+    """Return ``show``: protocol, baseline, uniform rows, the recommendation and the front."""
+    protocol = summary.protocol
+    task = protocol.get("task", {})
+    uniform = [(f"uniform {_precision(r)}", r) for r in summary.uniform]
+    lines = [
+        f"study {summary.study_name!r} in {summary.storage_url}",
+        f"task {task.get('model')}/{task.get('dataset')}, backend {protocol.get('backend')}, "
+        f"bits {','.join(protocol.get('search', {}).get('precisions', []))}, gate "
+        f"{gate_text(summary)}, {latency_text(summary.latency)}",
+        f"{summary.completed} completed, {summary.pruned} stopped early, {summary.failed} "
+        f"failed, {summary.running} running, {summary.waiting} queued and not run",
+        "",
+        _plans_table(summary, uniform),
+        "",
+        *verdict_lines(summary),
+    ]
+    kept = kept_float_text(protocol)
+    if kept:
+        lines += ["", kept]
+    lines += _test_notes(summary.test)
+    front = [
+        [p["trial"], *(p[c] for c in METRIC_COLUMNS), p["gate_passed"], plan_text(p["plan"])]
+        for p in sorted(summary.pareto, key=lambda p: -p["C"])
+    ]
+    lines += ["", f"Pareto front over (C max, P max, T min): {len(front)} points", ""]
+    lines.append(format_table(["trial", *METRIC_COLUMNS, "gate", "plan"], front))
+    return "\n".join(lines)
+
+
+def gate_text(summary: SearchSummary) -> str:
+    """Return the study's gate as ``P >= threshold`` with how the threshold was set."""
+    from quide_search.metric import Gate
+
+    settings = summary.protocol.get("gate") or {}
+    if "P" not in summary.baseline:
+        return str(settings)
+    gate = Gate(baseline_P=summary.baseline["P"], **settings)
+    parts = []
+    if settings.get("max_drop") is not None:
+        parts.append(f"float P - {settings['max_drop']}")
+    if settings.get("min_accuracy") is not None:
+        parts.append(f"floor {settings['min_accuracy']}")
+    return f"P >= {gate.threshold:.4f} ({', '.join(parts)})"
+
+
+def _notes(summary: SearchSummary) -> list[str]:
+    lines = []
+    kept = kept_float_text(summary.protocol)
+    if kept:
+        lines.append("\n" + kept)
+    if summary.confirmation:
+        c = summary.confirmation
+        lines.append(
+            f"\nconfirmation: {len(c['entries'])} finalists re-timed by measurement in "
+            f"{c['rounds']} interleaved rounds ({c['seconds']:.1f} s); T_conf and I'_conf "
+            "are theirs, and the recommendation uses them."
+        )
+        for key, reason in c.get("failed", {}).items():
+            lines.append(f"  finalist {key} could not be re-timed: {reason}")
+    lines += _test_notes(summary.test)
+    if summary.warm_start_skipped:
+        lines.append(f"\nno warm-start plans: {summary.warm_start_skipped}")
+    if summary.early_stop:
+        lines.append(
+            f"\nearly stopping: {summary.early_stop['pruned']} trial(s) proved to fail the gate "
+            f"spent {summary.early_stop['mean_eval_fraction']:.0%} of a full evaluation on "
+            "average."
+        )
+    if summary.latency_table_check:
+        errors = ", ".join(f"{c['plan']} {c['error']:+.0%}" for c in summary.latency_table_check)
+        lines.append(f"\nlatency table vs measured T on the uniform plans: {errors}")
+    if summary.latency_warning:
+        lines.append("\n" + summary.latency_warning)
+    return lines
+
+
+def _test_notes(test: Mapping[str, Any] | None) -> list[str]:
+    """What the held-out test step did, in a line (and one per failed finalist)."""
+    if not test:
+        return []
+    lines = []
+    if test.get("entries"):
+        gate = test["gate"]
+        lines.append(
+            f"\ntest split: {len(test['entries'])} finalists (float included) scored on "
+            f"{test['samples']} held-out samples the search never saw ({test['seconds']:.2f} s); "
+            f"its gate is P_test >= {gate['threshold']:.4f} (around the float model's "
+            f"{gate['baseline_P']:.4f}). The recommendation must pass it too."
+        )
+    for key, reason in test.get("failed", {}).items():
+        lines.append(f"  finalist {key} could not be scored on the test split: {reason}")
+    return lines
+
+
+def _tested(summary: SearchSummary) -> bool:
+    """Whether the study's finalists were scored on the held-out test split."""
+    return bool((summary.test or {}).get("entries"))
+
+
+def _with_confirmed(summary: SearchSummary, row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with its confirmed T and its test P, where it was a finalist."""
+    merged = dict(row)
+    for record in (summary.confirmation, summary.test):
+        entries = (record or {}).get("entries", [])
+        entry: dict[str, Any] = next((e for e in entries if e["trial"] == row.get("trial")), {})
+        merged.update(entry)
+    return merged
+
+
+def _plans_table(summary: SearchSummary, uniform: list[tuple[str, dict[str, Any]]]) -> str:
+    """The float baseline, the labelled uniform rows and the recommended plan, with the
+    confirmed and test columns the study has."""
+    labelled = [("float baseline", summary.baseline), *uniform]
+    if summary.best is not None:
+        labelled.append(("recommended", summary.best))
+    confirmed = summary.confirmation is not None
+    tested = _tested(summary)
+    rows = [
+        metric_row(label, _with_confirmed(summary, row), confirmed, [row.get("trial", "-")],
+                   tested=tested)
+        for label, row in labelled
+    ]  # fmt: skip
+    return format_table(metric_headers("plan", confirmed, "trial", tested=tested), rows)
+
+
+def _precision(row: Mapping[str, Any]) -> str:
+    """The precision of a uniform plan's row."""
+    return str(next(iter(row["plan"].values())))
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 point``, ``2 points``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
