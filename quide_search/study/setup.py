@@ -81,7 +81,7 @@ def prepare_queue(study: optuna.Study, objective: PlanObjective, *, warm_start: 
 def study_sensitivity(study: optuna.Study, objective: PlanObjective) -> dict[str, Any]:
     """Return the study's stored sensitivity table, measuring and storing it the first time."""
     from quide_search.latency import torch_threads
-    from quide_search.search.sensitivity import measure_sensitivity
+    from quide_search.search.sensitivity import SENSITIVITY_SAMPLES, measure_sensitivity
 
     stored = study.user_attrs.get(StudyKey.SENSITIVITY)
     if stored is None:
@@ -91,7 +91,7 @@ def study_sensitivity(study: optuna.Study, objective: PlanObjective) -> dict[str
             table = measure_sensitivity(scorer, objective.groups, objective.choices)
         stored = {
             "split": "calib",
-            "samples": len(scorer.task.splits.calib),
+            "samples": len(scorer.task.splits.calib.first(SENSITIVITY_SAMPLES)),
             "measure": "KL(float || quantized) of softmax outputs, mean per sample",
             "seconds": time.perf_counter() - started,
             "groups": table,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from quide_search.plan import PRECISIONS
 from quide_search.search.sensitivity import greedy_path, greedy_plans, measure_sensitivity
 from quide_search.search.space import group_layers
@@ -55,5 +57,8 @@ def test_measured_sensitivity_grows_as_bits_shrink(cpu_scorer) -> None:  # type:
         assert 0 <= row["int8"]["kl"] < row["int4"]["kl"] < row["int2"]["kl"]
         for value in row.values():
             assert -1.0 <= value["accuracy_change"] <= 1.0
+            # Scored on the first 128 calibration samples: changes come in steps of 1/128.
+            steps = value["accuracy_change"] * 128
+            assert steps == pytest.approx(round(steps), abs=1e-9)
     # The float model is restored after each measurement.
     assert not any(type(m).__module__.startswith("optimum") for m in scorer.model.modules())
