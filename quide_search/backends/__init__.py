@@ -1,7 +1,8 @@
 """Quantization backends: the libraries that turn a plan into quantized modules.
 
 Owns everything library-specific: :class:`QuantBackend` (``_base``) is the interface, and each
-implementation is one file (``quanto``: optimum-quanto, the only module that imports it).
+implementation is one file (``quanto``: optimum-quanto; ``torchao``: torchao; each the only
+module that imports its library).
 :func:`get_backend` looks one up by the name plans and studies record.
 """
 
@@ -22,7 +23,10 @@ if TYPE_CHECKING:
 __all__ = ["BACKENDS", "QuantBackend", "apply_plan", "check_backend", "get_backend",
            "model_bytes"]  # fmt: skip
 
-BACKENDS = {"quanto": "quide_search.backends.quanto:QuantoBackend"}
+BACKENDS = {
+    "quanto": "quide_search.backends.quanto:QuantoBackend",
+    "torchao": "quide_search.backends.torchao:TorchaoBackend",
+}
 """Backend name -> where its class lives (imported only when it is used)."""
 
 

@@ -161,22 +161,38 @@ def model_bytes(model: nn.Module) -> int:
     """Return the bytes a module stores: every tensor of its state dict, counted once.
 
     For a frozen quantized model the state dict holds the packed integer data, the scales
-    and shifts, and every tensor left in float: what a checkpoint of it contains. Tensors
-    that share storage (tied weights) are counted once.
+    and shifts, and every tensor left in float: what a checkpoint of it contains. A tensor
+    subclass that wraps others (torchao's quantized weights report the float dtype and shape
+    they stand for) is counted by the tensors inside it. Tensors that share storage (tied
+    weights) are counted once.
     """
-    import torch
 
     seen: set[tuple[int, int]] = set()
     total = 0
-    for tensor in model.state_dict().values():
-        if not isinstance(tensor, torch.Tensor):
-            continue
+    for tensor in _leaves(model.state_dict().values()):
         key = storage_key(tensor)
         if key in seen and tensor.numel() > 0:
             continue
         seen.add(key)
         total += tensor.numel() * tensor.element_size()
     return total
+
+
+def _leaves(tensors: Any) -> list[torch.Tensor]:
+    """The plain tensors holding the data of ``tensors``, unwrapping tensor subclasses."""
+    import torch
+
+    found: list[torch.Tensor] = []
+    for tensor in tensors:
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        flatten = getattr(tensor, "__tensor_flatten__", None)
+        if flatten is None:
+            found.append(tensor)
+            continue
+        names, _ = flatten()
+        found += _leaves(getattr(tensor, name) for name in names)
+    return found
 
 
 def storage_key(tensor: torch.Tensor) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -161,6 +162,9 @@ def console_main() -> None:
     Ctrl-C does, so what is running is recorded; the exit code is 143.
     """
     signal.signal(signal.SIGTERM, _terminate)
+    # transformers imports torchao when it is installed, and torch then warns about torchao's
+    # enum registrations on every run: chatter about two libraries, nothing about the run.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     sys.exit(main())
 
 

@@ -264,12 +264,16 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         "table); 'model:PROFILE', an analytic estimate for a target device (cpu-epyc-2c, "
         "gpu-h100-sxm); 'auto': measured on CUDA, table on a CPU (default: auto)",
     )
+    from quide_search.backends import BACKENDS
+
     group.add_argument(
         "--backend",
         type=str,
-        choices=("quanto",),
+        choices=tuple(BACKENDS),
         default="quanto",
-        help="the quantization library that applies plans (default: quanto)",
+        help="the quantization library that applies plans: quanto (weight-only int8, int4, "
+        "int2, fp8; Linear and Conv2d) or torchao (int8, int4 and w8a8: int8 weights and "
+        "dynamic int8 activations; Linear) (default: quanto)",
     )
 
 
@@ -279,8 +283,8 @@ def add_bits_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
         "--bits",
         type=str,
         default="8,4,2",
-        help="per-layer precisions: int8 (8), int4 (4), int2 (2), fp8 (f8), float (fp: keep the "
-        "layer in float) (default: 8,4,2)",
+        help="per-layer precisions: int8 (8), int4 (4), int2 (2), fp8 (f8), w8a8 (torchao), "
+        "float (fp: keep the layer in float) (default: 8,4,2)",
     )
 
 

@@ -1,0 +1,233 @@
+"""The torchao backend: int8 and int4 weight-only, and W8A8, for Linear layers.
+
+Precisions (``--backend torchao``), with the torchao 0.18 configuration each one applies:
+
+- ``int8``: ``Int8WeightOnlyConfig`` (per-row scales). On a CPU the int8 weight is cast to the
+  activation dtype on every call and a float matmul runs: no low-bit kernel (``fallback``).
+- ``w8a8``: ``Int8DynamicActivationInt8WeightConfig``: activations quantized to int8 per row
+  on every call, int8 weights, ``torch._int_mm`` (``kernel:int_mm``).
+- ``int4``: on a CPU, ``PrototypeInt4WeightOnlyConfig``, torchao's opaque CPU layout run by
+  ``torch._weight_int4pack_mm_for_cpu`` (``kernel:int4pack_mm_cpu``); torchao's default int4
+  formats need CUDA-only kernel packages. The group size is the largest of 128, 64 and 32
+  that divides the layer's ``in_features``; the kernel also needs ``out_features`` divisible
+  by 16. A layer that breaks either is refused before a study starts
+  (:meth:`TorchaoBackend.hazard`), never skipped.
+
+Conv2d and other layers are left in float (torchao 0.18 quantizes ``nn.Linear``); they are
+reported as kept in float, as with every backend. Every quantized layer is checked to hold
+torchao's tensor afterwards, so a layer torchao passed over is an error, never a layer
+counted as quantized. Stored bytes are those of the tensors inside torchao's weight
+(:func:`quide_search.backends._base.model_bytes`). A checkpoint is the state dict saved with
+``torch.save`` plus ``torchao_plan.json``; ``load`` applies the same configurations to a
+float skeleton and loads the state dict into it (``torch.load(weights_only=True)``).
+This is the only module that imports torchao.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quide_search.backends._base import QuantBackend
+from quide_search.errors import DataError, PlanError, TrialEvaluationError
+from quide_search.plan import PRECISIONS, BitPlan
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["PLAN_FILE", "WEIGHTS_FILE", "TorchaoBackend", "int4_group_size"]
+
+WEIGHTS_FILE = "model.pt"
+PLAN_FILE = "torchao_plan.json"
+_GROUP_SIZES = (128, 64, 32)
+_KERNELS = {"Int4OpaqueTensor": "kernel:int4pack_mm_cpu"}
+
+
+def int4_group_size(in_features: int) -> int | None:
+    """The int4 group size of a layer: the largest of 128, 64, 32 dividing ``in_features``."""
+    return next((g for g in _GROUP_SIZES if in_features % g == 0), None)
+
+
+class TorchaoBackend(QuantBackend):
+    """torchao 0.18: int8 and int4 weight-only, and W8A8 (dynamic int8 activations)."""
+
+    name = "torchao"
+
+    def version(self) -> str:
+        return str(_torchao().__version__)
+
+    def precisions(self, device: torch.device) -> Mapping[str, int]:
+        offered = ("int8", "int4", "w8a8") if device.type == "cpu" else ("int8", "w8a8")
+        return {name: PRECISIONS[name] for name in offered}
+
+    def layer_types(self) -> tuple[type[nn.Module], ...]:
+        from torch import nn
+
+        return (nn.Linear,)
+
+    def quantize_layer(self, module: nn.Module, precision: str) -> nn.Module:
+        import torch
+
+        quantize_ = _torchao().quantization.quantize_
+        try:
+            copied = copy.deepcopy(module)
+            with torch.no_grad():
+                quantize_(copied, _config(precision, copied))
+        except MemoryError as e:
+            raise TrialEvaluationError(f"out of memory while quantizing: {e}") from e
+        except Exception as e:  # any torchao failure on one layer fails that trial, not the run
+            raise TrialEvaluationError(
+                f"torchao could not quantize a {type(module).__name__} to {precision}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        if not hasattr(copied.weight, "__tensor_flatten__"):
+            raise TrialEvaluationError(
+                f"torchao left a {type(module).__name__} in float when asked for {precision} "
+                "(it skips layers its kernels cannot take); it is not counted as quantized."
+            )
+        copied.requires_grad_(False)
+        return copied
+
+    def kernel_path(self, quantized: nn.Module) -> str:
+        """``kernel:int_mm`` for W8A8, ``kernel:int4pack_mm_cpu`` for int4 on a CPU, and
+        ``fallback`` for int8 weight-only (cast to float, then a float matmul)."""
+        weight = getattr(quantized, "weight", None)
+        kind = type(weight).__name__
+        if kind == "Int8Tensor":
+            return "kernel:int_mm" if weight.act_quant_kwargs is not None else "fallback"  # type: ignore[union-attr]
+        return _KERNELS.get(kind, "fallback")
+
+    def hazard(
+        self, model: nn.Module, device: torch.device, precisions: Sequence[str]
+    ) -> str | None:
+        """int4 needs every Linear's ``in_features`` divisible by 32 and ``out_features`` by
+        16 (the CPU int4 packing's shapes)."""
+        if "int4" not in precisions:
+            return None
+        from torch import nn
+
+        refused = [
+            f"{name} ({module.in_features} -> {module.out_features})"
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear)
+            and (int4_group_size(module.in_features) is None or module.out_features % 16)
+        ]
+        if not refused:
+            return None
+        return (
+            "--bits 4 with --backend torchao needs each Linear's in_features divisible by 32 "
+            f"and out_features by 16 (torchao's CPU int4 layout), but {', '.join(refused[:5])} "
+            f"{'does' if len(refused) == 1 else 'do'} not. Leave 4 out of --bits, or use "
+            "--backend quanto."
+        )
+
+    def quantization_map(self, plan: BitPlan) -> dict[str, Any]:
+        """Each layer's torchao configuration and activation precision."""
+        return {
+            name: {
+                "weights": "int8" if precision == "w8a8" else precision,
+                "activations": "int8" if precision == "w8a8" else "none",
+                "config": _CONFIG_NAMES[precision],
+            }  # fmt: skip
+            for name, precision in plan.quantized_layers().items()
+        }
+
+    def save(self, model: nn.Module, folder: Path) -> list[str]:
+        """Write the state dict (``torch.save``) and the plan with each layer's settings."""
+        import torch
+
+        torch.save(model.state_dict(), folder / WEIGHTS_FILE)
+        plan = {name: _layer_record(m) for name, m in model.named_modules() if _quantized(m)}
+        (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2), encoding="utf-8")
+        return [WEIGHTS_FILE, PLAN_FILE]
+
+    def loading_note(self, model: nn.Module) -> str:
+        return (
+            "\nWithout quide-search: build the float model, apply to each layer of "
+            f"`{PLAN_FILE}` its torchao config (`torchao.quantization.quantize_`), then "
+            f'`model.load_state_dict(torch.load("{WEIGHTS_FILE}", weights_only=True), '
+            "assign=True)`.\n"
+        )
+
+    def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
+        import torch
+
+        missing = [n for n in (WEIGHTS_FILE, PLAN_FILE) if not (folder / n).is_file()]
+        if missing:
+            raise DataError(
+                f"a torchao checkpoint folder must hold {WEIGHTS_FILE} and {PLAN_FILE}, but "
+                f"{str(folder)!r} lacks {', '.join(missing)}. Export one with "
+                "`quide-search export --checkpoint`."
+            )
+        plan = json.loads((folder / PLAN_FILE).read_text(encoding="utf-8"))
+        layers = self.quantizable_layers(skeleton)
+        unknown = [name for name in plan if name not in layers]
+        if unknown:
+            raise PlanError(
+                f"the checkpoint's plan names layer {unknown[0]!r}, which the skeleton lacks. "
+                "Build the skeleton exactly as the exported model."
+            )
+        for name, record in plan.items():
+            skeleton.set_submodule(
+                name, self.quantize_layer(skeleton.get_submodule(name), record["precision"])
+            )
+        state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        skeleton.load_state_dict(state, assign=True)
+        return skeleton
+
+
+_CONFIG_NAMES = {
+    "int8": "Int8WeightOnlyConfig",
+    "w8a8": "Int8DynamicActivationInt8WeightConfig",
+    "int4": "PrototypeInt4WeightOnlyConfig",
+}
+
+
+def _torchao() -> Any:
+    """torchao, imported once; its import-time deprecation chatter from torch is muted."""
+    quiet = logging.getLogger("torch.utils._pytree")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        import torchao
+        import torchao.quantization
+    finally:
+        quiet.setLevel(level)
+    return torchao
+
+
+def _config(precision: str, module: nn.Module) -> Any:
+    """The torchao configuration of ``precision`` for one Linear."""
+    quantization = _torchao().quantization
+    if precision == "int8":
+        return quantization.Int8WeightOnlyConfig()
+    if precision == "w8a8":
+        return quantization.Int8DynamicActivationInt8WeightConfig()
+    if precision == "int4":
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+        group = int4_group_size(int(module.in_features))  # type: ignore[arg-type]
+        if group is None:
+            raise ValueError(f"in_features {module.in_features} is not divisible by 32")
+        return PrototypeInt4WeightOnlyConfig(group_size=group)
+    raise ValueError(f"the torchao backend has no {precision!r}")
+
+
+def _quantized(module: nn.Module) -> bool:
+    return hasattr(getattr(module, "weight", None), "__tensor_flatten__")
+
+
+def _layer_record(module: nn.Module) -> dict[str, Any]:
+    """A quantized layer's precision and settings, as the checkpoint's plan records them."""
+    weight: Any = module.weight
+    kind = type(weight).__name__
+    if kind == "Int4OpaqueTensor":
+        return {"precision": "int4", "group_size": int(weight.block_size[-1]),
+                "config": _CONFIG_NAMES["int4"]}  # fmt: skip
+    precision = "w8a8" if weight.act_quant_kwargs is not None else "int8"
+    return {"precision": precision, "config": _CONFIG_NAMES[precision]}

@@ -1,0 +1,195 @@
+"""The torchao backend: precisions, stored bytes, kernels, refusals, plans and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from quide_search.backends import get_backend, model_bytes
+from quide_search.config import RunConfig
+from quide_search.errors import ConfigError, PlanError, TrialEvaluationError
+from quide_search.plan import BitPlan
+
+AO = get_backend("torchao")
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 32)).eval()
+
+
+def _ops(model: nn.Module, x: torch.Tensor) -> set[str]:
+    with torch.profiler.profile() as prof, torch.no_grad():
+        model(x)
+    return {e.name for e in prof.events()}
+
+
+def test_precisions_on_a_cpu_and_what_is_refused() -> None:
+    assert AO.version() == "0.18.0"
+    assert dict(AO.precisions(torch.device("cpu"))) == {"int8": 8, "int4": 4, "w8a8": 8}
+    with pytest.raises(PlanError, match="'int2' is not among them. It offers int8, int4, w8a8"):
+        AO.check_precisions(("int8", "int2"), torch.device("cpu"))
+    with pytest.raises(PlanError, match="'w8a8' is not among them"):
+        get_backend("quanto").check_precisions(("w8a8",), torch.device("cpu"))
+
+
+# Hand-computed sizes for Linear(256 -> 64, bias): float 64*256*4 + 64*4 = 65792 bytes.
+#  int8, w8a8: int8 weights (16384) + per-row fp32 scale (256) + int8 zero point (64)
+#              + the fp32 bias (256)                                        -> 16960
+#  int4: two weights per byte (8192) + an fp32 scale and zero point per group of 128 inputs
+#        per row (2 groups x 64 rows x 2 x 4 = 1024) + bias (256)               ->  9472
+@pytest.mark.parametrize(
+    ("precision", "expected"), [("float", 65792), ("int8", 16960), ("w8a8", 16960),
+                                ("int4", 9472)],
+)  # fmt: skip
+def test_stored_bytes_are_those_inside_torchaos_tensors(precision: str, expected: int) -> None:
+    layer = nn.Linear(256, 64)
+    quantized = layer if precision == "float" else AO.quantize_layer(layer, precision)
+    assert model_bytes(quantized) == expected
+    assert type(layer.weight) is nn.Parameter and layer.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("precision", "path", "op"),
+    [("int8", "fallback", None), ("w8a8", "kernel:int_mm", "aten::_int_mm"),
+     ("int4", "kernel:int4pack_mm_cpu", "aten::_weight_int4pack_mm_for_cpu")],
+)  # fmt: skip
+def test_kernel_paths_match_the_ops_that_run(precision: str, path: str, op: str | None) -> None:
+    quantized = AO.quantize_layer(nn.Linear(256, 64), precision)
+    assert AO.kernel_path(quantized) == path
+    ops = _ops(quantized, torch.randn(2, 256))
+    low_bit = {"aten::_int_mm", "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int8pack_mm"}
+    assert ops & low_bit == ({op} if op else set())
+
+
+def test_int4_shapes_the_kernel_refuses_are_refused_before_a_study(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(256, 64), nn.Linear(64, 10), nn.Linear(100, 32))
+    message = AO.hazard(model, torch.device("cpu"), ("int8", "int4"))
+    assert message is not None and "1 (64 -> 10), 2 (100 -> 32) do not" in message
+    assert AO.hazard(model, torch.device("cpu"), ("int8", "w8a8")) is None
+    config = RunConfig(backend="torchao", bits=("int8", "int4"), out_dir=str(tmp_path),
+                       latency="model:cpu-epyc-2c", device="cpu")  # fmt: skip
+    from quide_search.study import run_search
+
+    with pytest.raises(ConfigError, match=r"fc2 \(64 -> 10\) does not. Leave 4 out of --bits"):
+        run_search(config, progress=False)
+    assert not (tmp_path / "simplecnn-digits.db").exists()  # refused before any storage
+
+
+def test_a_layer_torchao_passes_over_is_an_error_never_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torchao.quantization
+
+    monkeypatch.setattr(torchao.quantization, "quantize_", lambda module, config: None)
+    with pytest.raises(TrialEvaluationError, match="torchao left a Linear in float"):
+        AO.quantize_layer(nn.Linear(256, 64), "int8")
+
+
+def test_a_mixed_plan_runs_and_its_checkpoint_reloads_without_quide_search(
+    tmp_path: Path,
+) -> None:
+    model = _mlp()
+    plan = BitPlan(model="mlp", dataset="x", layers={"0": "int4", "2": "w8a8"}, backend="torchao")
+    quantized = AO.apply(model, plan)
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, reference = quantized(x), model(x)
+    assert float((expected - reference).abs().max()) < 0.05  # close to float, not equal
+    assert not torch.equal(expected, reference)
+    assert AO.quantization_map(plan)["2"] == {
+        "weights": "int8", "activations": "int8",
+        "config": "Int8DynamicActivationInt8WeightConfig",
+    }  # fmt: skip
+    files = AO.save(quantized, tmp_path)
+    assert files == ["model.pt", "torchao_plan.json"]
+    assert json.loads((tmp_path / "torchao_plan.json").read_text())["0"] == {
+        "precision": "int4", "group_size": 128, "config": "PrototypeInt4WeightOnlyConfig",
+    }  # fmt: skip
+    torch.save({"x": x, "y": expected}, tmp_path / "io.pt")
+    # The loading recipe, in a fresh process that imports only torch and torchao.
+    recipe = f"""
+import json, sys, torch
+from torch import nn
+from torchao.quantization import (quantize_, Int8WeightOnlyConfig,
+                                  Int8DynamicActivationInt8WeightConfig)
+from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+folder = {str(tmp_path)!r}
+model = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 32)).eval()
+for name, r in json.load(open(folder + "/torchao_plan.json")).items():
+    config = {{"int8": Int8WeightOnlyConfig(), "w8a8": Int8DynamicActivationInt8WeightConfig(),
+              "int4": PrototypeInt4WeightOnlyConfig(group_size=r.get("group_size", 128))}}
+    quantize_(model.get_submodule(name), config[r["precision"]])
+model.load_state_dict(torch.load(folder + "/model.pt", weights_only=True), assign=True)
+io = torch.load(folder + "/io.pt")
+with torch.no_grad():
+    assert torch.equal(model(io["x"]), io["y"])
+assert not any(m.startswith("quide_search") for m in sys.modules)
+print("reloaded")
+"""
+    done = subprocess.run([sys.executable, "-c", recipe], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0 and "reloaded" in done.stdout, done.stderr[-2000:]
+    reloaded = AO.load(_mlp(), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), expected)
+
+
+def test_a_torchao_study_on_digits_records_backend_kernels_and_reproduces(
+    tmp_path: Path,
+) -> None:
+    from quide_search.output.export import export_plan
+    from quide_search.output.replay import evaluate_plan
+    from quide_search.study import load_study, run_search
+
+    config = RunConfig(backend="torchao", bits=("int8", "w8a8"), out_dir=str(tmp_path),
+                       latency="model:cpu-epyc-2c", device="cpu", trials=6)  # fmt: skip
+    summary = run_search(config, progress=False)
+    assert summary.completed == 6 and summary.failed == 0
+    assert summary.protocol["backend"] == "torchao"
+    assert summary.protocol["task"]["kept_float"] == {"Conv2d": 2}
+    study = load_study(study=config.study_name, storage=config.storage_url)
+    for trial in study.trials:
+        plan = trial.user_attrs.get("layers") or trial.params
+        w8a8 = sorted(n for n, q in plan.items() if q == "w8a8")
+        assert trial.user_attrs["kernel_layers"] == w8a8
+    out = export_plan(study=config.study_name, storage=config.storage_url,
+                      out=tmp_path / "plan.json")  # fmt: skip
+    record = json.loads(out.read_text())
+    assert record["backend"] == "torchao"
+    assert {v["activations"] for v in record["quantization_map"].values()} <= {"int8", "none"}
+    assert evaluate_plan(out, device="cpu").reproduced is True
+
+
+def test_a_mixed_plan_on_a_tiny_llama_runs_and_reloads_exactly(
+    tiny_llama: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    folder, _ = tiny_llama
+    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    layers = [n for n in AO.quantizable_layers(model) if n != "lm_head"]
+    cycle = ("int8", "int4", "w8a8")
+    plan = BitPlan(model="tiny", dataset="x", backend="torchao",
+                   layers={n: cycle[i % 3] for i, n in enumerate(layers)})  # fmt: skip
+    quantized = AO.apply(model, plan)
+    vocab = int(model.config.vocab_size)
+    ids = torch.randint(3, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, reference = quantized(ids).logits, model(ids).logits
+    assert torch.isfinite(logits).all() and not torch.equal(logits, reference)
+    assert float((logits - reference).abs().max()) < 0.5
+    kernels = {n: AO.kernel_path(quantized.get_submodule(n)) for n in layers}
+    assert {kernels[n] for n in layers[1::3]} == {"kernel:int4pack_mm_cpu"}
+    assert {kernels[n] for n in layers[2::3]} == {"kernel:int_mm"}
+    assert model_bytes(quantized) < model_bytes(model)
+    AO.save(quantized, tmp_path)
+    skeleton = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        assert torch.equal(AO.load(skeleton, tmp_path)(ids).logits, logits)
