@@ -133,4 +133,5 @@ def _within(study: Any, budget: Any) -> dict[str, Any]:
     why = None
     if best is None:
         why = nothing_fits(rows, budget, study.study_name, study_baseline(study))
-    return {"best": best, "why": why, "trials": len(rows)}
+    tested = bool((attrs.get(StudyKey.TEST) or {}).get("entries"))
+    return {"best": best, "why": why, "trials": len(rows), "test_split": tested}

@@ -204,13 +204,27 @@ def format_studies(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def format_budget(
-    budget: Any, *, best: Mapping[str, Any] | None, why: str | None, trials: int
+    budget: Any,
+    *,
+    best: Mapping[str, Any] | None,
+    why: str | None,
+    trials: int,
+    test_split: bool = False,
 ) -> str:
-    """The answer to ``show --max-size-mb/--max-latency-ms``: the best stored plan within."""
+    """The answer to ``show --max-size-mb/--max-latency-ms``: the best stored plan within.
+
+    ``test_split`` says that the study scored its finalists on the held-out test split: a
+    plan within the budget that was not one of them has no P_test, and the answer says so.
+    """
     if best is None:
         return str(why)
     confirmed = "I_prime_confirmed" in best
     tested = "P_test" in best
+    untested = (
+        [f"P on the held-out test split: not scored (trial {best['trial']} was not a "
+         "finalist); export it and run `quide-search evaluate` on the plan to score it."]
+        if test_split and not tested else []
+    )  # fmt: skip
     return "\n".join([
         f"best within {budget.text()}, among the {trials} stored trials (by "
         f"{'confirmed' if confirmed else 'the search' + chr(39) + 's'} I'; no new search):",
@@ -221,4 +235,5 @@ def format_budget(
         ),
         "",
         f"plan (trial {best['trial']}): {plan_text(best['plan'])}",
+        *untested,
     ])  # fmt: skip

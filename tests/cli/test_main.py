@@ -451,6 +451,12 @@ def test_a_budget_is_answered_from_the_stored_trials(
     assert main(["show", *study, "--max-size-mb", f"{limit:.9f}", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)["budget"]
     assert answer["best"]["trial"] == passing[0]["trial"] and answer["trials"] == len(rows)
+    assert main(["show", *study, "--max-size-mb", f"{limit:.9f}"]) == 0
+    text = capsys.readouterr().out
+    if "P_test" in answer["best"]:  # a finalist: its test P is in the table
+        assert "P_test" in text.split("best within")[1]
+    else:  # not a finalist: said so, with how to score it
+        assert f"not scored (trial {passing[0]['trial']} was not a finalist)" in text
     out = tmp_path / "small.json"
     assert main(["export", *study, "--max-size-mb", f"{limit:.9f}", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["source"]["trial"] == passing[0]["trial"]
