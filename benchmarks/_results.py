@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["machine_line", "write_section"]
+__all__ = ["machine_line", "publish", "write_section"]
 
 
 def machine_line() -> str:
@@ -50,3 +50,11 @@ def write_section(path: str | Path, name: str, text: str) -> None:
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     file.write_text(new, encoding="utf-8")
+
+
+def publish(lines: list[str], path: str | None, name: str) -> None:
+    """Print a benchmark's section and, with ``path``, write it into that RESULTS.md."""
+    text = "\n".join(lines)
+    print(text)
+    if path:
+        write_section(path, name, text)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _results import machine_line, write_section
+from _results import machine_line, publish
 from torch import nn
 
 from quide_search.backends import get_backend
@@ -134,7 +134,7 @@ def main() -> None:
     rows = []
     for name, make in (("MLP 4x1024", _mlp), ("SimpleCNN", _cnn), ("Llama 4-block", _llama)):
         rows += measure(name, make, args.rounds)
-    text = "\n".join([
+    header = [
         "## Backends: uniform plans against fp32, interleaved, 1 thread",
         "",
         machine_line(),
@@ -143,11 +143,8 @@ def main() -> None:
         "",
         "| model | variant | median ms | ratio to fp32 | kernel layers |",
         "|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
-    print(text)
-    if args.write:
-        write_section(args.write, "backends", text)
+    ]
+    publish([*header, *rows], args.write, "backends")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ rest of quide-search (the layer cache, the scorer, the export) speaks only this 
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from quide_search.errors import PlanError
+from quide_search.errors import PlanError, TrialEvaluationError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from quide_search.plan import BitPlan
 
-__all__ = ["QuantBackend", "model_bytes", "storage_key"]
+__all__ = ["QuantBackend", "layer_failures", "model_bytes", "storage_key"]
 
 
 class QuantBackend(abc.ABC):
@@ -141,6 +142,20 @@ class QuantBackend(abc.ABC):
             target.set_submodule(name, self.quantize_layer(target.get_submodule(name), precision))
         return target
 
+    def check_checkpoint_layers(self, names: Sequence[str], skeleton: nn.Module) -> None:
+        """Refuse a checkpoint whose plan names a layer the float ``skeleton`` lacks.
+
+        Raises:
+            PlanError: Naming the first such layer.
+        """
+        layers = self.quantizable_layers(skeleton)
+        unknown = [name for name in names if name not in layers]
+        if unknown:
+            raise PlanError(
+                f"the checkpoint's plan names layer {unknown[0]!r}, which the skeleton lacks. "
+                "Build the skeleton exactly as the exported model."
+            )
+
     def check_precisions(self, precisions: Sequence[str], device: torch.device) -> None:
         """Refuse precisions this backend cannot run on ``device``.
 
@@ -155,6 +170,23 @@ class QuantBackend(abc.ABC):
                     f"{device.type}, but {precision!r} is not among them. It offers "
                     f"{', '.join(offered)}."
                 )
+
+
+@contextlib.contextmanager
+def layer_failures(library: str, module: nn.Module, precision: str) -> Iterator[None]:
+    """Turn a library's failure on one layer into :class:`TrialEvaluationError`.
+
+    Whatever the library raises while quantizing one layer fails that trial, not the run.
+    """
+    try:
+        yield
+    except MemoryError as e:
+        raise TrialEvaluationError(f"out of memory while quantizing: {e}") from e
+    except Exception as e:  # a library may raise anything on a layer it cannot take
+        raise TrialEvaluationError(
+            f"{library} could not quantize a {type(module).__name__} to {precision}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
 
 
 def model_bytes(model: nn.Module) -> int:

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quide_search.backends._base import QuantBackend
-from quide_search.errors import DataError, PlanError, TrialEvaluationError
+from quide_search.backends._base import QuantBackend, layer_failures
+from quide_search.errors import DataError
 from quide_search.plan import PRECISIONS, BitPlan
 
 if TYPE_CHECKING:
@@ -58,25 +58,17 @@ class QuantoBackend(QuantBackend):
         import torch
         from optimum.quanto.nn import quantize_module
 
-        try:
-            # no_grad, not inference_mode: quanto's int4/int2 packing sets version counters,
-            # which inference tensors refuse.
-            with torch.no_grad():
-                linear = linear_from_conv1d(module)
-                copied = linear if linear is not None else copy.deepcopy(module)
-                quantized = quantize_module(copied, weights=_QTYPE[precision])
-                if quantized is None:
-                    raise TypeError(f"{type(module).__name__} is not a layer quanto quantizes")
-                quantized.freeze()
-                if linear is not None:
-                    quantized.from_conv1d = True  # its checkpoint needs our loader
-        except MemoryError as e:
-            raise TrialEvaluationError(f"out of memory while quantizing: {e}") from e
-        except Exception as e:  # any quanto failure on one layer fails that trial, not the run
-            raise TrialEvaluationError(
-                f"quanto could not quantize a {type(module).__name__} to {precision}: "
-                f"{type(e).__name__}: {e}"
-            ) from e
+        # no_grad, not inference_mode: quanto's int4/int2 packing sets version counters, which
+        # inference tensors refuse.
+        with layer_failures("quanto", module, precision), torch.no_grad():
+            linear = linear_from_conv1d(module)
+            copied = linear if linear is not None else copy.deepcopy(module)
+            quantized = quantize_module(copied, weights=_QTYPE[precision])
+            if quantized is None:
+                raise TypeError(f"{type(module).__name__} is not a layer quanto quantizes")
+            quantized.freeze()
+            if linear is not None:
+                quantized.from_conv1d = True  # its checkpoint needs our loader
         return quantized
 
     def kernel_path(self, quantized: nn.Module) -> str:
@@ -187,13 +179,7 @@ class QuantoBackend(QuantBackend):
                 "`quide-search export --checkpoint`."
             )
         qmap = json.loads((folder / str(map_file)).read_text(encoding="utf-8"))
-        layers = self.quantizable_layers(skeleton)
-        unknown = [name for name in qmap if name not in layers]
-        if unknown:
-            raise PlanError(
-                f"the checkpoint's quantization map names layer {unknown[0]!r}, which the "
-                "skeleton lacks. Build the skeleton exactly as the exported model."
-            )
+        self.check_checkpoint_layers(list(qmap), skeleton)
         state = load_file(str(folder / WEIGHTS_FILE))
         with torch.no_grad():
             for name in qmap:

@@ -32,8 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quide_search.backends._base import QuantBackend
-from quide_search.errors import DataError, PlanError, TrialEvaluationError
+from quide_search.backends._base import QuantBackend, layer_failures
+from quide_search.errors import DataError, TrialEvaluationError
 from quide_search.plan import PRECISIONS, BitPlan
 
 if TYPE_CHECKING:
@@ -74,17 +74,9 @@ class TorchaoBackend(QuantBackend):
         import torch
 
         quantize_ = _torchao().quantization.quantize_
-        try:
-            copied = copy.deepcopy(module)
-            with torch.no_grad():
-                quantize_(copied, _config(precision, copied))
-        except MemoryError as e:
-            raise TrialEvaluationError(f"out of memory while quantizing: {e}") from e
-        except Exception as e:  # any torchao failure on one layer fails that trial, not the run
-            raise TrialEvaluationError(
-                f"torchao could not quantize a {type(module).__name__} to {precision}: "
-                f"{type(e).__name__}: {e}"
-            ) from e
+        copied = copy.deepcopy(module)
+        with layer_failures("torchao", module, precision), torch.no_grad():
+            quantize_(copied, _config(precision, copied))
         if not hasattr(copied.weight, "__tensor_flatten__"):
             raise TrialEvaluationError(
                 f"torchao left a {type(module).__name__} in float when asked for {precision} "
@@ -165,13 +157,7 @@ class TorchaoBackend(QuantBackend):
                 "`quide-search export --checkpoint`."
             )
         plan = json.loads((folder / PLAN_FILE).read_text(encoding="utf-8"))
-        layers = self.quantizable_layers(skeleton)
-        unknown = [name for name in plan if name not in layers]
-        if unknown:
-            raise PlanError(
-                f"the checkpoint's plan names layer {unknown[0]!r}, which the skeleton lacks. "
-                "Build the skeleton exactly as the exported model."
-            )
+        self.check_checkpoint_layers(list(plan), skeleton)
         for name, record in plan.items():
             skeleton.set_submodule(
                 name, self.quantize_layer(skeleton.get_submodule(name), record["precision"])
