@@ -185,6 +185,13 @@ class Protocol(_Record):
                 values and what to do.
         """
         stored, now = self.to_dict(), current.to_dict()
+        if "test" not in stored["task"]["splits"]:
+            raise ConfigError(
+                f"resuming study {study!r} needs a study with a held-out test split, but it was "
+                "made by a version of quide-search before test splits (its float model and "
+                "splits differ from today's). Start a new study with --study NAME; `show` and "
+                "`export` still read this one."
+            )
         for path, flags in _MUST_MATCH.items():
             before, after = _get(stored, path), _get(now, path)
             if before != after:
@@ -236,7 +243,7 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
 
     backend = get_backend(config.backend)
     backend.check_precisions(config.bits, device)
-    hazard = backend.hazard(task.model, device, config.bits)
+    hazard = backend.hazard(task.model, device, config.bits, list(task.layers(backend)))
     if hazard is not None:
         raise ConfigError(hazard)
     task_record = _task_record(config, task, backend)

@@ -46,6 +46,12 @@ def test_a_resume_names_the_first_field_that_differs_and_its_flag(toy_task) -> N
         other = protocol_for(toy_task, bits=("int8", "int4"), threads=2, force_threads=True)
         stored.check_resume(other.model_copy(update={"evaluation": other.evaluation.model_copy(
             update={"threads": 7})}), study="s")  # fmt: skip
+    # A study made before held-out test splits: its splits and float model differ from today's.
+    splits = {k: v for k, v in stored.task.splits.items() if k != "test"}
+    old = stored.model_copy(update={"task": stored.task.model_copy(update={"splits": splits})})
+    with pytest.raises(ConfigError, match=r"made by a version of quide-search before test "
+                       r"splits .* Start a new study with --study NAME"):  # fmt: skip
+        old.check_resume(stored, study="s")
 
 
 def test_another_model_or_other_weights_are_refused(toy_task) -> None:  # type: ignore[no-untyped-def]

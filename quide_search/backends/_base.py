@@ -92,9 +92,14 @@ class QuantBackend(abc.ABC):
         return None
 
     def hazard(
-        self, model: nn.Module, device: torch.device, precisions: Sequence[str]
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precisions: Sequence[str],
+        layers: Sequence[str] | None = None,
     ) -> str | None:
-        """Why a choice of precisions would crash the process on this model and device."""
+        """Why a choice of precisions would crash the process on this model and device
+        (``layers``: the searched ones, default every quantizable layer)."""
         return None
 
     def quantizable_layers(self, model: nn.Module) -> dict[str, int]:

@@ -97,7 +97,11 @@ class QuantoBackend(QuantBackend):
         return dequantized_twin(quantized)
 
     def hazard(
-        self, model: nn.Module, device: torch.device, precisions: Sequence[str]
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precisions: Sequence[str],
+        layers: Sequence[str] | None = None,
     ) -> str | None:
         """quanto 0.2.7's int4 AWQ kernels crash on float16 models on CUDA.
 

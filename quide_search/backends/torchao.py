@@ -95,18 +95,25 @@ class TorchaoBackend(QuantBackend):
         return _KERNELS.get(kind, "fallback")
 
     def hazard(
-        self, model: nn.Module, device: torch.device, precisions: Sequence[str]
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precisions: Sequence[str],
+        layers: Sequence[str] | None = None,
     ) -> str | None:
-        """int4 needs every Linear's ``in_features`` divisible by 32 and ``out_features`` by
-        16 (the CPU int4 packing's shapes)."""
+        """int4 needs every searched Linear's ``in_features`` divisible by 32 and
+        ``out_features`` by 16 (the CPU int4 packing's shapes); layers left out of the search
+        (a causal LM's ``lm_head``) are not checked."""
         if "int4" not in precisions:
             return None
         from torch import nn
 
+        searched = set(self.quantizable_layers(model) if layers is None else layers)
         refused = [
             f"{name} ({module.in_features} -> {module.out_features})"
             for name, module in model.named_modules()
-            if isinstance(module, nn.Linear)
+            if name in searched
+            and isinstance(module, nn.Linear)
             and (int4_group_size(module.in_features) is None or module.out_features % 16)
         ]
         if not refused:

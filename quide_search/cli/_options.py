@@ -133,7 +133,7 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="at most this many samples of the held-out test split that scores the finalists, "
-        "likewise (imagenet default: 10000)",
+        "for registered datasets (imagenet default: 10000; hf: text follows --eval-windows)",
     )
     lm = parser.add_argument_group("Hugging Face causal LMs (--model hf:PATH_OR_ID)")
     lm.add_argument(

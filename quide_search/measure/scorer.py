@@ -111,10 +111,10 @@ class Scorer:
         from quide_search.latency import make_source
 
         backend = get_backend(protocol.backend)
-        hazard = backend.hazard(task.model, device, protocol.search.precisions)
+        layers = list(task.layers(backend))
+        hazard = backend.hazard(task.model, device, protocol.search.precisions, layers)
         if hazard is not None:
             raise ConfigError(hazard)
-        layers = list(task.layers(backend))
         if tuple(layers) != protocol.task.layers:
             raise ConfigError(
                 f"the model's quantizable layers must be the protocol's, but they differ "

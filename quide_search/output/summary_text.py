@@ -35,10 +35,13 @@ def verdict_lines(summary: SearchSummary) -> list[str]:
         ]
     lines = []
     tested = bool((summary.test or {}).get("entries"))
-    if not best["feasible"]:
-        where = " on the search split and the held-out test split" if tested else ""
-        lines.append(f"no trial is feasible{where} (accuracy gate, size and latency limits); "
-                     "the best-so-far by I' then I is shown.")  # fmt: skip
+    if not best["feasible"] and tested:
+        lines.append("no finalist passes the gate on both the search split and the held-out "
+                     "test split (and the size and latency limits); the best-so-far by I' "
+                     "then I is shown.")  # fmt: skip
+    elif not best["feasible"]:
+        lines.append("no trial is feasible (accuracy gate, size and latency limits); the "
+                     "best-so-far by I' then I is shown.")  # fmt: skip
     by = "confirmed I'" if "I_prime_confirmed" in best else "I'"
     if tested and best["feasible"]:
         by += ", passing the gate on the test split too"
@@ -174,6 +177,9 @@ def _test_notes(test: Mapping[str, Any] | None) -> list[str]:
             f"its gate is P_test >= {gate['threshold']:.4f} (around the float model's "
             f"{gate['baseline_P']:.4f}). The recommendation must pass it too."
         )
+    if "float" in test.get("failed", {}):
+        lines.append("\ntest gate not applied: the float model could not be scored on the test "
+                     "split, so the recommendation rests on the search split alone.")  # fmt: skip
     for key, reason in test.get("failed", {}).items():
         lines.append(f"  finalist {key} could not be scored on the test split: {reason}")
     return lines

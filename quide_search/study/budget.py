@@ -88,10 +88,12 @@ def best_within(
 
     entries = {e["trial"]: e for e in (confirmation or {}).get("entries", [])}
     tested = {e["trial"]: e for e in (test or {}).get("entries", [])}
+    unscored = set((test or {}).get("failed", {}))  # finalists the test split could not score
     fitting = [
         {**r, **tested.get(r["trial"], {}), "feasible": True}
         for r in rows
         if r[TrialKey.GATE_PASSED]
+        and str(r["trial"]) not in unscored
         and tested.get(r["trial"], {}).get(TrialKey.GATE_PASSED_TEST, True)
         and budget.fits({**r, **entries.get(r["trial"], {})})
     ]

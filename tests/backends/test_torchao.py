@@ -73,6 +73,8 @@ def test_int4_shapes_the_kernel_refuses_are_refused_before_a_study(tmp_path: Pat
     message = AO.hazard(model, torch.device("cpu"), ("int8", "int4"))
     assert message is not None and "1 (64 -> 10), 2 (100 -> 32) do not" in message
     assert AO.hazard(model, torch.device("cpu"), ("int8", "w8a8")) is None
+    # Layers left out of the search (a causal LM's lm_head) are not checked.
+    assert AO.hazard(model, torch.device("cpu"), ("int8", "int4"), ["0"]) is None
     config = RunConfig(backend="torchao", bits=("int8", "int4"), out_dir=str(tmp_path),
                        latency="model:cpu-epyc-2c", device="cpu")  # fmt: skip
     from quide_search.study import run_search

@@ -68,3 +68,14 @@ def test_where_only_the_float_model_fits_it_is_said() -> None:
     assert text == ("no quantized plan of study 's' passes its gate within T <= 0.25 ms, but "
                     "the float model fits (0.05 MiB, T 0.2 ms): keep it in float for this "
                     "budget.")  # fmt: skip
+
+
+def test_finalists_that_failed_or_could_not_be_scored_on_the_test_split_are_skipped() -> None:
+    test = {"entries": [{"trial": 2, "P_test": 0.8, "gate_passed_test": False},
+                        {"trial": "float", "P_test": 0.9, "gate_passed_test": True}],
+            "failed": {"1": "out of memory"}}  # fmt: skip
+    best = best_within(ROWS, Budget(), None, test)
+    assert best is not None and best["trial"] == 0 and "P_test" not in best
+    scored = {"entries": [{"trial": 2, "P_test": 0.95, "gate_passed_test": True}]}
+    chosen = best_within(ROWS, Budget(), None, scored)
+    assert chosen is not None and chosen["trial"] == 2 and chosen["P_test"] == 0.95

@@ -87,14 +87,20 @@ class CustomTask:
         """Return the task's data as quide-search splits (no train split).
 
         Raises:
-            ConfigError: If no test data is given and the eval data has fewer than 2 samples
-                to hold half of out.
+            ConfigError: If only one of test_inputs and test_labels is given, or no test data
+                is given and the eval data has fewer than 2 samples to hold half of out.
         """
         empty = Split(self.eval_inputs[:0], self.eval_labels[:0])
         calib = empty
         if self.calib_inputs is not None and self.calib_labels is not None:
             calib = Split(self.calib_inputs, self.calib_labels)
         eval_split = Split(self.eval_inputs, self.eval_labels)
+        if (self.test_inputs is None) != (self.test_labels is None):
+            given = "test_inputs" if self.test_inputs is not None else "test_labels"
+            raise ConfigError(
+                f"CustomTask needs test_inputs and test_labels together, but only {given} was "
+                "given. Pass both, or neither to hold out half of the eval data."
+            )
         if self.test_inputs is not None and self.test_labels is not None:
             test = Split(self.test_inputs, self.test_labels)
         else:

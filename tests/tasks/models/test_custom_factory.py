@@ -102,3 +102,7 @@ def test_a_custom_task_holds_out_half_its_eval_data_unless_given_a_test_split() 
     one = CustomTask(model=nn.Linear(1, 2), eval_inputs=x[:1], eval_labels=[0])
     with pytest.raises(ConfigError, match="at least 2 samples when no test_inputs"):
         one.splits()
+    with pytest.raises(ConfigError, match="needs test_inputs and test_labels together, but only "
+                       "test_inputs was given"):  # fmt: skip
+        CustomTask(model=nn.Linear(1, 2), eval_inputs=x, eval_labels=torch.arange(9) % 2,
+                   test_inputs=x[:3]).splits()  # fmt: skip
