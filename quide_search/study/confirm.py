@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from quide_search.search.objective import PlanObjective
 
-__all__ = ["FRONT_BOUND", "confirm_study", "finalist_plans", "finalists"]
+__all__ = ["FRONT_BOUND", "confirm_study", "covered", "finalist_plans", "finalists"]
 
 FRONT_BOUND = 8
 """Pareto-front points confirmed at most (those with the highest I')."""
@@ -80,7 +80,7 @@ def confirm_study(
     by_number = {r["trial"]: r for r in rows}
     plans = finalist_plans(objective, rows, top=top)
     stored = study.user_attrs.get(StudyKey.CONFIRMATION)
-    if stored and stored.get("top") == top and _keys(stored) == {str(k) for k in plans}:
+    if stored and stored.get("top") == top and covered(stored) == {str(k) for k in plans}:
         return dict(stored)
     started = time.perf_counter()
     results, failed = confirm_latency(plans, scorer.target, context)
@@ -119,8 +119,9 @@ def finalist_plans(
     return plans
 
 
-def _keys(record: Mapping[str, Any]) -> set[str]:
-    """The finalists a stored confirmation covers: those re-timed and those that failed."""
+def covered(record: Mapping[str, Any]) -> set[str]:
+    """The finalists a stored finalist record (confirmation or test) covers: those measured
+    and those that failed."""
     return {str(e["trial"]) for e in record.get("entries", [])} | set(record.get("failed", {}))
 
 

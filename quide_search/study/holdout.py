@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import QuideError
 from quide_search.records import StudyKey, TrialKey
-from quide_search.study.confirm import finalist_plans
+from quide_search.study.confirm import covered, finalist_plans
 from quide_search.study.summary import completed_rows
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def test_study(
         return None
     plans = finalist_plans(objective, rows, top=top or TEST_TOP)
     stored = study.user_attrs.get(StudyKey.TEST)
-    if stored and _keys(stored) == {str(k) for k in plans}:
+    if stored and covered(stored) == {str(k) for k in plans}:
         return dict(stored)
     from quide_search.progress import bar
 
@@ -84,8 +84,3 @@ def test_study(
         ]
     study.set_user_attr(StudyKey.TEST, record)
     return record
-
-
-def _keys(record: dict[str, Any]) -> set[str]:
-    """The finalists a stored test record covers: those scored and those that failed."""
-    return {str(e["trial"]) for e in record.get("entries", [])} | set(record.get("failed", {}))
