@@ -16,14 +16,19 @@ from typing import Any
 from quide_search.errors import ConfigError, PlanError, did_you_mean
 
 __all__ = [
+    "ACTIVATIONS",
     "DEFAULT_BACKEND",
     "FLOAT",
     "PLAN_SCHEMA_VERSION",
     "PRECISIONS",
     "BitPlan",
+    "activation_precision",
     "normalize_precision",
+    "parse_activations",
     "parse_bits",
     "weight_bits",
+    "weight_precision",
+    "with_activations",
 ]
 
 PLAN_SCHEMA_VERSION = 2
@@ -31,30 +36,101 @@ DEFAULT_BACKEND = "quanto"
 FLOAT = "float"
 """The plan value of a layer kept in the model's own float dtype."""
 
+_WEIGHT_ONLY = {"int8": 8, "int4": 4, "int2": 2, "fp8": 8}
+_CODE = {"int8": "8", "int4": "4", "int2": "2", "fp8": "f8"}
+ACTIVATIONS: tuple[str, ...] = ("none", "int8", "fp8")
+"""Activation precisions a layer may take: float (``none``), int8 or float8 (e4m3)."""
+
+# W{w}A{a}: the field's name for weights of w bits and activations of a bits; "f8" marks a
+# float8 format (wf8af8: float8 weights and activations).
+_COMPOSITE: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {f"w{_CODE[w]}a{_CODE[a]}": (w, a) for a in ACTIVATIONS[1:] for w in _WEIGHT_ONLY}
+)
+
 PRECISIONS: Mapping[str, int] = MappingProxyType(
-    {"int8": 8, "int4": 4, "int2": 2, "fp8": 8, "w8a8": 8, FLOAT: 0}
+    {**_WEIGHT_ONLY, **{name: _WEIGHT_ONLY[w] for name, (w, _) in _COMPOSITE.items()}, FLOAT: 0}
 )
 """Every precision name a plan may hold, and its weight bits (0: the model's own float width).
 
-All are weight-only (float activations) except ``w8a8``: int8 weights and int8 activations,
-quantized per row on every call (dynamic), where the backend offers it."""
-
+``int8``, ``int4``, ``int2`` and ``fp8`` are weight-only: activations stay in float. The
+``W{w}A{a}`` names (``w8a8``, ``w4a8``, ``w8af8``, ``wf8af8``, ...) quantize the layer's input
+activations as well, to int8 (``a8``) or float8 (``af8``). How the activation scale is found is
+the backend's: torchao's ``w8a8`` quantizes each row on every call (dynamic); quanto calibrates
+one static scale per layer on the calibration split (docs/backends.md)."""
 _ALIASES: Mapping[str, str] = MappingProxyType(
     {
         "8": "int8", "int8": "int8", "qint8": "int8",
         "4": "int4", "int4": "int4", "qint4": "int4",
         "2": "int2", "int2": "int2", "qint2": "int2",
         "f8": "fp8", "fp8": "fp8", "float8": "fp8", "qfloat8": "fp8", "qfloat8_e4m3fn": "fp8",
-        "w8a8": "w8a8", "int8-dynamic": "w8a8",
+        "int8-dynamic": "w8a8",
+        **{name: name for name in _COMPOSITE},
         "fp": FLOAT, "fp32": FLOAT, "float": FLOAT, "none": FLOAT,
     }
 )  # fmt: skip
-_SPELLINGS = "int8 (8), int4 (4), int2 (2), fp8 (f8), w8a8, float (fp)"
+_SPELLINGS = (
+    "int8 (8), int4 (4), int2 (2), fp8 (f8), float (fp), or weights and activations "
+    "W{8,4,2,f8}A{8,f8} such as w8a8, w4a8"
+)
 
 
 def weight_bits(precision: str, *, float_bits: int = 32) -> int:
     """Return the weight bits of a precision name, counting ``float`` as ``float_bits``."""
     return PRECISIONS[precision] or float_bits
+
+
+def weight_precision(precision: str) -> str:
+    """Return the weight part of a precision: ``w4a8`` -> ``int4``, ``int4`` -> ``int4``."""
+    return _COMPOSITE[precision][0] if precision in _COMPOSITE else precision
+
+
+def activation_precision(precision: str) -> str | None:
+    """Return the activation part of a precision (``int8``, ``fp8``), None if weight-only."""
+    return _COMPOSITE[precision][1] if precision in _COMPOSITE else None
+
+
+def parse_activations(text: str) -> tuple[str, ...]:
+    """Parse an ``--activations`` list such as ``"none,int8"``.
+
+    Raises:
+        ConfigError: For an empty list, a duplicate or a name outside :data:`ACTIVATIONS`.
+    """
+    aliases = {"none": "none", "float": "none", "int8": "int8", "8": "int8", "fp8": "fp8",
+               "f8": "fp8", "float8": "fp8"}  # fmt: skip
+    items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in aliases]
+    if not items or unknown:
+        raise ConfigError(
+            f"--activations must list activation precisions among none, int8 and fp8, but got "
+            f"{text!r}. Use e.g. --activations none,int8."
+        )
+    values = tuple(aliases[t] for t in items)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"--activations must not repeat a precision, but got {text!r}.")
+    return values
+
+
+def with_activations(bits: Iterable[str], activations: Iterable[str]) -> tuple[str, ...]:
+    """Return each weight precision of ``bits`` paired with each activation precision.
+
+    ``none`` keeps the weight-only name; ``float`` stays once; a name that already says its
+    activations is kept as it is.
+
+    Example:
+        >>> with_activations(["float", "int8", "int4"], ["none", "int8"])
+        ('float', 'int8', 'w8a8', 'int4', 'w4a8')
+    """
+    acts = tuple(activations)
+    out: list[str] = []
+    for precision in bits:
+        if precision == FLOAT or precision in _COMPOSITE:
+            paired = [precision]
+        else:
+            paired = [
+                precision if a == "none" else f"w{_CODE[precision]}a{_CODE[a]}" for a in acts
+            ]
+        out += [p for p in paired if p not in out]
+    return tuple(out)
 
 
 def normalize_precision(value: object, *, where: str = "precision") -> str:

@@ -87,6 +87,8 @@ class Gate(_Record):
 
 class Search(_Record):
     precisions: tuple[str, ...]
+    calibration_samples: _Positive | None = None
+    """Calibration samples static activation scales are fitted on (None: no such precision)."""
     granularity: Literal["layer", "block", "type"]
     objective: Literal["iprime", "pareto"]
     max_size_mb: Annotated[float, Field(gt=0)] | None = None
@@ -262,6 +264,7 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
         task=task_record,
         search=Search(
             precisions=config.bits,
+            calibration_samples=_calibration_samples(backend, config.bits, task),
             granularity=config.granularity,  # type: ignore[arg-type]
             objective=config.objective,  # type: ignore[arg-type]
             max_size_mb=config.max_size_mb,
@@ -282,6 +285,27 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
             "optuna": optuna.__version__,
         },  # fmt: skip
     )
+
+
+def _calibration_samples(
+    backend: QuantBackend, precisions: tuple[str, ...], task: Task
+) -> int | None:
+    """How many calibration samples fit static activation scales; None without such a
+    precision. Refuse a calibrated precision on a task without a calibration split."""
+    from quide_search.backends.calibration import CALIBRATION_SAMPLES
+
+    calibrated = [p for p in precisions if backend.calibrated(p)]
+    if not calibrated:
+        return None
+    available = len(task.splits.calib)
+    if available == 0:
+        raise ConfigError(
+            f"{calibrated[0]} on the {backend.name} backend fits static activation scales on "
+            f"the calibration split, but {task.model_name!r} on {task.dataset_name!r} has no "
+            "calibration samples. Give the task calibration data, or leave activations out "
+            "(--activations none)."
+        )
+    return min(CALIBRATION_SAMPLES, available)
 
 
 def _task_record(config: RunConfig, task: Task, backend: QuantBackend) -> TaskRecord:

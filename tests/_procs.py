@@ -155,3 +155,21 @@ def stored_files(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and not p.name.endswith(("-wal", "-shm"))
     }
+
+
+def run_recipe(skeleton: str, recipe: str, folder: Path, io: Path) -> None:
+    """Run ``skeleton`` then a checkpoint's loading ``recipe`` in a fresh Python that never
+    imports quide-search; the model must turn ``io``'s x into its y exactly."""
+    script = f"""
+import sys, torch
+folder = {str(folder)!r}
+{skeleton}{recipe}
+io = torch.load({str(io)!r})
+with torch.no_grad():
+    assert torch.equal(model(io["x"]), io["y"]), "outputs differ"
+assert not any(m.startswith("quide_search") for m in sys.modules)
+print("reloaded")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0 and "reloaded" in done.stdout, done.stderr[-2000:]

@@ -7,7 +7,17 @@ import json
 import pytest
 
 from quide_search.errors import ConfigError, PlanError
-from quide_search.plan import PRECISIONS, BitPlan, normalize_precision, parse_bits, weight_bits
+from quide_search.plan import (
+    PRECISIONS,
+    BitPlan,
+    activation_precision,
+    normalize_precision,
+    parse_activations,
+    parse_bits,
+    weight_bits,
+    weight_precision,
+    with_activations,
+)
 
 
 def test_every_spelling_normalises_to_one_name() -> None:
@@ -18,15 +28,34 @@ def test_every_spelling_normalises_to_one_name() -> None:
     from optimum.quanto import qint4
 
     assert normalize_precision(qint4) == "int4"  # a backend's own object, by its name
-    assert dict(PRECISIONS) == {"int8": 8, "int4": 4, "int2": 2, "fp8": 8, "w8a8": 8, "float": 0}
+    assert dict(PRECISIONS) == {
+        "int8": 8, "int4": 4, "int2": 2, "fp8": 8, "w8a8": 8, "w4a8": 4, "w2a8": 2, "wf8a8": 8,
+        "w8af8": 8, "w4af8": 4, "w2af8": 2, "wf8af8": 8, "float": 0,
+    }  # fmt: skip
+    parts = [(weight_precision(p), activation_precision(p)) for p in ("w4a8", "wf8af8", "int4")]
+    assert parts == [("int4", "int8"), ("fp8", "fp8"), ("int4", None)]
     assert normalize_precision("INT8-dynamic") == normalize_precision("w8a8") == "w8a8"
     assert weight_bits("float") == 32 and weight_bits("float", float_bits=16) == 16
 
 
 def test_an_unknown_precision_lists_the_names_and_suggests() -> None:
-    with pytest.raises(PlanError, match=r"must be one of int8 \(8\), .*float \(fp\), but got "
-                       r"'int5'\. Did you mean: .*'int4'"):  # fmt: skip
+    expected = (
+        r"must be one of int8 \(8\), .*float \(fp\), or weights and activations .* but got "
+        r"'int5'\. Did you mean: .*'int4'"
+    )
+    with pytest.raises(PlanError, match=expected):
         normalize_precision("int5")
+
+
+def test_activations_pair_with_each_weight_precision() -> None:
+    assert parse_activations("none, INT8,f8") == ("none", "int8", "fp8")
+    assert with_activations(("float", "int8", "int4", "w2a8"), ("none", "int8")) == (
+        "float", "int8", "w8a8", "int4", "w4a8", "w2a8",
+    )  # fmt: skip
+    assert with_activations(("int8", "fp8"), ("fp8",)) == ("w8af8", "wf8af8")
+    for bad, why in (("", "must list"), ("int4", "must list"), ("int8,8", "must not repeat")):
+        with pytest.raises(ConfigError, match=f"--activations {why}"):
+            parse_activations(bad)
 
 
 def test_parse_bits() -> None:

@@ -49,12 +49,28 @@ class QuantBackend(abc.ABC):
         """The module types a plan may quantize."""
 
     @abc.abstractmethod
-    def quantize_layer(self, module: nn.Module, precision: str) -> nn.Module:
+    def quantize_layer(
+        self,
+        module: nn.Module,
+        precision: str,
+        inputs: Sequence[tuple[Any, ...]] | None = None,
+    ) -> nn.Module:
         """Return a frozen quantized copy of one float layer; the layer is not changed.
 
+        Args:
+            inputs: What the layer receives on calibration data, one tuple of positional
+                inputs per batch (:class:`~quide_search.backends.calibration.LayerInputs`);
+                needed where :meth:`calibrated` says so, ignored elsewhere.
+
         Raises:
+            PlanError: If ``precision`` is calibrated and ``inputs`` is empty.
             TrialEvaluationError: If the library fails on the layer.
         """
+
+    def calibrated(self, precision: str) -> bool:
+        """Whether ``precision`` fits static scales on calibration inputs (static activation
+        quantization); such a layer needs ``inputs`` in :meth:`quantize_layer`."""
+        return False
 
     @abc.abstractmethod
     def kernel_path(self, quantized: nn.Module) -> str:
@@ -78,10 +94,16 @@ class QuantBackend(abc.ABC):
             PlanError: If they name layers the skeleton lacks.
         """
 
-    def loading_note(self, model: nn.Module) -> str:
-        """Markdown for a checkpoint's README: how to load :meth:`save`'s files without
-        quide-search, or an empty string."""
-        return ""
+    def loading_recipe(self, model: nn.Module) -> str | None:
+        """Python (at most 10 lines) that loads :meth:`save`'s files without quide-search.
+
+        It expects ``model``, the float model built as the exported one was, and ``folder``,
+        the checkpoint folder's path as a string, and leaves the quantized model in
+        ``model``; it imports only torch and the backend's library. None where the files
+        need quide-search's own loader. Checkpoints carry it in ``plan.json`` (``loading``)
+        and in their README.
+        """
+        return None
 
     def float_twin(self, quantized: nn.Module) -> nn.Module | None:
         """A float module with the same outputs as ``quantized`` but cheaper to run, or None.
@@ -130,22 +152,66 @@ class QuantBackend(abc.ABC):
             and any(p.dim() >= 2 for p in module.parameters(recurse=False))
         ))  # fmt: skip
 
-    def apply(self, model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
+    def apply(
+        self,
+        model: nn.Module,
+        plan: BitPlan,
+        *,
+        inplace: bool = False,
+        calibration: torch.Tensor | None = None,
+        threads: int | None = None,
+    ) -> nn.Module:
         """Return a copy of ``model`` with ``plan`` applied, layer by layer, frozen.
 
         Quantizing a layer on its own gives the same module as quantizing it inside the
-        whole model (each layer's weights are quantized independently), so a plan is
+        whole model (each layer's weights are quantized independently, and a calibrated
+        layer's scales are fitted on what it receives in the float model), so a plan is
         applied by replacing each planned layer with :meth:`quantize_layer`'s result.
 
+        Args:
+            inplace: Change ``model`` itself.
+            calibration: Model inputs (samples first) for the plan's calibrated precisions:
+                the first :data:`~quide_search.backends.calibration.CALIBRATION_SAMPLES` of
+                the task's calibration split, as a study uses.
+            threads: torch threads the calibration passes run with.
+
         Raises:
-            PlanError: If a plan layer is not a quantizable layer of ``model``.
+            PlanError: If a plan layer is not a quantizable layer of ``model``, or the plan
+                has a calibrated precision and no ``calibration`` is given.
             TrialEvaluationError: If the library fails on a layer.
         """
+        from quide_search.backends.calibration import LayerInputs
+
         plan.validate_layers(self.quantizable_layers(model))
+        wanted = plan.quantized_layers()
+        inputs = None if calibration is None else LayerInputs(model, calibration, threads=threads)
+        # Every layer is built from the untouched float model before any is swapped in, so a
+        # calibrated layer sees float inputs, as in a study.
+        built = {
+            name: self.quantize_layer(
+                model.get_submodule(name),
+                precision,
+                inputs(name) if inputs is not None and self.calibrated(precision) else None,
+            )
+            for name, precision in wanted.items()
+        }
         target = model if inplace else copy.deepcopy(model)
-        for name, precision in plan.quantized_layers().items():
-            target.set_submodule(name, self.quantize_layer(target.get_submodule(name), precision))
+        for name, module in built.items():
+            target.set_submodule(name, module)
         return target
+
+    def check_inputs(self, precision: str, inputs: Sequence[tuple[Any, ...]] | None) -> None:
+        """Refuse to build a calibrated ``precision`` without calibration inputs.
+
+        Raises:
+            PlanError: Naming the precision and what to pass.
+        """
+        if self.calibrated(precision) and not inputs:
+            raise PlanError(
+                f"{precision} on the {self.name} backend calibrates static activation scales, "
+                "but no calibration inputs were given. Pass the task's calibration samples "
+                "(apply(..., calibration=...))."
+            )
 
     def check_checkpoint_layers(self, names: Sequence[str], skeleton: nn.Module) -> None:
         """Refuse a checkpoint whose plan names a layer the float ``skeleton`` lacks.

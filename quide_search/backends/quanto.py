@@ -1,4 +1,10 @@
-"""The optimum-quanto backend: weight-only int8/int4/int2/float8 for Linear and Conv2d layers.
+"""The optimum-quanto backend: int8/int4/int2/float8 weights, float, int8 or float8 activations,
+for Linear and Conv2d layers.
+
+Activation quantization is static: each layer's input scale is fitted with quanto's
+``Calibration`` on what the layer receives in the float model on the calibration samples
+(``backends.calibration``). The layer's output stays in float (quanto's output quantization is
+turned off), so the next layer quantizes its input with its own scale.
 
 transformers' ``Conv1D`` (GPT-2's attention and MLP projections) computes ``x @ W + b`` with
 ``W`` of shape (in, out): a Linear with the transposed weight. quanto has no quantized
@@ -20,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from quide_search.backends._base import QuantBackend, layer_failures
 from quide_search.errors import DataError
-from quide_search.plan import PRECISIONS, BitPlan
+from quide_search.plan import PRECISIONS, BitPlan, activation_precision, weight_precision
 
 if TYPE_CHECKING:
     import torch
@@ -34,10 +40,11 @@ __all__ = ["MAP_FILE", "WEIGHTS_FILE", "QuantoBackend"]
 WEIGHTS_FILE = "model.safetensors"
 MAP_FILE = "quantization_map.json"
 _QTYPE = {"int8": "qint8", "int4": "qint4", "int2": "qint2", "fp8": "qfloat8"}
+_ACTIVATION_QTYPE = {"int8": "qint8", "fp8": "qfloat8"}
 
 
 class QuantoBackend(QuantBackend):
-    """optimum-quanto 0.2: weight-only quantization, float activations."""
+    """optimum-quanto 0.2: weight-only, or weights and static (calibrated) activations."""
 
     name = "quanto"
 
@@ -47,25 +54,46 @@ class QuantoBackend(QuantBackend):
         return str(getattr(optimum.quanto, "__version__", "unknown"))
 
     def precisions(self, device: torch.device) -> Mapping[str, int]:
-        return {name: PRECISIONS[name] for name in _QTYPE}
+        return {
+            name: bits
+            for name, bits in PRECISIONS.items()
+            if weight_precision(name) in _QTYPE
+            and activation_precision(name) in (None, *_ACTIVATION_QTYPE)
+        }
+
+    def calibrated(self, precision: str) -> bool:
+        return activation_precision(precision) is not None
 
     def layer_types(self) -> tuple[type[nn.Module], ...]:
         from torch import nn
 
         return (nn.Linear, nn.Conv2d, *_conv1d_type())
 
-    def quantize_layer(self, module: nn.Module, precision: str) -> nn.Module:
+    def quantize_layer(
+        self,
+        module: nn.Module,
+        precision: str,
+        inputs: Sequence[tuple[Any, ...]] | None = None,
+    ) -> nn.Module:
         import torch
         from optimum.quanto.nn import quantize_module
 
+        self.check_inputs(precision, inputs)
+        activations = activation_precision(precision)
         # no_grad, not inference_mode: quanto's int4/int2 packing sets version counters, which
         # inference tensors refuse.
         with layer_failures("quanto", module, precision), torch.no_grad():
             linear = linear_from_conv1d(module)
             copied = linear if linear is not None else copy.deepcopy(module)
-            quantized = quantize_module(copied, weights=_QTYPE[precision])
+            quantized = quantize_module(
+                copied,
+                weights=_QTYPE[weight_precision(precision)],
+                activations=_ACTIVATION_QTYPE[activations] if activations else None,
+            )
             if quantized is None:
                 raise TypeError(f"{type(module).__name__} is not a layer quanto quantizes")
+            if activations:
+                _calibrate(quantized, inputs or ())
             quantized.freeze()
             if linear is not None:
                 quantized.from_conv1d = True  # its checkpoint needs our loader
@@ -82,6 +110,8 @@ class QuantoBackend(QuantBackend):
         """
         weight = getattr(quantized, "weight", None)
         kind = type(weight).__name__
+        if _int_mm(quantized, weight):
+            return "kernel:int_mm"
         if kind.startswith(("TinyGemm", "AWQ", "Marlin")):
             short = kind.removesuffix("WeightQBitsTensor").removesuffix("QBytesTensor")
             return "kernel:" + short.lower()
@@ -92,7 +122,7 @@ class QuantoBackend(QuantBackend):
     def float_twin(self, quantized: nn.Module) -> nn.Module | None:
         from quide_search.backends._quanto_twin import dequantized_twin
 
-        if self.kernel_path(quantized) != "fallback":
+        if self.kernel_path(quantized) != "fallback" or _activation_qtype(quantized):
             return None
         return dequantized_twin(quantized)
 
@@ -126,7 +156,12 @@ class QuantoBackend(QuantBackend):
     def quantization_map(self, plan: BitPlan) -> dict[str, Any]:
         """The plan as ``optimum.quanto.requantize`` takes its quantization map."""
         return {
-            name: {"weights": _QTYPE[precision], "activations": "none"}
+            name: {
+                "weights": _QTYPE[weight_precision(precision)],
+                "activations": _ACTIVATION_QTYPE.get(
+                    activation_precision(precision) or "", "none"
+                ),
+            }
             for name, precision in plan.quantized_layers().items()
         }
 
@@ -146,24 +181,13 @@ class QuantoBackend(QuantBackend):
         (folder / MAP_FILE).write_text(json.dumps(_quanto_map(model), indent=2), encoding="utf-8")
         return [WEIGHTS_FILE, MAP_FILE]
 
-    def loading_note(self, model: nn.Module) -> str:
+    def loading_recipe(self, model: nn.Module) -> str | None:
         if not _is_transformers_model(model):
-            return (
-                "\nWithout quide-search: build the float model, then\n"
-                "`optimum.quanto.requantize(model, safetensors.torch.load_file("
-                f'"{WEIGHTS_FILE}"), json.load(open("{MAP_FILE}")))`.\n'
-            )
+            return _RECIPE
         conv1d = _conv1d_type()
         if any(getattr(m, "from_conv1d", False) or isinstance(m, conv1d) for m in model.modules()):
-            return (
-                "\nThis model has transformers `Conv1D` layers (GPT-2), which quide-search "
-                "quantizes as the equivalent `nn.Linear`; optimum-quanto's own loader does not "
-                "know them, so load it with `load_quantized` as above.\n"
-            )
-        return (
-            "\nWithout quide-search: `optimum.quanto.QuantizedModelForCausalLM."
-            'from_pretrained("path/to/this/folder")`.\n'
-        )
+            return None  # quanto's loader does not know transformers' Conv1D (GPT-2)
+        return _CAUSAL_LM_RECIPE
 
     def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
         import torch
@@ -191,7 +215,27 @@ class QuantoBackend(QuantBackend):
                 if linear is not None:
                     skeleton.set_submodule(name, linear)
             requantize(skeleton, state, qmap, device=torch.device("cpu"))
+        for name in qmap:
+            float_outputs(skeleton.get_submodule(name))
         return skeleton
+
+
+_OUTPUTS_IN_FLOAT = """\
+for name, q in qmap.items():  # calibrated activations: outputs stay in float
+    if q["activations"] != "none":
+        model.get_submodule(name).disable_output_quantization()
+"""
+_RECIPE = f"""\
+import json, optimum.quanto, safetensors.torch
+qmap = json.load(open(f"{{folder}}/{MAP_FILE}"))
+state = safetensors.torch.load_file(f"{{folder}}/{WEIGHTS_FILE}")
+optimum.quanto.requantize(model, state, qmap)
+{_OUTPUTS_IN_FLOAT}"""
+_CAUSAL_LM_RECIPE = f"""\
+import json, optimum.quanto
+model = optimum.quanto.QuantizedModelForCausalLM.from_pretrained(folder)._wrapped
+qmap = json.load(open(f"{{folder}}/quanto_qmap.json"))
+{_OUTPUTS_IN_FLOAT}"""
 
 
 def linear_from_conv1d(module: nn.Module) -> nn.Linear | None:
@@ -215,6 +259,53 @@ def linear_from_conv1d(module: nn.Module) -> nn.Linear | None:
         if bias is not None:
             linear.bias.copy_(bias)
     return linear.requires_grad_(bool(weight.requires_grad)).train(module.training)
+
+
+def _calibrate(quantized: nn.Module, inputs: Sequence[tuple[Any, ...]]) -> None:
+    """Fit ``quantized``'s static input scale with quanto's ``Calibration`` on ``inputs``.
+
+    quanto's absmax per batch, averaged with momentum 0.9 in batch order: the same inputs
+    give the same scale. The layer's output is left in float (see the module docstring).
+    """
+    from optimum.quanto import Calibration
+
+    with Calibration(streamline=False):
+        for args in inputs:
+            quantized(*args)
+    float_outputs(quantized)
+
+
+def float_outputs(module: nn.Module) -> None:
+    """Turn off quanto's output quantization of an activation-quantized layer.
+
+    quanto quantizes a layer's output so that a following quantized layer can take it as it
+    is; here every layer quantizes its own input with its own calibrated scale, and the output
+    of the integer matmul is rescaled to float in any case. A loader of a quide-search
+    checkpoint calls this on each such layer after ``optimum.quanto.requantize``.
+    """
+    if _activation_qtype(module):
+        module.disable_output_quantization()  # type: ignore[operator]
+
+
+def _activation_qtype(module: nn.Module) -> str | None:
+    qtype = getattr(module, "activation_qtype", None)
+    return None if qtype is None else str(qtype.name)
+
+
+def _int_mm(module: nn.Module, weight: Any) -> bool:
+    """int8 weights and int8 activations of a Linear on a CPU: quanto runs ``torch._int_mm``.
+
+    On CUDA quanto takes that kernel only for more than 16 rows (not a batch-1 decode), so
+    there it is counted as the float path.
+    """
+    from torch import nn
+
+    return (
+        isinstance(module, nn.Linear)
+        and _activation_qtype(module) == "qint8"
+        and getattr(getattr(weight, "qtype", None), "name", None) == "qint8"
+        and weight.device.type == "cpu"
+    )
 
 
 def _conv1d_type() -> tuple[type[nn.Module], ...]:

@@ -70,7 +70,12 @@ class TorchaoBackend(QuantBackend):
 
         return (nn.Linear,)
 
-    def quantize_layer(self, module: nn.Module, precision: str) -> nn.Module:
+    def quantize_layer(
+        self,
+        module: nn.Module,
+        precision: str,
+        inputs: Sequence[tuple[Any, ...]] | None = None,
+    ) -> nn.Module:
         import torch
 
         quantize_ = _torchao().quantization.quantize_
@@ -145,13 +150,18 @@ class TorchaoBackend(QuantBackend):
         (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2), encoding="utf-8")
         return [WEIGHTS_FILE, PLAN_FILE]
 
-    def loading_note(self, model: nn.Module) -> str:
-        return (
-            "\nWithout quide-search: build the float model, apply to each layer of "
-            f"`{PLAN_FILE}` its torchao config (`torchao.quantization.quantize_`), then "
-            f'`model.load_state_dict(torch.load("{WEIGHTS_FILE}", weights_only=True), '
-            "assign=True)`.\n"
-        )
+    def loading_recipe(self, model: nn.Module) -> str | None:
+        return f"""\
+import json, torch, torchao.quantization as tq
+from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+for name, layer in json.load(open(f"{{folder}}/{PLAN_FILE}")).items():
+    if layer["precision"] == "int4":
+        config = PrototypeInt4WeightOnlyConfig(group_size=layer["group_size"])
+    else:
+        config = getattr(tq, layer["config"])()
+    tq.quantize_(model.get_submodule(name), config)
+model.load_state_dict(torch.load(f"{{folder}}/{WEIGHTS_FILE}", weights_only=True), assign=True)
+"""
 
     def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
         import torch

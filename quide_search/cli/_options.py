@@ -6,12 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from quide_search.plan import parse_bits
+from quide_search.plan import parse_activations, parse_bits, with_activations
 
 __all__ = [
     "add_device_arg",
     "add_gate_args",
     "add_measure_args",
+    "add_activations_arg",
     "add_bits_arg",
     "add_storage_args",
     "add_study_args",
@@ -271,8 +272,9 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         type=str,
         choices=tuple(BACKENDS),
         default="quanto",
-        help="the quantization library that applies plans: quanto (weight-only int8, int4, "
-        "int2, fp8; Linear and Conv2d) or torchao (int8, int4 and w8a8: int8 weights and "
+        help="the quantization library that applies plans: quanto (int8, int4, int2, fp8 "
+        "weights; int8 or fp8 activations with static calibrated scales; Linear and Conv2d) "
+        "or torchao (int8, int4 and w8a8: int8 weights and "
         "dynamic int8 activations; Linear) (default: quanto)",
     )
 
@@ -283,8 +285,23 @@ def add_bits_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
         "--bits",
         type=str,
         default="8,4,2",
-        help="per-layer precisions: int8 (8), int4 (4), int2 (2), fp8 (f8), w8a8 (torchao), "
-        "float (fp: keep the layer in float) (default: 8,4,2)",
+        help="per-layer weight precisions: int8 (8), int4 (4), int2 (2), fp8 (f8), float "
+        "(fp: keep the layer in float), or weights and activations W{8,4,2,f8}A{8,f8} such as "
+        "w8a8 (default: 8,4,2)",
+    )
+    add_activations_arg(group)
+
+
+def add_activations_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add --activations, the activation precisions each --bits entry is paired with."""
+    group.add_argument(
+        "--activations",
+        type=str,
+        default="none",
+        help="activation precisions: none (float, weight-only), int8, fp8; each --bits entry "
+        "is tried with each, e.g. --bits 8,4 --activations none,int8 searches int8, w8a8, "
+        "int4, w4a8. quanto calibrates static scales on the calibration split; torchao's "
+        "w8a8 is dynamic (default: none)",
     )
 
 
@@ -337,6 +354,8 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     from quide_search.tasks.catalog import check_names, default_dataset
 
     bits = parse_bits(args.bits) if getattr(args, "bits", None) is not None else None
+    if bits is not None and getattr(args, "activations", None) is not None:
+        bits = with_activations(bits, parse_activations(args.activations))
     check_names(args.model, args.dataset)  # before anything imports torch: a typo answers at once
     dataset = args.dataset
     if dataset is None:

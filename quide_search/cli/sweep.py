@@ -6,6 +6,7 @@ import argparse
 
 from quide_search.cli._base import Command
 from quide_search.cli._options import (
+    add_activations_arg,
     add_gate_args,
     add_measure_args,
     add_task_args,
@@ -22,7 +23,8 @@ class SweepCommand(Command):
     name = "sweep"
     epilog = """examples:
   quide-search sweep                                 # float, int8, int4, int2, fp8 on digits
-  quide-search sweep --bits float,8,4 --out-dir results"""
+  quide-search sweep --bits float,8,4 --out-dir results
+  quide-search sweep --bits 8,4 --activations none,int8   # adds W8A8 and W4A8 rows"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_task_args(parser)
@@ -33,6 +35,7 @@ class SweepCommand(Command):
             help="precisions to sweep; float is always measured as the baseline "
             "(default: float,8,4,2,f8)",
         )
+        add_activations_arg(parser)
         add_gate_args(parser)
         add_measure_args(parser)
         parser.add_argument(

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -51,6 +52,9 @@ class LayerCache:
             recently used ones are dropped first; a plan's own layers are always built).
             Float twins are made only while the float model's bytes are at most a quarter
             of it; otherwise evaluation runs the backend's own modules.
+        calibration: Layer name -> what it receives on calibration data, for the precisions
+            the backend calibrates (:class:`~quide_search.backends.calibration.LayerInputs`
+            over the float model).
     """
 
     def __init__(
@@ -60,8 +64,10 @@ class LayerCache:
         layers: Iterable[str],
         *,
         limit_mb: float = 4096.0,
+        calibration: Callable[[str], Sequence[tuple[Any, ...]]] | None = None,
     ) -> None:
         self.model = model
+        self.calibration = calibration
         self.backend = backend
         self.limit_bytes = int(limit_mb * 2**20)
         self._modules = dict(model.named_modules())
@@ -167,7 +173,10 @@ class LayerCache:
             self.hits += 1
             self._cache.move_to_end(key)
             return self._cache[key]
-        exact = self.backend.quantize_layer(self._modules[name], precision)
+        inputs = None
+        if self.calibration is not None and self.backend.calibrated(precision):
+            inputs = self.calibration(name)
+        exact = self.backend.quantize_layer(self._modules[name], precision, inputs)
         twin = self.backend.float_twin(exact) if self.twins else None
         self.built += 1
         self._stored[key] = model_bytes(exact)

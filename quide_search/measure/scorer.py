@@ -17,6 +17,7 @@ import torch
 
 from quide_search.backends import QuantBackend, get_backend
 from quide_search.backends._base import model_bytes
+from quide_search.backends.calibration import LayerInputs
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.latency import LatencyResult, LatencySource, TimingTarget, torch_threads
 from quide_search.latency._probe import layer_inputs, layer_shapes
@@ -121,7 +122,10 @@ class Scorer:
                 f"({len(layers)} against {len(protocol.task.layers)}). Use the study's model."
             )
         model = task.model.to(device)
-        cache = LayerCache(model, backend, layers, limit_mb=cache_mb)
+        cache = LayerCache(
+            model, backend, layers, limit_mb=cache_mb,
+            calibration=_calibration(task, protocol, device, model),
+        )  # fmt: skip
         with torch_threads(protocol.evaluation.threads):
             evaluator = _evaluator(task, protocol, device, model)
         target = _target(task, cache, protocol.latency.batch_size, device)
@@ -282,6 +286,18 @@ class Scorer:
         if not 0.0 <= value <= 1.0:
             raise TrialEvaluationError(f"the task's score must lie in [0, 1], but gave {value!r}")
         return value, None
+
+
+def _calibration(
+    task: Task, protocol: Protocol, device: torch.device, model: torch.nn.Module
+) -> LayerInputs | None:
+    """What each layer receives on the first calibration samples, where the protocol's
+    precisions fit static activation scales."""
+    samples = protocol.search.calibration_samples
+    if samples is None:
+        return None
+    inputs = task.splits.calib.first(samples).inputs.to(device)
+    return LayerInputs(model, inputs, threads=protocol.evaluation.threads)
 
 
 def _evaluator(

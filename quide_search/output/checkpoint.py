@@ -27,6 +27,11 @@ __all__ = ["PLAN_FILE", "load_quantized", "save_quantized", "write_checkpoint"]
 PLAN_FILE = "plan.json"
 README_FILE = "README.md"
 _FILE_MODE = 0o644
+_NEEDS = (
+    "recipe: Python that imports only torch and the backend; it expects `model`, the float "
+    "model built as the exported one, and `folder`, this folder's path, and leaves the "
+    "quantized model in `model`. null: load with quide_search.load_quantized."
+)
 
 
 def save_quantized(
@@ -62,16 +67,18 @@ def write_checkpoint(
     from quide_search.backends import get_backend
 
     backend = get_backend(str(record.get("backend", DEFAULT_BACKEND)))
-    backend.save(model, folder)
+    files = backend.save(model, folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+    recipe = backend.loading_recipe(model)
+    record = {**record, "loading": {"files": files, "recipe": recipe, "needs": _NEEDS}}
     atomic_write_text(folder / PLAN_FILE, json.dumps(stamped(record), indent=2) + "\n")
-    atomic_write_text(folder / README_FILE, _readme(record, backend.loading_note(model)))
+    atomic_write_text(folder / README_FILE, _readme(record, recipe))
     for path in folder.iterdir():  # some writers create 0600 files; a checkpoint is shared
         path.chmod(_FILE_MODE)
 
 
-def _readme(record: dict[str, Any], backend_note: str) -> str:
+def _readme(record: dict[str, Any], recipe: str | None) -> str:
     """A short README of our own (replacing any a library wrote) on what this folder is."""
     from quide_search.plan import BitPlan
 
@@ -82,7 +89,13 @@ def _readme(record: dict[str, Any], backend_note: str) -> str:
     source = record.get("source") or {}
     model = record.get("model")
     skeleton = _skeleton_code(str(model))
-    return f"""# Quantized {model} ({record.get("backend")} backend, weight-only)
+    alone = (
+        "\nWithout quide-search (the recipe in `plan.json`, `loading.recipe`), with `model` "
+        f'built as above and `folder = "path/to/this/folder"`:\n\n```python\n{recipe}```\n'
+        if recipe
+        else "\nThis checkpoint needs quide-search's loader, as above.\n"
+    )
+    return f"""# Quantized {model} ({record.get("backend")} backend)
 
 Written by quide-search from study `{source.get("study")}`, trial {source.get("trial")}:
 {mix}. C = {metrics.get("C")}, P = {metrics.get("P")}, T = {metrics.get("T_ms")} ms.
@@ -95,7 +108,7 @@ from quide_search import load_quantized
 {skeleton}
 model = load_quantized(model, "path/to/this/folder")
 ```
-{backend_note}"""
+{alone}"""
 
 
 def _skeleton_code(model: str) -> str:

@@ -198,7 +198,12 @@ def _quantized_model(record: Mapping[str, Any], protocol: Protocol) -> tuple[Any
     from quide_search.tasks.resolver import load_task
 
     task = load_task(**task_options(protocol))
-    quantized = get_backend(protocol.backend).apply(task.model, BitPlan.from_dict(record))
+    samples = protocol.search.calibration_samples
+    calibration = None if samples is None else task.splits.calib.first(samples).inputs
+    quantized = get_backend(protocol.backend).apply(
+        task.model, BitPlan.from_dict(record), calibration=calibration,
+        threads=protocol.evaluation.threads,
+    )  # fmt: skip
     return quantized, task.tokenizer
 
 

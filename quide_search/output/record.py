@@ -61,6 +61,8 @@ class PlanDocument(BaseModel):
     baseline: _Metrics | None = None
     protocol: dict[str, Any] | None = None
     source: _Source | None = None
+    loading: dict[str, Any] | None = None
+    """In a checkpoint's plan.json: the backend's files and the recipe that loads them."""
 
 
 def load_plan(path: str | os.PathLike[str]) -> tuple[BitPlan, dict[str, Any]]:

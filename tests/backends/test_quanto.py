@@ -27,7 +27,12 @@ def test_get_backend_names_the_choices() -> None:
         get_backend("quant")
     assert dict(QUANTO.precisions(torch.device("cpu"))) == {
         "int8": 8, "int4": 4, "int2": 2, "fp8": 8,
+        "w8a8": 8, "w4a8": 4, "w2a8": 2, "wf8a8": 8, "w8af8": 8, "w4af8": 4, "w2af8": 2,
+        "wf8af8": 8,
     }  # fmt: skip
+    assert [p for p in QUANTO.precisions(torch.device("cpu")) if QUANTO.calibrated(p)] == [
+        "w8a8", "w4a8", "w2a8", "wf8a8", "w8af8", "w4af8", "w2af8", "wf8af8",
+    ]  # fmt: skip
 
 
 # Hand-computed sizes for Linear(64 -> 16, bias). Float: 16*64*4 + 16*4 = 4160 bytes.

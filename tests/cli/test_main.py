@@ -62,6 +62,11 @@ BAD_INPUTS = [
     (["run", "--device", "tpu"], "invalid choice: 'tpu'"),
     (["run", "--bits", "8,4", "--trials", "6"], "needs the same search.precisions (--bits)"),
     (["sweep", "--bits", "9"], "--bits must list precisions among"),
+    (["sweep", "--activations", "int4"], "--activations must list activation precisions among"),
+    (
+        ["run", "--backend", "torchao", "--bits", "8", "--activations", "none,int8,fp8"],
+        "'w8af8' is not among them. It offers int8, int4, w8a8",
+    ),
     (
         ["export", "--study", "simplecnn-digits", "--trial", "99", "--out", "x.json"],
         "must name a completed trial",
