@@ -157,16 +157,17 @@ def stored_files(root: Path) -> dict[str, str]:
     }
 
 
-def run_recipe(skeleton: str, recipe: str, folder: Path, io: Path) -> None:
+def run_recipe(skeleton: str, recipe: str, folder: Path, io: Path, *, outputs: str = "") -> None:
     """Run ``skeleton`` then a checkpoint's loading ``recipe`` in a fresh Python that never
-    imports quide-search; the model must turn ``io``'s x into its y exactly."""
+    imports quide-search; the model must turn ``io``'s x into its y exactly (``outputs``:
+    what to read off the model's return value, e.g. ``.logits``)."""
     script = f"""
 import sys, torch
 folder = {str(folder)!r}
 {skeleton}{recipe}
 io = torch.load({str(io)!r})
 with torch.no_grad():
-    assert torch.equal(model(io["x"]), io["y"]), "outputs differ"
+    assert torch.equal(model(io["x"]){outputs}, io["y"]), "outputs differ"
 assert not any(m.startswith("quide_search") for m in sys.modules)
 print("reloaded")
 """

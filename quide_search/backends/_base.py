@@ -105,6 +105,18 @@ class QuantBackend(abc.ABC):
         """
         return None
 
+    def transformers_config(self, plan: BitPlan, model: nn.Module) -> Any:
+        """The transformers quantization config that applies ``plan`` to the causal LM
+        ``model`` on load, and that ``save_pretrained`` can serialise.
+
+        Raises:
+            PlanError: Saying why transformers cannot hold this plan with this backend.
+        """
+        raise PlanError(
+            f"--format transformers needs a backend transformers can save and reload, but the "
+            f"{self.name} backend has no such form. Use --checkpoint instead."
+        )
+
     def float_twin(self, quantized: nn.Module) -> nn.Module | None:
         """A float module with the same outputs as ``quantized`` but cheaper to run, or None.
 

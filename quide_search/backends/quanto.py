@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.backends._base import QuantBackend, layer_failures
-from quide_search.errors import DataError
+from quide_search.errors import DataError, PlanError
 from quide_search.plan import PRECISIONS, BitPlan, activation_precision, weight_precision
 
 if TYPE_CHECKING:
@@ -188,6 +188,16 @@ class QuantoBackend(QuantBackend):
         if any(getattr(m, "from_conv1d", False) or isinstance(m, conv1d) for m in model.modules()):
             return None  # quanto's loader does not know transformers' Conv1D (GPT-2)
         return _CAUSAL_LM_RECIPE
+
+    def transformers_config(self, plan: BitPlan, model: nn.Module) -> Any:
+        """Refused: transformers' optimum-quanto integration cannot save quantized weights
+        (its quantizer is not serialisable) and refuses quantized activations."""
+        raise PlanError(
+            "--format transformers needs weights transformers can save, but transformers' "
+            "optimum-quanto integration quantizes on load only and cannot serialise them. "
+            "Use --checkpoint (quanto's QuantizedModelForCausalLM layout), or search with "
+            "--backend torchao."
+        )
 
     def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
         import torch

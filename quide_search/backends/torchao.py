@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.backends._base import QuantBackend, layer_failures
-from quide_search.errors import DataError, TrialEvaluationError
+from quide_search.errors import DataError, PlanError, TrialEvaluationError
 from quide_search.plan import PRECISIONS, BitPlan
 
 if TYPE_CHECKING:
@@ -162,6 +162,26 @@ for name, layer in json.load(open(f"{{folder}}/{PLAN_FILE}")).items():
     tq.quantize_(model.get_submodule(name), config)
 model.load_state_dict(torch.load(f"{{folder}}/{WEIGHTS_FILE}", weights_only=True), assign=True)
 """
+
+    def transformers_config(self, plan: BitPlan, model: nn.Module) -> Any:
+        """``TorchAoConfig`` over an ``FqnToConfig`` of each quantized layer's config.
+
+        Raises:
+            PlanError: For int4: torchao 0.18's CPU int4 tensor has no safetensors form,
+                and transformers saves only safetensors.
+        """
+        from transformers import TorchAoConfig
+
+        layers = plan.quantized_layers()
+        if "int4" in layers.values():
+            raise PlanError(
+                "--format transformers writes safetensors, but torchao 0.18's CPU int4 layout "
+                "(Int4OpaqueTensor) has none, and this plan has int4 layers. Export it with "
+                "--checkpoint (torch.save), or choose a plan without int4."
+            )
+        fqn = _torchao().quantization.FqnToConfig
+        configs = {name: _config(q, model.get_submodule(name)) for name, q in layers.items()}
+        return TorchAoConfig(quant_type=fqn(configs))
 
     def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
         import torch

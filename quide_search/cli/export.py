@@ -44,9 +44,11 @@ class ExportCommand(Command):
         parser.add_argument(
             "--format",
             type=str,
-            choices=("json", "yaml"),
+            choices=("json", "yaml", "transformers"),
             default="json",
-            help="plan file format (default: json)",
+            help="plan file format (default: json); transformers: for an hf: model, a folder "
+            "--out that transformers' AutoModelForCausalLM.from_pretrained loads without "
+            "quide-search (torchao plans without int4)",
         )
         parser.add_argument(
             "--checkpoint",

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "export_plan", "select_trial", "task_options", "trusted_factory"]
 
-FORMATS = ("json", "yaml")
+FORMATS = ("json", "yaml", "transformers")
 
 
 def export_plan(
@@ -63,7 +63,9 @@ def export_plan(
             number, or ``pareto`` (one export per front point in the folder ``out``, with an
             ``index.json``).
         out: A file path for one plan; a folder for ``pareto`` or ``checkpoint``.
-        fmt: ``json`` or ``yaml``.
+        fmt: ``json`` or ``yaml``; or ``transformers``: for an ``hf:`` causal LM, the
+            folder ``out`` that ``AutoModelForCausalLM.from_pretrained`` loads without
+            quide-search (:mod:`quide_search.output.transformers_export`).
         checkpoint: Also write the quantized model, in the backend's own layout.
         model: The study's ``package.module:factory``, for a checkpoint of a study whose
             model comes from one: a study names code, which is imported and called only when
@@ -79,6 +81,8 @@ def export_plan(
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, but got {fmt!r}.")
     target = Path(out)
+    if fmt == "transformers":
+        return _export_transformers(study, storage, trial, target, budget)
     if trial != "pareto" and not checkpoint:
         check_replaceable(target, ours=is_generated_json, flag="--out")
     loaded, protocol = read_study(study=study, storage=storage)
@@ -92,6 +96,27 @@ def export_plan(
     built = _quantized_model(record, protocol)
     return write_directory(
         target, lambda d: _fill_checkpoint(built, record, d, fmt), kind="checkpoint"
+    )
+
+
+def _export_transformers(
+    study: str, storage: str, trial: str | int, target: Path, budget: Budget | None
+) -> Path:
+    from quide_search.output.transformers_export import build_transformers, write_transformers
+    from quide_search.tasks.resolver import load_task
+
+    if trial == "pareto":
+        raise ConfigError(
+            "--format transformers writes one model, but got --trial pareto. Name one trial."
+        )
+    loaded, protocol = read_study(study=study, storage=storage)
+    record = plan_record(loaded, protocol, select_trial(loaded, trial, budget))
+    task = load_task(**task_options(protocol))
+    built = build_transformers(record, protocol, task)
+    return write_directory(
+        target,
+        lambda d: write_transformers(built, task.tokenizer, record, d),
+        kind="transformers",
     )
 
 

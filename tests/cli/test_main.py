@@ -72,6 +72,10 @@ BAD_INPUTS = [
         "must name a completed trial",
     ),
     (
+        ["export", "--study", "simplecnn-digits", "--format", "transformers", "--out", "hf"],
+        "--format transformers is for hf: causal language models",
+    ),
+    (
         ["export", "--study", "simplecnn-digits", "--trial", "last", "--out", "x.json"],
         "--trial must be 'best', 'pareto' or a trial number",
     ),

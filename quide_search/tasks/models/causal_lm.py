@@ -22,7 +22,14 @@ from quide_search.tasks.catalog import HF_PREFIX
 from quide_search.tasks.data import Split, Splits
 from quide_search.tasks.task import Task
 
-__all__ = ["HF_PREFIX", "GreedyDecode", "TextTask", "causal_lm_task", "load_causal_lm"]
+__all__ = [
+    "HF_PREFIX",
+    "GreedyDecode",
+    "TextTask",
+    "causal_lm_task",
+    "load_causal_lm",
+    "pretrained_source",
+]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -91,15 +98,22 @@ def _dtype(name: str, device_type: str, config: Any) -> torch.dtype:
     return _DTYPES[name]
 
 
+def pretrained_source(path: str) -> tuple[str, bool]:
+    """The ``from_pretrained`` argument for ``hf:PATH``'s path, and whether it is local.
+
+    A path that looks local is never looked up on the hub (which would wait on the network).
+    """
+    local = Path(path).expanduser().exists() or path.startswith(("/", ".", "~"))
+    return (str(Path(path).expanduser()) if local else path), local
+
+
 def _load_pretrained(task: TextTask, device_type: str) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar (the trials') is enough on the terminal
 
-    # A path that looks local is never looked up on the hub (which would wait on the network).
-    local = Path(task.path).expanduser().exists() or task.path.startswith(("/", ".", "~"))
-    path = str(Path(task.path).expanduser()) if local else task.path
+    path, local = pretrained_source(task.path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=local)
         dtype = _dtype(task.dtype, device_type, config)

@@ -14,7 +14,7 @@ import torch
 
 from quide_search.backends import get_backend
 from quide_search.config import RunConfig
-from quide_search.errors import DataError
+from quide_search.errors import DataError, PlanError
 from quide_search.study import load_study, run_search
 from quide_search.tasks.models.causal_lm import TextTask
 from quide_search.tasks.resolver import load_task
@@ -149,7 +149,7 @@ def test_checkpoint_reloads_the_quanto_way_for_transformers(
             "tokenizer.json", "README.md"} <= files  # fmt: skip
     assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o644"}
     readme = (out / "README.md").read_text()
-    assert readme.startswith(f"# Quantized hf:{folder} (quanto backend, weight-only)")
+    assert readme.startswith(f"# Quantized hf:{folder} (quanto backend)")
     assert "QuantizedModelForCausalLM" in readme and "Hub" not in readme
     plan, _ = load_plan(out / "plan.json")
     task = _task(tiny_llama)
@@ -234,3 +234,44 @@ def test_a_relative_text_file_is_recorded_absolute(
     monkeypatch.chdir(tmp_path)
     options = RunConfig(model="hf:some/model", text_file="text.txt").task_options()
     assert options["text"].text_file == str(tmp_path / "text.txt")
+
+
+def test_a_torchao_plan_exports_for_transformers_and_reloads_without_quide_search(
+    tiny_llama: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from _procs import run_recipe
+
+    from quide_search.output.export import export_plan
+    from quide_search.output.record import load_plan
+
+    folder, text = tiny_llama
+    config = _lm_config(folder, text, tmp_path, trials=4, backend="torchao", bits=("int8", "w8a8"))
+    run_search(config, progress=False)
+    out = export_plan(study=config.study_name, storage=config.storage_url, trial="best",
+                      out=tmp_path / "hf", fmt="transformers")  # fmt: skip
+    assert {"config.json", "model.safetensors", "tokenizer.json", "plan.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    plan, record = load_plan(out / "plan.json")
+    assert set(plan.quantized_layers().values()) <= {"int8", "w8a8"} and plan.quantized_layers()
+    task = _task(tiny_llama)
+    trial_model = get_backend("torchao").apply(task.model, plan)
+    x = task.splits.eval.inputs
+    with torch.no_grad():
+        torch.save({"x": x, "y": trial_model(x).logits}, tmp_path / "io.pt")
+    # The recipe in plan.json, in a fresh process: transformers (and torchao) only.
+    run_recipe("", record["loading"]["recipe"], out, tmp_path / "io.pt", outputs=".logits")
+
+
+def test_plans_transformers_cannot_hold_are_refused_before_writing(
+    tiny_llama: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from quide_search.output.export import export_plan
+
+    folder, text = tiny_llama
+    config = _lm_config(folder, text, tmp_path, trials=1, bits=("int8",))
+    run_search(config, progress=False)
+    with pytest.raises(PlanError, match="optimum-quanto integration quantizes on load only"):
+        export_plan(study=config.study_name, storage=config.storage_url, trial="best",
+                    out=tmp_path / "hf", fmt="transformers")  # fmt: skip
+    assert not (tmp_path / "hf").exists()
