@@ -33,6 +33,8 @@ _VARIANTS = (
     ("quanto int4", "quanto", "int4", torch.float32),
     ("quanto int8, bf16", "quanto", "int8", torch.bfloat16),
     ("quanto int4, bf16", "quanto", "int4", torch.bfloat16),
+    ("quanto w8a8 (static)", "quanto", "w8a8", torch.float32),
+    ("quanto w4a8 (static)", "quanto", "w4a8", torch.float32),
     ("torchao int8", "torchao", "int8", torch.float32),
     ("torchao w8a8", "torchao", "w8a8", torch.float32),
     ("torchao int4", "torchao", "int4", torch.float32),
@@ -72,8 +74,8 @@ class _Logits(nn.Module):
         return self.model(ids, use_cache=False).logits  # type: ignore[no-any-return]
 
 
-def _variant(model: nn.Module, backend: str | None, precision: str | None,
-             dtype: torch.dtype) -> tuple[nn.Module, str]:  # fmt: skip
+def _variant(model: nn.Module, example: torch.Tensor, backend: str | None,
+             precision: str | None, dtype: torch.dtype) -> tuple[nn.Module, str]:  # fmt: skip
     base = copy.deepcopy(model).to(dtype)
     if backend is None:
         return base, "-"
@@ -81,7 +83,13 @@ def _variant(model: nn.Module, backend: str | None, precision: str | None,
     layers = {n: c for n, c in quant.quantizable_layers(base).items() if not n.endswith("lm_head")}
     plan = BitPlan.uniform(model="m", dataset="d", layers=layers, precision=str(precision),
                            backend=backend)  # fmt: skip
-    built = quant.apply(base, plan)
+    # Static activation scales are fitted on 32 random inputs of the example's kind.
+    calib = (
+        torch.randint(0, 1000, (32, 8))
+        if example.dtype == torch.long
+        else torch.randn(32, *example.shape[1:], dtype=dtype)
+    )
+    built = quant.apply(base, plan, calibration=calib)
     paths = [quant.kernel_path(built.get_submodule(n)) for n in layers]
     return built, f"{sum(p != 'fallback' for p in paths)}/{len(paths)}"
 
@@ -101,7 +109,7 @@ def measure(name: str, make: Callable[[], tuple[nn.Module, torch.Tensor]],
     built: dict[str, tuple[Callable[[], Any], str]] = {}
     for label, backend, precision, dtype in _VARIANTS:
         try:
-            model, kernels = _variant(float_model, backend, precision, dtype)
+            model, kernels = _variant(float_model, example, backend, precision, dtype)
         except Exception as e:  # a variant a backend cannot build is a row that says why
             built[label] = (lambda: None, f"not built: {str(e).split(': ')[-1][:70]}")
             continue

@@ -20,11 +20,17 @@ optimum-quanto's int4 and float8 kernels live in its CUDA extension, which it co
 use. That compile starts in the background at once and the int4/float8 plans wait for it; if
 it fails or runs past the budget, those plans are reported as missing with the reason.
 
+4. With ``--parts`` naming ``torchao`` (the default runs both): torchao's uniform int8, int4,
+   w8a8 and float8 plans against bf16, compiled, one-token decode step by CUDA events
+   (``benchmarks/_gpu_torchao.py``), within ``--torchao-budget-s``.
+
 Without CUDA the script says so and runs the tiny config on the CPU: that checks the script,
 and its numbers say nothing about a GPU.
 
 Usage:  python benchmarks/gpu_check.py [--size 1b|tiny] [--trials 20] [--budget-s 450]
                                        [--json PATH] [--max-drop 0.05]
+                                       [--parts quanto,torchao] [--torchao-budget-s 420]
+                                       [--torchao-compile max-autotune|reduce-overhead|none]
 """
 
 from __future__ import annotations
@@ -245,6 +251,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=450.0)
     parser.add_argument("--max-drop", type=float, default=0.05)
     parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
+    parser.add_argument("--parts", default="quanto,torchao")
+    parser.add_argument("--torchao-budget-s", type=float, default=420.0)
+    parser.add_argument("--torchao-compile", default=None, help="torch.compile mode, or none")
     args = parser.parse_args()
     deadline = time.monotonic() + args.budget_s
     cuda = torch.cuda.is_available()
@@ -255,12 +264,36 @@ def main() -> None:
     sys.modules.setdefault("gpu_check", sys.modules[__name__])  # the factory's module
     _STATE.update(size=args.size or ("1b" if cuda else "tiny"), device=device)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    extension = Extension(device, args.json.with_suffix(".compile.log"))
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "torch": torch.__version__, "size": _STATE["size"], "uniform": {}, "ranking": {},
         "parameters": None, "layers": None,
     }  # fmt: skip
+    if "torchao" in args.parts:
+        _torchao_part(args, results, device)
+    if "quanto" in args.parts:
+        _quanto_part(args, results, device, deadline)
+    print(_table(results))
+
+
+def _torchao_part(args: argparse.Namespace, results: dict[str, Any], device: torch.device) -> None:
+    from _gpu_torchao import torchao_decode
+
+    mode = args.torchao_compile or ("max-autotune" if device.type == "cuda" else "none")
+    rows = torchao_decode(
+        lambda: build_model(_STATE["size"], torch.bfloat16, device),
+        device,
+        time.monotonic() + args.torchao_budget_s,
+        compile_mode=None if mode == "none" else mode,
+    )
+    results["torchao"] = {"compile": mode, "rows": rows}
+    _save(args.json, results)
+
+
+def _quanto_part(
+    args: argparse.Namespace, results: dict[str, Any], device: torch.device, deadline: float
+) -> None:
+    extension = Extension(device, args.json.with_suffix(".compile.log"))
     _uniform_plans(results, extension, device, deadline)
     results["extension"] = extension.state
     _save(args.json, results)
@@ -272,7 +305,6 @@ def main() -> None:
     else:
         results["study"] = f"skipped: {trials} trials fit in the time left"
     _save(args.json, results)
-    print(_table(results))
 
 
 def _uniform_plans(
@@ -339,11 +371,14 @@ def _table(results: dict[str, Any]) -> str:
     lines = [
         f"gpu_check on {results['device']} (torch {results['torch']}, {results['size']} "
         f"config, {results['parameters']} parameters, {results['layers']} quantizable "
-        f"layers); quanto_cuda: {results['extension'][:80]}",
-        "| dtype | plan | P | C | T decode ms | again | model | T prefill ms | model | "
-        "kernel/fallback layers |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"layers); quanto_cuda: {results.get('extension', 'not run')[:80]}",
     ]
+    if results["uniform"]:
+        lines += [
+            "| dtype | plan | P | C | T decode ms | again | model | T prefill ms | model | "
+            "kernel/fallback layers |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for dtype, rows in results["uniform"].items():
         for r in rows:
             if "missing" in r:
@@ -363,7 +398,18 @@ def _table(results: dict[str, Any]) -> str:
                 f"{','.join(r['plans'])} in the same order as measured "
                 f"({r['model_ties']} tied in the model)"
             )
-    lines.append(f"study: {json.dumps(results['study'])}")
+    if "study" in results:
+        lines.append(f"study: {json.dumps(results['study'])}")
+    torchao = results.get("torchao")
+    if torchao:
+        lines += [f"torchao, compile {torchao['compile']}: | plan | ms | ratio to bf16 | "
+                  "compile s | P |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in torchao["rows"]:
+            lines.append(
+                f"| {r['plan']} | {r['missing'][:70]} |" if "missing" in r else
+                f"| {r['plan']} | {r['ms']:.3f} | {r['ratio']:.2f} | {r['compile_s']:.0f} | "
+                f"{r['P']:.3f} |"
+            )  # fmt: skip
     return "\n".join(lines)
 
 
