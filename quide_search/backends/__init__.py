@@ -15,6 +15,7 @@ from quide_search._lazy import lazy_exports
 from quide_search.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from quide_search.backends._base import QuantBackend, model_bytes
@@ -51,11 +52,18 @@ def get_backend(name: str) -> QuantBackend:
     return backend
 
 
-def apply_plan(model: nn.Module, plan: BitPlan) -> nn.Module:
+def apply_plan(
+    model: nn.Module, plan: BitPlan, *, calibration: torch.Tensor | None = None
+) -> nn.Module:
     """Return a frozen quantized copy of ``model`` with ``plan`` applied by its backend.
 
+    Args:
+        calibration: Model inputs (samples first) that static activation scales are fitted
+            on, for a plan with calibrated precisions (quanto's ``w8a8``, ``w4a8``, ...).
+
     Raises:
-        PlanError: If a plan layer is not a quantizable layer of ``model``.
+        PlanError: If a plan layer is not a quantizable layer of ``model``, or the plan has
+            calibrated precisions and no ``calibration``.
         TrialEvaluationError: If the backend fails on a layer.
 
     Example:
@@ -66,7 +74,7 @@ def apply_plan(model: nn.Module, plan: BitPlan) -> nn.Module:
         >>> type(quantized.fc2).__name__
         'QLinear'
     """
-    return get_backend(plan.backend).apply(model, plan)
+    return get_backend(plan.backend).apply(model, plan, calibration=calibration)
 
 
 __getattr__ = lazy_exports(

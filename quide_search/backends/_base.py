@@ -105,9 +105,10 @@ class QuantBackend(abc.ABC):
         """
         return None
 
-    def transformers_config(self, plan: BitPlan, model: nn.Module) -> Any:
+    def transformers_config(self, plan: BitPlan, model: nn.Module | None) -> Any:
         """The transformers quantization config that applies ``plan`` to the causal LM
-        ``model`` on load, and that ``save_pretrained`` can serialise.
+        ``model`` on load, and that ``save_pretrained`` can serialise. With ``model`` None,
+        only check that the plan has one (None is returned).
 
         Raises:
             PlanError: Saying why transformers cannot hold this plan with this backend.
@@ -245,11 +246,14 @@ class QuantBackend(abc.ABC):
         Raises:
             PlanError: Naming the precision, the device and what the backend offers.
         """
+        from quide_search.plan import activation_precision
+
         offered = self.precisions(device)
         for precision in precisions:
             if precision != "float" and precision not in offered:
+                flag = "--bits and --activations" if activation_precision(precision) else "--bits"
                 raise PlanError(
-                    f"--bits must be precisions the {self.name} backend runs on "
+                    f"{flag} must give precisions the {self.name} backend runs on "
                     f"{device.type}, but {precision!r} is not among them. It offers "
                     f"{', '.join(offered)}."
                 )

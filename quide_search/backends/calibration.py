@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from quide_search.errors import TrialEvaluationError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -25,9 +27,9 @@ CALIBRATION_SAMPLES = 128
 _BATCH = 32
 
 
-class _Captured(Exception):  # noqa: N818 - a signal, not an error
+class _Captured(BaseException):  # noqa: N818 - a signal, not an error
     """Raised by the capture hook: the layer's input is in hand, the rest of the pass is not
-    needed."""
+    needed (a BaseException, so model code that catches Exception lets it through)."""
 
 
 class LayerInputs:
@@ -61,10 +63,16 @@ class LayerInputs:
 
         Raises:
             KeyError: If the model has no module ``name``.
+            TrialEvaluationError: If the forward pass fails, or never reaches the layer.
         """
         if self._last is not None and self._last[0] == name:
             return self._last[1]
         captured = self._capture(self._modules[name])
+        if not captured or not captured[0]:
+            raise TrialEvaluationError(
+                f"layer {name!r} received no positional input on the calibration samples, so "
+                "its activation scale cannot be fitted. Keep it weight-only or in float."
+            )
         self._last = (name, captured)
         return captured
 
@@ -87,6 +95,10 @@ class LayerInputs:
                         self.model(self.samples[start : start + _BATCH])
                     except _Captured:
                         continue
+        except Exception as e:  # the model may raise anything, out-of-memory included
+            raise TrialEvaluationError(
+                f"the float model failed on the calibration samples: {type(e).__name__}: {e}"
+            ) from e
         finally:
             handle.remove()
         return found

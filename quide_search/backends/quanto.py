@@ -102,11 +102,13 @@ class QuantoBackend(QuantBackend):
     def kernel_path(self, quantized: nn.Module) -> str:
         """``kernel:NAME`` where quanto 0.2.7 dispatches the weights to a low-bit kernel.
 
-        Its optimized tensor types (TinyGemm, AWQ, Marlin) and torch's int8 weight-pack
-        matmul for int8 weights with bfloat16 activations on a CPU; ``fallback`` where it
-        dequantizes the weight and runs the float operation (every Conv2d, plain int2/int4
-        packing, int8 or float8 weights with float32 activations). A test checks these
-        rules against the ops the PyTorch profiler sees.
+        ``kernel:int_mm`` for a Linear with int8 weights and int8 activations on a CPU
+        (``torch._int_mm``; on CUDA quanto takes it only for more than 16 rows, so it is
+        counted as the float path there); its optimized tensor types (TinyGemm, AWQ, Marlin);
+        torch's int8 weight-pack matmul for int8 weights with bfloat16 activations on a CPU.
+        ``fallback`` where it dequantizes the weight and runs the float operation (every
+        Conv2d, plain int2/int4 packing, int8 or float8 weights with float32 activations,
+        float8 activations). Tests check these rules against the ops the profiler sees.
         """
         weight = getattr(quantized, "weight", None)
         kind = type(weight).__name__
@@ -142,12 +144,13 @@ class QuantoBackend(QuantBackend):
         """
         import torch
 
-        if device.type != "cuda" or "int4" not in precisions:
+        if device.type != "cuda" or all(weight_precision(p) != "int4" for p in precisions):
             return None
         if not any(p.dtype == torch.float16 for p in model.parameters()):
             return None
         return (
-            "--bits 4 on a float16 model on CUDA runs optimum-quanto 0.2.7's AWQ int4 kernels, "
+            "int4 weights (--bits 4, also with --activations) on a float16 model on CUDA run "
+            "optimum-quanto 0.2.7's AWQ int4 kernels, "
             "whose batch-1 path crashed the process with 'CUDA error: an illegal memory "
             "access'. Load the model in bfloat16 (--dtype bfloat16), run on the CPU, or leave "
             "4 out of --bits."
@@ -189,7 +192,7 @@ class QuantoBackend(QuantBackend):
             return None  # quanto's loader does not know transformers' Conv1D (GPT-2)
         return _CAUSAL_LM_RECIPE
 
-    def transformers_config(self, plan: BitPlan, model: nn.Module) -> Any:
+    def transformers_config(self, plan: BitPlan, model: nn.Module | None) -> Any:
         """Refused: transformers' optimum-quanto integration cannot save quantized weights
         (its quantizer is not serialisable) and refuses quantized activations."""
         raise PlanError(

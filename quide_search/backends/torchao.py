@@ -163,15 +163,13 @@ for name, layer in json.load(open(f"{{folder}}/{PLAN_FILE}")).items():
 model.load_state_dict(torch.load(f"{{folder}}/{WEIGHTS_FILE}", weights_only=True), assign=True)
 """
 
-    def transformers_config(self, plan: BitPlan, model: nn.Module) -> Any:
+    def transformers_config(self, plan: BitPlan, model: nn.Module | None) -> Any:
         """``TorchAoConfig`` over an ``FqnToConfig`` of each quantized layer's config.
 
         Raises:
             PlanError: For int4: torchao 0.18's CPU int4 tensor has no safetensors form,
                 and transformers saves only safetensors.
         """
-        from transformers import TorchAoConfig
-
         layers = plan.quantized_layers()
         if "int4" in layers.values():
             raise PlanError(
@@ -179,6 +177,10 @@ model.load_state_dict(torch.load(f"{{folder}}/{WEIGHTS_FILE}", weights_only=True
                 "(Int4OpaqueTensor) has none, and this plan has int4 layers. Export it with "
                 "--checkpoint (torch.save), or choose a plan without int4."
             )
+        if model is None:
+            return None
+        from transformers import TorchAoConfig
+
         fqn = _torchao().quantization.FqnToConfig
         configs = {name: _config(q, model.get_submodule(name)) for name, q in layers.items()}
         return TorchAoConfig(quant_type=fqn(configs))

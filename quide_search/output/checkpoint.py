@@ -93,7 +93,8 @@ def _readme(record: dict[str, Any], recipe: str | None) -> str:
         "\nWithout quide-search (the recipe in `plan.json`, `loading.recipe`), with `model` "
         f'built as above and `folder = "path/to/this/folder"`:\n\n```python\n{recipe}```\n'
         if recipe
-        else "\nThis checkpoint needs quide-search's loader, as above.\n"
+        else "\nThe backend's own loader cannot rebuild some of these layers (transformers "
+        "`Conv1D`, quantized as `nn.Linear`): load it with `load_quantized` as above.\n"
     )
     return f"""# Quantized {model} ({record.get("backend")} backend)
 

@@ -82,6 +82,11 @@ def export_plan(
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, but got {fmt!r}.")
     target = Path(out)
     if fmt == "transformers":
+        if checkpoint:
+            raise ConfigError(
+                "--format transformers writes a model folder of its own, so it goes without "
+                "--checkpoint, but got both. Drop --checkpoint."
+            )
         return _export_transformers(study, storage, trial, target, budget)
     if trial != "pareto" and not checkpoint:
         check_replaceable(target, ours=is_generated_json, flag="--out")
@@ -102,7 +107,11 @@ def export_plan(
 def _export_transformers(
     study: str, storage: str, trial: str | int, target: Path, budget: Budget | None
 ) -> Path:
-    from quide_search.output.transformers_export import build_transformers, write_transformers
+    from quide_search.output.transformers_export import (
+        build_transformers,
+        check_transformers,
+        write_transformers,
+    )
     from quide_search.tasks.resolver import load_task
 
     if trial == "pareto":
@@ -111,6 +120,7 @@ def _export_transformers(
         )
     loaded, protocol = read_study(study=study, storage=storage)
     record = plan_record(loaded, protocol, select_trial(loaded, trial, budget))
+    check_transformers(record, protocol)  # before any model is built or code imported
     task = load_task(**task_options(protocol))
     built = build_transformers(record, protocol, task)
     return write_directory(

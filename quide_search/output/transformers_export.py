@@ -23,12 +23,30 @@ if TYPE_CHECKING:
     from quide_search.protocol import Protocol
     from quide_search.tasks.task import Task
 
-__all__ = ["build_transformers", "write_transformers"]
+__all__ = ["build_transformers", "check_transformers", "write_transformers"]
 
 RECIPE = """\
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(folder)
 """
+
+
+def check_transformers(record: dict[str, Any], protocol: Protocol) -> None:
+    """Refuse, from the study's records alone, a plan transformers cannot hold.
+
+    Raises:
+        ConfigError: If the study's model is not an ``hf:`` causal LM.
+        PlanError: If the backend cannot express the plan for transformers.
+    """
+    from quide_search.backends import get_backend
+    from quide_search.plan import BitPlan
+
+    if protocol.task.kind != "causal-lm" or protocol.task.text is None:
+        raise ConfigError(
+            "--format transformers is for hf: causal language models, but the study's model "
+            f"is {protocol.task.model!r}. Use --checkpoint for other models."
+        )
+    get_backend(protocol.backend).transformers_config(BitPlan.from_dict(record), None)
 
 
 def build_transformers(record: dict[str, Any], protocol: Protocol, task: Task) -> nn.Module:
@@ -46,22 +64,20 @@ def build_transformers(record: dict[str, Any], protocol: Protocol, task: Task) -
     from quide_search.plan import BitPlan
     from quide_search.tasks.models.causal_lm import pretrained_source
 
-    if task.kind != "causal-lm" or protocol.task.text is None:
-        raise ConfigError(
-            "--format transformers is for hf: causal language models, but the study's model "
-            f"is {task.model_name!r}. Use --checkpoint for other models."
-        )
+    check_transformers(record, protocol)
     backend = get_backend(protocol.backend)
     plan = BitPlan.from_dict(record)
     config = backend.transformers_config(plan, task.model)
-    path, local = pretrained_source(str(protocol.task.text["path"]))
+    path, local = pretrained_source(str((protocol.task.text or {})["path"]))
     dtype = next(task.model.parameters()).dtype
     built = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, quantization_config=config, local_files_only=local
     ).eval()
     samples = protocol.search.calibration_samples
     calibration = None if samples is None else task.splits.calib.first(samples).inputs
-    trial_model = backend.apply(task.model, plan, calibration=calibration)
+    trial_model = backend.apply(
+        task.model, plan, calibration=calibration, threads=protocol.evaluation.threads
+    )
     probe = task.splits.eval.inputs[:2]
     with torch.no_grad():
         same = torch.equal(built(probe).logits, trial_model(probe).logits)

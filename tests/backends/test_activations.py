@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import toytask
 from _procs import run_recipe
 from torch import nn
 
@@ -14,6 +15,7 @@ from quide_search.backends import get_backend
 from quide_search.backends.calibration import LayerInputs
 from quide_search.config import RunConfig
 from quide_search.errors import ConfigError, PlanError
+from quide_search.output.record import load_plan
 from quide_search.plan import BitPlan
 
 QUANTO = get_backend("quanto")
@@ -93,10 +95,20 @@ def test_layer_inputs_are_what_the_float_layer_receives() -> None:
         assert torch.equal(torch.cat([a[0] for a in captured]), torch.relu(model[0](calib)))
 
 
+def test_int4_weights_with_activations_meet_the_float16_cuda_hazard() -> None:
+    model = _mlp().half()
+    assert QUANTO.hazard(model, torch.device("cuda"), ["int8", "w4a8"]) is not None
+    assert QUANTO.hazard(model, torch.device("cuda"), ["int8", "w8a8"]) is None
+
+
 def test_a_study_searches_activation_precisions_and_evaluate_reproduces(tmp_path: Path) -> None:
+    from quide_search import load_quantized
+    from quide_search.measure.scorer import Scorer
     from quide_search.output.export import export_plan
     from quide_search.output.replay import evaluate_plan
     from quide_search.study import load_study, run_search
+    from quide_search.study.summary import read_study
+    from quide_search.tasks.resolver import load_task
 
     config = RunConfig(model="toytask:make", out_dir=str(tmp_path), device="cpu", trials=6,
                        bits=("int8", "w8a8", "w4a8"), latency="model:cpu-epyc-2c",
@@ -106,10 +118,20 @@ def test_a_study_searches_activation_precisions_and_evaluate_reproduces(tmp_path
     assert study.user_attrs["protocol"]["search"]["calibration_samples"] == 64
     seen = {q for t in study.trials for q in t.params.values()}
     assert {"w8a8", "w4a8"} <= seen
-    out = export_plan(study=config.study_name, storage=config.storage_url, trial="best",
-                      out=tmp_path / "ck", checkpoint=True, model="toytask:make")  # fmt: skip
+    calibrated = next(t for t in study.trials if "w8a8" in t.params.values())
+    out = export_plan(study=config.study_name, storage=config.storage_url, out=tmp_path / "ck",
+                      trial=calibrated.number, checkpoint=True, model="toytask:make")  # fmt: skip
     replay = evaluate_plan(out / "plan.json", device="cpu", model="toytask:make")
     assert replay.reproduced is True
+    # The exported checkpoint (built by apply) computes what the study's layer cache computed.
+    plan, _ = load_plan(out / "plan.json")
+    task = load_task(model="toytask:make")
+    _, protocol = read_study(study=config.study_name, storage=config.storage_url)
+    trial_model = Scorer.build(task, protocol, device=torch.device("cpu")).cache.assemble(plan)
+    reloaded = load_quantized(toytask.make().model, out)
+    with torch.no_grad():
+        x = task.splits.eval.inputs
+        assert torch.equal(reloaded(x), trial_model(x))
 
 
 def test_a_task_without_calibration_data_cannot_calibrate(tmp_path: Path) -> None:
@@ -134,8 +156,6 @@ def test_the_sweep_gains_w8a8_and_w4a8_rows(tmp_path: Path) -> None:
     # quanto stores an input and an output scale in every layer, weight-only ones too.
     assert rows["w8a8"]["stored_bytes"] == rows["int8"]["stored_bytes"]
     # Each row's P is that of the plan applied by hand, calibrated on the 64 calibration samples.
-    import toytask
-
     task = toytask.make()
     for precision in ("w8a8", "w4a8"):
         layers = dict.fromkeys(QUANTO.quantizable_layers(task.model), precision)

@@ -35,8 +35,12 @@ def test_precisions_on_a_cpu_and_what_is_refused() -> None:
     assert dict(AO.precisions(torch.device("cpu"))) == {"int8": 8, "int4": 4, "w8a8": 8}
     with pytest.raises(PlanError, match="'int2' is not among them. It offers int8, int4, w8a8"):
         AO.check_precisions(("int8", "int2"), torch.device("cpu"))
-    with pytest.raises(PlanError, match="'w4a8' is not among them. It offers int8, int4, w8a8"):
+    with pytest.raises(PlanError, match="--bits and --activations must give precisions the "
+                       "torchao backend runs on cpu, but 'w4a8' is not among them"):  # fmt: skip
         AO.check_precisions(("w4a8",), torch.device("cpu"))  # torchao's W4A8 is not offered
+    int4 = BitPlan(model="m", dataset="d", layers={"0": "int4"}, backend="torchao")
+    with pytest.raises(PlanError, match="CPU int4 layout .* has none"):
+        AO.transformers_config(int4, None)  # --format transformers: no safetensors form
 
 
 # Hand-computed sizes for Linear(256 -> 64, bias): float 64*256*4 + 64*4 = 65792 bytes.

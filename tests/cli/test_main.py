@@ -60,7 +60,10 @@ BAD_INPUTS = [
     (["run", "--threads", "0"], "--threads: must be an integer >= 1"),
     (["run", "--latency-threads", "0"], "--latency-threads: must be an integer >= 1"),
     (["run", "--device", "tpu"], "invalid choice: 'tpu'"),
-    (["run", "--bits", "8,4", "--trials", "6"], "needs the same search.precisions (--bits)"),
+    (
+        ["run", "--bits", "8,4", "--trials", "6"],
+        "needs the same search.precisions (--bits, --activations)",
+    ),
     (["sweep", "--bits", "9"], "--bits must list precisions among"),
     (["sweep", "--activations", "int4"], "--activations must list activation precisions among"),
     (
@@ -145,7 +148,10 @@ BAD_INPUTS = [
     (["run", "--max-size-mb", "0"], "--max-size-mb must be a finite number > 0"),
     (["run", "--max-latency-ms", "nan"], "--max-latency-ms must be a finite number > 0"),
     (["run", "--early-stop", "maybe"], "invalid choice: 'maybe'"),
-    (["sensitivity", "--bits", "8,4"], "needs the same search.precisions (--bits) as when"),
+    (
+        ["sensitivity", "--bits", "8,4"],
+        "needs the same search.precisions (--bits, --activations) as when",
+    ),
     (["show", "--study", "nope"], "does not exist"),
     (["report", "--study", "nope", "--out", "r.html"], "does not exist"),
     (["dashboard", "--study", "nope"], "does not exist"),
