@@ -39,8 +39,10 @@ def test_a_resume_names_the_first_field_that_differs_and_its_flag(toy_task) -> N
     stored = protocol_for(toy_task, bits=("int8", "int4"))
     stored.check_resume(protocol_for(toy_task, bits=("int8", "int4"), seed=9), study="s")
     stored.check_resume(stored.with_chunking(32, 2), study="s")  # the creator's, not a flag
-    with pytest.raises(ConfigError, match=r"same search.precisions \(--bits\) .* was "
-                       r"\['int8', 'int4'\] and is now \['int8'\]"):  # fmt: skip
+    differs = (
+        r"precisions \(--bits, --activations\) .* was \['int8', 'int4'\] and is now \['int8'\]"
+    )
+    with pytest.raises(ConfigError, match=differs):
         stored.check_resume(protocol_for(toy_task, bits=("int8",)), study="s")
     with pytest.raises(ConfigError, match=r"same evaluation.threads \(--threads\)"):
         other = protocol_for(toy_task, bits=("int8", "int4"), threads=2, force_threads=True)

@@ -32,7 +32,13 @@ def _ops(model: nn.Module, x: torch.Tensor) -> set[str]:
 
 def test_precisions_on_a_cpu_and_what_is_refused() -> None:
     assert AO.version() == "0.18.0"
-    assert dict(AO.precisions(torch.device("cpu"))) == {"int8": 8, "int4": 4, "w8a8": 8}
+    assert dict(AO.precisions(torch.device("cpu"))) == {"int8": 8, "int4": 4, "w8a8": 8, "fp8": 8}
+    refusal = (
+        "wf8af8 on the torchao backend needs a CUDA GPU of compute capability 8.9 or more "
+        ".float8 matmul., not a CPU. On this device it offers int8, int4, w8a8, fp8"
+    )
+    with pytest.raises(PlanError, match=refusal):
+        AO.check_precisions(("int8", "wf8af8"), torch.device("cpu"))
     with pytest.raises(PlanError, match="'int2' is not among them. It offers int8, int4, w8a8"):
         AO.check_precisions(("int8", "int2"), torch.device("cpu"))
     with pytest.raises(PlanError, match="--bits and --activations must give precisions the "
@@ -48,9 +54,10 @@ def test_precisions_on_a_cpu_and_what_is_refused() -> None:
 #              + the fp32 bias (256)                                        -> 16960
 #  int4: two weights per byte (8192) + an fp32 scale and zero point per group of 128 inputs
 #        per row (2 groups x 64 rows x 2 x 4 = 1024) + bias (256)               ->  9472
+#  fp8:  float8 weights (16384) + per-row fp32 scale (256) + bias (256)        -> 16896
 @pytest.mark.parametrize(
     ("precision", "expected"), [("float", 65792), ("int8", 16960), ("w8a8", 16960),
-                                ("int4", 9472)],
+                                ("int4", 9472), ("fp8", 16896)],
 )  # fmt: skip
 def test_stored_bytes_are_those_inside_torchaos_tensors(precision: str, expected: int) -> None:
     layer = nn.Linear(256, 64)
@@ -62,14 +69,32 @@ def test_stored_bytes_are_those_inside_torchaos_tensors(precision: str, expected
 @pytest.mark.parametrize(
     ("precision", "path", "op"),
     [("int8", "fallback", None), ("w8a8", "kernel:int_mm", "aten::_int_mm"),
-     ("int4", "kernel:int4pack_mm_cpu", "aten::_weight_int4pack_mm_for_cpu")],
+     ("int4", "kernel:int4pack_mm_cpu", "aten::_weight_int4pack_mm_for_cpu"),
+     ("fp8", "fallback", None)],
 )  # fmt: skip
 def test_kernel_paths_match_the_ops_that_run(precision: str, path: str, op: str | None) -> None:
     quantized = AO.quantize_layer(nn.Linear(256, 64), precision)
     assert AO.kernel_path(quantized) == path
     ops = _ops(quantized, torch.randn(2, 256))
-    low_bit = {"aten::_int_mm", "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int8pack_mm"}
+    low_bit = {"aten::_int_mm", "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int8pack_mm",
+               "aten::_scaled_mm"}  # fmt: skip
     assert ops & low_bit == ({op} if op else set())
+
+
+@pytest.mark.parametrize(
+    ("capability", "offered"),
+    [((7, 5), ["int8", "w8a8", "fp8"]), ((8, 6), ["int8", "int4", "w8a8", "fp8"]),
+     ((9, 0), ["int8", "int4", "w8a8", "fp8", "wf8af8"])],
+)  # fmt: skip
+def test_what_a_cuda_gpu_is_offered_follows_its_compute_capability(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], offered: list[str]
+) -> None:
+    # No GPU here: the capability is the one number these rules read.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert list(AO.precisions(torch.device("cuda"))) == offered
+    bf16, fp32 = nn.Sequential(nn.Linear(64, 16)).bfloat16(), nn.Sequential(nn.Linear(64, 16))
+    assert AO.hazard(bf16, torch.device("cuda"), ["int4"]) is None  # tinygemm pads any shape
+    assert "takes bfloat16 weights only" in str(AO.hazard(fp32, torch.device("cuda"), ["int4"]))
 
 
 def test_int4_shapes_the_kernel_refuses_are_refused_before_a_study(tmp_path: Path) -> None:
@@ -114,8 +139,11 @@ def test_a_mixed_plan_runs_and_its_checkpoint_reloads_without_quide_search(
         "config": "Int8DynamicActivationInt8WeightConfig",
     }  # fmt: skip
     out = save_quantized(quantized, plan.to_dict(), tmp_path / "ck")
-    assert json.loads((out / "torchao_plan.json").read_text())["0"] == {
-        "precision": "int4", "group_size": 128, "config": "PrototypeInt4WeightOnlyConfig",
+    assert json.loads((out / "torchao_plan.json").read_text()) == {
+        "0": {"precision": "int4", "config": "PrototypeInt4WeightOnlyConfig",
+              "kwargs": {"group_size": 128}},
+        "2": {"precision": "w8a8", "config": "Int8DynamicActivationInt8WeightConfig",
+              "kwargs": {}},
     }  # fmt: skip
     torch.save({"x": x, "y": expected}, tmp_path / "io.pt")
     loading = json.loads((out / "plan.json").read_text())["loading"]

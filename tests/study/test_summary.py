@@ -103,7 +103,7 @@ def test_resume_does_nothing_more_then_extends(tmp_path: Path) -> None:
     assert {t.number: (t.params, t.value) for t in after if t.number in before} == before
     # A resume with a different protocol stops before writing anything.
     digest = stored_digest(db)
-    with pytest.raises(ConfigError, match=r"same search.precisions \(--bits\)"):
+    with pytest.raises(ConfigError, match=r"same search.precisions \(--bits, --activations\)"):
         run_search(_config(tmp_path, trials=9, bits=("int8", "int4")), progress=False)
     assert stored_digest(db) == digest
 

@@ -245,15 +245,18 @@ def test_a_torchao_plan_exports_for_transformers_and_reloads_without_quide_searc
     from quide_search.output.record import load_plan
 
     folder, text = tiny_llama
-    config = _lm_config(folder, text, tmp_path, trials=4, backend="torchao", bits=("int8", "w8a8"))
+    bits = ("int8", "w8a8", "fp8")
+    config = _lm_config(folder, text, tmp_path, trials=4, backend="torchao", bits=bits)
     run_search(config, progress=False)
-    out = export_plan(study=config.study_name, storage=config.storage_url, trial="best",
+    study = load_study(study=config.study_name, storage=config.storage_url)
+    mixed = next(t for t in study.trials if len(set(t.params.values())) == 3)  # all three
+    out = export_plan(study=config.study_name, storage=config.storage_url, trial=mixed.number,
                       out=tmp_path / "hf", fmt="transformers")  # fmt: skip
     assert {"config.json", "model.safetensors", "tokenizer.json", "plan.json"} <= {
         p.name for p in out.iterdir()
     }
     plan, record = load_plan(out / "plan.json")
-    assert set(plan.quantized_layers().values()) <= {"int8", "w8a8"} and plan.quantized_layers()
+    assert set(plan.quantized_layers().values()) == set(bits)
     task = _task(tiny_llama)
     trial_model = get_backend("torchao").apply(task.model, plan)
     x = task.splits.eval.inputs
