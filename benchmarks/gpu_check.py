@@ -22,7 +22,9 @@ it fails or runs past the budget, those plans are reported as missing with the r
 
 4. With ``--parts`` naming ``torchao`` (the default runs both): torchao's uniform int8, int4,
    w8a8 and float8 plans against bf16, compiled, one-token decode step by CUDA events
-   (``benchmarks/_gpu_torchao.py``), within ``--torchao-budget-s``.
+   (``benchmarks/_gpu_torchao.py``), within ``--torchao-budget-s``. Each part fits one
+   10-minute command; where commands are limited so, run ``--parts quanto`` and ``--parts
+   torchao`` as two.
 
 Without CUDA the script says so and runs the tiny config on the CPU: that checks the script,
 and its numbers say nothing about a GPU.

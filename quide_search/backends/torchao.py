@@ -1,4 +1,4 @@
-"""The torchao backend: int8, int4 and float8 weight-only, W8A8 and float8 W8A8, for Linear layers.
+"""The torchao backend: int8, int4 and float8 weight-only, and W8A8, for Linear layers.
 
 Precisions (``--backend torchao``), with the torchao 0.18 configuration each one applies:
 
@@ -6,23 +6,19 @@ Precisions (``--backend torchao``), with the torchao 0.18 configuration each one
   activation dtype on every call and a float matmul runs: no low-bit kernel (``fallback``).
 - ``w8a8``: ``Int8DynamicActivationInt8WeightConfig``: activations quantized to int8 per row
   on every call, int8 weights, ``torch._int_mm`` (``kernel:int_mm``).
-- ``int4``: on a CPU, ``PrototypeInt4WeightOnlyConfig``, torchao's opaque CPU layout run by
+- ``int4`` (CPU only): ``PrototypeInt4WeightOnlyConfig``, torchao's opaque CPU layout run by
   ``torch._weight_int4pack_mm_for_cpu`` (``kernel:int4pack_mm_cpu``). The group size is the
   largest of 128, 64 and 32 that divides the layer's ``in_features``; the kernel also needs
   ``out_features`` divisible by 16. A layer that breaks either is refused before a study
-  starts (:meth:`TorchaoBackend.hazard`), never skipped. On CUDA (compute capability 8.0 or
-  more, bfloat16 models), ``Int4WeightOnlyConfig`` in the ``tile_packed_to_4d`` format, run by
-  tinygemm (``kernel:tinygemm``); torchao's default ``plain`` format needs a separate kernel
-  package.
+  starts (:meth:`TorchaoBackend.hazard`), never skipped.
 - ``fp8``: ``Float8WeightOnlyConfig`` (float8 e4m3 weights, per-row scales; the weight is cast
   back for a float matmul: ``fallback``).
-- ``wf8af8``: ``Float8DynamicActivationFloat8WeightConfig`` per row: float8 weights and
-  activations, ``torch._scaled_mm`` (``kernel:scaled_mm``), on CUDA compute capability 8.9 or
-  more only; refused elsewhere before a study starts, saying so.
 
-The CUDA paths (int4 in tinygemm's format, ``wf8af8``) follow torchao's documented configs and
-have not been run by this project's tests, which run on a CPU; ``benchmarks/gpu_check.py
---parts torchao`` measures them on a GPU.
+Not offered, and refused before a study with the reason: float8 weights *and* activations
+(``wf8af8``, torchao's ``Float8DynamicActivationFloat8WeightConfig``, which needs CUDA compute
+capability 8.9) and int4 on CUDA (tinygemm's or mslk's formats). Their configs have never run
+in this project (no GPU was lent); ``benchmarks/gpu_check.py --parts torchao`` times them
+with torchao directly where a GPU is.
 
 Conv2d and other layers are left in float (torchao 0.18 quantizes ``nn.Linear``); they are
 reported as kept in float, as with every backend. Every quantized layer is checked to hold
@@ -56,12 +52,7 @@ __all__ = ["PLAN_FILE", "WEIGHTS_FILE", "TorchaoBackend", "int4_group_size"]
 WEIGHTS_FILE = "model.pt"
 PLAN_FILE = "torchao_plan.json"
 _GROUP_SIZES = (128, 64, 32)
-_KERNELS = {
-    "Int4OpaqueTensor": "kernel:int4pack_mm_cpu",
-    "Int4TilePackedTo4dTensor": "kernel:tinygemm",
-}
-_FLOAT8_SM = (8, 9)
-_TINYGEMM_SM = (8, 0)
+_KERNELS = {"Int4OpaqueTensor": "kernel:int4pack_mm_cpu"}
 
 
 def int4_group_size(in_features: int) -> int | None:
@@ -70,7 +61,7 @@ def int4_group_size(in_features: int) -> int | None:
 
 
 class TorchaoBackend(QuantBackend):
-    """torchao 0.18: int8 and int4 weight-only, and W8A8 (dynamic int8 activations)."""
+    """torchao 0.18: int8, int4 and float8 weight-only, and W8A8 (dynamic int8 activations)."""
 
     name = "torchao"
 
@@ -78,9 +69,8 @@ class TorchaoBackend(QuantBackend):
         return str(_torchao().__version__)
 
     def precisions(self, device: torch.device) -> Mapping[str, int]:
-        """int8, int4, w8a8 and fp8 (weight-only) on a CPU or a CUDA GPU (int4 from SM 8.0);
-        wf8af8 (float8 weights and dynamic float8 activations) on SM 8.9 or more."""
-        offered = ("int8", "int4", "w8a8", "fp8", "wf8af8")
+        """int8, w8a8 and fp8 on any device; int4 on a CPU (torchao's CPU layout)."""
+        offered = ("int8", "int4", "w8a8", "fp8")
         return {q: PRECISIONS[q] for q in offered if _unavailable(q, device) is None}
 
     def check_precisions(self, precisions: Sequence[str], device: torch.device) -> None:
@@ -124,17 +114,13 @@ class TorchaoBackend(QuantBackend):
         return copied
 
     def kernel_path(self, quantized: nn.Module) -> str:
-        """``kernel:int_mm`` for W8A8, ``kernel:int4pack_mm_cpu`` for int4 on a CPU,
-        ``kernel:tinygemm`` for int4 on CUDA, ``kernel:scaled_mm`` for float8 weights and
-        activations, and ``fallback`` for int8 and float8 weight-only (the weight is cast to
-        the activations' dtype, then a float matmul runs)."""
+        """``kernel:int_mm`` for W8A8, ``kernel:int4pack_mm_cpu`` for int4 on a CPU, and
+        ``fallback`` for int8 and float8 weight-only (the weight is cast to the activations'
+        dtype, then a float matmul runs)."""
         weight = getattr(quantized, "weight", None)
         kind = type(weight).__name__
-        dynamic = getattr(weight, "act_quant_kwargs", None) is not None
-        if kind == "Int8Tensor":
-            return "kernel:int_mm" if dynamic else "fallback"
-        if kind == "Float8Tensor":
-            return "kernel:scaled_mm" if dynamic else "fallback"
+        if kind == "Int8Tensor" and getattr(weight, "act_quant_kwargs", None) is not None:
+            return "kernel:int_mm"
         return _KERNELS.get(kind, "fallback")
 
     def hazard(
@@ -144,23 +130,12 @@ class TorchaoBackend(QuantBackend):
         precisions: Sequence[str],
         layers: Sequence[str] | None = None,
     ) -> str | None:
-        """int4 on a CPU needs every searched Linear's ``in_features`` divisible by 32 and
+        """int4 needs every searched Linear's ``in_features`` divisible by 32 and
         ``out_features`` by 16 (the CPU int4 packing's shapes); layers left out of the search
-        (a causal LM's ``lm_head``) are not checked. int4 on CUDA (tinygemm) takes bfloat16
-        weights only."""
+        (a causal LM's ``lm_head``) are not checked."""
         if "int4" not in precisions:
             return None
-        import torch
         from torch import nn
-
-        if device.type == "cuda":
-            if all(p.dtype == torch.bfloat16 for p in model.parameters()):
-                return None
-            return (
-                "--bits 4 with --backend torchao on CUDA runs tinygemm, which takes bfloat16 "
-                "weights only, but the model is not bfloat16. Load it with --dtype bfloat16, "
-                "or leave 4 out of --bits."
-            )
 
         searched = set(self.quantizable_layers(model) if layers is None else layers)
         refused = [
@@ -204,9 +179,8 @@ class TorchaoBackend(QuantBackend):
 import json, torch, torchao.quantization as tq
 from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig as Cpu4
 for name, layer in json.load(open(f"{{folder}}/{PLAN_FILE}")).items():
-    kwargs = {{k: tq.PerRow() if v == "per_row" else v for k, v in layer["kwargs"].items()}}
     config = Cpu4 if layer["config"] == Cpu4.__name__ else getattr(tq, layer["config"])
-    tq.quantize_(model.get_submodule(name), config(**kwargs))
+    tq.quantize_(model.get_submodule(name), config(**layer["kwargs"]))
 model.load_state_dict(torch.load(f"{{folder}}/{WEIGHTS_FILE}", weights_only=True), assign=True)
 """
 
@@ -258,9 +232,7 @@ _CONFIG_NAMES = {
     "w8a8": "Int8DynamicActivationInt8WeightConfig",
     "int4": "PrototypeInt4WeightOnlyConfig",
     "fp8": "Float8WeightOnlyConfig",
-    "wf8af8": "Float8DynamicActivationFloat8WeightConfig",
 }
-_CUDA_INT4 = {"config": "Int4WeightOnlyConfig", "int4_packing_format": "tile_packed_to_4d"}
 
 
 def _torchao() -> Any:
@@ -276,77 +248,49 @@ def _torchao() -> Any:
     return torchao
 
 
-def _capability(device: torch.device) -> tuple[int, int] | None:
-    """A CUDA device's compute capability; None for any other device."""
-    if device.type != "cuda":
-        return None
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(device)
-    return int(major), int(minor)
-
-
 def _unavailable(precision: str, device: torch.device) -> str | None:
-    """Why torchao cannot run ``precision`` on ``device``, or None."""
-    sm = _capability(device)
-    where = "a CPU" if sm is None else f"a GPU of compute capability {sm[0]}.{sm[1]}"
-    if precision == "wf8af8" and (sm is None or sm < _FLOAT8_SM):
-        return f"needs a CUDA GPU of compute capability 8.9 or more (float8 matmul), not {where}"
-    if precision == "int4" and sm is not None and sm < _TINYGEMM_SM:
-        return f"needs compute capability 8.0 or more on CUDA (tinygemm), not {where}"
+    """Why this backend does not offer ``precision`` on ``device``, or None."""
+    if precision == "wf8af8":
+        return (
+            "is not offered: torchao's float8 weights and activations need a CUDA GPU of "
+            "compute capability 8.9 or more, and this backend has not run them on one"
+        )
+    if precision == "int4" and device.type != "cpu":
+        return (
+            f"is offered on a CPU only: torchao's int4 formats for {device.type} (tinygemm, "
+            "mslk) have not been run by this backend"
+        )
     return None
 
 
 def _config(precision: str, module: nn.Module) -> Any:
-    """The torchao configuration of ``precision`` for one Linear, on its weight's device."""
-    record = _settings(precision, module)
-    kwargs = {k: _value(v) for k, v in record["kwargs"].items()}
-    if record["config"] == "PrototypeInt4WeightOnlyConfig":
+    """The torchao configuration of ``precision`` for one Linear."""
+    if precision == "int4":
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
-        return PrototypeInt4WeightOnlyConfig(**kwargs)
-    return getattr(_torchao().quantization, record["config"])(**kwargs)
-
-
-def _settings(precision: str, module: nn.Module) -> dict[str, Any]:
-    """``precision``'s torchao config name and its arguments (JSON: the checkpoint's record)."""
+        group = int4_group_size(int(module.in_features))  # type: ignore[arg-type]
+        if group is None:
+            raise ValueError(f"in_features {module.in_features} is not divisible by 32")
+        return PrototypeInt4WeightOnlyConfig(group_size=group)
     if precision not in _CONFIG_NAMES:
         raise ValueError(f"the torchao backend has no {precision!r}")
-    if precision == "wf8af8":
-        return {"config": _CONFIG_NAMES[precision], "kwargs": {"granularity": "per_row"}}
-    if precision != "int4":
-        return {"config": _CONFIG_NAMES[precision], "kwargs": {}}
-    group = int4_group_size(int(module.in_features))  # type: ignore[arg-type]
-    if module.weight.device.type == "cuda":  # tinygemm pads in_features to 1024s itself
-        return {"config": _CUDA_INT4["config"], "kwargs": {
-            "group_size": group or 128, "int4_packing_format": _CUDA_INT4["int4_packing_format"],
-        }}  # fmt: skip
-    if group is None:
-        raise ValueError(f"in_features {module.in_features} is not divisible by 32")
-    return {"config": _CONFIG_NAMES["int4"], "kwargs": {"group_size": group}}
-
-
-def _value(value: Any) -> Any:
-    """A config argument from its JSON form: ``per_row`` is torchao's ``PerRow()``."""
-    return _torchao().quantization.PerRow() if value == "per_row" else value
+    return getattr(_torchao().quantization, _CONFIG_NAMES[precision])()
 
 
 def _quantized(module: nn.Module) -> bool:
     return hasattr(getattr(module, "weight", None), "__tensor_flatten__")
 
 
-def _precision(weight: Any) -> str:
-    """The plan precision a torchao weight tensor stands for."""
-    kind = type(weight).__name__
-    if kind.startswith("Int4"):
-        return "int4"
-    dynamic = getattr(weight, "act_quant_kwargs", None) is not None
-    if kind == "Float8Tensor":
-        return "wf8af8" if dynamic else "fp8"
-    return "w8a8" if dynamic else "int8"
-
-
 def _layer_record(module: nn.Module) -> dict[str, Any]:
-    """A quantized layer's precision and config, as the checkpoint's plan records them."""
-    precision = _precision(module.weight)
-    return {"precision": precision, **_settings(precision, module)}
+    """A quantized layer's precision and config (name and arguments, as JSON), as the
+    checkpoint's plan records them; read off the tensor torchao stored."""
+    weight: Any = module.weight
+    kind = type(weight).__name__
+    if kind == "Int4OpaqueTensor":
+        group = int(weight.block_size[-1])
+        return {"precision": "int4", "config": _CONFIG_NAMES["int4"],
+                "kwargs": {"group_size": group}}  # fmt: skip
+    if kind == "Float8Tensor":
+        return {"precision": "fp8", "config": _CONFIG_NAMES["fp8"], "kwargs": {}}
+    precision = "w8a8" if weight.act_quant_kwargs is not None else "int8"
+    return {"precision": precision, "config": _CONFIG_NAMES[precision], "kwargs": {}}

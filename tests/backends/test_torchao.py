@@ -34,8 +34,9 @@ def test_precisions_on_a_cpu_and_what_is_refused() -> None:
     assert AO.version() == "0.18.0"
     assert dict(AO.precisions(torch.device("cpu"))) == {"int8": 8, "int4": 4, "w8a8": 8, "fp8": 8}
     refusal = (
-        "wf8af8 on the torchao backend needs a CUDA GPU of compute capability 8.9 or more "
-        ".float8 matmul., not a CPU. On this device it offers int8, int4, w8a8, fp8"
+        "wf8af8 on the torchao backend is not offered: torchao's float8 weights and "
+        "activations need a CUDA GPU of compute capability 8.9 or more, and this backend has "
+        "not run them on one. On this device it offers int8, int4, w8a8, fp8"
     )
     with pytest.raises(PlanError, match=refusal):
         AO.check_precisions(("int8", "wf8af8"), torch.device("cpu"))
@@ -81,20 +82,31 @@ def test_kernel_paths_match_the_ops_that_run(precision: str, path: str, op: str 
     assert ops & low_bit == ({op} if op else set())
 
 
-@pytest.mark.parametrize(
-    ("capability", "offered"),
-    [((7, 5), ["int8", "w8a8", "fp8"]), ((8, 6), ["int8", "int4", "w8a8", "fp8"]),
-     ((9, 0), ["int8", "int4", "w8a8", "fp8", "wf8af8"])],
-)  # fmt: skip
-def test_what_a_cuda_gpu_is_offered_follows_its_compute_capability(
-    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], offered: list[str]
-) -> None:
-    # No GPU here: the capability is the one number these rules read.
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert list(AO.precisions(torch.device("cuda"))) == offered
-    bf16, fp32 = nn.Sequential(nn.Linear(64, 16)).bfloat16(), nn.Sequential(nn.Linear(64, 16))
-    assert AO.hazard(bf16, torch.device("cuda"), ["int4"]) is None  # tinygemm pads any shape
-    assert "takes bfloat16 weights only" in str(AO.hazard(fp32, torch.device("cuda"), ["int4"]))
+def test_on_cuda_int4_and_float8_activations_are_refused_with_the_reason() -> None:
+    # No GPU here; what a CUDA device is offered reads only its type.
+    cuda = torch.device("cuda")
+    assert list(AO.precisions(cuda)) == ["int8", "w8a8", "fp8"]
+    with pytest.raises(PlanError, match="int4 on the torchao backend is offered on a CPU only"):
+        AO.check_precisions(("int8", "int4"), cuda)
+
+
+def test_an_fp8_checkpoint_reloads_with_its_recipe(tmp_path: Path) -> None:
+    model = _mlp()
+    plan = BitPlan(model="mlp", dataset="x", layers={"0": "fp8", "2": "int8"}, backend="torchao")
+    quantized = AO.apply(model, plan)
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.save({"x": x, "y": quantized(x)}, tmp_path / "io.pt")
+    out = save_quantized(quantized, plan.to_dict(), tmp_path / "ck")
+    assert json.loads((out / "torchao_plan.json").read_text())["0"] == {
+        "precision": "fp8", "config": "Float8WeightOnlyConfig", "kwargs": {},
+    }  # fmt: skip
+    skeleton = (
+        "from torch import nn\n"
+        "model = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 32)).eval()\n"
+    )
+    recipe = json.loads((out / "plan.json").read_text())["loading"]["recipe"]
+    run_recipe(skeleton, recipe, out, tmp_path / "io.pt")
 
 
 def test_int4_shapes_the_kernel_refuses_are_refused_before_a_study(tmp_path: Path) -> None:

@@ -249,7 +249,8 @@ def test_a_torchao_plan_exports_for_transformers_and_reloads_without_quide_searc
     config = _lm_config(folder, text, tmp_path, trials=4, backend="torchao", bits=bits)
     run_search(config, progress=False)
     study = load_study(study=config.study_name, storage=config.storage_url)
-    mixed = next(t for t in study.trials if len(set(t.params.values())) == 3)  # all three
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    mixed = next(t for t in done if len(set(t.params.values())) == 3)  # seeded: trial 3
     out = export_plan(study=config.study_name, storage=config.storage_url, trial=mixed.number,
                       out=tmp_path / "hf", fmt="transformers")  # fmt: skip
     assert {"config.json", "model.safetensors", "tokenizer.json", "plan.json"} <= {
