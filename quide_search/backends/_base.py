@@ -251,11 +251,17 @@ class QuantBackend(abc.ABC):
         offered = self.precisions(device)
         for precision in precisions:
             if precision != "float" and precision not in offered:
-                flag = "--bits and --activations" if activation_precision(precision) else "--bits"
+                paired = activation_precision(precision) is not None
                 raise PlanError(
-                    f"{flag} must give precisions the {self.name} backend runs on "
-                    f"{device.type}, but {precision!r} is not among them. It offers "
-                    f"{', '.join(offered)}."
+                    f"{'--bits and --activations' if paired else '--bits'} must give precisions "
+                    f"the {self.name} backend runs on {device.type}, but {precision!r} is not "
+                    f"among them. It offers {', '.join(offered)}."
+                    + (
+                        " --activations pairs every --bits entry; to mix, name each "
+                        "precision in --bits (e.g. --bits 8,w8a8)."
+                        if paired
+                        else ""
+                    )
                 )
 
 

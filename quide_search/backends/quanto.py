@@ -234,9 +234,9 @@ class QuantoBackend(QuantBackend):
 
 
 _OUTPUTS_IN_FLOAT = """\
-for name, q in qmap.items():  # calibrated activations: outputs stay in float
+for fqn, q in qmap.items():  # calibrated activations: outputs stay in float
     if q["activations"] != "none":
-        model.get_submodule(name).disable_output_quantization()
+        model.get_submodule(fqn).disable_output_quantization()
 """
 _RECIPE = f"""\
 import json, optimum.quanto, safetensors.torch

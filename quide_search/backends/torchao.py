@@ -178,9 +178,9 @@ class TorchaoBackend(QuantBackend):
         return f"""\
 import json, torch, torchao.quantization as tq
 from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig as Cpu4
-for name, layer in json.load(open(f"{{folder}}/{PLAN_FILE}")).items():
+for fqn, layer in json.load(open(f"{{folder}}/{PLAN_FILE}")).items():
     config = Cpu4 if layer["config"] == Cpu4.__name__ else getattr(tq, layer["config"])
-    tq.quantize_(model.get_submodule(name), config(**layer["kwargs"]))
+    tq.quantize_(model.get_submodule(fqn), config(**layer["kwargs"]))
 model.load_state_dict(torch.load(f"{{folder}}/{WEIGHTS_FILE}", weights_only=True), assign=True)
 """
 

@@ -53,8 +53,9 @@ class ExportCommand(Command):
         parser.add_argument(
             "--checkpoint",
             action="store_true",
-            help="also write the quantized model (model.safetensors) and quanto's "
-            "quantization_map.json; reload with quide_search.load_quantized(model, DIR)",
+            help="also write the quantized model in the backend's own files, and in plan.json "
+            "a recipe that reloads it without quide-search; or reload with "
+            "quide_search.load_quantized(model, DIR)",
         )
         parser.add_argument(
             "--model",

@@ -90,8 +90,10 @@ def _readme(record: dict[str, Any], recipe: str | None) -> str:
     model = record.get("model")
     skeleton = _skeleton_code(str(model))
     alone = (
-        "\nWithout quide-search (the recipe in `plan.json`, `loading.recipe`), with `model` "
-        f'built as above and `folder = "path/to/this/folder"`:\n\n```python\n{recipe}```\n'
+        "\nWithout quide-search (the recipe in `plan.json`, `loading.recipe`): build `model` "
+        "with your own code for the same architecture (its float weights do not matter: the "
+        'quantized layers\' come from this folder), set `folder = "path/to/this/folder"`, '
+        f"then:\n\n```python\n{recipe}```\n"
         if recipe
         else "\nThe backend's own loader cannot rebuild some of these layers (transformers "
         "`Conv1D`, quantized as `nn.Linear`): load it with `load_quantized` as above.\n"
