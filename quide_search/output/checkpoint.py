@@ -91,8 +91,8 @@ def _readme(record: dict[str, Any], recipe: str | None) -> str:
     skeleton = _skeleton_code(str(model))
     alone = (
         "\nWithout quide-search (the recipe in `plan.json`, `loading.recipe`): build `model` "
-        "with your own code for the same architecture (its float weights do not matter: the "
-        'quantized layers\' come from this folder), set `folder = "path/to/this/folder"`, '
+        "with your own code for the same architecture (its weights do not matter: every weight "
+        'comes from this folder), set `folder = "path/to/this/folder"`, '
         f"then:\n\n```python\n{recipe}```\n"
         if recipe
         else "\nThe backend's own loader cannot rebuild some of these layers (transformers "
