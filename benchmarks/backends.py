@@ -39,6 +39,7 @@ _VARIANTS = (
     ("torchao w8a8", "torchao", "w8a8", torch.float32),
     ("torchao int4", "torchao", "int4", torch.float32),
     ("torchao int4, bf16", "torchao", "int4", torch.bfloat16),
+    ("torchao fp8", "torchao", "fp8", torch.float32),
 )
 
 
