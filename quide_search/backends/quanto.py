@@ -39,8 +39,12 @@ __all__ = ["MAP_FILE", "WEIGHTS_FILE", "QuantoBackend"]
 
 WEIGHTS_FILE = "model.safetensors"
 MAP_FILE = "quantization_map.json"
-_QTYPE = {"int8": "qint8", "int4": "qint4", "int2": "qint2", "fp8": "qfloat8"}
-_ACTIVATION_QTYPE = {"int8": "qint8", "fp8": "qfloat8"}
+_QTYPE = {
+    "int8": "qint8",
+    "int4": "qint4",
+    "int2": "qint2",
+    "fp8": "qfloat8",
+}  # weights, activations
 
 
 class QuantoBackend(QuantBackend):
@@ -57,8 +61,7 @@ class QuantoBackend(QuantBackend):
         return {
             name: bits
             for name, bits in PRECISIONS.items()
-            if weight_precision(name) in _QTYPE
-            and activation_precision(name) in (None, *_ACTIVATION_QTYPE)
+            if weight_precision(name) in _QTYPE and activation_precision(name) in (None, *_QTYPE)
         }
 
     def calibrated(self, precision: str) -> bool:
@@ -88,7 +91,7 @@ class QuantoBackend(QuantBackend):
             quantized = quantize_module(
                 copied,
                 weights=_QTYPE[weight_precision(precision)],
-                activations=_ACTIVATION_QTYPE[activations] if activations else None,
+                activations=_QTYPE[activations] if activations else None,
             )
             if quantized is None:
                 raise TypeError(f"{type(module).__name__} is not a layer quanto quantizes")
@@ -158,15 +161,14 @@ class QuantoBackend(QuantBackend):
 
     def quantization_map(self, plan: BitPlan) -> dict[str, Any]:
         """The plan as ``optimum.quanto.requantize`` takes its quantization map."""
-        return {
-            name: {
+        mapping = {}
+        for name, precision in plan.quantized_layers().items():
+            activations = activation_precision(precision)
+            mapping[name] = {
                 "weights": _QTYPE[weight_precision(precision)],
-                "activations": _ACTIVATION_QTYPE.get(
-                    activation_precision(precision) or "", "none"
-                ),
+                "activations": _QTYPE[activations] if activations else "none",
             }
-            for name, precision in plan.quantized_layers().items()
-        }
+        return mapping
 
     def save(self, model: nn.Module, folder: Path) -> list[str]:
         """Write quanto's documented layout, or, for a transformers causal LM, the layout of

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from quide_search.protocol import Protocol
     from quide_search.tasks.task import Task
 
-__all__ = ["Scorer"]
+__all__ = ["Scorer", "apply_as_studied", "calibration_inputs"]
 
 _LM_EVAL_BATCH = 4
 
@@ -288,16 +288,37 @@ class Scorer:
         return value, None
 
 
+def calibration_inputs(task: Task, protocol: Protocol) -> torch.Tensor | None:
+    """The model inputs static activation scales are fitted on under ``protocol``: the first
+    ``search.calibration_samples`` of the calibration split (samples first); None where no
+    precision of the protocol is calibrated."""
+    samples = protocol.search.calibration_samples
+    return None if samples is None else task.splits.calib.first(samples).inputs
+
+
+def apply_as_studied(task: Task, protocol: Protocol, plan: BitPlan) -> torch.nn.Module:
+    """``plan`` applied to a copy of ``task``'s float model as the study's trials applied it:
+    the same calibration samples and threads, hence the same quantized layers.
+
+    Raises:
+        PlanError: If a plan layer is not a quantizable layer of the model.
+        TrialEvaluationError: If the backend fails on a layer.
+    """
+    return get_backend(protocol.backend).apply(
+        task.model, plan, calibration=calibration_inputs(task, protocol),
+        threads=protocol.evaluation.threads,
+    )  # fmt: skip
+
+
 def _calibration(
     task: Task, protocol: Protocol, device: torch.device, model: torch.nn.Module
 ) -> LayerInputs | None:
     """What each layer receives on the first calibration samples, where the protocol's
     precisions fit static activation scales."""
-    samples = protocol.search.calibration_samples
-    if samples is None:
+    inputs = calibration_inputs(task, protocol)
+    if inputs is None:
         return None
-    inputs = task.splits.calib.first(samples).inputs.to(device)
-    return LayerInputs(model, inputs, threads=protocol.evaluation.threads)
+    return LayerInputs(model, inputs.to(device), threads=protocol.evaluation.threads)
 
 
 def _evaluator(

@@ -82,18 +82,15 @@ def export_plan(
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, but got {fmt!r}.")
     target = Path(out)
     if fmt == "transformers":
-        if checkpoint:
-            raise ConfigError(
-                "--format transformers writes a model folder of its own, so it goes without "
-                "--checkpoint, but got both. Drop --checkpoint."
-            )
-        return _export_transformers(study, storage, trial, target, budget)
-    if trial != "pareto" and not checkpoint:
+        _check_transformers_args(trial, checkpoint)
+    elif trial != "pareto" and not checkpoint:
         check_replaceable(target, ours=is_generated_json, flag="--out")
     loaded, protocol = read_study(study=study, storage=storage)
     if trial == "pareto":
         return _export_front(loaded, protocol, target, fmt=fmt, checkpoint=checkpoint, model=model)
     record = plan_record(loaded, protocol, select_trial(loaded, trial, budget))
+    if fmt == "transformers":
+        return _export_transformers(record, protocol, target)
     if not checkpoint:
         atomic_write_text(target, _dump(record, fmt))
         return target
@@ -104,9 +101,20 @@ def export_plan(
     )
 
 
-def _export_transformers(
-    study: str, storage: str, trial: str | int, target: Path, budget: Budget | None
-) -> Path:
+def _check_transformers_args(trial: str | int, checkpoint: bool) -> None:
+    """Refuse what --format transformers does not go with, before anything is read."""
+    if checkpoint:
+        raise ConfigError(
+            "--format transformers writes a model folder of its own, so it goes without "
+            "--checkpoint, but got both. Drop --checkpoint."
+        )
+    if trial == "pareto":
+        raise ConfigError(
+            "--format transformers writes one model, but got --trial pareto. Name one trial."
+        )
+
+
+def _export_transformers(record: dict[str, Any], protocol: Protocol, target: Path) -> Path:
     from quide_search.output.transformers_export import (
         build_transformers,
         check_transformers,
@@ -114,12 +122,6 @@ def _export_transformers(
     )
     from quide_search.tasks.resolver import load_task
 
-    if trial == "pareto":
-        raise ConfigError(
-            "--format transformers writes one model, but got --trial pareto. Name one trial."
-        )
-    loaded, protocol = read_study(study=study, storage=storage)
-    record = plan_record(loaded, protocol, select_trial(loaded, trial, budget))
     check_transformers(record, protocol)  # before any model is built or code imported
     task = load_task(**task_options(protocol))
     built = build_transformers(record, protocol, task)
@@ -228,18 +230,12 @@ def _dump(record: dict[str, Any], fmt: str) -> str:
 
 def _quantized_model(record: Mapping[str, Any], protocol: Protocol) -> tuple[Any, Any]:
     """The trial's quantized model and the float model's tokenizer (None without one)."""
-    from quide_search.backends import get_backend
+    from quide_search.measure.scorer import apply_as_studied
     from quide_search.plan import BitPlan
     from quide_search.tasks.resolver import load_task
 
     task = load_task(**task_options(protocol))
-    samples = protocol.search.calibration_samples
-    calibration = None if samples is None else task.splits.calib.first(samples).inputs
-    quantized = get_backend(protocol.backend).apply(
-        task.model, BitPlan.from_dict(record), calibration=calibration,
-        threads=protocol.evaluation.threads,
-    )  # fmt: skip
-    return quantized, task.tokenizer
+    return apply_as_studied(task, protocol, BitPlan.from_dict(record)), task.tokenizer
 
 
 def _fill_checkpoint(

@@ -61,6 +61,7 @@ def build_transformers(record: dict[str, Any], protocol: Protocol, task: Task) -
     from transformers import AutoModelForCausalLM
 
     from quide_search.backends import get_backend
+    from quide_search.measure.scorer import apply_as_studied
     from quide_search.plan import BitPlan
     from quide_search.tasks.models.causal_lm import pretrained_source
 
@@ -73,11 +74,7 @@ def build_transformers(record: dict[str, Any], protocol: Protocol, task: Task) -
     built = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, quantization_config=config, local_files_only=local
     ).eval()
-    samples = protocol.search.calibration_samples
-    calibration = None if samples is None else task.splits.calib.first(samples).inputs
-    trial_model = backend.apply(
-        task.model, plan, calibration=calibration, threads=protocol.evaluation.threads
-    )
+    trial_model = apply_as_studied(task, protocol, plan)
     probe = task.splits.eval.inputs[:2]
     with torch.no_grad():
         same = torch.equal(built(probe).logits, trial_model(probe).logits)
