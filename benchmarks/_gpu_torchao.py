@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from quide_search.latency._timer import pass_timer
+
 PLANS = ("bf16", "int8", "int4", "w8a8", "float8")
 _REPEATS = 50
 
@@ -62,21 +64,10 @@ def _searched(module: nn.Module, fqn: str) -> bool:
 
 
 def _time_ms(model: nn.Module, ids: torch.Tensor) -> float:
-    """Median of ``_REPEATS`` timed one-token passes, ms (CUDA events on a GPU)."""
-    samples = []
-    for _ in range(_REPEATS):
-        if ids.device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(ids)
-            end.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            model(ids)
-            samples.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(samples)
+    """Median of ``_REPEATS`` timed one-token passes, ms, by quide-search's own pass timer
+    (CUDA events after a synchronisation on a GPU, the wall clock on a CPU)."""
+    timer = pass_timer("cuda_events" if ids.device.type == "cuda" else "wall")
+    return statistics.median(timer(model, ids, 1) for _ in range(_REPEATS))
 
 
 def torchao_decode(
@@ -121,7 +112,7 @@ def torchao_decode(
             continue
         if plan == "bf16":
             reference = top
-        base = rows[0].get("ms") if rows else None
+        base = ms if plan == "bf16" else (rows[0].get("ms") if rows else None)
         rows.append({
             "plan": plan, "ms": ms, "ratio": ms / base if base else None,
             "compile_s": compile_s,
@@ -142,6 +133,7 @@ def torchao_table(part: dict[str, Any]) -> list[str]:
         if "missing" in r:
             lines.append(f"| {r['plan']} | {r['missing'][:70]} |")
         else:
-            lines.append(f"| {r['plan']} | {r['ms']:.3f} | {r['ratio']} | "
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            lines.append(f"| {r['plan']} | {r['ms']:.3f} | {ratio} | "
                          f"{r['compile_s']:.0f} | {r['P']} |")  # fmt: skip
     return lines
