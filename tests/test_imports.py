@@ -118,3 +118,26 @@ def test_light_modules_import_no_heavy_library(module: str) -> None:
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, timeout=60)  # fmt: skip
     assert probe.stdout.strip() == "[]", module
+
+
+def test_quantizing_with_quanto_does_not_import_transformers() -> None:
+    # optimum-quanto's __init__ imports its transformers model wrappers, and with them all of
+    # transformers and torchao (seconds in every process); quide-search loads them only to save
+    # a causal LM in quanto's layout.
+    code = """
+import sys, torch
+from quide_search.backends.quanto import QuantoBackend
+backend = QuantoBackend()
+layer = backend.quantize_layer(torch.nn.Linear(8, 4), "int8")
+loaded = [name in sys.modules for name in ("transformers", "torchao")]
+print(type(layer).__name__, backend.version(), *loaded)
+from optimum.quanto.models import QuantizedModelForCausalLM  # imports in full where named
+print(QuantizedModelForCausalLM.__name__)
+"""
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120, check=False)  # fmt: skip
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    import optimum.quanto
+
+    expected = ["QLinear", optimum.quanto.__version__, "False", "False"]
+    assert probe.stdout.split() == [*expected, "QuantizedModelForCausalLM"]

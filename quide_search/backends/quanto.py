@@ -18,8 +18,10 @@ quanto's qtypes here; a checkpoint is quanto's own layout (the state dict as saf
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import sys
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,9 +55,7 @@ class QuantoBackend(QuantBackend):
     name = "quanto"
 
     def version(self) -> str:
-        import optimum.quanto
-
-        return str(getattr(optimum.quanto, "__version__", "unknown"))
+        return str(getattr(_quanto(), "__version__", "unknown"))
 
     def precisions(self, device: torch.device) -> Mapping[str, int]:
         return {
@@ -79,8 +79,8 @@ class QuantoBackend(QuantBackend):
         inputs: Sequence[tuple[Any, ...]] | None = None,
     ) -> nn.Module:
         import torch
-        from optimum.quanto.nn import quantize_module
 
+        quantize_module = _quanto().quantize_module
         self.check_inputs(precision, inputs)
         activations = activation_precision(precision)
         # no_grad, not inference_mode: quanto's int4/int2 packing sets version counters, which
@@ -173,11 +173,11 @@ class QuantoBackend(QuantBackend):
     def save(self, model: nn.Module, folder: Path) -> list[str]:
         """Write quanto's documented layout, or, for a transformers causal LM, the layout of
         ``QuantizedModelForCausalLM.save_pretrained`` (config, weights, ``quanto_qmap.json``)."""
-        from optimum.quanto import quantization_map as _quanto_map
         from safetensors.torch import save_file
 
+        _quanto_map = _quanto().quantization_map
         if _is_transformers_model(model):
-            from optimum.quanto import QuantizedModelForCausalLM
+            from optimum.quanto.models import QuantizedModelForCausalLM
 
             QuantizedModelForCausalLM(model).save_pretrained(str(folder))
             return sorted(p.name for p in folder.iterdir())
@@ -206,8 +206,9 @@ class QuantoBackend(QuantBackend):
 
     def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
         import torch
-        from optimum.quanto import requantize
         from safetensors.torch import load_file
+
+        requantize = _quanto().requantize
 
         map_file = next(
             (n for n in (MAP_FILE, "quanto_qmap.json") if (folder / n).is_file()), None
@@ -282,9 +283,7 @@ def _calibrate(quantized: nn.Module, inputs: Sequence[tuple[Any, ...]]) -> None:
     quanto's absmax per batch, averaged with momentum 0.9 in batch order: the same inputs
     give the same scale. The layer's output is left in float (see the module docstring).
     """
-    from optimum.quanto import Calibration
-
-    with Calibration(streamline=False):
+    with _quanto().Calibration(streamline=False):
         for args in inputs:
             quantized(*args)
     float_outputs(quantized)
@@ -321,6 +320,29 @@ def _int_mm(module: nn.Module, weight: Any) -> bool:
         and getattr(getattr(weight, "qtype", None), "name", None) == "qint8"
         and weight.device.type == "cpu"
     )
+
+
+def _quanto() -> types.ModuleType:
+    """``optimum.quanto``, imported without its transformers and diffusers model wrappers.
+
+    optimum-quanto 0.2.7's ``__init__`` star-imports ``optimum.quanto.models``, which imports
+    all of transformers where it is installed: 4-6 s on a 2-core CPU, more than torch itself,
+    in every process, for classes only a causal LM's checkpoint uses. So the package is
+    imported with an empty stand-in for that subpackage, which is then dropped:
+    ``optimum.quanto.models`` imports in full where it is named (``save``). Where
+    ``optimum.quanto`` is already imported, it is returned as it is.
+    """
+    if "optimum.quanto" not in sys.modules:
+        name = "optimum.quanto.models"
+        stand_in = types.ModuleType(name)
+        stand_in.__all__ = []  # type: ignore[attr-defined]
+        sys.modules[name] = stand_in
+        try:
+            importlib.import_module("optimum.quanto")
+        finally:
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+    return importlib.import_module("optimum.quanto")
 
 
 def _conv1d_type() -> tuple[type[nn.Module], ...]:

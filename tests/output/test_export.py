@@ -44,9 +44,12 @@ def test_export_best_has_required_fields(study_dir: Path) -> None:
     assert record["quantization_map"] == QUANTO.quantization_map(load_plan(out)[0])
     study = load_study(study="simplecnn-digits", storage=_storage(study_dir))
     assert record["protocol"] == study.user_attrs["protocol"]
-    # 'best' is the recommended plan: the best feasible by the confirmed I'.
+    # 'best' is the recommended plan: the best by the confirmed I' among the finalists
+    # feasible by their confirmed T and passing the gate on the held-out test split.
+    passed_test = {e["trial"] for e in study.user_attrs["test"]["entries"]
+                   if e["trial"] != "float" and e["gate_passed_test"]}  # fmt: skip
     confirmed = [e for e in study.user_attrs["confirmation"]["entries"]
-                 if e["trial"] != "float" and e["feasible_confirmed"]]  # fmt: skip
+                 if e["trial"] in passed_test and e["feasible_confirmed"]]  # fmt: skip
     best = max(confirmed, key=lambda e: e["I_prime_confirmed"])
     assert record["source"]["trial"] == best["trial"]
     assert record["metrics"]["T_confirmed_ms"] == best["T_confirmed_ms"]
