@@ -41,8 +41,8 @@ def run_args(out_dir: Path, trials: int, *extra: str) -> list[str]:
     """A quiet, single-threaded CPU `run` on the slow toy task, its study under ``out_dir``.
 
     These tests are about processes, not T: each forward call of the slow toy model takes
-    50 ms, so with an evaluation batch of 64 a trial is long enough to be stopped in the
-    middle and for several processes to share a study, and T is the analytic estimate.
+    25 ms, so with an evaluation batch of 64 a trial (6 calls) is long enough to be stopped
+    in the middle and for several processes to share a study, and T is the analytic estimate.
     """
     return cli(
         "run", "--model", "toytask:make_slow", "--trials", str(trials), "--out-dir",

@@ -19,7 +19,7 @@ from quide_search import CustomTask
 __all__ = ["SLOW_CALL_S", "MixedNet", "SlowToyNet", "ToyNet", "make", "make_mixed", "make_slow",
            "make_unquantizable"]  # fmt: skip
 
-SLOW_CALL_S = 0.05
+SLOW_CALL_S = 0.025
 """Seconds each forward call of the slow toy model sleeps: long enough to stop a trial in."""
 
 

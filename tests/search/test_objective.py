@@ -39,7 +39,8 @@ def _study(config: RunConfig) -> optuna.Study:
 def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One measured latency table for SimpleCNN/digits, shared so values are deterministic."""
     tmp = tmp_path_factory.mktemp("table")
-    config = _config(tmp, trials=0, latency="table", bits=("float", "int8", "int4", "int2"))
+    config = _config(tmp, trials=0, latency="table", bits=("float", "int8", "int4", "int2"),
+                     latency_sample_ms=1.0)  # fmt: skip
     run_search(config, progress=False)
     path = tmp / "table.json"
     show = ["show", "--study", config.study_name, "--storage", config.storage_url]

@@ -43,7 +43,7 @@ def _completed_values(all_trials):  # type: ignore[no-untyped-def]
 def test_sigkill_mid_trial_then_same_command_finishes(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
     storage = f"sqlite:///{tmp_path}/{STUDY}.db"
     # Every trial scores all samples (no early stop), so each runs long enough to be caught
-    # RUNNING on a loaded machine; with the early stop some last one 50 ms forward call.
+    # RUNNING on a loaded machine; with the early stop some last one 25-ms forward call.
     argv = run_args(tmp_path, TARGET, "--heartbeat", "1", "--early-stop", "off")
     process = start(argv)
     seen = signal_mid_trial(storage, _running_with_plan, process, signal.SIGKILL)

@@ -37,8 +37,10 @@ def test_process_started_by_hand_joins_the_same_study(tmp_path: Path) -> None:
     from _procs import wait_until
 
     storage = f"sqlite:///{tmp_path}/{STUDY}.db"
-    # Every sample scored: each trial runs six of the slow toy model's 50-ms calls.
-    argv = run_args(tmp_path, 40, "--early-stop", "off", "--bits", "8,4,2,f8,fp")
+    # Every sample scored in batches of 32: each trial runs twelve of the slow toy model's
+    # 25-ms calls, so the first process is still at work when the second has started.
+    argv = run_args(tmp_path, 40, "--early-stop", "off", "--bits", "8,4,2,f8,fp",
+                    "--eval-batch-size", "32")  # fmt: skip
     first = start(argv)
     wait_until(storage, lambda ts: len(counted(ts)) >= 2, first)
     protocol = trials_protocol(storage)
