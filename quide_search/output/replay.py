@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from quide_search.metric import Metrics
 from quide_search.plan import BitPlan
 
 if TYPE_CHECKING:
+    from quide_search.measure.scorer import Scorer
     from quide_search.protocol import Protocol
 
 __all__ = ["Replay", "evaluate_plan"]
@@ -31,6 +33,8 @@ class Replay:
         plan: The plan.
         measured: Its metrics now (P on the search split).
         p_test: Its P now on the held-out test split.
+        gate_passed_test: Whether ``p_test`` passes the study's gate around the float
+            model's P on the test split (the record's, else measured now).
         stored: The record's metrics (``P_test`` where the plan was a study finalist).
         latency: How T was taken now.
     """
@@ -38,6 +42,7 @@ class Replay:
     plan: BitPlan
     measured: Metrics
     p_test: float
+    gate_passed_test: bool
     stored: dict[str, Any]
     latency: dict[str, Any]
 
@@ -98,19 +103,28 @@ def evaluate_plan(
         plan.validate_layers(scorer.weight_counts)
         measured = scorer.measure(plan)
         p_test = scorer.test_score(plan)
-        baseline_p = (record.get("baseline") or {}).get("P")
-        if baseline_p is None:
-            baseline_p = scorer.measure(scorer.float_plan()).P
+        baseline_p, baseline_p_test = _baseline(record.get("baseline") or {}, scorer)
     metrics = measured.metrics(
-        baseline_bytes=scorer.baseline_bytes, gate=protocol.gate_for(float(baseline_p))
+        baseline_bytes=scorer.baseline_bytes, gate=protocol.gate_for(baseline_p)
     )
     return Replay(
         plan=plan,
         measured=metrics,
         p_test=p_test,
+        gate_passed_test=protocol.gate_for(baseline_p_test).passes(p_test),
         stored=dict(record.get("metrics") or {}),
         latency=scorer.latency.context.to_dict(),
     )
+
+
+def _baseline(stored: Mapping[str, Any], scorer: Scorer) -> tuple[float, float]:
+    """The float model's P on the search and test splits: the record's, else measured now."""
+    p, p_test = stored.get("P"), stored.get("P_test")
+    if p is None:
+        p = scorer.measure(scorer.float_plan()).P
+    if p_test is None:
+        p_test = scorer.test_score(scorer.float_plan())
+    return float(p), float(p_test)
 
 
 def _here(protocol: Protocol, device: Any) -> Protocol:

@@ -156,7 +156,8 @@ def format_sweep(result: SweepResult) -> str:
 
 def format_replay(replay: Replay) -> str:
     """Return the measured metrics beside the stored ones and the reproduction verdict."""
-    measured = {**replay.measured.to_dict(), "P_test": replay.p_test}
+    measured = {**replay.measured.to_dict(), "P_test": replay.p_test,
+                "gate_passed_test": replay.gate_passed_test}  # fmt: skip
     rows = [metric_row("measured", measured, False, tested=True)]
     if all(c in replay.stored for c in METRIC_COLUMNS):
         rows.append(metric_row("stored", replay.stored, False, tested=True))

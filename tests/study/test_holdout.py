@@ -113,7 +113,14 @@ def test_export_carries_both_p_and_evaluate_reproduces_both(tested, tmp_path: Pa
     replay = evaluate_plan(out, device="cpu")
     assert record["metrics"]["P"] == replay.measured.P
     assert replay.p_test == record["metrics"]["P_test"]
+    assert replay.gate_passed_test is record["metrics"]["gate_passed_test"] is True
     assert replay.reproduced is True
+    # The test gate is the study's gate (a drop of at most 0.01) around the float model's P
+    # on the test split: against a float model that scored 1.0 there, this plan fails it.
+    assert replay.p_test < 0.99
+    record["baseline"]["P_test"] = 1.0
+    out.write_text(json.dumps(record))
+    assert evaluate_plan(out, device="cpu").gate_passed_test is False
     record["metrics"]["P_test"] = replay.p_test - 1 / 300
     out.write_text(json.dumps(record))
     assert evaluate_plan(out, device="cpu").reproduced is False
