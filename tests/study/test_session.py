@@ -129,7 +129,7 @@ def test_same_seed_proposes_same_plans_and_scores(tmp_path: Path, digits_task) -
         # differ between the two runs (and with it which failing plans stop early).
         config = RunConfig(
             out_dir=str(folder), device="cpu", trials=16, seed=3, threads=1, eval_chunk=32,
-            confirm_top=0,
+            confirm_top=0, latency_sample_ms=1.0,
         )  # fmt: skip
         run_search(config, progress=False)
         study = load_study(study=config.study_name, storage=config.storage_url)
