@@ -4,6 +4,10 @@ Each command runs in a fresh Python process (what a user's shell does), a few ti
 figure is the median wall time, and the table says whether torch was imported at all. The
 reading commands run against a small study made first in a temporary folder.
 
+A second table times what every process that quantizes pays before its first trial: torch and
+optimum-quanto, imported plainly (quanto's ``__init__`` then imports transformers) and as the
+quanto backend imports it; the three run interleaved, round after round.
+
     python benchmarks/cli_startup.py [--repeats 5] [--write benchmarks/RESULTS.md]
 """
 
@@ -37,6 +41,26 @@ CASES = [
     ("report", ["report", "--study", "simplecnn-digits", "--out", "r.html"]),
     ("export a plan", ["export", "--study", "simplecnn-digits", "--out", "p.json"]),
 ]
+
+IMPORTS = [
+    ("torch", "import torch"),
+    ("torch, optimum.quanto (plain import)", "import torch, optimum.quanto"),
+    ("torch, optimum.quanto (as the backend imports it)",
+     "import torch; from quide_search.backends.quanto import QuantoBackend; "
+     "QuantoBackend().version()"),
+]  # fmt: skip
+
+
+def _import_rows(repeats: int) -> list[str]:
+    """Median seconds of each import in IMPORTS, timed interleaved in fresh processes."""
+    times: dict[str, list[float]] = {label: [] for label, _ in IMPORTS}
+    for _ in range(repeats):
+        for label, code in IMPORTS:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+            times[label].append(time.perf_counter() - start)
+    return [f"| {label} | `{code}` | {statistics.median(times[label]):.2f} |"
+            for label, code in IMPORTS]  # fmt: skip
 
 
 def _time(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, bool]:
@@ -76,6 +100,10 @@ def main() -> None:
         "| case | arguments | s | exit | torch imported |",
         "|---|---|---|---|---|",
         *rows,
+        "",
+        "| a process that quantizes imports | code | s |",
+        "|---|---|---|",
+        *_import_rows(args.repeats),
     ])  # fmt: skip
     print(text)
     if args.write:
