@@ -131,7 +131,7 @@ backend = QuantoBackend()
 layer = backend.quantize_layer(torch.nn.Linear(8, 4), "int8")
 loaded = [name in sys.modules for name in ("transformers", "torchao")]
 print(type(layer).__name__, backend.version(), *loaded)
-from optimum.quanto.models import QuantizedModelForCausalLM  # imports in full where named
+from optimum.quanto import QuantizedModelForCausalLM  # imported when named
 print(QuantizedModelForCausalLM.__name__)
 """
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

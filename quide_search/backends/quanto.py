@@ -177,7 +177,7 @@ class QuantoBackend(QuantBackend):
 
         _quanto_map = _quanto().quantization_map
         if _is_transformers_model(model):
-            from optimum.quanto.models import QuantizedModelForCausalLM
+            from optimum.quanto import QuantizedModelForCausalLM
 
             QuantizedModelForCausalLM(model).save_pretrained(str(folder))
             return sorted(p.name for p in folder.iterdir())
@@ -329,8 +329,10 @@ def _quanto() -> types.ModuleType:
     all of transformers where it is installed: 4-6 s on a 2-core CPU, more than torch itself,
     in every process, for classes only a causal LM's checkpoint uses. So the package is
     imported with an empty stand-in for that subpackage, which is then dropped:
-    ``optimum.quanto.models`` imports in full where it is named (``save``). Where
-    ``optimum.quanto`` is already imported, it is returned as it is.
+    ``optimum.quanto.models`` imports in full where it is named, and its ``Quantized*``
+    wrappers on first access through the package (``from optimum.quanto import
+    QuantizedModelForCausalLM`` works as before). Where ``optimum.quanto`` is already
+    imported, it is returned as it is.
     """
     if "optimum.quanto" not in sys.modules:
         name = "optimum.quanto.models"
@@ -338,11 +340,18 @@ def _quanto() -> types.ModuleType:
         stand_in.__all__ = []  # type: ignore[attr-defined]
         sys.modules[name] = stand_in
         try:
-            importlib.import_module("optimum.quanto")
+            importlib.import_module("optimum.quanto").__getattr__ = _wrapper  # type: ignore[method-assign]
         finally:
             if sys.modules.get(name) is stand_in:
                 del sys.modules[name]
     return importlib.import_module("optimum.quanto")
+
+
+def _wrapper(name: str) -> Any:
+    """``optimum.quanto``'s module ``__getattr__``: a model wrapper, imported when named."""
+    if not name.startswith("Quantized"):
+        raise AttributeError(f"module 'optimum.quanto' has no attribute {name!r}")
+    return getattr(importlib.import_module("optimum.quanto.models"), name)
 
 
 def _conv1d_type() -> tuple[type[nn.Module], ...]:
