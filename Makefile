@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # The torch build to install; override for other platforms, e.g.
 #   make test TORCH_SPEC="torch==2.9.1 torchvision==0.24.1"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The checks `lint` runs, and `test` runs beside pytest.
+RUFF := $(PY) -m ruff check quide_search tests benchmarks
+MYPY := $(PY) -m mypy
 
 # Quantize one layer to int4 and run it: quanto compiles its kernel, with the venv's ninja on
 # PATH. transformers, which pip may be installing meanwhile, is hidden from quanto's optional
@@ -54,14 +57,14 @@ run: $(VENV)/.runtime
 	$(VENV)/bin/quide-search run
 
 lint: install
-	$(PY) -m ruff check quide_search tests benchmarks
-	$(PY) -m mypy
+	$(RUFF)
+	$(MYPY)
 
 # mypy reads torch's sources cold (a minute on 2 cores in a fresh clone), so it runs beside the
 # tests, which leave much of the second core idle; either failing fails `make test`.
 test: install
-	$(PY) -m ruff check quide_search tests benchmarks
-	$(PY) -m mypy > $(VENV)/mypy.log 2>&1 & typing=$$!; \
+	$(RUFF)
+	$(MYPY) > $(VENV)/mypy.log 2>&1 & typing=$$!; \
 	$(PY) -m pytest -q; tests=$$?; \
 	wait $$typing; typed=$$?; cat $(VENV)/mypy.log; \
 	test $$tests -eq 0 && test $$typed -eq 0
