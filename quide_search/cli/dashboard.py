@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from quide_search.cli._base import Command
-from quide_search.cli._options import add_study_args, port_number, study_storage
+from quide_search.cli._options import add_study_args, study_storage
+from quide_search.cli._types import port_number
 
 __all__ = ["DashboardCommand"]
 

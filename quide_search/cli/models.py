@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from quide_search.cli._base import Command
-from quide_search.cli._options import add_device_arg, positive_int
+from quide_search.cli._options import add_device_arg
+from quide_search.cli._types import positive_int
 
 __all__ = ["ModelsCommand", "TrainCommand"]
 

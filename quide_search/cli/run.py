@@ -12,10 +12,8 @@ from quide_search.cli._options import (
     add_storage_args,
     add_task_args,
     config_from_args,
-    count,
-    positive_int,
-    seed,
 )
+from quide_search.cli._types import count, positive_int, seed
 
 __all__ = ["RunCommand"]
 

@@ -11,8 +11,8 @@ from quide_search.cli._options import (
     add_measure_args,
     add_task_args,
     config_from_args,
-    study_name,
 )
+from quide_search.cli._types import study_name
 
 __all__ = ["SweepCommand"]
 
