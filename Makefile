@@ -9,10 +9,13 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The checks `lint` runs, and `test` runs beside pytest.
 RUFF := $(PY) -m ruff check quide_search tests benchmarks
 MYPY := $(PY) -m mypy
+# Every command runs as if the venv were activated. torch builds quanto's kernel with the first
+# `ninja` on PATH, and ninja rebuilds it (45 s) when another version of ninja built it last: the
+# venv's (optimum-quanto's dependency) must be the one at install, run and test alike.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-# Quantize one layer to int4 and run it: quanto compiles its kernel, with the venv's ninja on
-# PATH. transformers, which pip may be installing meanwhile, is hidden from quanto's optional
-# imports.
+# Quantize one layer to int4 and run it: quanto compiles its kernel. transformers, which pip
+# may be installing meanwhile, is hidden from quanto's optional imports.
 QUANTO_BUILD := import sys; sys.modules.update(transformers=None, diffusers=None); \
 	import torch, optimum.quanto as q; m = torch.nn.Sequential(torch.nn.Linear(64, 64)); \
 	q.quantize(m, weights=q.qint4); q.freeze(m); torch.set_grad_enabled(False); m(torch.ones(1, 64))
@@ -30,7 +33,7 @@ $(VENV)/.runtime: pyproject.toml
 	# the first time a plan uses them. It is built here while pip installs the rest, so no run
 	# or test waits for it; if it fails here, quanto builds it at first use and says why.
 	$(PY) -m pip install -q 'optimum-quanto>=0.2.7,<0.3'
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -c '$(QUANTO_BUILD)' > $(VENV)/quanto-build.log 2>&1 & \
+	$(PY) -c '$(QUANTO_BUILD)' > $(VENV)/quanto-build.log 2>&1 & \
 	build=$$!; \
 	$(PY) -m pip install -q -e .; installed=$$?; \
 	wait $$build || echo "note: optimum-quanto's int4 kernel was not built now (see \
