@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     from quide_search.metric import Gate as MetricGate
     from quide_search.tasks.task import Task
 
-__all__ = ["PROTOCOL_SCHEMA_VERSION", "Evaluation", "Protocol", "TaskRecord", "build_protocol"]
+__all__ = [
+    "PROTOCOL_SCHEMA_VERSION",
+    "Evaluation",
+    "Protocol",
+    "TaskRecord",
+    "build_protocol",
+    "on_backend",
+]
 
 PROTOCOL_SCHEMA_VERSION = 2
 
@@ -285,6 +292,35 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
             "optuna": optuna.__version__,
         },  # fmt: skip
     )
+
+
+def on_backend(
+    protocol: Protocol, name: str, task: Task, precisions: tuple[str, ...], device: torch.device
+) -> Protocol:
+    """``protocol`` with plans applied by the backend ``name`` instead of the study's.
+
+    Everything that fixes P stays (splits, evaluation, gate); the backend, its version, the
+    layers it quantizes (and keeps in float) and the precisions, with their calibration, are
+    that backend's. For ``evaluate --backend``.
+
+    Raises:
+        PlanError: If the backend cannot run ``precisions`` on ``device``.
+        ConfigError: If a precision needs calibration data the task lacks.
+    """
+    from quide_search.backends import get_backend
+
+    backend = get_backend(name)
+    backend.check_precisions(precisions, device)
+    layers, kept = tuple(task.layers(backend)), backend.float_kinds(task.model)
+    task_record = protocol.task.model_copy(update={"layers": layers, "kept_float": kept})
+    search = protocol.search.model_copy(
+        update={"precisions": precisions,
+                "calibration_samples": _calibration_samples(backend, precisions, task)}
+    )  # fmt: skip
+    return protocol.model_copy(
+        update={"backend": backend.name, "backend_version": backend.version(),
+                "task": task_record, "search": search}
+    )  # fmt: skip
 
 
 def _calibration_samples(

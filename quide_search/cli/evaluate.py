@@ -15,7 +15,8 @@ class EvaluateCommand(Command):
 
     name = "evaluate"
     epilog = """examples:
-  quide-search evaluate --plan plan.json"""
+  quide-search evaluate --plan plan.json
+  quide-search evaluate --plan plan.json --backend torchao   # the same plan on torchao"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--plan", type=str, required=True, help="an exported plan JSON file")
@@ -46,6 +47,16 @@ class EvaluateCommand(Command):
             default=None,
             help="for a causal LM: where the study's text file is now, if it moved",
         )
+        from quide_search.backends import BACKENDS
+
+        parser.add_argument(
+            "--backend",
+            type=str,
+            choices=tuple(BACKENDS),
+            default=None,
+            help="apply the plan with this backend instead of the one that made it; its P is "
+            "then not compared with the stored one (default: the plan's backend)",
+        )
         add_device_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -60,6 +71,7 @@ class EvaluateCommand(Command):
             data_dir=args.data_dir,
             weights=args.weights,
             text_file=args.text_file,
+            backend=args.backend,
         )
         print(format_replay(replay))
         return 1 if replay.reproduced is False else 0

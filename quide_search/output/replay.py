@@ -3,7 +3,9 @@
 P is scored exactly as in the study (the record's protocol: its splits, evaluation batch and
 threads), on the search split and on the held-out test split, so both reproduce exactly. T is
 taken again on this machine's device: measured (a table study's T is measured too) or, for an
-analytic study, the same estimate.
+analytic study, the same estimate. With another backend than the plan's (``--backend``) the
+same protocol scores the plan as that backend applies it; its P is then not compared with the
+record's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from quide_search.plan import BitPlan
 if TYPE_CHECKING:
     from quide_search.measure.scorer import Scorer
     from quide_search.protocol import Protocol
+    from quide_search.tasks.task import Task
 
 __all__ = ["Replay", "evaluate_plan"]
 
@@ -37,6 +40,8 @@ class Replay:
             model's P on the test split (the record's, else measured now).
         stored: The record's metrics (``P_test`` where the plan was a study finalist).
         latency: How T was taken now.
+        stored_backend: The backend the record's metrics were measured with; ``plan.backend``
+            applied it now.
     """
 
     plan: BitPlan
@@ -45,12 +50,13 @@ class Replay:
     gate_passed_test: bool
     stored: dict[str, Any]
     latency: dict[str, Any]
+    stored_backend: str
 
     @property
     def reproduced(self) -> bool | None:
         """Whether P, and P_test where stored, equal the stored values exactly (None if the
-        record holds no P)."""
-        if "P" not in self.stored:
+        record holds no P, or another backend measured it)."""
+        if "P" not in self.stored or self.stored_backend != self.plan.backend:
             return None
         same_test = self.stored.get("P_test", self.p_test) == self.p_test
         return self.stored["P"] == self.measured.P and same_test
@@ -65,16 +71,18 @@ def evaluate_plan(
     data_dir: str | None = None,
     weights: str | None = None,
     text_file: str | None = None,
+    backend: str | None = None,
 ) -> Replay:
     """Load a plan file, apply it to a fresh float model and measure C, P, T, I, I'.
 
     A plan whose model is a ``package.module:factory`` is evaluated only when ``model``
     names the same factory: a plan file is data and never runs code by itself.
     ``data_dir``, ``weights`` and ``text_file`` say where the study's files are now, where
-    they moved.
+    they moved. ``backend`` applies the plan with another backend than the one that made it.
 
     Raises:
-        PlanError: If the file is not a valid plan, or names layers its model lacks.
+        PlanError: If the file is not a valid plan, or names layers its model lacks, or
+            ``backend`` cannot apply it (a precision or a layer it does not quantize).
         ConfigError: If ``model``/``dataset`` are given and differ from the plan's, or the
             plan names a factory that ``model`` does not.
     """
@@ -98,6 +106,9 @@ def evaluate_plan(
     if text_file and options["text"] is not None:
         options["text"] = dataclasses.replace(options["text"], text_file=text_file)
     task = load_task(**options, device_type=target.type)
+    stored_backend = plan.backend
+    if backend is not None and backend != plan.backend:
+        plan, protocol = _on_backend(plan, protocol, task, backend, target)
     with torch_threads(protocol.evaluation.threads):
         scorer = Scorer.build(task, protocol, device=target)
         plan.validate_layers(scorer.weight_counts)
@@ -114,7 +125,34 @@ def evaluate_plan(
         gate_passed_test=protocol.gate_for(baseline_p_test).passes(p_test),
         stored=dict(record.get("metrics") or {}),
         latency=scorer.latency.context.to_dict(),
+        stored_backend=stored_backend,
     )
+
+
+def _on_backend(
+    plan: BitPlan, protocol: Protocol, task: Task, name: str, device: Any
+) -> tuple[BitPlan, Protocol]:
+    """The plan and protocol as the backend ``name`` applies them.
+
+    Raises:
+        PlanError: If the backend leaves a layer the plan quantizes in float, or cannot run
+            one of its precisions here.
+    """
+    from quide_search.backends import get_backend
+    from quide_search.protocol import on_backend
+
+    layers = task.layers(get_backend(name))
+    outside = [n for n in plan.quantized_layers() if n not in layers]
+    if outside:
+        raise PlanError(
+            f"--backend {name} must quantize every layer the plan quantizes, but it leaves "
+            f"{', '.join(outside[:5])} in float. Evaluate the plan with --backend "
+            f"{plan.backend}, or export one made with {name}."
+        )
+    kept = {n: q for n, q in plan.layers.items() if n in layers}
+    plan = dataclasses.replace(plan, layers=kept, backend=name)
+    precisions = tuple(dict.fromkeys(plan.quantized_layers().values()))
+    return plan, on_backend(protocol, name, task, precisions, device)
 
 
 def _baseline(stored: Mapping[str, Any], scorer: Scorer) -> tuple[float, float]:

@@ -167,6 +167,11 @@ def format_replay(replay: Replay) -> str:
         False: "P or P_test differs from the stored value",
         None: "the plan stores no P to compare",
     }[replay.reproduced]
+    if replay.stored_backend != replay.plan.backend:
+        verdict = (
+            f"applied with {replay.plan.backend}; the stored metrics were measured with "
+            f"{replay.stored_backend}, so P is not compared"
+        )
     table = format_table(metric_headers("", False, tested=True), rows)
     return "\n".join([latency_text(replay.latency), "", table, "", verdict])
 

@@ -177,6 +177,7 @@ def test_a_torchao_study_on_digits_records_backend_kernels_and_reproduces(
 ) -> None:
     from quide_search.output.export import export_plan
     from quide_search.output.replay import evaluate_plan
+    from quide_search.output.text import format_replay
     from quide_search.study import load_study, run_search
 
     config = RunConfig(backend="torchao", bits=("int8", "w8a8"), out_dir=str(tmp_path),
@@ -196,6 +197,15 @@ def test_a_torchao_study_on_digits_records_backend_kernels_and_reproduces(
     assert record["backend"] == "torchao"
     assert {v["activations"] for v in record["quantization_map"].values()} <= {"int8", "none"}
     assert evaluate_plan(out, device="cpu").reproduced is True
+    # The same plan applied by quanto (static W8A8): scored under the same protocol, and
+    # never compared with the P torchao's dynamic W8A8 stored.
+    other = evaluate_plan(out, device="cpu", backend="quanto")
+    assert (other.plan.backend, other.stored_backend) == ("quanto", "torchao")
+    assert other.reproduced is None
+    assert dict(other.plan.layers) == record["layers"]
+    assert other.measured.C > 1.0
+    assert abs(other.measured.P - record["metrics"]["P"]) <= 0.03
+    assert "measured with torchao, so P is not compared" in format_replay(other)
 
 
 def test_a_mixed_plan_on_a_tiny_llama_runs_and_reloads_exactly(

@@ -29,6 +29,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "other-model.json").write_text(json.dumps({**record, "model": "resnet50"}))
     (tmp / "other-dataset.json").write_text(json.dumps({**record, "dataset": "svhn"}))
     (tmp / "bad-layer.json").write_text(json.dumps({**record, "layers": {"fc9": "int8"}}))
+    for name, layers in (("conv", {"conv1": "int8", "fc1": "int8"}), ("int2", {"fc1": "int2"})):
+        (tmp / f"{name}-plan.json").write_text(json.dumps({**record, "layers": layers}))
     (tmp / "broken.json").write_text('{"schema_version": 1,')
     (tmp / "baseline-string.json").write_text(json.dumps({**record, "baseline": "0.97"}))
     import torch
@@ -109,6 +111,14 @@ BAD_INPUTS = [
     ),
     (["evaluate", "--plan", "bad-layer.json"], "'fc9' is not a quantizable layer"),
     (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
+    (
+        ["evaluate", "--plan", "conv-plan.json", "--backend", "torchao"],
+        "--backend torchao must quantize every layer the plan quantizes, but it leaves conv1",
+    ),
+    (
+        ["evaluate", "--plan", "int2-plan.json", "--backend", "torchao"],
+        "the torchao backend runs on cpu, but 'int2' is not among them",
+    ),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run", "--seed", "-1"], "--seed: must be an integer >= 0, but got -1"),
     (["run", "--seed", str(2**32)], "--seed: must be an integer in [0, 4294967295]"),
