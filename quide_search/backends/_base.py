@@ -67,6 +67,11 @@ class QuantBackend(abc.ABC):
             TrialEvaluationError: If the library fails on the layer.
         """
 
+    def refusals(self, device: torch.device) -> Mapping[str, str]:
+        """Precisions this backend has elsewhere but not on ``device``, each with the reason
+        (a phrase that follows the precision's name: "is offered on a CPU only: ...")."""
+        return {}
+
     def calibrated(self, precision: str) -> bool:
         """Whether ``precision`` fits static scales on calibration inputs (static activation
         quantization); such a layer needs ``inputs`` in :meth:`quantize_layer`."""

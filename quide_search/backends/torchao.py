@@ -73,6 +73,10 @@ class TorchaoBackend(QuantBackend):
         offered = ("int8", "int4", "w8a8", "fp8")
         return {q: PRECISIONS[q] for q in offered if _unavailable(q, device) is None}
 
+    def refusals(self, device: torch.device) -> Mapping[str, str]:
+        """int4 off a CPU, and float8 weights and activations (``wf8af8``) everywhere."""
+        return {q: why for q in ("int4", "wf8af8") if (why := _unavailable(q, device))}
+
     def check_precisions(self, precisions: Sequence[str], device: torch.device) -> None:
         """Refuse a precision this device cannot run, saying what it needs.
 

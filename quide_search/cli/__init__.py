@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from quide_search.cli._base import Command, QuideArgumentParser, UsageError
+from quide_search.cli.backends import BackendsCommand
 from quide_search.cli.dashboard import DashboardCommand
 from quide_search.cli.evaluate import EvaluateCommand
 from quide_search.cli.export import ExportCommand
@@ -39,6 +40,7 @@ _COMMANDS: tuple[type[Command], ...] = (
     ExportCommand,
     EvaluateCommand,
     ModelsCommand,
+    BackendsCommand,
     TrainCommand,
 )
 

@@ -88,6 +88,8 @@ def test_on_cuda_int4_and_float8_activations_are_refused_with_the_reason() -> No
     assert list(AO.precisions(cuda)) == ["int8", "w8a8", "fp8"]
     with pytest.raises(PlanError, match="int4 on the torchao backend is offered on a CPU only"):
         AO.check_precisions(("int8", "int4"), cuda)
+    assert list(AO.refusals(cuda)) == ["int4", "wf8af8"]
+    assert list(AO.refusals(torch.device("cpu"))) == ["wf8af8"]
 
 
 def test_an_fp8_checkpoint_reloads_with_its_recipe(tmp_path: Path) -> None:

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+
+from quide_search.cli import main
+
+
+def test_backends_lists_what_each_runs_here_with_bits_and_reasons(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["backends", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("backends on cpu")
+    quanto = next(i for i, line in enumerate(lines) if line.startswith("  quanto 0.2."))
+    assert lines[quanto].endswith("quantizes Linear, Conv2d:")
+    offered = lines[quanto + 1].strip().split(", ")
+    assert offered[:4] == ["int8 (8)", "int4 (4)", "int2 (2)", "fp8 (8)"]
+    assert "w4a8 (4)" in offered and "wf8af8 (8)" in offered
+    torchao = next(i for i, line in enumerate(lines) if line.startswith("  torchao 0.18"))
+    assert lines[torchao].endswith("quantizes Linear:")
+    assert lines[torchao + 1].strip() == "int8 (8), int4 (4), w8a8 (8), fp8 (8)"
+    assert lines[torchao + 2].strip().startswith("wf8af8 is not offered: torchao's float8")
