@@ -67,6 +67,10 @@ class QuantBackend(abc.ABC):
             TrialEvaluationError: If the library fails on the layer.
         """
 
+    def layer_kinds(self) -> str:
+        """The layer types a plan may quantize, in words (for listings)."""
+        return ", ".join(t.__name__ for t in self.layer_types())
+
     def refusals(self, device: torch.device) -> Mapping[str, str]:
         """Precisions this backend has elsewhere but not on ``device``, each with the reason
         (a phrase that follows the precision's name: "is offered on a CPU only: ...")."""

@@ -67,6 +67,9 @@ class QuantoBackend(QuantBackend):
     def calibrated(self, precision: str) -> bool:
         return activation_precision(precision) is not None
 
+    def layer_kinds(self) -> str:
+        return "Linear, Conv2d, transformers' Conv1D (as a Linear)"
+
     def layer_types(self) -> tuple[type[nn.Module], ...]:
         from torch import nn
 

@@ -30,8 +30,7 @@ class BackendsCommand(Command):
         lines = [head]
         for name in BACKENDS:
             backend = get_backend(name)
-            kinds = ", ".join(t.__name__ for t in backend.layer_types())
-            lines.append(f"  {name} {backend.version()}, quantizes {kinds}:")
+            lines.append(f"  {name} {backend.version()}, quantizes {backend.layer_kinds()}:")
             offered = backend.precisions(device).items()
             lines.append("    " + ", ".join(f"{q} ({bits})" for q, bits in offered))
             lines += [f"    {q} {why}" for q, why in backend.refusals(device).items()]

@@ -12,7 +12,7 @@ def test_backends_lists_what_each_runs_here_with_bits_and_reasons(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("backends on cpu")
     quanto = next(i for i, line in enumerate(lines) if line.startswith("  quanto 0.2."))
-    assert lines[quanto].endswith("quantizes Linear, Conv2d:")
+    assert lines[quanto].endswith("quantizes Linear, Conv2d, transformers' Conv1D (as a Linear):")
     offered = lines[quanto + 1].strip().split(", ")
     assert offered[:4] == ["int8 (8)", "int4 (4)", "int2 (2)", "fp8 (8)"]
     assert "w4a8 (4)" in offered and "wf8af8 (8)" in offered
