@@ -9,6 +9,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The checks `lint` runs, and `test` runs beside pytest.
 RUFF := $(PY) -m ruff check quide_search tests benchmarks
 MYPY := $(PY) -m mypy
+# The PATH this make was started with, for creating the venv with the system's Python.
+BASE_PATH := $(PATH)
 # Every command runs as if the venv were activated. torch builds quanto's kernel with the first
 # `ninja` on PATH, and ninja rebuilds it (45 s) when another version of ninja built it last: the
 # venv's (optimum-quanto's dependency) must be the one at install, run and test alike.
@@ -24,7 +26,7 @@ QUANTO_BUILD := import sys; sys.modules.update(transformers=None, diffusers=None
 
 # What `run` needs; `test` adds the test extras (pytest, linters, PostgreSQL, kaleido, accelerate).
 $(VENV)/.runtime: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	PATH='$(BASE_PATH)' $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	# torchao after torch, without dependencies, so nothing it names can replace torch.

@@ -300,8 +300,8 @@ def on_backend(
     """``protocol`` with plans applied by the backend ``name`` instead of the study's.
 
     Everything that fixes P stays (splits, evaluation, gate); the backend, its version, the
-    layers it quantizes (and keeps in float) and the precisions, with their calibration, are
-    that backend's. For ``evaluate --backend``.
+    layers it quantizes (keeps in float, and leaves out of the search) and the precisions,
+    with their calibration, are that backend's. For ``evaluate --backend``.
 
     Raises:
         PlanError: If the backend cannot run ``precisions`` on ``device``.
@@ -312,7 +312,10 @@ def on_backend(
     backend = get_backend(name)
     backend.check_precisions(precisions, device)
     layers, kept = tuple(task.layers(backend)), backend.float_kinds(task.model)
-    task_record = protocol.task.model_copy(update={"layers": layers, "kept_float": kept})
+    excluded = tuple(n for n in backend.quantizable_layers(task.model) if n in task.exclude)
+    task_record = protocol.task.model_copy(
+        update={"layers": layers, "kept_float": kept, "excluded": excluded}
+    )
     search = protocol.search.model_copy(
         update={"precisions": precisions,
                 "calibration_samples": _calibration_samples(backend, precisions, task)}

@@ -72,8 +72,9 @@ class QuantBackend(abc.ABC):
         return ", ".join(t.__name__ for t in self.layer_types())
 
     def refusals(self, device: torch.device) -> Mapping[str, str]:
-        """Precisions this backend has elsewhere but not on ``device``, each with the reason
-        (a phrase that follows the precision's name: "is offered on a CPU only: ...")."""
+        """Precisions the field names that this backend does not run on ``device``, each with
+        a reason worth telling (a phrase that follows the precision's name: "is offered on a
+        CPU only: ..."); the rest of what it lacks needs none."""
         return {}
 
     def calibrated(self, precision: str) -> bool:

@@ -152,10 +152,10 @@ class TorchaoBackend(QuantBackend):
         if not refused:
             return None
         return (
-            "--bits 4 with --backend torchao needs each Linear's in_features divisible by 32 "
-            f"and out_features by 16 (torchao's CPU int4 layout), but {', '.join(refused[:5])} "
-            f"{'does' if len(refused) == 1 else 'do'} not. Leave 4 out of --bits, or use "
-            "--backend quanto."
+            "int4 on the torchao backend needs each Linear's in_features divisible by 32 and "
+            f"out_features by 16 (torchao's CPU int4 layout), but {', '.join(refused[:5])} "
+            f"{'does' if len(refused) == 1 else 'do'} not. Leave 4 out of --bits (or those "
+            "layers out of int4), or use --backend quanto."
         )
 
     def quantization_map(self, plan: BitPlan) -> dict[str, Any]:

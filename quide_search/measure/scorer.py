@@ -88,6 +88,7 @@ class Scorer:
         cache_mb: float = 4096.0,
         stored_table: Mapping[str, Any] | None = None,
         latency: LatencySource | None = None,
+        plan: BitPlan | None = None,
     ) -> Scorer:
         """Return the scorer of ``task`` under ``protocol``: the one way a scorer is made.
 
@@ -103,6 +104,8 @@ class Scorer:
             cache_mb: Bound on the cached quantized layers.
             stored_table: The study's latency table, if it holds one.
             latency: A latency source to use instead of the protocol's (tests, benchmarks).
+            plan: The one plan this scorer is for (``evaluate``): the backend's hazard check
+                covers its layers at their precisions, not every layer at every precision.
 
         Raises:
             ConfigError: If the protocol's precisions would crash the backend on this model
@@ -113,7 +116,7 @@ class Scorer:
 
         backend = get_backend(protocol.backend)
         layers = list(task.layers(backend))
-        hazard = backend.hazard(task.model, device, protocol.search.precisions, layers)
+        hazard = _hazard(backend, task, device, protocol.search.precisions, layers, plan)
         if hazard is not None:
             raise ConfigError(hazard)
         if tuple(layers) != protocol.task.layers:
@@ -308,6 +311,25 @@ def apply_as_studied(task: Task, protocol: Protocol, plan: BitPlan) -> torch.nn.
         task.model, plan, calibration=calibration_inputs(task, protocol),
         threads=protocol.evaluation.threads,
     )  # fmt: skip
+
+
+def _hazard(
+    backend: QuantBackend,
+    task: Task,
+    device: torch.device,
+    precisions: Sequence[str],
+    layers: list[str],
+    plan: BitPlan | None,
+) -> str | None:
+    """Why scoring would crash the process: for a search, any layer at any of ``precisions``;
+    for one ``plan``, each of its layers at its own precision."""
+    if plan is None:
+        return backend.hazard(task.model, device, precisions, layers)
+    at: dict[str, list[str]] = {}
+    for name, precision in plan.quantized_layers().items():
+        at.setdefault(precision, []).append(name)
+    found = (backend.hazard(task.model, device, (q,), names) for q, names in at.items())
+    return next((why for why in found if why is not None), None)
 
 
 def _calibration(

@@ -21,6 +21,9 @@ from quide_search.metric import Metrics
 from quide_search.plan import BitPlan
 
 if TYPE_CHECKING:
+    import torch
+
+    from quide_search.backends import QuantBackend
     from quide_search.measure.scorer import Scorer
     from quide_search.protocol import Protocol
     from quide_search.tasks.task import Task
@@ -110,7 +113,7 @@ def evaluate_plan(
     if backend is not None and backend != plan.backend:
         plan, protocol = _on_backend(plan, protocol, task, backend, target)
     with torch_threads(protocol.evaluation.threads):
-        scorer = Scorer.build(task, protocol, device=target)
+        scorer = Scorer.build(task, protocol, device=target, plan=plan)
         plan.validate_layers(scorer.weight_counts)
         measured = scorer.measure(plan)
         p_test = scorer.test_score(plan)
@@ -130,29 +133,59 @@ def evaluate_plan(
 
 
 def _on_backend(
-    plan: BitPlan, protocol: Protocol, task: Task, name: str, device: Any
+    plan: BitPlan, protocol: Protocol, task: Task, name: str, device: torch.device
 ) -> tuple[BitPlan, Protocol]:
     """The plan and protocol as the backend ``name`` applies them.
 
     Raises:
-        PlanError: If the backend leaves a layer the plan quantizes in float, or cannot run
-            one of its precisions here.
+        PlanError: If the plan names a layer its model lacks, or the backend leaves a layer
+            the plan quantizes in float, or cannot run one of its precisions on ``device``.
     """
     from quide_search.backends import get_backend
     from quide_search.protocol import on_backend
 
-    layers = task.layers(get_backend(name))
+    backend = get_backend(name)
+    plan.validate_layers(task.layers(get_backend(plan.backend)))
+    layers = task.layers(backend)
     outside = [n for n in plan.quantized_layers() if n not in layers]
-    if outside:
+    if outside or not layers:
         raise PlanError(
             f"--backend {name} must quantize every layer the plan quantizes, but it leaves "
-            f"{', '.join(outside[:5])} in float. Evaluate the plan with --backend "
-            f"{plan.backend}, or export one made with {name}."
+            f"{_names(outside) or 'every layer of ' + repr(plan.model)} in float (it "
+            f"quantizes {backend.layer_kinds()}). Evaluate the plan with --backend {plan.backend}."
         )
-    kept = {n: q for n, q in plan.layers.items() if n in layers}
-    plan = dataclasses.replace(plan, layers=kept, backend=name)
-    precisions = tuple(dict.fromkeys(plan.quantized_layers().values()))
-    return plan, on_backend(protocol, name, task, precisions, device)
+    moved = dataclasses.replace(
+        plan, layers={n: q for n, q in plan.layers.items() if n in layers}, backend=name
+    )
+    _check_runs(moved, backend, task, device, origin=plan.backend)
+    precisions = tuple(dict.fromkeys(moved.quantized_layers().values()))
+    return moved, on_backend(protocol, name, task, precisions, device)
+
+
+def _check_runs(
+    plan: BitPlan, backend: QuantBackend, task: Task, device: torch.device, *, origin: str
+) -> None:
+    """Refuse a plan whose precisions ``backend`` cannot run here, saying which layers."""
+    offered, refused = backend.precisions(device), backend.refusals(device)
+    for precision in dict.fromkeys(plan.quantized_layers().values()):
+        at = [n for n, q in plan.quantized_layers().items() if q == precision]
+        why = None
+        if precision not in offered:
+            why = refused.get(precision, f"is not among its precisions ({', '.join(offered)})")
+        elif backend.calibrated(precision) and len(task.splits.calib) == 0:
+            why = "fits static activation scales on the calibration split, which this task lacks"
+        if why is not None:
+            raise PlanError(
+                f"--backend {backend.name} must run every precision of the plan on "
+                f"{device.type}, but {precision} (on {_names(at)}) {why}. Evaluate the plan "
+                f"with --backend {origin}."
+            )
+
+
+def _names(names: list[str]) -> str:
+    """Up to five layer names, and how many more."""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(names[:5]) + more
 
 
 def _baseline(stored: Mapping[str, Any], scorer: Scorer) -> tuple[float, float]:

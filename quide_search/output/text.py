@@ -162,16 +162,17 @@ def format_replay(replay: Replay) -> str:
     if all(c in replay.stored for c in METRIC_COLUMNS):
         rows.append(metric_row("stored", replay.stored, False, tested=True))
     both = "P and P_test" if "P_test" in replay.stored else "P (no P_test stored: not a finalist)"
-    verdict = {
-        True: f"{both} reproduced exactly",
-        False: "P or P_test differs from the stored value",
-        None: "the plan stores no P to compare",
-    }[replay.reproduced]
     if replay.stored_backend != replay.plan.backend:
         verdict = (
             f"applied with {replay.plan.backend}; the stored metrics were measured with "
             f"{replay.stored_backend}, so P is not compared"
         )
+    else:
+        verdict = {
+            True: f"{both} reproduced exactly",
+            False: "P or P_test differs from the stored value",
+            None: "the plan stores no P to compare",
+        }[replay.reproduced]
     table = format_table(metric_headers("", False, tested=True), rows)
     return "\n".join([latency_text(replay.latency), "", table, "", verdict])
 

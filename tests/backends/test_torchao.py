@@ -201,6 +201,7 @@ def test_a_torchao_study_on_digits_records_backend_kernels_and_reproduces(
     assert evaluate_plan(out, device="cpu").reproduced is True
     # The same plan applied by quanto (static W8A8): scored under the same protocol, and
     # never compared with the P torchao's dynamic W8A8 stored.
+    assert "w8a8" in record["layers"].values()  # so quanto calibrates a static W8A8 below
     other = evaluate_plan(out, device="cpu", backend="quanto")
     assert (other.plan.backend, other.stored_backend) == ("quanto", "torchao")
     assert other.reproduced is None

@@ -29,7 +29,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "other-model.json").write_text(json.dumps({**record, "model": "resnet50"}))
     (tmp / "other-dataset.json").write_text(json.dumps({**record, "dataset": "svhn"}))
     (tmp / "bad-layer.json").write_text(json.dumps({**record, "layers": {"fc9": "int8"}}))
-    for name, layers in (("conv", {"conv1": "int8", "fc1": "int8"}), ("int2", {"fc1": "int2"})):
+    for name, layers in (
+        ("conv", {"conv1": "int8", "fc1": "int8"}),
+        ("int2", {"fc1": "int2"}),
+        ("fc", {"conv1": "float", "fc1": "int4", "fc2": "int8"}),
+    ):
         (tmp / f"{name}-plan.json").write_text(json.dumps({**record, "layers": layers}))
     (tmp / "broken.json").write_text('{"schema_version": 1,')
     (tmp / "baseline-string.json").write_text(json.dumps({**record, "baseline": "0.97"}))
@@ -113,11 +117,18 @@ BAD_INPUTS = [
     (["evaluate", "--plan", "plan.json", "--model", "resnet18"], "--model must match"),
     (
         ["evaluate", "--plan", "conv-plan.json", "--backend", "torchao"],
-        "--backend torchao must quantize every layer the plan quantizes, but it leaves conv1",
+        "--backend torchao must quantize every layer the plan quantizes, but it leaves conv1 "
+        "in float (it quantizes Linear). Evaluate the plan with --backend quanto.",
     ),
     (
         ["evaluate", "--plan", "int2-plan.json", "--backend", "torchao"],
-        "the torchao backend runs on cpu, but 'int2' is not among them",
+        "--backend torchao must run every precision of the plan on cpu, but int2 (on fc1) is "
+        "not among its precisions (int8, int4, w8a8, fp8). Evaluate the plan with --backend "
+        "quanto.",
+    ),
+    (
+        ["evaluate", "--plan", "bad-layer.json", "--backend", "torchao"],
+        "'fc9' is not a quantizable layer",
     ),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run", "--seed", "-1"], "--seed: must be an integer >= 0, but got -1"),
@@ -258,6 +269,10 @@ def test_evaluate_and_sweep_commands(
     replayed = capsys.readouterr().out
     # P is scored as in the study and reproduces; T is measured again on this machine.
     assert "P and P_test reproduced exactly" in replayed
+    # The same kind of plan applied by torchao: int4 on fc1 runs, though torchao's int4 could
+    # not take fc2 (64 -> 10), which the plan keeps at int8.
+    assert main(["evaluate", "--plan", "fc-plan.json", "--backend", "torchao"]) == 0
+    assert "measured with quanto, so P is not compared" in capsys.readouterr().out
     assert "on cpu (measured, wall_clock, samples of >= 1 ms)" in replayed
     sweep = ["sweep", "--bits", "float,8,4", "--device", "cpu", "--out-dir", "sw"]
     assert main([*sweep, "--latency-sample-ms", "1"]) == 0
