@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from _procs import run_recipe
@@ -199,9 +200,14 @@ def test_a_torchao_study_on_digits_records_backend_kernels_and_reproduces(
     assert record["backend"] == "torchao"
     assert {v["activations"] for v in record["quantization_map"].values()} <= {"int8", "none"}
     assert evaluate_plan(out, device="cpu").reproduced is True
-    # The same plan applied by quanto (static W8A8): scored under the same protocol, and
-    # never compared with the P torchao's dynamic W8A8 stored.
-    assert "w8a8" in record["layers"].values()  # so quanto calibrates a static W8A8 below
+    # A plan with w8a8 layers applied by quanto (static W8A8, calibrated): scored under the
+    # same protocol, and never compared with the P torchao's dynamic W8A8 stored.
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    layers = {t.number: t.user_attrs.get("layers") or t.params for t in done}
+    mixed = next(n for n, plan in layers.items() if "w8a8" in plan.values())
+    out = export_plan(study=config.study_name, storage=config.storage_url, trial=mixed,
+                      out=tmp_path / "mixed.json")  # fmt: skip
+    record = json.loads(out.read_text())
     other = evaluate_plan(out, device="cpu", backend="quanto")
     assert (other.plan.backend, other.stored_backend) == ("quanto", "torchao")
     assert other.reproduced is None

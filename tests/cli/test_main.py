@@ -357,7 +357,11 @@ def test_study_manager_commands(
     text = capsys.readouterr().out
     assert "Pareto front over (C max, P max, T min)" in text and "uniform int8" in text
     assert "(per-layer table, each layer timed once and summed)" in text
-    assert "recommended plan (trial" in text and "T_conf" in text
+    # The verdict follows the stored, timed figures: a 4-trial study's plans can all lose to
+    # the float model when this machine times the fallback layers slowly.
+    verdict = ("keep the model in float for this target" if shown["keep_float"]
+               else f"recommended plan (trial {shown['best']['trial']}")  # fmt: skip
+    assert verdict in text and "T_conf" in text
 
 
 def test_export_formats_from_the_command_line(
