@@ -144,7 +144,9 @@ class QuantBackend(abc.ABC):
         layers: Sequence[str] | None = None,
     ) -> str | None:
         """Why a choice of precisions would crash the process on this model and device
-        (``layers``: the searched ones, default every quantizable layer)."""
+        (``layers``: the searched ones, default every quantizable layer), or None. The first
+        sentence says what fails; the rest, what to do in a search (``evaluate --backend``
+        keeps only the first)."""
         return None
 
     def quantizable_layers(self, model: nn.Module) -> dict[str, int]:

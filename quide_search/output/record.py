@@ -92,6 +92,13 @@ def load_plan(path: str | os.PathLike[str]) -> tuple[BitPlan, dict[str, Any]]:
             f"plan file {str(p)!r} must be a plan document, but field {where!r} is wrong: "
             f"{first['msg']} (got {_short(first.get('input'))}). Re-export the plan."
         ) from e
+    from quide_search.backends import BACKENDS
+
+    if data["backend"] not in BACKENDS:
+        raise PlanError(
+            f"plan file {str(p)!r} must name a backend among {', '.join(BACKENDS)}, but it "
+            f"names {data['backend']!r}. Re-export the plan."
+        )
     return BitPlan.from_dict(data), data
 
 
@@ -99,7 +106,8 @@ def record_protocol(record: dict[str, Any], path: str | os.PathLike[str]) -> Pro
     """The study protocol a plan record carries.
 
     Raises:
-        PlanError: If the record has none, or one this version cannot read.
+        PlanError: If the record has none, or one this version cannot read, or one of
+            another backend than the record names.
     """
     if record.get("protocol") is None:
         raise PlanError(
@@ -107,9 +115,16 @@ def record_protocol(record: dict[str, Any], path: str | os.PathLike[str]) -> Pro
             "has none. Export it with `quide-search export`."
         )
     try:
-        return Protocol.from_dict(record["protocol"], study=str(record.get("source", {})))
+        protocol = Protocol.from_dict(record["protocol"], study=str(record.get("source", {})))
     except StorageError as e:
         raise PlanError(f"plan file {str(path)!r}: {e}") from e
+    if record.get("backend") != protocol.backend:
+        raise PlanError(
+            f"plan file {str(path)!r} must name the backend its protocol was measured with, "
+            f"but it names {record.get('backend')!r} and the protocol {protocol.backend!r}. "
+            "Re-export the plan (evaluate --backend applies it with another backend)."
+        )
+    return protocol
 
 
 def plan_record(

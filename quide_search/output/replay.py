@@ -174,6 +174,8 @@ def _check_runs(
             why = refused.get(precision, f"is not among its precisions ({', '.join(offered)})")
         elif backend.calibrated(precision) and len(task.splits.calib) == 0:
             why = "fits static activation scales on the calibration split, which this task lacks"
+        elif hazard := backend.hazard(task.model, device, (precision,), at):
+            why = "would not run: " + hazard.split(". ")[0]  # what fails, not a search's advice
         if why is not None:
             raise PlanError(
                 f"--backend {backend.name} must run every precision of the plan on "

@@ -112,7 +112,7 @@ def format_study(summary: SearchSummary) -> str:
         [p["trial"], *(p[c] for c in METRIC_COLUMNS), p["gate_passed"], plan_text(p["plan"])]
         for p in sorted(summary.pareto, key=lambda p: -p["C"])
     ]
-    lines += ["", f"Pareto front over (C max, P max, T min): {len(front)} points", ""]
+    lines += ["", f"Pareto front over (C max, P max, T min): {_count(len(front), 'point')}", ""]
     lines.append(format_table(["trial", *METRIC_COLUMNS, "gate", "plan"], front))
     return "\n".join(lines)
 

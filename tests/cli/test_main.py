@@ -33,8 +33,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("conv", {"conv1": "int8", "fc1": "int8"}),
         ("int2", {"fc1": "int2"}),
         ("fc", {"conv1": "float", "fc1": "int4", "fc2": "int8"}),
+        ("int4", {"fc1": "int4", "fc2": "int4"}),
     ):
         (tmp / f"{name}-plan.json").write_text(json.dumps({**record, "layers": layers}))
+    for backend in ("torchao", "bogus"):
+        (tmp / f"{backend}-backend.json").write_text(json.dumps({**record, "backend": backend}))
     (tmp / "broken.json").write_text('{"schema_version": 1,')
     (tmp / "baseline-string.json").write_text(json.dumps({**record, "baseline": "0.97"}))
     import torch
@@ -129,6 +132,21 @@ BAD_INPUTS = [
     (
         ["evaluate", "--plan", "bad-layer.json", "--backend", "torchao"],
         "'fc9' is not a quantizable layer",
+    ),
+    (
+        ["evaluate", "--plan", "int4-plan.json", "--backend", "torchao"],
+        "but int4 (on fc1, fc2) would not run: int4 on the torchao backend needs each Linear's "
+        "in_features divisible by 32 and out_features by 16 (torchao's CPU int4 layout), but "
+        "fc2 (64 -> 10) does not. Evaluate the plan with --backend quanto.",
+    ),
+    (
+        ["evaluate", "--plan", "torchao-backend.json"],
+        "must name the backend its protocol was measured with, but it names 'torchao' and the "
+        "protocol 'quanto'",
+    ),
+    (
+        ["evaluate", "--plan", "bogus-backend.json", "--backend", "quanto"],
+        "must name a backend among quanto, torchao, but it names 'bogus'. Re-export the plan.",
     ),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run", "--seed", "-1"], "--seed: must be an integer >= 0, but got -1"),
