@@ -219,6 +219,13 @@ class BitPlan:
         """Return layer -> precision for the layers that are quantized (not ``float``)."""
         return self._quantized.copy()  # the dict's own copy: dict(proxy) goes key by key
 
+    def layers_at(self) -> dict[str, list[str]]:
+        """Return precision -> the quantized layers at it, in the plan's order."""
+        at: dict[str, list[str]] = {}
+        for name, precision in self._quantized.items():
+            at.setdefault(precision, []).append(name)
+        return at
+
     def validate_layers(self, available: Iterable[str]) -> None:
         """Check every layer of the plan exists among ``available`` quantizable layers.
 

@@ -113,3 +113,10 @@ def test_from_dict_rejects(mutate, fragment: str) -> None:  # type: ignore[no-un
     mutate(data)
     with pytest.raises(PlanError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         BitPlan.from_dict(data)
+
+
+def test_layers_at_groups_the_quantized_layers_by_precision_in_plan_order() -> None:
+    plan = BitPlan(model="m", dataset="d",
+                   layers={"c": "int4", "a": "int8", "b": "float", "d": "int4"})  # fmt: skip
+    assert plan.layers_at() == {"int8": ["a"], "int4": ["c", "d"]}
+    assert list(plan.layers_at()) == ["int8", "int4"]  # the plan orders layers by name

@@ -325,10 +325,7 @@ def _hazard(
     for one ``plan``, each of its layers at its own precision."""
     if plan is None:
         return backend.hazard(task.model, device, precisions, layers)
-    at: dict[str, list[str]] = {}
-    for name, precision in plan.quantized_layers().items():
-        at.setdefault(precision, []).append(name)
-    found = (backend.hazard(task.model, device, (q,), names) for q, names in at.items())
+    found = (backend.hazard(task.model, device, (q,), at) for q, at in plan.layers_at().items())
     return next((why for why in found if why is not None), None)
 
 

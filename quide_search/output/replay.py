@@ -158,8 +158,7 @@ def _on_backend(
         plan, layers={n: q for n, q in plan.layers.items() if n in layers}, backend=name
     )
     _check_runs(moved, backend, task, device, origin=plan.backend)
-    precisions = tuple(dict.fromkeys(moved.quantized_layers().values()))
-    return moved, on_backend(protocol, name, task, precisions, device)
+    return moved, on_backend(protocol, name, task, tuple(moved.layers_at()), device)
 
 
 def _check_runs(
@@ -167,8 +166,7 @@ def _check_runs(
 ) -> None:
     """Refuse a plan whose precisions ``backend`` cannot run here, saying which layers."""
     offered, refused = backend.precisions(device), backend.refusals(device)
-    for precision in dict.fromkeys(plan.quantized_layers().values()):
-        at = [n for n, q in plan.quantized_layers().items() if q == precision]
+    for precision, at in plan.layers_at().items():
         why = None
         if precision not in offered:
             why = refused.get(precision, f"is not among its precisions ({', '.join(offered)})")
