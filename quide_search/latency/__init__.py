@@ -1,10 +1,11 @@
 """Latency T: the sources a study takes it from, and the confirmation of its finalists.
 
 Owns how T is obtained: :class:`LatencySource` and its implementations, one per file
-(``measured``: timed on the device; ``table``: each layer timed once, summed; ``analytic``:
-estimated for a device profile), the timing of one model (``_timer``), and the interleaved
-re-timing of the plans that decide a study (``confirm``). Sources see the model only through
-a :class:`TimingTarget` that the scorer gives them.
+(``measured``: timed on the device; ``table``: per-layer changes read in whole-model runs,
+summed, checked before use by ``table_check``; ``analytic``: estimated for a device profile),
+the timing of one model (``_timer``) and of each layer inside it (``_profiler``), and the
+interleaved re-timing of the plans that decide a study (``confirm``). Sources see the model
+only through a :class:`TimingTarget` that the scorer gives them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from quide_search.latency.profiles import PROFILES, parse_source
     from quide_search.latency.settings import latency_context, make_source
     from quide_search.latency.table import LatencyTable, TableLatency, read_table
+    from quide_search.latency.table_check import TableCheck
 
 __all__ = [
     "PROFILES",
@@ -38,6 +40,7 @@ __all__ = [
     "LatencySource",
     "LatencyTable",
     "MeasuredLatency",
+    "TableCheck",
     "TableLatency",
     "TimingTarget",
     "confirm_latency",
@@ -67,5 +70,6 @@ __getattr__ = lazy_exports(
         "LatencyTable": "quide_search.latency.table",
         "TableLatency": "quide_search.latency.table",
         "read_table": "quide_search.latency.table",
+        "TableCheck": "quide_search.latency.table_check",
     },
 )

@@ -37,7 +37,8 @@ class LatencyContext:
     """The conditions T is measured (or estimated) under; stored with every study.
 
     Attributes:
-        source: ``measured``, ``table`` (each layer timed once, summed) or ``model:NAME``
+        source: ``measured``, ``table`` (per-layer changes read in whole-model runs, summed
+            and checked) or ``model:NAME``
             (the analytic estimate for a target device).
         device: What T describes: ``cpu``, the CUDA device's name, or the profile's name.
         method: How time is read: ``wall_clock``, ``cuda_events`` or ``analytic``.
@@ -173,8 +174,8 @@ class TimingTarget:
         example: The timed call's input.
         per_call: T is a call's time divided by this (the tokens a decode generates).
         layers: The quantizable layers, in module order.
-        layer: One layer under one precision, as the backend runs it.
-        step_inputs: Each layer's positional inputs on one forward step of the float model.
+        layer_profile: Each layer's ms inside one whole pass of a plan's timed call (per generated
+            token for a causal LM), read by hooks on the layers (the latency table's input).
         layer_bytes: Each layer's stored bytes under a plan.
         shapes: Each layer's per-sample work on one step (for the analytic estimate).
     """
@@ -183,7 +184,6 @@ class TimingTarget:
     example: torch.Tensor
     per_call: int
     layers: Sequence[str]
-    layer: Callable[[str, str], nn.Module]
-    step_inputs: Callable[[], Mapping[str, tuple[Any, ...]]]
+    layer_profile: Callable[[BitPlan], Mapping[str, float]]
     layer_bytes: Callable[[BitPlan], Mapping[str, int]]
     shapes: Callable[[], list[LayerShape]]

@@ -48,6 +48,7 @@ def confirm_latency(
     *,
     min_rounds: int = MIN_ROUNDS,
     max_rounds: int = MAX_ROUNDS,
+    desc: str | None = None,
 ) -> tuple[dict[K, LatencyResult], dict[K, str]]:
     """Time every plan of ``plans`` in interleaved, order-rotated rounds.
 
@@ -55,7 +56,8 @@ def confirm_latency(
     in) and times one sample: as many back-to-back passes as span ``context.sample_ms`` on
     the wall clock (the count fixed per plan after its warm-up), one on CUDA events. Rounds
     stop after ``min_rounds`` once every plan's samples spread by at most
-    ``context.target_spread``, or at ``max_rounds``.
+    ``context.target_spread``, or at ``max_rounds``. ``desc`` names the progress bar (by
+    default, the confirmation's).
 
     Returns:
         Each plan's confirmed T (per generated token for a causal LM, ``repeats`` = its
@@ -74,7 +76,7 @@ def confirm_latency(
                 passes[key] = _warm(plans[key], target, timer, context)
             except _FAULTS as e:
                 failed[key] = _reason(e)
-        desc = f"confirmation: {len(keys)} finalists re-timed side by side, rounds"
+        desc = desc or f"confirmation: {len(keys)} finalists re-timed side by side, rounds"
         for round_ in bar(range(max_rounds), desc, unit="round"):
             live = [k for k in keys if k not in failed]
             start = round_ % max(1, len(live))

@@ -64,6 +64,7 @@ def make_source(
     *,
     precisions: Sequence[str],
     stored: Mapping[str, Any] | None = None,
+    stored_check: Sequence[Mapping[str, Any]] | None = None,
 ) -> LatencySource:
     """Build the source ``context`` describes, for the model ``target`` gives access to.
 
@@ -73,6 +74,7 @@ def make_source(
         precisions: The study's choices (a table must cover them).
         stored: A table the study already holds; measured (or read from
             ``context.table_file``) when None.
+        stored_check: That table's stored check; the table is checked now when None.
 
     Raises:
         ConfigError: For a table file that is missing or does not cover the choices.
@@ -81,16 +83,20 @@ def make_source(
     from quide_search.latency.analytic import AnalyticLatency
     from quide_search.latency.measured import MeasuredLatency
     from quide_search.latency.table import LatencyTable, TableLatency
+    from quide_search.latency.table_check import TableCheck
 
     if context.source.startswith("model:"):
         return AnalyticLatency(context, target)
     if context.source == "measured":
         return MeasuredLatency(context, target)
+    table = None
     if stored is not None:
-        return TableLatency(context, LatencyTable.from_dict(stored))
-    if context.table_file is None:
-        return TableLatency.measure(context, target, precisions)
-    return TableLatency(context, read_table_file(context.table_file, target.layers, precisions))
+        table = LatencyTable.from_dict(stored)
+        if stored_check is not None:
+            return TableLatency(context, table, TableCheck.from_list(stored_check), target)
+    elif context.table_file is not None:
+        table = read_table_file(context.table_file, target.layers, precisions)
+    return TableLatency.measure(context, target, precisions, table=table)
 
 
 def read_table_file(path: str, layers: Sequence[str], precisions: Sequence[str]) -> LatencyTable:

@@ -1,27 +1,34 @@
-"""A per-layer latency table (``--latency table``): time each (layer, precision) once, add up.
+"""A per-layer latency table (``--latency table``): each layer's change read in whole-model runs.
 
-The table times each quantizable layer alone, on the input it sees in one step of the float
-model, once per precision, and predicts a plan's T as the float model's measured T plus, for
-each layer, the change its precision makes. The prediction is deterministic, so a search on
-a noisy CPU repeats exactly; how far it is from measured T is checked on the uniform plans
-when a study is created, and measured per model in ``benchmarks/latency_fidelity.py``.
+The table predicts a plan's T as the float model's measured T plus, for each layer, the
+change its precision makes. Each change is read inside whole-model passes: in interleaved
+rounds, the float model and every uniform plan run once each with forward hooks on their
+layers (:mod:`._profiler`), and a layer's change under a precision is the median, over the
+rounds, of (its time in that round's uniform plan - its time in that round's float model).
+Timing layers alone, as the first tables did, missed random plans by 6-56 % on our 2-core
+machines and could sum to T <= 0 on a busy one.
+
+The prediction is deterministic, so a search on a noisy CPU repeats exactly. It is never
+used unchecked: :mod:`.table_check` times plans whole before the search starts and falls
+back to measured T when the table misses them, and a prediction outside what the check
+timed fails its trial instead of becoming a score.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from quide_search.errors import ConfigError
+from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.latency._base import LatencyContext, LatencyResult, LatencySource, TimingTarget
-from quide_search.latency._timer import time_model
+from quide_search.latency._timer import torch_threads
 from quide_search.latency.measured import MeasuredLatency
+from quide_search.latency.table_check import TableCheck, check_table
 from quide_search.plan import FLOAT
 
 if TYPE_CHECKING:
@@ -29,16 +36,19 @@ if TYPE_CHECKING:
 
 __all__ = ["LatencyTable", "TableLatency", "read_table"]
 
-TABLE_SCHEMA_VERSION = 2
+TABLE_SCHEMA_VERSION = 3
+"""3: changes read in whole-model runs (2, layers timed alone, is no longer read)."""
 
 
 @dataclass(frozen=True)
 class LatencyTable:
-    """Milliseconds of each layer alone under each precision, and of the whole float model.
+    """Milliseconds of each layer inside a whole-model pass under each precision, and the
+    float model's whole T.
 
     Attributes:
         base_ms: Measured T of the float model.
-        layers: layer name -> precision (``float`` included) -> ms of that layer alone.
+        layers: layer name -> precision (``float`` included) -> ms spent in that layer in a
+            pass of the model (the float time, plus the median change for the others).
         context: The measurement conditions (device, batch size, threads).
     """
 
@@ -47,7 +57,10 @@ class LatencyTable:
     context: Mapping[str, Any]
 
     def predict(self, plan_layers: Mapping[str, str]) -> float:
-        """Return the predicted T of a plan: float T plus each layer's change.
+        """Return the predicted T of a plan: float T plus each layer's change, unclamped.
+
+        The sum can fall to or below 0 for a table far from the machine; the caller checks it
+        (:meth:`TableCheck.guard`) rather than this method hiding it.
 
         Raises:
             ConfigError: If the plan uses a (layer, precision) the table lacks.
@@ -62,8 +75,7 @@ class LatencyTable:
                     "with --latency table for this model and --bits."
                 )
             total += row[precision] - row[FLOAT]
-        # A layer can time faster quantized than float; T stays positive whatever the sum.
-        return max(total, 1e-6)
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         """Return the table as plain JSON types (stored in the study, or written to a file)."""
@@ -81,6 +93,12 @@ class LatencyTable:
         Raises:
             ConfigError: If the data is not such a table.
         """
+        if isinstance(data, Mapping) and data.get("schema_version") == 2 and "base_ms" in data:
+            raise ConfigError(
+                "a latency table of schema 2 (each layer timed alone) is no longer used: its "
+                "sums missed measured T by up to 100 % and could fall to T <= 0. Measure a new "
+                "one with --latency table in a new study (--study NAME)."
+            )
         if not isinstance(data, Mapping) or data.get("schema_version") != TABLE_SCHEMA_VERSION:
             raise ConfigError(
                 f"a latency table must be the JSON quide-search writes (schema "
@@ -120,75 +138,127 @@ def read_table(path: str | Path) -> LatencyTable:
 
 
 class TableLatency(LatencySource):
-    """T predicted from a :class:`LatencyTable`.
+    """T predicted from a checked :class:`LatencyTable`, or measured where the check failed.
 
     Args:
         context: The conditions the table was measured under (``source`` ``table``).
         table: The table.
+        check: Its check (:func:`~quide_search.latency.table_check.check_table`).
+        target: The model being searched: where the check failed, every plan is timed on it.
     """
 
-    def __init__(self, context: LatencyContext, table: LatencyTable) -> None:
+    def __init__(
+        self, context: LatencyContext, table: LatencyTable, check: TableCheck, target: TimingTarget
+    ) -> None:
         self.context = context
         self.table = table
+        self.check = check
+        measured = dataclasses.replace(context, source="measured")
+        self.fallback = None if check.passed else MeasuredLatency(measured, target)
+
+    @property
+    def label(self) -> str:
+        return "table" if self.fallback is None else self.fallback.label
+
+    @property
+    def deterministic(self) -> bool:
+        return self.fallback is None
 
     def latency(self, plan: BitPlan) -> LatencyResult:
-        return LatencyResult(median_ms=self.table.predict(plan.layers))
+        if self.fallback is not None:
+            return self.fallback.latency(plan)
+        return LatencyResult(median_ms=self._predict(plan.layers))
 
     def predicted_ms(self, layers: Mapping[str, str]) -> float | None:
-        return self.table.predict(layers)
+        return None if self.fallback is not None else self._predict(layers)
 
     def stored(self) -> dict[str, Any] | None:
         return self.table.to_dict()
 
+    def _predict(self, layers: Mapping[str, str]) -> float:
+        value = self.table.predict(layers)
+        self.check.guard(value)
+        return value
+
     @classmethod
     def measure(
-        cls, context: LatencyContext, target: TimingTarget, precisions: Sequence[str]
+        cls,
+        context: LatencyContext,
+        target: TimingTarget,
+        precisions: Sequence[str],
+        *,
+        table: LatencyTable | None = None,
     ) -> TableLatency:
-        """Time the float model, then each layer alone under each precision (and float).
-
-        Each layer entry is timed in single passes, without the CPU's sample floor: a table
-        has hundreds of entries of a fraction of a ms each (with 5-ms samples llama_tiny's
-        table took 273 s instead of 14 s), and the float model's T carries the floor.
+        """Measure a table (unless ``table`` is given), check it, and return the source.
 
         Raises:
-            TrialEvaluationError: If a layer fails to quantize or run.
+            TrialEvaluationError: If a plan fails to run while it is profiled or checked.
         """
-        from quide_search.progress import bar, phase
-
-        with phase("latency table: the float model's T"):
-            float_plan_ms = MeasuredLatency(context, target).latency(_float_plan(target)).median_ms
-        single = dataclasses.replace(context, sample_ms=None)
-        inputs = target.step_inputs()
-        table: dict[str, dict[str, float]] = {}
-        choices = (FLOAT, *(q for q in precisions if q != FLOAT))
-        desc = f"latency table: each layer timed alone at {len(choices)} precisions"
-        for name in bar(target.layers, desc, unit="layer"):
-            if name not in inputs:  # a layer the step never reaches costs nothing
-                table[name] = dict.fromkeys(choices, 0.0)
-                continue
-            first, *rest = inputs[name]
-            table[name] = {
-                q: time_model(_Bound(target.layer(name, q), tuple(rest)), first, single).median_ms
-                for q in choices
-            }
-        return cls(
-            context, LatencyTable(float_plan_ms, table, {**context.to_dict(), "source": "table"})
-        )
+        if table is None:
+            table = profile_table(context, target, precisions)
+        return cls(context, table, check_table(table, target, context, precisions), target)
 
 
-def _float_plan(target: TimingTarget) -> BitPlan:
+def profile_table(
+    context: LatencyContext, target: TimingTarget, precisions: Sequence[str]
+) -> LatencyTable:
+    """Read each layer's change under each precision in whole-model runs; time the float T.
+
+    ``context.min_repeats`` rounds; each round runs the float model and every uniform plan
+    once with hooks on the layers (:attr:`TimingTarget.layer_profile`), each round starting one
+    plan later than the last. A layer's change under ``q`` is the median over rounds of
+    (its ms in the uniform ``q`` plan - its ms in the float model of the same round), so a
+    slow spell of the machine falls on both sides of each difference.
+
+    Raises:
+        TrialEvaluationError: If a plan fails to run.
+    """
+    from quide_search.progress import bar, phase
+
+    choices = (FLOAT, *(q for q in precisions if q != FLOAT))
+    plans = {q: _uniform(target, q) for q in choices}
+    times: dict[str, list[Mapping[str, float]]] = {q: [] for q in choices}
+    rounds = context.min_repeats
+    desc = f"latency table: {len(choices)} uniform plans profiled whole, rounds"
+    for round_ in bar(range(rounds), desc, unit="round"):
+        start = round_ % len(choices)
+        for q in choices[start:] + choices[:start]:
+            times[q].append(_profiled(target, plans[q], context.threads))
+    layers = {name: _layer_row(name, times) for name in target.layers}
+    with phase("latency table: the float model's T"):
+        base_ms = MeasuredLatency(context, target).latency(plans[FLOAT]).median_ms
+    described = {**context.to_dict(), "source": "table", "profile_rounds": rounds}
+    return LatencyTable(base_ms, layers, described)
+
+
+def _profiled(target: TimingTarget, plan: BitPlan, threads: int) -> Mapping[str, float]:
+    """One hooked pass of ``plan`` at ``threads``; a forward that fails fails the table."""
+    try:
+        with torch_threads(threads):
+            return target.layer_profile(plan)
+    except TrialEvaluationError:
+        raise
+    except (RuntimeError, ValueError, MemoryError) as e:
+        precision = next(iter(plan.layers.values()), FLOAT)
+        raise TrialEvaluationError(
+            f"the {precision} plan failed while the latency table profiled it: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _layer_row(name: str, times: Mapping[str, list[Mapping[str, float]]]) -> dict[str, float]:
+    """One layer's ms per precision: its median float time plus its median paired change."""
+    floats = times[FLOAT]
+    base = statistics.median(t[name] for t in floats)
+    row = {FLOAT: base}
+    for q, runs in times.items():
+        if q != FLOAT:
+            changes = (run[name] - ref[name] for run, ref in zip(runs, floats, strict=True))
+            row[q] = base + statistics.median(changes)
+    return row
+
+
+def _uniform(target: TimingTarget, precision: str) -> BitPlan:
     from quide_search.plan import BitPlan
 
-    return BitPlan(model="float", dataset="-", layers=dict.fromkeys(target.layers, FLOAT))
-
-
-class _Bound(nn.Module):
-    """A layer called with its recorded extra positional inputs after the first."""
-
-    def __init__(self, layer: nn.Module, rest: tuple[Any, ...]) -> None:
-        super().__init__()
-        self.layer = layer
-        self.rest = rest
-
-    def forward(self, x: Any) -> Any:
-        return self.layer(x, *self.rest)
+    return BitPlan(model="table", dataset="-", layers=dict.fromkeys(target.layers, precision))

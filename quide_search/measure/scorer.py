@@ -20,7 +20,8 @@ from quide_search.backends._base import model_bytes
 from quide_search.backends.calibration import LayerInputs
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.latency import LatencyResult, LatencySource, TimingTarget, torch_threads
-from quide_search.latency._probe import layer_inputs, layer_shapes
+from quide_search.latency._probe import layer_shapes
+from quide_search.latency._profiler import layer_times
 from quide_search.latency.measured import MeasuredLatency
 from quide_search.measure.assembly import LayerCache
 from quide_search.measure.evaluator import Evaluator
@@ -87,6 +88,7 @@ class Scorer:
         device: torch.device,
         cache_mb: float = 4096.0,
         stored_table: Mapping[str, Any] | None = None,
+        stored_check: Sequence[Mapping[str, Any]] | None = None,
         latency: LatencySource | None = None,
         plan: BitPlan | None = None,
     ) -> Scorer:
@@ -94,8 +96,8 @@ class Scorer:
 
         Where the protocol leaves the evaluation's chunk schedule unset (a study being
         created), it is fitted to this machine now (:attr:`chunking` says what was chosen);
-        where its latency source is a table and none is stored, the table is measured now
-        (:meth:`LatencySource.stored` returns it).
+        where its latency source is a table and none is stored, the table is measured and
+        checked now (:class:`~quide_search.latency.TableLatency` holds both).
 
         Args:
             task: The float model and its splits.
@@ -103,6 +105,7 @@ class Scorer:
             device: Where to evaluate and time.
             cache_mb: Bound on the cached quantized layers.
             stored_table: The study's latency table, if it holds one.
+            stored_check: That table's check, if the study holds one (else checked now).
             latency: A latency source to use instead of the protocol's (tests, benchmarks).
             plan: The one plan this scorer is for (``evaluate``): the backend's hazard check
                 covers its layers at their precisions, not every layer at every precision.
@@ -133,8 +136,9 @@ class Scorer:
             evaluator = _evaluator(task, protocol, device, model)
         target = _target(task, cache, protocol.latency.batch_size, device)
         source = latency or make_source(
-            protocol.latency, target, precisions=protocol.search.precisions, stored=stored_table
-        )
+            protocol.latency, target, precisions=protocol.search.precisions,
+            stored=stored_table, stored_check=stored_check,
+        )  # fmt: skip
         return cls(
             task,
             device=device,
@@ -371,25 +375,34 @@ def _target(task: Task, cache: LayerCache, batch_size: int, device: torch.device
         inputs = task.example
     reps = -(-batch_size // inputs.shape[0])
     example = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].to(device)
-    # One decoding step reads every weight for one new token: what the per-layer table and
-    # the analytic estimate time for a causal LM.
+    # One decoding step reads every weight for one new token: what the analytic estimate
+    # counts for a causal LM.
     step = example[:, :1] if task.decode is not None else example
     layers = list(cache.layers)
     decode = task.decode
+    per_call = decode["new_tokens"] if decode is not None else 1
 
-    def runnable(plan: BitPlan) -> torch.nn.Module:
-        model = cache.assemble(plan, exact=True)
+    def call(model: torch.nn.Module) -> torch.nn.Module:
         if decode is None:
             return model
         return GreedyDecode(model, decode["new_tokens"], decode["pad_token_id"])
 
+    def runnable(plan: BitPlan) -> torch.nn.Module:
+        return call(cache.assemble(plan, exact=True))
+
+    def layer_profile(plan: BitPlan) -> dict[str, float]:
+        model = cache.assemble(plan, exact=True)
+        # The assembled view holds the plan's own modules: the hooks go on those.
+        modules = {name: model.get_submodule(name) for name in layers}
+        return layer_times(call(model), modules, example, per_call=per_call,
+                           cuda=device.type == "cuda")  # fmt: skip
+
     return TimingTarget(
         runnable=runnable,
         example=example,
-        per_call=decode["new_tokens"] if decode is not None else 1,
+        per_call=per_call,
         layers=layers,
-        layer=cache.module,
-        step_inputs=partial(layer_inputs, cache.model, step, layers),
+        layer_profile=layer_profile,
         layer_bytes=cache.layer_bytes,
         shapes=partial(layer_shapes, cache.model, step, layers),
     )

@@ -157,11 +157,25 @@ def _notes(summary: SearchSummary) -> list[str]:
             "average."
         )
     if summary.latency_table_check:
-        errors = ", ".join(f"{c['plan']} {c['error']:+.0%}" for c in summary.latency_table_check)
-        lines.append(f"\nlatency table vs measured T on the uniform plans: {errors}")
+        lines.append("\n" + _table_check_text(summary))
     if summary.latency_warning:
         lines.append("\n" + summary.latency_warning)
     return lines
+
+
+def _table_check_text(summary: SearchSummary) -> str:
+    """The latency table's errors on the plans its check timed whole, and whether it was used.
+
+    Studies made before tables were checked (schema 2) stored the uniform plans' errors alone.
+    """
+    rows = summary.latency_table_check or []
+    errors = ", ".join(f"{c['plan']} {c['error']:+.0%}" for c in rows)
+    if summary.latency_table_schema != 3:
+        return f"latency table vs measured T on the uniform plans: {errors}"
+    from quide_search.latency.table_check import TableCheck
+
+    verdict = TableCheck.from_list(rows).verdict()
+    return f"latency table vs T timed whole, interleaved: {errors}\n{verdict}"
 
 
 def _test_notes(test: Mapping[str, Any] | None) -> list[str]:

@@ -86,7 +86,7 @@ def latency_text(latency: Mapping[str, Any]) -> str:
     source = str(latency.get("source", "measured"))
     how = {
         "measured": f"measured, {latency.get('method')}",
-        "table": "per-layer table, each layer timed once and summed",
+        "table": "per-layer table read in whole-model runs, checked before use",
     }.get(source, f"analytic estimate for {latency.get('device')}")
     text = (
         f"T in ms at batch {latency.get('batch_size')}, {threads} "

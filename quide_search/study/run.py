@@ -42,6 +42,9 @@ def run_search(
     check_replaceable(front, ours=is_generated_json, flag="the Pareto front file")
     with torch_threads(config.threads), shown(progress):
         session = open_session(config)
+        fallback = session.latency_fallback()
+        if fallback is not None:
+            echo(fallback)
         parallel = config.workers > 1 and config.trials > 0
         if parallel and session.objective.scorer.device.type == "cpu":
             echo(

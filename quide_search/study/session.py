@@ -49,6 +49,15 @@ class Session:
     storage_url: str
     protocol: Protocol
 
+    def latency_fallback(self) -> str | None:
+        """Why the study's T is measured though it asked for a table (its check failed)."""
+        from quide_search.latency import TableLatency
+
+        source = self.objective.scorer.latency
+        if isinstance(source, TableLatency) and source.fallback is not None:
+            return source.check.verdict()
+        return None
+
 
 def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Session:
     """Create or join the study of ``config``; return it with this process's objective.
@@ -146,12 +155,10 @@ def _create(
     import optuna
 
     from quide_search.measure.scorer import Scorer
-    from quide_search.study.setup import baseline_record, table_check
+    from quide_search.study.setup import baseline_record
 
     scorer = Scorer.build(task, draft, device=device, cache_mb=config.cache_mb)
     protocol = draft.with_chunking(*scorer.chunking)
-    table = scorer.latency.stored()
-    check = table_check(scorer, protocol.search.precisions) if table is not None else None
     baseline = baseline_record(scorer, protocol)
     pareto = protocol.search.objective == "pareto"
     directions: list[Literal["minimize", "maximize"]] = (
@@ -170,9 +177,7 @@ def _create(
             raise
         return joined, None
     study.set_user_attr(StudyKey.PROTOCOL, protocol.to_dict())
-    if table is not None:
-        study.set_user_attr(StudyKey.LATENCY_TABLE, table)
-        study.set_user_attr(StudyKey.LATENCY_TABLE_CHECK, check)
+    _store_table(study, scorer)
     study.set_user_attr(StudyKey.BASELINE, baseline)
     with warnings.catch_warnings():
         # set_metric_names is marked experimental but has been stable since Optuna 3.2.
@@ -186,18 +191,30 @@ def _stored_scorer(
 ) -> Scorer:
     """The scorer of a study that exists: its protocol, and its latency table if it has one.
 
-    A table study whose creator was killed before storing the table gets one measured now.
+    A table study whose creator was killed before storing the table (or its check) gets one
+    measured (or checked) now.
     """
     from quide_search.measure.scorer import Scorer
-    from quide_search.study.setup import table_check
 
-    table = wait_for(study, StudyKey.LATENCY_TABLE) if protocol.latency.source == "table" else None
-    scorer = Scorer.build(task, protocol, device=device, cache_mb=cache_mb, stored_table=table)
-    if protocol.latency.source == "table" and table is None:
-        study.set_user_attr(StudyKey.LATENCY_TABLE, scorer.latency.stored())
-        check = table_check(scorer, protocol.search.precisions)
-        study.set_user_attr(StudyKey.LATENCY_TABLE_CHECK, check)
+    table = check = None
+    if protocol.latency.source == "table":
+        table = wait_for(study, StudyKey.LATENCY_TABLE)
+        check = study.user_attrs.get(StudyKey.LATENCY_TABLE_CHECK) if table is not None else None
+    scorer = Scorer.build(task, protocol, device=device, cache_mb=cache_mb, stored_table=table,
+                          stored_check=check)  # fmt: skip
+    if check is None:
+        _store_table(study, scorer)
     return scorer
+
+
+def _store_table(study: optuna.Study, scorer: Scorer) -> None:
+    """Store the scorer's latency table and its check, where T comes from a table."""
+    from quide_search.latency import TableLatency
+
+    source = scorer.latency
+    if isinstance(source, TableLatency):
+        study.set_user_attr(StudyKey.LATENCY_TABLE, source.table.to_dict())
+        study.set_user_attr(StudyKey.LATENCY_TABLE_CHECK, source.check.to_list())
 
 
 def _baseline(study: optuna.Study, scorer: Scorer, protocol: Protocol) -> Gate:

@@ -1,4 +1,4 @@
-"""What a study holds before its first trial: baseline, table check, queued plans, sensitivity.
+"""What a study holds before its first trial: baseline, queued plans, sensitivity.
 
 Each step is stored once and reused: a process that finds one done reads it, so a resume
 after a kill during set-up goes on where it stopped.
@@ -7,7 +7,6 @@ after a kill during set-up goes on where it stopped.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import QuideError
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
     from quide_search.protocol import Protocol
     from quide_search.search.objective import PlanObjective
 
-__all__ = ["baseline_record", "prepare_queue", "study_sensitivity", "table_check"]
+__all__ = ["baseline_record", "prepare_queue", "study_sensitivity"]
 
 
 def baseline_record(scorer: Scorer, protocol: Protocol) -> dict[str, Any]:
@@ -34,23 +33,6 @@ def baseline_record(scorer: Scorer, protocol: Protocol) -> dict[str, Any]:
     gate = protocol.gate_for(measurement.P)
     metrics = measurement.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
     return {**metrics.to_dict(), TrialKey.LATENCY_REPEATS: measurement.latency_repeats}
-
-
-def table_check(scorer: Scorer, precisions: Sequence[str]) -> list[dict[str, Any]]:
-    """The table's T beside a measured T for each uniform plan (stored with the table)."""
-    from quide_search.progress import bar
-
-    check = []
-    desc = "latency table check: uniform plans timed whole"
-    for precision in bar(precisions, desc, unit="plan"):
-        plan = scorer.uniform_plan(precision)
-        predicted = scorer.latency.latency(plan).median_ms
-        measured = scorer.time_plan(plan).median_ms
-        check.append(
-            {"plan": precision, "predicted_ms": predicted, "measured_ms": measured,
-             "error": predicted / measured - 1.0}
-        )  # fmt: skip
-    return check
 
 
 def prepare_queue(study: optuna.Study, objective: PlanObjective, *, warm_start: bool) -> None:

@@ -71,6 +71,7 @@ class SearchSummary:
     latency_warning: str | None = None
     early_stop: dict[str, Any] | None = None
     latency_table_check: list[dict[str, Any]] | None = None
+    latency_table_schema: int | None = None
     warm_start_skipped: str | None = None
 
     @property
@@ -320,6 +321,7 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
         latency_warning=latency_warnings(study),
         early_stop=early_stop_savings(by_state[states.PRUNED]),
         latency_table_check=attrs.get(StudyKey.LATENCY_TABLE_CHECK),
+        latency_table_schema=(attrs.get(StudyKey.LATENCY_TABLE) or {}).get("schema_version"),
         warm_start_skipped=attrs.get(StudyKey.WARM_START_SKIPPED),
     )
 

@@ -374,7 +374,7 @@ def test_study_manager_commands(
     assert main(["show", "--study", "simplecnn-digits"]) == 0
     text = capsys.readouterr().out
     assert "Pareto front over (C max, P max, T min)" in text and "uniform int8" in text
-    assert "(per-layer table, each layer timed once and summed)" in text
+    assert "(per-layer table read in whole-model runs, checked before use)" in text
     # The verdict follows the stored, timed figures: a 4-trial study's plans can all lose to
     # the float model when this machine times the fallback layers slowly.
     verdict = ("keep the model in float for this target" if shown["keep_float"]

@@ -27,7 +27,7 @@ def _target(models: Mapping[str, torch.nn.Module], per_call: int = 1) -> TimingT
 
     return TimingTarget(
         runnable=runnable, example=torch.zeros(1), per_call=per_call, layers=["layer"],
-        layer=lambda n, q: models[q], step_inputs=dict, layer_bytes=lambda p: {},
+        layer_profile=lambda p: {}, layer_bytes=lambda p: {},
         shapes=list,
     )  # fmt: skip
 

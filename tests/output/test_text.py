@@ -13,7 +13,8 @@ def test_latency_text_says_source_threads_and_floor() -> None:
     )
     table = {**measured, "threads": 1, "source": "table"}
     assert latency_text(table) == (
-        "T in ms at batch 1, 1 thread on cpu (per-layer table, each layer timed once and summed)"
+        "T in ms at batch 1, 1 thread on cpu (per-layer table read in whole-model runs, "
+        "checked before use)"
     )
     estimate = {**measured, "source": "model:gpu-h100-sxm", "device": "gpu-h100-sxm",
                 "method": "analytic", "decode": {"new_tokens": 16}}  # fmt: skip

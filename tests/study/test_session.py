@@ -232,7 +232,9 @@ def test_trials_zero_only_prepares_the_study(tmp_path: Path, digits_task) -> Non
     assert "sensitivity" in study.user_attrs and "confirmation" not in study.user_attrs
 
 
-def test_only_the_creator_measures_the_latency_table(tmp_path: Path, digits_task) -> None:  # type: ignore[no-untyped-def]
+def test_only_the_creator_measures_the_latency_table(
+    tmp_path: Path, digits_task, any_error
+) -> None:  # type: ignore[no-untyped-def]
     from quide_search.latency import TableLatency
 
     config = RunConfig(out_dir=str(tmp_path), device="cpu", eval_chunk=32, trials=0,
@@ -242,7 +244,8 @@ def test_only_the_creator_measures_the_latency_table(tmp_path: Path, digits_task
     assert protocol["latency"]["source"] == "table"  # auto, on a CPU
     table = created.study.user_attrs["latency_table"]
     check = created.study.user_attrs["latency_table_check"]
-    assert [c["plan"] for c in check] == list(config.bits)
+    mixed = [f"mixed {i}" for i in range(1, 5)]
+    assert [c["plan"] for c in check] == ["float", *config.bits, *mixed]
     assert isinstance(created.objective.scorer.latency, TableLatency)
     # A joiner reads the table: it measures nothing, and predicts the same T.
     measured: list[int] = []
@@ -347,9 +350,9 @@ def test_each_long_phase_draws_a_bar_and_no_progress_draws_none(
     for phase in (
         "evaluation order and chunks: the float model on 384 samples",
         "latency table: the float model's T",
-        "latency table: each layer timed alone at 4 precisions: 100%",
+        "latency table: 4 uniform plans profiled whole, rounds: 100%",
         "float baseline: P on 384 eval samples and T",
-        "latency table check: uniform plans timed whole: 100%",
+        "latency table check: 8 plans timed whole side by side, rounds: ",
         "sensitivity: each layer group quantized alone, on 64 calibration samples: 100%",
         "confirmation: ",
         "trials: 100%",

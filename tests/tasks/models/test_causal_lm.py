@@ -246,7 +246,10 @@ def test_a_torchao_plan_exports_for_transformers_and_reloads_without_quide_searc
 
     folder, text = tiny_llama
     bits = ("int8", "w8a8", "fp8")
-    config = _lm_config(folder, text, tmp_path, trials=4, backend="torchao", bits=bits)
+    # No warm starts: their plans follow the sensitivity measured on this CPU, which differs
+    # between CPUs; the seeded sampler's fourth plan mixes all three precisions everywhere.
+    config = _lm_config(folder, text, tmp_path, trials=4, backend="torchao", bits=bits,
+                        warm_start=False)  # fmt: skip
     run_search(config, progress=False)
     study = load_study(study=config.study_name, storage=config.storage_url)
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
