@@ -179,7 +179,7 @@ BAD_INPUTS = [
     ),
     (
         ["run", "--study", "t", "--latency", "table:plan.json"],
-        "must be the JSON that quide-search writes",
+        "a latency table must be the JSON quide-search writes (schema 3: base_ms, layers,",
     ),
     (["run", "--sampler", "cmaes"], "CMA-ES models continuous and integer parameters only"),
     (["run", "--sampler", "tpee"], "Did you mean: 'tpe'"),
