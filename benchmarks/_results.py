@@ -15,12 +15,29 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["machine_line", "publish", "write_section"]
+__all__ = ["cpu_flags", "machine_line", "publish", "write_section"]
+
+
+_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
+"""The CPU flags that decide which int8/int4 kernels a runtime can use."""
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`_KERNEL_FLAGS` this CPU has (read from /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in _KERNEL_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def machine_line() -> str:
-    """One line naming the machine, the date and the library versions of a measurement."""
-    cpu = _cpu_name()
+    """One line naming the machine, its kernel-relevant CPU flags, the date and the library
+    versions of a measurement."""
+    cpu = f"{_cpu_name()}; {' '.join(cpu_flags()) or 'no AVX2'}"
     return (
         f"- {dt.date.today().isoformat()}, {os.cpu_count()} cores ({cpu}), Python "
         f"{sys.version.split()[0]}, torch {torch.__version__}, {torch.get_num_threads()} "

@@ -54,10 +54,12 @@ def busy(processes: int) -> Iterator[None]:
             spinner.wait()
 
 
-def one_run(model: str, trials: int, folder: Path, spinners: int) -> dict[str, Any]:
+def one_run(
+    model: str, trials: int, folder: Path, spinners: int, threads: int | None
+) -> dict[str, Any]:
     """One ``run`` of ``model`` with ``spinners`` busy processes; its T figures."""
     config = RunConfig(model=model, dataset=DATASETS[model], trials=trials, device="cpu",
-                       out_dir=str(folder))  # fmt: skip
+                       out_dir=str(folder), latency_threads=threads)  # fmt: skip
     started = time.perf_counter()
     with busy(spinners):
         run_search(config, progress=False, echo=lambda line: None)
@@ -76,6 +78,7 @@ def one_run(model: str, trials: int, folder: Path, spinners: int) -> dict[str, A
     return {
         "model": model,
         "busy": spinners,
+        "latency_threads": threads,
         "table_used": check.passed,
         "table_worst_error": check.worst,
         "finalists": len(ratios),
@@ -91,6 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=str, default="simplecnn,resnet18")
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument(
+        "--latency-threads", type=int, default=None, help="torch threads T is timed with"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--write", type=str, default=None, help="RESULTS.md to update")
     args = parser.parse_args()
@@ -100,14 +106,17 @@ def main() -> None:
         for model in args.models.split(","):
             for spinners in (0, cores):
                 folder = Path(tmp) / f"{model}-{spinners}"
-                rows.append(one_run(model, args.trials, folder, spinners))
+                rows.append(one_run(model, args.trials, folder, spinners, args.latency_threads))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     lines = [
-        "## Search T against confirmed T, idle and busy",
+        "## Search T against confirmed T, idle and busy"
+        + (f" ({args.latency_threads} latency thread)" if args.latency_threads else ""),
         "",
         machine_line(),
         f"- command: `python benchmarks/latency_busy.py --models {args.models} "
-        f"--trials {args.trials}` (busy: {cores} spinning processes, one per core)",
+        f"--trials {args.trials}"
+        + (f" --latency-threads {args.latency_threads}" if args.latency_threads else "")
+        + f"` (busy: {cores} spinning processes, one per core)",
         "",
         "| model | machine | table check: worst error | table used | search T / confirmed T "
         "(finalists) | best stored I' | float I' | run s |",
@@ -122,7 +131,8 @@ def main() -> None:
     ]
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    publish(lines, args.write, "latency_busy")
+    section = "latency_busy" + (f"_t{args.latency_threads}" if args.latency_threads else "")
+    publish(lines, args.write, section)
 
 
 if __name__ == "__main__":

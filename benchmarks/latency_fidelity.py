@@ -163,6 +163,10 @@ def fidelity(name: str, repeats: int, folder: Path) -> dict[str, Any]:
         "median_abs_error": statistics.median(errors),
         "finalists_worst_error": max(finalist_errors),
         "spearman": _spearman(predicted, timed),
+        "timed_range": max(timed) / min(timed),
+        "plans_ms": [
+            {"predicted": p, "measured": m} for p, m in zip(predicted, timed, strict=True)
+        ],
         "finalists": len(finalists),
         "same_best": same,
         "repeats": repeats,
@@ -192,13 +196,13 @@ def main() -> None:
         f"--repeats {args.repeats}`",
         "",
         "| model | layers | table s | its check: worst error (used) | 20 random plans: "
-        "median abs. error | Spearman | finalists: worst error | same best in two "
-        "confirmations | run s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "slowest / fastest | median abs. error | Spearman | finalists: worst error | same best "
+        "in two confirmations | run s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['model']} | {r['layers']} | {r['table_seconds']:.0f} | "
             f"{r['check_worst_error']:.1%} ({'yes' if r['check_passed'] else 'no'}) | "
-            f"{r['median_abs_error']:.1%} | {r['spearman']:.2f} | "
+            f"{r['timed_range']:.2f} | {r['median_abs_error']:.1%} | {r['spearman']:.2f} | "
             f"{r['finalists_worst_error']:.1%} | {r['same_best']} of {r['repeats']} "
             f"({r['finalists']} finalists) | {r['seconds']:.0f} |"
             for r in rows

@@ -19,11 +19,28 @@ from quide_search.plan import DEFAULT_BACKEND, FLOAT, normalize_precision
 from quide_search.study.budget import Budget
 from quide_search.study.storage import check_url, default_storage_url, supports_heartbeat
 
-__all__ = ["MAX_SEED", "RunConfig", "check_seed", "check_study_name", "check_threads"]
+__all__ = [
+    "MAX_SEED",
+    "RunConfig",
+    "check_seed",
+    "check_study_name",
+    "check_threads",
+    "plain_name",
+]
 
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 MAX_SEED = 2**32 - 1
 """The largest seed Optuna's samplers take (numpy's RandomState)."""
+
+
+WORKERS_PER_CORE = 2
+"""``--workers`` at most this many per CPU core: more only oversubscribe the machine."""
+
+
+def plain_name(text: str) -> str:
+    """``text`` as a name that is a valid file name everywhere (letters, digits, ``_-.``):
+    ``mymod:factory`` becomes ``mymod-factory``; lower case, at most 128 characters."""
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", text).strip("-.").lower()[:128] or "study"
 
 
 def check_study_name(name: str, *, flag: str = "--study") -> str:
@@ -177,10 +194,23 @@ class RunConfig:
         ):
             if isinstance(number, bool) or not isinstance(number, int) or number < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, but got {number!r}.")
+        cores = os.cpu_count() or 1
+        if self.workers > WORKERS_PER_CORE * cores:
+            raise ConfigError(
+                f"--workers must be at most {WORKERS_PER_CORE} per CPU core ({cores} cores here: "
+                f"{WORKERS_PER_CORE * cores}), but got {self.workers}. Each worker is a process "
+                "holding its own copy of the model; use fewer, or run more hosts on one --storage."
+            )
         check_seed(self.seed)
         for flag, size in (("--seq-len", self.seq_len), ("--eval-windows", self.eval_windows)):
             if size < 1:
                 raise ConfigError(f"{flag} must be >= 1, but got {size}.")
+        if self.text_file is not None and not self.reads_text:
+            raise ConfigError(
+                "--text-file is read only by causal language models (hf: paths and "
+                f"smollm2-135m), but --model {self.model!r} is not one. Drop --text-file, or "
+                "name a language model."
+            )
 
     def _check_bits(self) -> None:
         try:
@@ -281,19 +311,24 @@ class RunConfig:
             name = self.model
         else:
             name = f"{self.model}-{self.dataset}"
-        return re.sub(r"[^A-Za-z0-9_.\-]+", "-", name).strip("-.").lower()[:128] or "study"
+        return plain_name(name)
 
     @property
     def storage_url(self) -> str:
         """The storage URL: ``--storage`` or a SQLite file under ``out_dir``."""
         return self.storage or default_storage_url(study=self.study_name, out_dir=self.out_dir)
 
+    @property
+    def reads_text(self) -> bool:
+        """Whether the model is a causal LM scored on ``--text-file`` (hf: or embedded)."""
+        return self.model.startswith("hf:") or self.model == "smollm2-135m"
+
     def task_options(self) -> dict[str, Any]:
         """Return the keyword arguments of :func:`quide_search.task.load_task`."""
         from quide_search.tasks.models.causal_lm import HF_PREFIX, TextTask
 
         text = None
-        if self.model.startswith(HF_PREFIX) or self.model == "smollm2-135m":
+        if self.reads_text:
             text = TextTask(
                 path=self.model.removeprefix(HF_PREFIX),
                 # Absolute, so that evaluate finds it from any folder.

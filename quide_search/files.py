@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import json
 import os
 import shutil
@@ -25,11 +26,14 @@ from quide_search.errors import ConfigError
 
 __all__ = [
     "GENERATOR",
+    "MAX_DOCUMENT_BYTES",
     "MANIFEST",
     "atomic_write_text",
+    "check_folder_target",
     "check_path",
     "check_replaceable",
     "is_generated_json",
+    "read_document",
     "stamped",
     "write_directory",
 ]
@@ -38,6 +42,57 @@ GENERATOR = "quide-search"
 """The ``generator`` value of every JSON record quide-search writes."""
 MANIFEST = "quide-manifest.json"
 """The file that lists what a folder written by quide-search holds."""
+
+
+MAX_DOCUMENT_BYTES = 16 * 2**20
+"""The largest plan, table or other document quide-search reads (16 MiB; a plan is kBs)."""
+
+
+def read_document(
+    path: str | os.PathLike[str], *, what: str, max_bytes: int = MAX_DOCUMENT_BYTES
+) -> str:
+    """Read a document (plan, latency table) as UTF-8 text: a regular file of bounded size.
+
+    A device (``/dev/zero``), a FIFO or a socket is refused before it is opened, so the read
+    never hangs or grows without end; so is a file over ``max_bytes``.
+
+    Args:
+        path: The file.
+        what: What it must be, for the message (``plan file``, ``--latency table:PATH``).
+        max_bytes: The largest file accepted (default :data:`MAX_DOCUMENT_BYTES`).
+
+    Raises:
+        FileNotFoundError: If it does not exist (the caller says what to do).
+        ConfigError: If it is not a regular file, is too large, or is not UTF-8 text.
+    """
+    import stat
+
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read ({e.strerror or e}).") from e
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+        raise ConfigError(
+            f"{what} must be a regular file, but {str(p)!r} is {kind}. Give the file's path."
+        )
+    try:
+        with p.open("rb") as file:
+            data = file.read(max_bytes + 1)
+    except OSError as e:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read ({e.strerror or e}).") from e
+    if len(data) > max_bytes:
+        raise ConfigError(
+            f"{what} must be at most {max_bytes / 2**20:g} MiB, but {str(p)!r} is larger. "
+            "Give a smaller file."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text ({e.reason}).") from e
 
 
 def stamped(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,8 +177,12 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     file gets the usual permissions (0666 less the umask), not the temporary file's 0600.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(target)
+        fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(target), dir=target.parent)
+    except OSError as e:  # named by the file asked for, not by a temporary one
+        raise OSError(e.errno, e.strerror, str(target)) from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -154,10 +213,11 @@ def write_directory(
     Raises:
         ConfigError: If ``out`` is a file, or a folder holding files quide-search did not write.
     """
-    _check_folder(Path(out), flag)
+    check_folder_target(Path(out), flag=flag)
     target = Path(os.path.abspath(out))  # "." and "a/.." name a real folder with a parent
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    _remove_stale(target)
+    staging = Path(tempfile.mkdtemp(prefix=_scratch_prefix(target), dir=target.parent))
     try:
         fill(staging)
         files = sorted(str(p.relative_to(staging)) for p in _files(staging))
@@ -166,11 +226,54 @@ def write_directory(
         _normal_permissions(staging)
         _swap_in(staging, target, flag)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
     return target
 
 
-def _check_folder(target: Path, flag: str) -> None:
+_SCRATCH = "quide-scratch"
+
+
+def _scratch_prefix(target: Path) -> str:
+    """The name start of a staging folder or temporary file beside ``target``: it names the
+    process, so a later write of the same target can tell a dead writer's leftovers."""
+    return f".{target.name}.{_SCRATCH}.{os.getpid()}."
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove what writers of ``target`` that no longer run left beside it (a process killed
+    mid-write leaves its staging folder or temporary file; nothing else cleans them)."""
+    start = f".{target.name}.{_SCRATCH}."
+    for leftover in target.parent.glob(f"{glob.escape(start)}*"):
+        pid = leftover.name[len(start) :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(leftover)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a staging folder, temporary file or the link a swap moved aside."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_folder_target(target: Path, *, flag: str) -> None:
+    """Refuse a folder :func:`write_directory` would refuse, before anything is built for it.
+
+    Raises:
+        ConfigError: If ``target`` is a file, or a folder holding files quide-search did not
+            write.
+    """
     if target.exists() and not target.is_dir():
         raise ConfigError(
             f"{flag} must name a folder, but {str(target)!r} is a file. Name a folder (it is "
@@ -223,7 +326,7 @@ def _swap_in(staging: Path, target: Path, flag: str) -> None:
         return
     # No atomic exchange here: move the old folder aside first. A crash between the two
     # renames leaves the old folder beside the target, never a mix of the two.
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    aside = Path(tempfile.mkdtemp(prefix=_scratch_prefix(target), dir=target.parent))
     aside.rmdir()
     os.replace(target, aside)
     os.replace(staging, target)

@@ -201,9 +201,20 @@ class Protocol(_Record):
                 "splits differ from today's). Start a new study with --study NAME; `show` and "
                 "`export` still read this one."
             )
+        self.check_fields(now, study=study)
+
+    def check_fields(self, current: dict[str, Any], *, study: str) -> None:
+        """Refuse a resume where ``current`` (a protocol's dict, or a part of one that the
+        flags alone fix) differs from this protocol on a field that must match.
+
+        Raises:
+            ConfigError: Naming the first field that differs, its flags, both values.
+        """
+        stored = self.to_dict()
         for path, flags in _MUST_MATCH.items():
-            before, after = _get(stored, path), _get(now, path)
-            if before != after:
+            before, after = _get(stored, path), _get(current, path)
+            before = None if before is _ABSENT else before
+            if after is not _ABSENT and before != after:
                 raise ConfigError(
                     f"resuming study {study!r} needs the same {path} ({flags}) as when it was "
                     f"created, but it was {before!r} and is now {after!r}. Use the original "
@@ -226,9 +237,15 @@ class Protocol(_Record):
         return self.model_copy(update={"evaluation": evaluation})
 
 
+_ABSENT = object()
+"""A field that a partial protocol does not give (not compared)."""
+
+
 def _get(data: dict[str, Any], path: str) -> Any:
     for key in path.split("."):
-        data = data.get(key) if isinstance(data, dict) else None  # type: ignore[assignment]
+        if not isinstance(data, dict) or key not in data:
+            return _ABSENT if data is not None else None
+        data = data[key]
     return data
 
 

@@ -115,3 +115,35 @@ def test_only_stamped_files_are_replaceable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--out must name a file, but .* is a folder"):
         check_replaceable(tmp_path, ours=is_generated_json, flag="--out")
     assert stamped({"generator": "x", "a": 1}) == {"generator": "quide-search", "a": 1}
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    from quide_search.files import atomic_write_text
+
+    dead, alive = _dead_pid(), os.getpid()
+    # A checkpoint export and a file write killed mid-way, and one still running here.
+    (tmp_path / f".ck.quide-scratch.{dead}.x1y2").mkdir(mode=0o700)
+    (tmp_path / f".ck.quide-scratch.{dead}.x1y2" / "model.safetensors").write_text("half")
+    (tmp_path / f".plan.json.quide-scratch.{dead}.z9").write_text("{half")
+    running = tmp_path / f".ck.quide-scratch.{alive}.busy"
+    running.mkdir()
+    write_directory(tmp_path / "ck", _fill("x"), kind="checkpoint")
+    atomic_write_text(tmp_path / "plan.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "ck", "plan.json"]
+
+
+def test_a_symlinked_folder_is_replaced_without_leaving_the_old_link(tmp_path: Path) -> None:
+    real = write_directory(tmp_path / "real", _fill("old"), kind="checkpoint")
+    (tmp_path / "l3").symlink_to(real, target_is_directory=True)
+    out = write_directory(tmp_path / "l3", _fill("new"), kind="checkpoint")
+    assert out.is_dir() and not out.is_symlink() and (out / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l3", "real"]

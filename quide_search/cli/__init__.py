@@ -130,30 +130,67 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _full_device(error: BaseException) -> str | None:
-    """One line for an error whose cause is a full disk (or quota), else None.
+    """One line for an error that the machine, not the tool, caused, else None.
 
-    A full disk can surface anywhere (SQLite's "database or disk is full", an OSError with
-    ENOSPC from a write, or Optuna's own error raised while recording the failure); committed
-    trials are kept, and a trial left RUNNING is failed by the next run's heartbeat check.
+    By kind, wherever it surfaces and whichever library raised it: a full disk or quota
+    (SQLite's "database or disk is full", an ``OSError`` with ENOSPC, safetensors' own
+    ``SafetensorError`` naming ``StorageFull``, Optuna's error raised while recording the
+    failure); a path that cannot be written (EACCES, EPERM, EROFS; safetensors'
+    ``PermissionDenied``); a folder on the way that does not exist or cannot be made (ENOENT,
+    ENOTDIR with a file name). Committed trials are kept, and a trial left RUNNING is failed by
+    the next run's heartbeat check.
     """
-    import errno
-
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" ({current.filename})" if current.filename else ""
-            return (
-                f"the disk is full{where}: {current.strerror}. Completed trials are kept; free "
-                "space and run the same command again."
-            )
-        if "database or disk is full" in str(current):
-            return (
-                "the disk holding the study database is full. Completed trials are kept; free "
-                "space and run the same command again."
-            )
+        line = _os_error_line(current) if isinstance(current, OSError) else None
+        line = line or _library_error_line(str(current))
+        if line is not None:
+            return line
         current = current.__cause__ or current.__context__
+    return None
+
+
+def _os_error_line(error: OSError) -> str | None:
+    import errno
+
+    where = f" ({error.filename})" if error.filename else ""
+    name = repr(str(error.filename)) if error.filename else "a file"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"the disk is full{where}: {error.strerror}. Completed trials are kept; free "
+            "space and run the same command again."
+        )
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"{name} must be writable, but it is not ({error.strerror}). Choose a path you "
+            "can write, or change its permissions."
+        )
+    if error.errno in (errno.ENOENT, errno.ENOTDIR) and error.filename:
+        return (
+            f"{name} must be a path quide-search can create, but it cannot be "
+            f"({error.strerror}). Check that each folder on the way exists and is a folder."
+        )
+    return None
+
+
+def _library_error_line(text: str) -> str | None:
+    if "database or disk is full" in text:
+        return (
+            "the disk holding the study database is full. Completed trials are kept; free "
+            "space and run the same command again."
+        )
+    if "StorageFull" in text or "No space left on device" in text:
+        return (
+            "the disk is full: No space left on device. Completed trials are kept; free space "
+            "and run the same command again."
+        )
+    if "PermissionDenied" in text:
+        return (
+            "a file must be writable here, but one is not: permission denied. Choose a path "
+            "you can write, or change its permissions."
+        )
     return None
 
 

@@ -45,8 +45,9 @@ class ExportCommand(Command):
             "--format",
             type=str,
             choices=("json", "yaml", "transformers"),
-            default="json",
-            help="plan file format (default: json); transformers: for an hf: model, a folder "
+            default=None,
+            help="plan file format (default: yaml for an --out ending in .yaml or .yml, else "
+            "json); transformers: for an hf: model, a folder "
             "--out that transformers' AutoModelForCausalLM.from_pretrained loads without "
             "quide-search (torchao plans without int4)",
         )
@@ -74,10 +75,17 @@ class ExportCommand(Command):
             storage=study_storage(args),
             trial=args.trial,
             out=args.out,
-            fmt=args.format,
+            fmt=args.format or _format_of(args.out),
             checkpoint=args.checkpoint,
             model=args.model,
             budget=budget_from_args(args),
         )
         print(f"wrote {path}")
         return 0
+
+
+def _format_of(out: str) -> str:
+    """The plan format an ``--out`` path's suffix asks for (json unless .yaml or .yml)."""
+    from pathlib import Path
+
+    return "yaml" if Path(out).suffix.lower() in (".yaml", ".yml") else "json"

@@ -124,16 +124,19 @@ def read_table(path: str | Path) -> LatencyTable:
     Raises:
         ConfigError: If the file is missing or not a table.
     """
+    from quide_search.files import read_document
+
     file = Path(path)
+    what = "--latency table:PATH"
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as e:
+        data = json.loads(read_document(file, what=what))
+    except FileNotFoundError as e:
         raise ConfigError(
-            f"--latency table:PATH must name a readable JSON file, but {str(file)!r} could not "
-            f"be read ({e.strerror or e}). Give the path of a saved table."
+            f"{what} must name a readable JSON file, but {str(file)!r} does not exist. Give "
+            "the path of a saved table."
         ) from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--latency table:PATH {str(file)!r} is not JSON: {e}.") from e
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ConfigError(f"{what} {str(file)!r} is not a table's JSON: {e}.") from e
     return LatencyTable.from_dict(data)
 
 

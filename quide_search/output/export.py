@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from quide_search.errors import ConfigError, StorageError
 from quide_search.files import (
     atomic_write_text,
+    check_folder_target,
     check_replaceable,
     is_generated_json,
     stamped,
@@ -40,6 +41,20 @@ if TYPE_CHECKING:
 __all__ = ["FORMATS", "export_plan", "select_trial", "task_options", "trusted_factory"]
 
 FORMATS = ("json", "yaml", "transformers")
+
+
+_SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+
+
+def _check_suffix(target: Path, fmt: str) -> None:
+    """Refuse a plan file whose suffix names the other format (YAML in a .json file)."""
+    named = _SUFFIXES.get(target.suffix.lower())
+    if named is not None and named != fmt:
+        raise ConfigError(
+            f"--out must end in a suffix of --format {fmt}, but {str(target)!r} ends in "
+            f"{target.suffix}. Give --out {target.with_suffix('.' + fmt).name}, or --format "
+            f"{named}."
+        )
 
 
 def export_plan(
@@ -84,7 +99,10 @@ def export_plan(
     if fmt == "transformers":
         _check_transformers_args(trial, checkpoint)
     elif trial != "pareto" and not checkpoint:
+        _check_suffix(target, fmt)
         check_replaceable(target, ours=is_generated_json, flag="--out")
+    if trial == "pareto" or checkpoint or fmt == "transformers":
+        check_folder_target(target, flag="--out")  # before a model is built
     loaded, protocol = read_study(study=study, storage=storage)
     if trial == "pareto":
         return _export_front(loaded, protocol, target, fmt=fmt, checkpoint=checkpoint, model=model)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quide_search.errors import PlanError, StorageError
+from quide_search.errors import ConfigError, PlanError, StorageError
 from quide_search.files import stamped
 from quide_search.plan import BitPlan
 from quide_search.protocol import Protocol
@@ -71,16 +71,18 @@ def load_plan(path: str | os.PathLike[str]) -> tuple[BitPlan, dict[str, Any]]:
     Raises:
         PlanError: If the file is missing, not JSON or YAML, or not a valid plan document.
     """
+    from quide_search.files import read_document
+
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_document(p, what="plan file")
     except FileNotFoundError as e:
         raise PlanError(
             f"plan file {str(p)!r} does not exist. Export one with "
             "`quide-search export --study NAME --out plan.json`."
         ) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise PlanError(f"plan file {str(p)!r} cannot be read as UTF-8 text: {e}.") from e
+    except ConfigError as e:
+        raise PlanError(str(e)) from e
     data = _parse(text, p)
     BitPlan.from_dict(data)  # the schema version and the core fields, with their own messages
     try:
@@ -169,6 +171,17 @@ def plan_record(
 
 
 def _parse(text: str, path: Path) -> Any:
+    """The document in ``text``; one that nests deeper than Python recurses is refused."""
+    try:
+        return _parse_text(text, path)
+    except RecursionError as e:
+        raise PlanError(
+            f"plan file {str(path)!r} nests too deeply to be a plan (a plan is a few levels "
+            "deep). Re-export the plan."
+        ) from e
+
+
+def _parse_text(text: str, path: Path) -> Any:
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 

@@ -80,6 +80,7 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     from quide_search.tasks.resolver import load_task
 
     device = resolve_device(config.device)
+    _check_stored_settings(config)
     # The task first: an unknown model or dataset must fail before any storage file exists.
     task = load_task(**config.task_options(), device_type=device.type)
     check_task_runs(task)
@@ -107,6 +108,57 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     objective = _objective(scorer, protocol, _baseline(study, scorer, protocol))
     prepare_queue(study, objective, warm_start=config.warm_start)
     return Session(study=study, objective=objective, storage_url=url, protocol=protocol)
+
+
+def _check_stored_settings(config: RunConfig) -> None:
+    """Refuse a resume whose flags contradict the stored protocol before any model loads.
+
+    Only what the flags alone fix is compared here (backend, precisions, grouping, objective,
+    limits, gate, evaluation batch and early stop); the rest is compared once the model is
+    loaded (:meth:`Protocol.check_resume`). Nothing is created: a storage file that does not
+    exist yet is left alone.
+
+    Raises:
+        ConfigError: Naming the first setting that differs.
+    """
+    from quide_search.protocol import Gate as GateRecord
+    from quide_search.study.storage import storage_file
+
+    path = storage_file(config.storage_url)
+    if path is not None and not path.is_file():
+        return
+    try:
+        stored = _stored_protocol(config)
+    except StorageError:
+        return  # the storage is opened again below, and says what is wrong then
+    if stored is None:
+        return
+    gate = GateRecord(max_drop=config.max_accuracy_drop, min_accuracy=config.min_accuracy)
+    stored.check_fields(
+        {
+            "backend": config.backend,
+            "search": {"precisions": list(config.bits), "granularity": config.granularity,
+                       "objective": config.objective, "max_size_mb": config.max_size_mb,
+                       "max_latency_ms": config.max_latency_ms},
+            "gate": gate.model_dump(mode="json"),
+            "evaluation": {"batch_size": config.eval_batch_size,
+                           "early_stop": config.early_stop},
+        },
+        study=config.study_name,
+    )  # fmt: skip
+
+
+def _stored_protocol(config: RunConfig) -> Protocol | None:
+    """The stored protocol of ``config``'s study, read without writing; None if none."""
+    import optuna
+
+    storage = open_storage(config.storage_url, read_only=True)
+    if config.study_name not in study_names(storage):
+        return None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name=config.study_name, storage=storage)
+    stored = study.user_attrs.get(StudyKey.PROTOCOL)
+    return None if stored is None else Protocol.from_dict(stored, study=config.study_name)
 
 
 def _sampler(config: RunConfig, seed: int) -> Any:

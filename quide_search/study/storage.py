@@ -26,6 +26,7 @@ __all__ = [
     "default_storage_url",
     "open_storage",
     "sqlite_path",
+    "storage_file",
     "study_names",
     "supports_heartbeat",
 ]
@@ -45,6 +46,11 @@ def sqlite_path(url: str) -> Path | None:
         rest = url[len("sqlite:///") :].split("?", 1)[0]
         return Path(rest) if rest and rest != ":memory:" else None
     return None
+
+
+def storage_file(url: str) -> Path | None:
+    """The file of a SQLite or journal storage URL; None for a server's URL."""
+    return sqlite_path(url) or _journal_path(url)
 
 
 def _journal_path(url: str) -> Path | None:
@@ -86,6 +92,7 @@ def check_url(url: str, *, must_exist: bool, read_only: bool = False) -> None:
             f"--storage must point to an existing study file, but {str(path)!r} does not exist. "
             "Run `quide-search run` first or pass the --storage the study was created with."
         )
+    _check_file_kind(path, scheme, url)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise StorageError(
@@ -98,6 +105,56 @@ def check_url(url: str, *, must_exist: bool, read_only: bool = False) -> None:
             f"--storage file {str(path)!r} must be writable to run trials in it, but it is "
             "not. Copy it somewhere writable, or choose another --storage."
         )
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_file_kind(path: Path, scheme: str, url: str) -> None:
+    """Refuse an existing file that is not what the URL says (a text file as a journal would
+    get an Optuna record appended to it; as a SQLite file it fails with a server's advice).
+
+    Raises:
+        StorageError: Naming what the file must be and what to do.
+    """
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise StorageError(
+            f"--storage must name a regular file, but {str(path)!r} (from {url!r}) is not one "
+            "(a device, pipe or socket). Name a file."
+        )
+    if path.stat().st_size == 0:
+        return  # an empty file: SQLite and the journal both start one
+    try:
+        with path.open("rb") as file:
+            head = file.read(4096)
+    except OSError as e:
+        raise StorageError(f"--storage file {str(path)!r} cannot be read ({e.strerror}).") from e
+    if scheme == "sqlite" and not head.startswith(_SQLITE_HEADER):
+        raise StorageError(
+            f"--storage {url!r} must name a SQLite database, but {str(path)!r} is another kind "
+            "of file. Nothing was written to it; name a new file (e.g. sqlite:///studies/x.db)."
+        )
+    if scheme == "journal" and not _is_journal(head):
+        raise StorageError(
+            f"--storage {url!r} must name an Optuna journal file, but {str(path)!r} is another "
+            "kind of file (its first line is not a journal record). Nothing was written to it; "
+            "name a new file (e.g. journal:studies/x.log)."
+        )
+
+
+def _is_journal(head: bytes) -> bool:
+    """Whether ``head`` starts with an Optuna journal record (a JSON object with ``op_code``)."""
+    import json
+
+    first = head.split(b"\n", 1)[0]
+    try:
+        record = json.loads(first)
+    except (ValueError, UnicodeDecodeError):
+        # A record longer than the head read: judged by its opening.
+        return first.startswith(b'{"op_code"') and b"\n" not in head
+    return isinstance(record, dict) and "op_code" in record
 
 
 def supports_heartbeat(url: str) -> bool:

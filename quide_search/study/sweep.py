@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quide_search.config import RunConfig
+from quide_search.config import RunConfig, plain_name
 from quide_search.files import atomic_write_text, check_replaceable, is_generated_json, stamped
 from quide_search.metric import LATENCY_UNIT, gated_index, intelligence_index, knee
 from quide_search.plan import FLOAT
@@ -54,7 +54,8 @@ def run_sweep(config: RunConfig) -> SweepResult:
 
     device = resolve_device(config.device)
     task = load_task(**config.task_options(), device_type=device.type)
-    name = config.study or f"{task.model_name}-{task.dataset_name}"
+    # A factory's name has a colon (mymod:factory): not a file name on every system.
+    name = config.study or plain_name(f"{task.model_name}-{task.dataset_name}")
     out = Path(config.out_dir)
     json_path, csv_path = out / f"{name}.sweep.json", out / f"{name}.sweep.csv"
     check_replaceable(json_path, ours=is_generated_json, flag="the sweep's JSON file")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from quide_search.errors import ConfigError
+from quide_search.files import check_path
+
 __all__ = ["CACHE_ENV", "cache_dir"]
 
 CACHE_ENV = "QUIDE_CACHE_DIR"
@@ -14,9 +17,26 @@ CACHE_ENV = "QUIDE_CACHE_DIR"
 def cache_dir() -> Path:
     """Return the cache directory: ``$QUIDE_CACHE_DIR`` or ``~/.cache/quide-search``.
 
-    The directory is created on first use.
+    The directory is created on first use. A path from the environment gets the checks a
+    path flag gets (a folder, creatable and writable), named by its variable.
+
+    Raises:
+        ConfigError: If the directory is a file, or cannot be created or written.
     """
     root = os.environ.get(CACHE_ENV)
     path = Path(root) if root else Path.home() / ".cache" / "quide-search"
-    path.mkdir(parents=True, exist_ok=True)
+    name = f"the environment variable {CACHE_ENV}" if root else "the cache folder"
+    check_path(path, kind="folder", flag=name)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"{name} must name a folder quide-search can create, but creating {str(path)!r} "
+            f"failed ({e.strerror or e}). Set {CACHE_ENV} to a writable folder."
+        ) from e
+    if not os.access(path, os.W_OK):
+        raise ConfigError(
+            f"{name} must name a writable folder, but {str(path)!r} is not writable. Set "
+            f"{CACHE_ENV} to a writable folder."
+        )
     return path

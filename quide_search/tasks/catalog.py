@@ -57,8 +57,20 @@ def is_factory_spec(model: str) -> bool:
 
 
 def data_dir_path(data_dir: str | None) -> Path:
-    """``--data-dir``, else ``$QUIDE_DATA_DIR``, else ``./data``."""
-    return Path(data_dir or os.environ.get("QUIDE_DATA_DIR") or "data")
+    """``--data-dir``, else ``$QUIDE_DATA_DIR``, else ``./data``.
+
+    Raises:
+        ConfigError: If the folder named is a file (the flag or the variable is named).
+    """
+    if data_dir:
+        return Path(data_dir)
+    env = os.environ.get("QUIDE_DATA_DIR")
+    if env and Path(env).exists() and not Path(env).is_dir():
+        raise ConfigError(
+            f"the environment variable QUIDE_DATA_DIR must name a folder, but {env!r} is a "
+            "file. Point it at the folder that holds the datasets, or unset it."
+        )
+    return Path(env or "data")
 
 
 def check_names(model: str, dataset: str | None) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quide_search.errors import DataError
+from quide_search.errors import ConfigError, DataError
 from quide_search.tasks.catalog import check_served
 from quide_search.tasks.data import DATASETS, DataRequest
 from quide_search.tasks.models import MODELS
@@ -30,6 +30,16 @@ scored on the same data with the same float model."""
 _RECIPE_VERSION = 3
 """Version of the training recipe in the cache key: 2 seeds the initial weights too; 3 trains
 without the held-out test split, so weights that saw its samples are never reused."""
+
+
+def _check_no_text(model: str, text: TextTask | None) -> None:
+    """Refuse ``--text-file`` for a model that reads no text (it would be ignored silently)."""
+    if text is not None and text.text_file:
+        raise ConfigError(
+            "--text-file is read only by causal language models (hf: paths and the embedded "
+            f"ones), but --model {model!r} is not one. Drop --text-file, or name a language "
+            "model."
+        )
 
 
 def load_task(
@@ -72,9 +82,12 @@ def load_task(
         settings = text or TextTask(path=model.removeprefix(HF_PREFIX), text_file=None)
         return causal_lm_task(model, settings, device_type, seed=DATA_SEED)
     if is_factory_spec(model):
+        _check_no_text(model, text)
         return _custom_task(model)
     spec = MODELS.get(model)
-    if spec.loader is not None:
+    if spec.loader is None:
+        _check_no_text(model, text)
+    else:
         task: Task = spec.loader(
             text=text,
             device_type=device_type,

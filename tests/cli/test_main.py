@@ -39,6 +39,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for backend in ("torchao", "bogus"):
         (tmp / f"{backend}-backend.json").write_text(json.dumps({**record, "backend": backend}))
     (tmp / "broken.json").write_text('{"schema_version": 1,')
+    (tmp / "deep.json").write_text("[" * 20_000 + "]" * 20_000)
+    (tmp / "deep.yaml").write_text("[" * 20_000 + "]" * 20_000)
+    (tmp / "notes.txt").write_text("my notes\n")
+    os.mkfifo(tmp / "fifo.json")  # a reader of it would wait for a writer forever
     (tmp / "baseline-string.json").write_text(json.dumps({**record, "baseline": "0.97"}))
     import torch
 
@@ -76,8 +80,23 @@ BAD_INPUTS = [
     (["sweep", "--bits", "9"], "--bits must list precisions among"),
     (["sweep", "--activations", "int4"], "--activations must list activation precisions among"),
     (
-        ["run", "--backend", "torchao", "--bits", "8", "--activations", "none,int8,fp8"],
+        [
+            "run",
+            "--study",
+            "new",
+            "--backend",
+            "torchao",
+            "--bits",
+            "8",
+            "--activations",
+            "none,int8,fp8",
+        ],
         "'w8af8' is not among them. It offers int8, int4, w8a8",
+    ),
+    (
+        ["run", "--backend", "torchao"],  # the study of the quanto run above, before any model
+        "resuming study 'simplecnn-digits' needs the same backend (--backend) as when it was "
+        "created, but it was 'quanto' and is now 'torchao'",
     ),
     (
         ["export", "--study", "simplecnn-digits", "--trial", "99", "--out", "x.json"],
@@ -203,6 +222,11 @@ BAD_INPUTS = [
         "invalid choice: 'xml'",
     ),
     (
+        ["export", "--study", "simplecnn-digits", "--out", "x.json", "--format", "yaml"],
+        "--out must end in a suffix of --format yaml, but 'x.json' ends in .json. Give --out "
+        "x.yaml, or --format json.",
+    ),
+    (
         ["export", "--study", "simplecnn-digits", "--trial", "pareto", "--out", "plan.json"],
         "must name a folder",
     ),
@@ -231,6 +255,29 @@ BAD_INPUTS = [
     (["evaluate", "--plan", "plan.json", "--weights", "garbage.pt"], "fits model"),
     (["evaluate", "--plan", "plan.json", "--dataset", "mnist"], "--dataset must match"),
     (["run", "--workers", "0"], "--workers: must be an integer >= 1, but got 0"),
+    (["run", "--workers", "5000"], "--workers must be at most 2 per CPU core"),
+    (["evaluate", "--plan", "/dev/zero"], "plan file must be a regular file, but '/dev/zero' is"),
+    (["evaluate", "--plan", "fifo.json"], "plan file must be a regular file, but 'fifo.json' is"),
+    (["evaluate", "--plan", "deep.json"], "plan file 'deep.json' nests too deeply to be a plan"),
+    (["evaluate", "--plan", "deep.yaml"], "plan file 'deep.yaml' nests too deeply to be a plan"),
+    (["run", "--latency", "table:fifo.json"], "must be a regular file, but 'fifo.json' is"),
+    (
+        ["run", "--storage", "journal:notes.txt"],
+        "must name an Optuna journal file, but 'notes.txt' is another kind of file",
+    ),
+    (
+        ["run", "--storage", "sqlite:///notes.txt"],
+        "must name a SQLite database, but 'notes.txt' is another kind of file",
+    ),
+    (
+        ["show", "--study", "simplecnn-digits", "--latency-table", "/proc/nope/t.json"],
+        "'/proc/nope/t.json' must be a path quide-search can create, but it cannot be",
+    ),
+    (
+        ["report", "--study", "simplecnn-digits", "--out", "/proc/self/r.html"],
+        "'/proc/self/r.html' must be a path quide-search can create, but it cannot be",
+    ),
+    (["run", "--text-file", "plan.json"], "--text-file is read only by causal language models"),
     (["run", "--heartbeat", "-5"], "--heartbeat: must be an integer >= 0, but got -5"),
     (
         ["run", "--storage", "journal:studies/j.log", "--heartbeat", "5"],
@@ -269,6 +316,49 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert fragment in err
     assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize(
+    ("variable", "argv"),
+    [
+        ("QUIDE_CACHE_DIR", ["run", "--trials", "1"]),
+        ("QUIDE_DATA_DIR", ["run", "--dataset", "mnist", "--trials", "1"]),
+    ],
+)
+def test_a_path_from_the_environment_is_checked_like_a_flag(
+    workdir: Path,
+    variable: str,
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv(variable, "plan.json")  # a file, where a folder must be
+    before = _snapshot(workdir)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"the environment variable {variable} must name a folder, but 'plan.json' is a " in err
+    assert _snapshot(workdir) == before
+
+
+def test_export_refuses_its_folder_before_building_a_model(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import quide_search.output.export as export
+
+    def no_model(*args: object) -> None:
+        raise AssertionError("a model was built before --out was checked")
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(export, "_quantized_model", no_model)
+    study = ["export", "--study", "simplecnn-digits", "--checkpoint"]
+    assert main([*study, "--out", "studies/simplecnn-digits.db"]) == 2
+    assert "--out must name a folder, but 'studies/simplecnn-digits.db' is a file" in (
+        capsys.readouterr().err
+    )
+    assert main([*study, "--out", "studies"]) == 2
+    assert "must be a new or empty folder" in capsys.readouterr().err
 
 
 def test_debug_shows_the_traceback(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -389,6 +479,9 @@ def test_export_formats_from_the_command_line(
     common = ["export", "--study", "simplecnn-digits"]
     assert main([*common, "--format", "yaml", "--out", str(tmp_path / "p.yaml")]) == 0
     assert (tmp_path / "p.yaml").read_text().startswith("generator: quide-search\n")
+    # Without --format, the suffix says which.
+    assert main([*common, "--out", str(tmp_path / "q.yml")]) == 0
+    assert (tmp_path / "q.yml").read_text().startswith("generator: quide-search\n")
     assert main([*common, "--trial", "pareto", "--out", str(tmp_path / "front")]) == 0
     index = json.loads((tmp_path / "front" / "index.json").read_text())
     assert sorted(p.name for p in (tmp_path / "front").iterdir()) == sorted(
@@ -444,8 +537,22 @@ def test_a_full_disk_is_one_line(
     monkeypatch.setattr(run_module, "run_search", enospc)
     assert main(["run", "--trials", "1"]) == 2
     assert "the disk is full (studies/x.pareto.json)" in capsys.readouterr().err
+
     with pytest.raises(OSError):
         main(["run", "--trials", "1", "--debug"])
+
+    def safetensors_full(*args: object, **kwargs: object) -> None:
+        from safetensors import SafetensorError
+
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+            'space left on device" })'
+        )
+
+    monkeypatch.setattr(run_module, "run_search", safetensors_full)
+    assert main(["run", "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the disk is full: No space left on device" in err
 
 
 def test_the_headline_command_runs_offline_and_says_how_to_run_imagenet(

@@ -52,14 +52,17 @@ def test_evaluation_and_timing_keep_their_own_threads(toy_task) -> None:  # type
     assert set(seen) == {1} and torch.get_num_threads() == 2  # conftest restores torch's
 
 
-def test_a_table_source_is_measured_at_build_or_read_from_the_study(toy_task) -> None:  # type: ignore[no-untyped-def]
+def test_a_table_source_is_measured_at_build_or_read_from_the_study(  # type: ignore[no-untyped-def]
+    toy_task, any_error
+) -> None:
     protocol = protocol_for(toy_task, latency="table", latency_sample_ms=0.2)
     protocol = protocol.model_copy(update={"latency": dataclasses.replace(
         protocol.latency, max_repeats=30)})  # fmt: skip
     built = Scorer.build(toy_task, protocol, device=CPU)
     table = built.latency.stored()
     assert table is not None and set(table["layers"]) == {"conv", "fc1", "fc2"}
-    again = Scorer.build(toy_task, protocol, device=CPU, stored_table=table)
+    check = built.latency.check.to_list()
+    again = Scorer.build(toy_task, protocol, device=CPU, stored_table=table, stored_check=check)
     plan = again.uniform_plan("int4")
     assert again.latency.stored() == table
     assert again.measure(plan).T_ms == built.measure(plan).T_ms  # the same prediction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import signal
 import time
 from pathlib import Path
@@ -374,3 +375,30 @@ def test_training_draws_one_step_per_batch(capfd: pytest.CaptureFixture[str]) ->
                          desc="training toy")  # fmt: skip
     err = capfd.readouterr().err
     assert "training toy: 100%" in err and "12/12" in err  # 4 batches (32, 32, 32, 4) x 3
+
+
+def test_a_resume_with_other_flags_is_refused_before_the_model_loads(
+    tmp_path: Path,
+    digits_task,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    from quide_search.tasks import resolver
+
+    config = RunConfig(out_dir=str(tmp_path), device="cpu", trials=0, latency="model:cpu-epyc-2c")
+    run_search(config, progress=False)
+
+    def no_model(**kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(resolver, "load_task", no_model)
+    for changed, field in (
+        ({"bits": ("int8", "int4")}, "search.precisions (--bits, --activations)"),
+        ({"max_accuracy_drop": 0.05}, "gate (--max-accuracy-drop, --min-accuracy)"),
+        ({"granularity": "type"}, "search.granularity (--granularity)"),
+    ):
+        other = dataclasses.replace(config, **changed)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=re.escape(f"needs the same {field} as when")):
+            open_session(other)
+    # The same flags pass the early check and go on to load the model.
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        open_session(config)

@@ -129,6 +129,9 @@ def _load_pretrained(task: TextTask, device_type: str) -> tuple[nn.Module, Any]:
     return model.eval(), tokenizer
 
 
+_MAX_TEXT_BYTES = 2**30  # WikiText-103's training text is half of this
+
+
 def _windows(task: TextTask, tokenizer: Any) -> torch.Tensor:
     path = Path(task.text_file or "")
     if not task.text_file or not path.is_file():
@@ -136,7 +139,14 @@ def _windows(task: TextTask, tokenizer: Any) -> torch.Tensor:
             "--text-file must name a UTF-8 text file to score the language model on (e.g. "
             f"WikiText-2's raw test text), but got {task.text_file!r}. Pass --text-file PATH."
         )
-    ids = tokenizer(path.read_text(encoding="utf-8"))["input_ids"]
+    from quide_search.errors import ConfigError
+    from quide_search.files import read_document
+
+    try:
+        text = read_document(path, what="--text-file", max_bytes=_MAX_TEXT_BYTES)
+    except ConfigError as e:
+        raise DataError(str(e)) from e
+    ids = tokenizer(text)["input_ids"]
     width = task.seq_len + 1
     count = len(ids) // width
     if count < 3:

@@ -27,6 +27,20 @@ def test_factory_model_is_searched(tmp_path: Path) -> None:
     assert set(study.trials[0].params) == {"encode", "decode"}
 
 
+def test_a_factorys_sweep_files_have_plain_names(tmp_path: Path) -> None:
+    from quide_search.study.sweep import run_sweep
+
+    config = RunConfig(model=SPEC, out_dir=str(tmp_path), device="cpu", bits=("float", "int8"),
+                       latency="model:cpu-epyc-2c")  # fmt: skip
+    result = run_sweep(config)
+    # No colon (invalid on Windows, awkward for scp and make): the study's own plain name.
+    assert result.json_path.name == "factories-make_task-custom.sweep.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "factories-make_task-custom.sweep.csv",
+        "factories-make_task-custom.sweep.json",
+    ]
+
+
 def test_factory_score_function_gives_p(tmp_path: Path) -> None:
     config = RunConfig(
         model="factories:make_scored_task", out_dir=str(tmp_path), device="cpu",
