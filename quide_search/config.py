@@ -194,7 +194,8 @@ class RunConfig:
         ):
             if isinstance(number, bool) or not isinstance(number, int) or number < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, but got {number!r}.")
-        cores = os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1  # the cores this process may run on
         if self.workers > WORKERS_PER_CORE * cores:
             raise ConfigError(
                 f"--workers must be at most {WORKERS_PER_CORE} per CPU core ({cores} cores here: "

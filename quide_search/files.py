@@ -235,18 +235,27 @@ _SCRATCH = "quide-scratch"
 
 def _scratch_prefix(target: Path) -> str:
     """The name start of a staging folder or temporary file beside ``target``: it names the
-    process, so a later write of the same target can tell a dead writer's leftovers."""
-    return f".{target.name}.{_SCRATCH}.{os.getpid()}."
+    host and the process, so a later write of the same target on the same host can tell a
+    dead writer's leftovers (on a folder shared between hosts, others' are left alone)."""
+    return f".{target.name}.{_SCRATCH}.{_host()}.{os.getpid()}."
+
+
+def _host() -> str:
+    import socket
+
+    return "".join(c for c in socket.gethostname() if c.isalnum() or c == "-")[:64] or "host"
 
 
 def _remove_stale(target: Path) -> None:
-    """Remove what writers of ``target`` that no longer run left beside it (a process killed
-    mid-write leaves its staging folder or temporary file; nothing else cleans them)."""
-    start = f".{target.name}.{_SCRATCH}."
+    """Remove what writers of ``target`` on this host that no longer run left beside it (a
+    process killed mid-write leaves its staging folder or temporary file; nothing else
+    cleans them). One that cannot be removed (another user's) is left."""
+    start = f".{target.name}.{_SCRATCH}.{_host()}."
     for leftover in target.parent.glob(f"{glob.escape(start)}*"):
         pid = leftover.name[len(start) :].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
-            _remove(leftover)
+            with contextlib.suppress(OSError):
+                _remove(leftover)
 
 
 def _alive(pid: int) -> bool:
@@ -326,7 +335,8 @@ def _swap_in(staging: Path, target: Path, flag: str) -> None:
         return
     # No atomic exchange here: move the old folder aside first. A crash between the two
     # renames leaves the old folder beside the target, never a mix of the two.
-    aside = Path(tempfile.mkdtemp(prefix=_scratch_prefix(target), dir=target.parent))
+    # Not a scratch name: after a crash between the renames it holds the only copy.
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
     aside.rmdir()
     os.replace(target, aside)
     os.replace(staging, target)

@@ -237,8 +237,7 @@ class Protocol(_Record):
         return self.model_copy(update={"evaluation": evaluation})
 
 
-_ABSENT = object()
-"""A field that a partial protocol does not give (not compared)."""
+_ABSENT = object()  # a field that a partial protocol does not give: not compared
 
 
 def _get(data: dict[str, Any], path: str) -> Any:

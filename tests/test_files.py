@@ -127,18 +127,24 @@ def _dead_pid() -> int:
 
 
 def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path: Path) -> None:
-    from quide_search.files import atomic_write_text
+    from quide_search.files import _host, atomic_write_text
 
-    dead, alive = _dead_pid(), os.getpid()
-    # A checkpoint export and a file write killed mid-way, and one still running here.
-    (tmp_path / f".ck.quide-scratch.{dead}.x1y2").mkdir(mode=0o700)
-    (tmp_path / f".ck.quide-scratch.{dead}.x1y2" / "model.safetensors").write_text("half")
-    (tmp_path / f".plan.json.quide-scratch.{dead}.z9").write_text("{half")
-    running = tmp_path / f".ck.quide-scratch.{alive}.busy"
+    dead, alive, host = _dead_pid(), os.getpid(), _host()
+    # A checkpoint export and a file write killed mid-way, one still running here, and one of
+    # a writer on another host sharing the folder.
+    killed = tmp_path / f".ck.quide-scratch.{host}.{dead}.x1y2"
+    killed.mkdir(mode=0o700)
+    (killed / "model.safetensors").write_text("half")
+    (tmp_path / f".plan.json.quide-scratch.{host}.{dead}.z9").write_text("{half")
+    running = tmp_path / f".ck.quide-scratch.{host}.{alive}.busy"
     running.mkdir()
+    elsewhere = tmp_path / f".ck.quide-scratch.other-{host}.{dead}.far"
+    elsewhere.mkdir()
     write_directory(tmp_path / "ck", _fill("x"), kind="checkpoint")
     atomic_write_text(tmp_path / "plan.json", "{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "ck", "plan.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [running.name, elsewhere.name, "ck", "plan.json"]
+    )
 
 
 def test_a_symlinked_folder_is_replaced_without_leaving_the_old_link(tmp_path: Path) -> None:

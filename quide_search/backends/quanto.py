@@ -20,8 +20,6 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-import os
-import shutil
 import sys
 import types
 from collections.abc import Mapping, Sequence
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.backends._base import QuantBackend, layer_failures
+from quide_search.backends._quanto_kernel import prepare_cpu_kernel
 from quide_search.errors import DataError, PlanError
 from quide_search.plan import PRECISIONS, BitPlan, activation_precision, weight_precision
 
@@ -87,7 +86,7 @@ class QuantoBackend(QuantBackend):
 
         quantize_module = _quanto().quantize_module
         if weight_precision(precision) in ("int4", "int2"):
-            _prepare_cpu_kernel()
+            prepare_cpu_kernel(Path(str(_quanto().__file__)).parent)
         self.check_inputs(precision, inputs)
         activations = activation_precision(precision)
         # no_grad, not inference_mode: quanto's int4/int2 packing sets version counters, which
@@ -352,35 +351,6 @@ def _quanto() -> types.ModuleType:
             if sys.modules.get(name) is stand_in:
                 del sys.modules[name]
     return importlib.import_module("optimum.quanto")
-
-
-_KERNEL_READY: list[bool] = []  # once per process
-
-
-def _prepare_cpu_kernel() -> None:
-    """Have torch reuse quanto's int4/int2 CPU kernel whatever PATH the process started with,
-    and say so on stderr when it must really be built.
-
-    torch builds and loads the kernel (a C++ extension) with the first ``ninja`` on PATH, and
-    ninja rebuilds it (60-100 s, in silence) when another ninja version built it last: a
-    process started without the virtual environment's bin on PATH (cron, systemd, an IDE)
-    found Debian's ninja and rebuilt the kernel the install had built with the environment's.
-    So the ninja installed beside this Python (optimum-quanto's own dependency) is put first
-    on PATH, as the install had it.
-    """
-    if _KERNEL_READY:
-        return
-    _KERNEL_READY.append(True)
-    ninja = Path(sys.executable).parent / "ninja"
-    if ninja.is_file() and shutil.which("ninja") != str(ninja):
-        os.environ["PATH"] = os.pathsep.join((str(ninja.parent), os.environ.get("PATH", "")))
-    built = Path(str(_quanto().__file__)).parent / "library/extensions/cpp/build/quanto_cpp.so"
-    if not built.is_file():
-        print(
-            "note: building optimum-quanto's int4/int2 CPU kernel (a C++ extension; once per "
-            "install, about a minute on 2 cores).",
-            file=sys.stderr,
-        )
 
 
 def _wrapper(name: str) -> Any:

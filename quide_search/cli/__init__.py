@@ -132,64 +132,63 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _full_device(error: BaseException) -> str | None:
     """One line for an error that the machine, not the tool, caused, else None.
 
-    By kind, wherever it surfaces and whichever library raised it: a full disk or quota
-    (SQLite's "database or disk is full", an ``OSError`` with ENOSPC, safetensors' own
-    ``SafetensorError`` naming ``StorageFull``, Optuna's error raised while recording the
-    failure); a path that cannot be written (EACCES, EPERM, EROFS; safetensors'
-    ``PermissionDenied``); a folder on the way that does not exist or cannot be made (ENOENT,
-    ENOTDIR with a file name). Committed trials are kept, and a trial left RUNNING is failed by
-    the next run's heartbeat check.
+    By kind, whichever library raised it: a full disk or quota (SQLite's "database or disk
+    is full", an ``OSError`` with ENOSPC, safetensors' own ``SafetensorError`` naming
+    ``StorageFull``, Optuna's error raised while recording the failure: looked for along the
+    whole chain of causes, since committed trials are kept and a trial left RUNNING is failed
+    by the next run's heartbeat check); a path that cannot be opened or created (EACCES,
+    EPERM, EROFS, ENOENT, ENOTDIR with a file name; safetensors' ``PermissionDenied``):
+    only the error itself or its direct cause, so that a fault raised while handling another
+    is not mistaken for one (``--debug`` shows the traceback).
     """
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        line = _os_error_line(current) if isinstance(current, OSError) else None
-        line = line or _library_error_line(str(current))
+        full = _full_line(current)
+        if full is not None:
+            return full + " Completed trials are kept; free space and run the same command again."
+        current = current.__cause__ or current.__context__
+    for near in (error, error.__cause__):
+        line = _path_line(near) if near is not None else None
         if line is not None:
             return line
-        current = current.__cause__ or current.__context__
     return None
 
 
-def _os_error_line(error: OSError) -> str | None:
+def _full_line(error: BaseException) -> str | None:
     import errno
 
-    where = f" ({error.filename})" if error.filename else ""
-    name = repr(str(error.filename)) if error.filename else "a file"
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (
-            f"the disk is full{where}: {error.strerror}. Completed trials are kept; free "
-            "space and run the same command again."
-        )
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (
-            f"{name} must be writable, but it is not ({error.strerror}). Choose a path you "
-            "can write, or change its permissions."
-        )
-    if error.errno in (errno.ENOENT, errno.ENOTDIR) and error.filename:
-        return (
-            f"{name} must be a path quide-search can create, but it cannot be "
-            f"({error.strerror}). Check that each folder on the way exists and is a folder."
-        )
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"the disk is full{where}: {error.strerror}."
+    text = str(error)
+    if "database or disk is full" in text:
+        return "the disk holding the study database is full."
+    if "StorageFull" in text or "No space left on device" in text:
+        return "the disk is full: No space left on device."
     return None
 
 
-def _library_error_line(text: str) -> str | None:
-    if "database or disk is full" in text:
+def _path_line(error: BaseException) -> str | None:
+    import errno
+
+    if isinstance(error, OSError) and error.filename:
+        name = repr(str(error.filename))
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return (
+                f"{name} cannot be opened or created: {error.strerror}. Choose a path you can "
+                "read and write, or change its permissions (--debug shows where)."
+            )
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return (
+                f"{name} cannot be opened or created: {error.strerror}. Check that each "
+                "folder on the way exists and is a folder (--debug shows where)."
+            )
+    if "PermissionDenied" in str(error):
         return (
-            "the disk holding the study database is full. Completed trials are kept; free "
-            "space and run the same command again."
-        )
-    if "StorageFull" in text or "No space left on device" in text:
-        return (
-            "the disk is full: No space left on device. Completed trials are kept; free space "
-            "and run the same command again."
-        )
-    if "PermissionDenied" in text:
-        return (
-            "a file must be writable here, but one is not: permission denied. Choose a path "
-            "you can write, or change its permissions."
+            "a file cannot be opened or created: permission denied. Choose a path you can "
+            "read and write, or change its permissions (--debug shows where)."
         )
     return None
 

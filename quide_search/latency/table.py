@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -107,15 +108,25 @@ class LatencyTable:
             )
         try:
             layers = {
-                str(k): {str(q): float(ms) for q, ms in v.items()}
+                str(k): {str(q): _finite(ms) for q, ms in v.items()}
                 for k, v in data["layers"].items()
             }
-            return cls(base_ms=float(data["base_ms"]), layers=layers, context=data["context"])
+            context = data["context"]
+            if not isinstance(context, Mapping):
+                raise TypeError(f"context must be an object, but got {context!r}")
+            return cls(base_ms=_finite(data["base_ms"]), layers=layers, context=context)
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ConfigError(
                 "a latency table must be the JSON that quide-search writes (base_ms, layers, "
                 f"context), but reading it failed: {type(e).__name__}: {e}."
             ) from e
+
+
+def _finite(value: object) -> float:
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError(f"every time must be a finite number of ms, but got {value!r}")
+    return number
 
 
 def read_table(path: str | Path) -> LatencyTable:
@@ -173,7 +184,14 @@ class TableLatency(LatencySource):
         return LatencyResult(median_ms=self._predict(plan.layers))
 
     def predicted_ms(self, layers: Mapping[str, str]) -> float | None:
-        return None if self.fallback is not None else self._predict(layers)
+        """The table's T of a plan, or ``inf`` where it lies outside what the check timed
+        (a price for ranking plans: such a plan ranks last, and fails if it is tried)."""
+        if self.fallback is not None:
+            return None
+        try:
+            return self._predict(layers)
+        except TrialEvaluationError:
+            return math.inf
 
     def stored(self) -> dict[str, Any] | None:
         return self.table.to_dict()
@@ -192,14 +210,17 @@ class TableLatency(LatencySource):
         *,
         table: LatencyTable | None = None,
     ) -> TableLatency:
-        """Measure a table (unless ``table`` is given), check it, and return the source.
+        """Measure a table (unless ``table`` is given), check it, and return the source
+        (with the table on the base its check timed).
 
         Raises:
             TrialEvaluationError: If a plan fails to run while it is profiled or checked.
         """
+        fresh = table is None
         if table is None:
             table = profile_table(context, target, precisions)
-        return cls(context, table, check_table(table, target, context, precisions), target)
+        table, check = check_table(table, target, context, precisions, rebase=fresh)
+        return cls(context, table, check, target)
 
 
 def profile_table(

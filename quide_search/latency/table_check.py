@@ -4,13 +4,15 @@ A table is an estimate: each plan's T is the float model's measured T plus the c
 layer's precision makes, read in whole-model runs of the uniform plans. Before a study uses
 it, the float model, every uniform plan and a few seeded mixed plans are timed whole, side
 by side in interleaved rounds (:func:`~quide_search.latency.confirm.confirm_latency`), and
-their T is compared with the table's. A table that misses any of them by more than
-:data:`TABLE_ERROR_BOUND` is not used: the study takes measured T instead, and says so.
-A table that passes predicts only inside the range it was checked on (:data:`RANGE_FACTOR`).
+their T is compared with the table's. The float model's T among them becomes the table's
+base; a table that misses any other by more than :data:`TABLE_ERROR_BOUND` is not used: the
+study takes measured T instead, and says so. A table that passes predicts only inside the
+range it was checked on (:data:`RANGE_FACTOR`).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,8 @@ __all__ = [
 TABLE_ERROR_BOUND = 0.25
 """The largest |predicted / measured - 1| on any checked plan for a table to be used."""
 RANGE_FACTOR = 2.0
-"""A prediction must lie within [fastest checked T / this, slowest checked T * this]."""
+"""A prediction must lie within [fastest checked T * (1 - :data:`TABLE_ERROR_BOUND`), slowest
+checked T * this]: an optimistic T inflates I', a pessimistic one only costs the plan."""
 MIXED_PLANS = 4
 """Seeded random per-layer plans checked beside the float and uniform plans."""
 _CHECK_SEED = 0  # the mixed plans are the same for every study of a model and choices
@@ -74,8 +77,9 @@ class TableCheck:
 
     @property
     def worst(self) -> float:
-        """The largest |error| over the checked plans."""
-        return max(abs(row.error) for row in self.rows)
+        """The largest |error| over the checked plans (``inf`` if any is not a number)."""
+        errors = [abs(row.error) for row in self.rows]
+        return math.inf if any(math.isnan(e) for e in errors) else max(errors)
 
     @property
     def passed(self) -> bool:
@@ -88,8 +92,9 @@ class TableCheck:
         times = [row.measured_ms for row in self.rows]
         return min(times), max(times)
 
-    def verdict(self) -> str:
-        """One line: the table is used, or why not and what T is instead."""
+    def verdict(self, threads: int | None = None) -> str:
+        """One line: the table is used, or why not and what T is instead (with advice for a
+        busy machine unless T is already timed at one thread)."""
         if self.passed:
             return (
                 f"latency table checked on {len(self.rows)} plans timed whole: worst error "
@@ -98,8 +103,13 @@ class TableCheck:
         return (
             f"latency table not used: it missed the {len(self.rows)} plans timed whole by up "
             f"to {self.worst:.0%} (bound {TABLE_ERROR_BOUND:.0%}), so this study's T is "
-            "measured per trial instead (the machine may be busy; --latency measured says so "
-            "from the start)."
+            "measured per trial instead."
+            + (
+                ""
+                if threads == 1
+                else " If other processes keep the cores busy, T at several threads times "
+                "them as much as the plan; --latency-threads 1 times it steadier."
+            )
         )
 
     def guard(self, predicted_ms: float) -> None:
@@ -107,16 +117,17 @@ class TableCheck:
 
         Raises:
             TrialEvaluationError: If ``predicted_ms`` <= 0 or outside
-                [fastest / :data:`RANGE_FACTOR`, slowest * :data:`RANGE_FACTOR`].
+                [fastest * (1 - :data:`TABLE_ERROR_BOUND`), slowest * :data:`RANGE_FACTOR`].
         """
         low, high = self.range_ms
-        if predicted_ms > 0 and low / RANGE_FACTOR <= predicted_ms <= high * RANGE_FACTOR:
+        floor, ceiling = low * (1 - TABLE_ERROR_BOUND), high * RANGE_FACTOR
+        if predicted_ms > 0 and floor <= predicted_ms <= ceiling:
             return
         raise TrialEvaluationError(
             f"the latency table predicts T = {predicted_ms:.4g} ms for this plan, outside the "
-            f"{low:.4g}-{high:.4g} ms of the plans its check timed (within {RANGE_FACTOR:g}x "
-            "must hold): an estimate that cannot be trusted, not a score. Use --latency "
-            "measured if many trials fail so."
+            f"{floor:.4g}-{ceiling:.4g} ms it may predict (the plans its check timed took "
+            f"{low:.4g}-{high:.4g} ms): an estimate that cannot be trusted, not a score. Use "
+            "--latency measured if many trials fail so."
         )
 
     def to_list(self) -> list[dict[str, Any]]:
@@ -171,12 +182,25 @@ def check_table(
     target: TimingTarget,
     context: LatencyContext,
     precisions: Sequence[str],
-) -> TableCheck:
+    *,
+    rebase: bool = False,
+) -> tuple[LatencyTable, TableCheck]:
     """Time the check's plans whole, interleaved, and set them beside the table's T.
+
+    With ``rebase`` (a table measured now), the float model's T timed among them becomes the
+    table's base (``base_ms``): a base timed alone, moments earlier, carried whatever the
+    machine did at that moment into every prediction. The float row then agrees by
+    construction, and the other rows check the table's per-layer changes. A table read from
+    a file keeps its base, so that studies sharing the file predict the same T.
+
+    Returns:
+        The table on the re-timed base, and its check.
 
     Raises:
         TrialEvaluationError: If none of the plans can be timed.
     """
+    import dataclasses
+
     from quide_search.latency.confirm import confirm_latency
     from quide_search.plan import BitPlan
 
@@ -185,6 +209,8 @@ def check_table(
              for label, plan in layers.items()}  # fmt: skip
     desc = f"latency table check: {len(plans)} plans timed whole side by side, rounds"
     measured, failed = confirm_latency(plans, target, context, desc=desc)
+    if rebase and FLOAT in measured:
+        table = dataclasses.replace(table, base_ms=measured[FLOAT].median_ms)
     rows = tuple(
         CheckRow(label, table.predict(layers[label]), measured[label].median_ms)
         for label in plans
@@ -195,4 +221,4 @@ def check_table(
         raise TrialEvaluationError(
             f"no plan of the latency table's check could be timed: {reasons}"
         )
-    return TableCheck(rows)
+    return table, TableCheck(rows)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,14 +19,12 @@ from quide_search.backends._base import model_bytes
 from quide_search.backends.calibration import LayerInputs
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.latency import LatencyResult, LatencySource, TimingTarget, torch_threads
-from quide_search.latency._probe import layer_shapes
-from quide_search.latency._profiler import layer_times
 from quide_search.latency.measured import MeasuredLatency
 from quide_search.measure.assembly import LayerCache
 from quide_search.measure.evaluator import Evaluator
 from quide_search.measure.measurement import GateUnreachable, Measurement
+from quide_search.measure.target import timing_target
 from quide_search.plan import FLOAT, BitPlan
-from quide_search.tasks.models.causal_lm import GreedyDecode
 
 if TYPE_CHECKING:
     from quide_search.protocol import Protocol
@@ -134,7 +131,7 @@ class Scorer:
         )  # fmt: skip
         with torch_threads(protocol.evaluation.threads):
             evaluator = _evaluator(task, protocol, device, model)
-        target = _target(task, cache, protocol.latency.batch_size, device)
+        target = timing_target(task, cache, protocol.latency.batch_size, device)
         source = latency or make_source(
             protocol.latency, target, precisions=protocol.search.precisions,
             stored=stored_table, stored_check=stored_check,
@@ -185,12 +182,15 @@ class Scorer:
             GateUnreachable: If the evaluation stopped early; no latency was taken.
         """
         t0 = time.perf_counter()
+        # A table or an estimate answers at once, and may refuse the plan: ask it first, so
+        # a refused plan costs no evaluation.
+        early = self.latency.latency(plan) if self.latency.deterministic else None
         model = self.cache.assemble(plan)
         t1 = time.perf_counter()
         with torch_threads(self.eval_threads):
             accuracy, perplexity = self._score(self.evaluator, model, floor, confidence, on_chunk)
         t2 = time.perf_counter()
-        latency = self.latency.latency(plan)
+        latency = early or self.latency.latency(plan)
         t3 = time.perf_counter()
         stored = self.cache.stored_bytes(plan)
         paths = self.cache.kernel_paths(plan)
@@ -362,47 +362,3 @@ def _evaluator(
         if settings.first_chunk is None:
             return evaluator.fit_chunking(model)
     return evaluator.with_chunking(settings.first_chunk, settings.probes)
-
-
-def _target(task: Task, cache: LayerCache, batch_size: int, device: torch.device) -> TimingTarget:
-    """What latency sources may ask of ``task``'s model, built from ``cache``."""
-    # Real eval samples as the timed input, repeated if the split is smaller; a causal LM's
-    # prompt is the start of an eval window.
-    inputs = task.splits.eval.inputs
-    if task.decode is not None:
-        inputs = inputs[:, : task.decode["prompt_tokens"]]
-    if task.example is not None:
-        inputs = task.example
-    reps = -(-batch_size // inputs.shape[0])
-    example = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].to(device)
-    # One decoding step reads every weight for one new token: what the analytic estimate
-    # counts for a causal LM.
-    step = example[:, :1] if task.decode is not None else example
-    layers = list(cache.layers)
-    decode = task.decode
-    per_call = decode["new_tokens"] if decode is not None else 1
-
-    def call(model: torch.nn.Module) -> torch.nn.Module:
-        if decode is None:
-            return model
-        return GreedyDecode(model, decode["new_tokens"], decode["pad_token_id"])
-
-    def runnable(plan: BitPlan) -> torch.nn.Module:
-        return call(cache.assemble(plan, exact=True))
-
-    def layer_profile(plan: BitPlan) -> dict[str, float]:
-        model = cache.assemble(plan, exact=True)
-        # The assembled view holds the plan's own modules: the hooks go on those.
-        modules = {name: model.get_submodule(name) for name in layers}
-        return layer_times(call(model), modules, example, per_call=per_call,
-                           cuda=device.type == "cuda")  # fmt: skip
-
-    return TimingTarget(
-        runnable=runnable,
-        example=example,
-        per_call=per_call,
-        layers=layers,
-        layer_profile=layer_profile,
-        layer_bytes=cache.layer_bytes,
-        shapes=partial(layer_shapes, cache.model, step, layers),
-    )

@@ -106,7 +106,12 @@ def evaluate_plan(
     protocol = _here(record_protocol(record, path), target)
     options = task_options(protocol)
     options.update({k: v for k, v in (("data_dir", data_dir), ("weights", weights)) if v})
-    if text_file and options["text"] is not None:
+    if text_file and options["text"] is None:
+        raise ConfigError(
+            "--text-file is read only by causal language models, but the plan's model "
+            f"{protocol.task.model!r} is not one. Drop --text-file."
+        )
+    if text_file:
         options["text"] = dataclasses.replace(options["text"], text_file=text_file)
     task = load_task(**options, device_type=target.type)
     stored_backend = plan.backend

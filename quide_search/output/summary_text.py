@@ -174,7 +174,7 @@ def _table_check_text(summary: SearchSummary) -> str:
         return f"latency table vs measured T on the uniform plans: {errors}"
     from quide_search.latency.table_check import TableCheck
 
-    verdict = TableCheck.from_list(rows).verdict()
+    verdict = TableCheck.from_list(rows).verdict(summary.latency.get("threads"))
     return f"latency table vs T timed whole, interleaved: {errors}\n{verdict}"
 
 

@@ -55,7 +55,7 @@ class Session:
 
         source = self.objective.scorer.latency
         if isinstance(source, TableLatency) and source.fallback is not None:
-            return source.check.verdict()
+            return source.check.verdict(source.context.threads)
         return None
 
 
@@ -125,7 +125,7 @@ def _check_stored_settings(config: RunConfig) -> None:
     from quide_search.study.storage import storage_file
 
     path = storage_file(config.storage_url)
-    if path is not None and not path.is_file():
+    if path is not None and (not path.is_file() or path.stat().st_size == 0):
         return
     try:
         stored = _stored_protocol(config)
@@ -153,11 +153,16 @@ def _stored_protocol(config: RunConfig) -> Protocol | None:
     import optuna
 
     storage = open_storage(config.storage_url, read_only=True)
-    if config.study_name not in study_names(storage):
-        return None
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=config.study_name, storage=storage)
-    stored = study.user_attrs.get(StudyKey.PROTOCOL)
+    try:
+        if config.study_name not in study_names(storage):
+            return None
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        study = optuna.load_study(study_name=config.study_name, storage=storage)
+        stored = study.user_attrs.get(StudyKey.PROTOCOL)
+    finally:
+        engine = getattr(storage, "engine", None)  # an RDB storage's connections
+        if engine is not None:
+            engine.dispose()
     return None if stored is None else Protocol.from_dict(stored, study=config.study_name)
 
 
@@ -251,7 +256,7 @@ def _stored_scorer(
     table = check = None
     if protocol.latency.source == "table":
         table = wait_for(study, StudyKey.LATENCY_TABLE)
-        check = study.user_attrs.get(StudyKey.LATENCY_TABLE_CHECK) if table is not None else None
+        check = wait_for(study, StudyKey.LATENCY_TABLE_CHECK) if table is not None else None
     scorer = Scorer.build(task, protocol, device=device, cache_mb=cache_mb, stored_table=table,
                           stored_check=check)  # fmt: skip
     if check is None:

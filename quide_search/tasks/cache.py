@@ -18,13 +18,17 @@ def cache_dir() -> Path:
     """Return the cache directory: ``$QUIDE_CACHE_DIR`` or ``~/.cache/quide-search``.
 
     The directory is created on first use. A path from the environment gets the checks a
-    path flag gets (a folder, creatable and writable), named by its variable.
+    path flag gets (a folder; where missing, one that can be created), named by its variable.
+    An existing folder may be read-only (a cache baked into an image): a write into it then
+    fails where it happens.
 
     Raises:
-        ConfigError: If the directory is a file, or cannot be created or written.
+        ConfigError: If the path is a file, or a missing folder cannot be created.
     """
     root = os.environ.get(CACHE_ENV)
     path = Path(root) if root else Path.home() / ".cache" / "quide-search"
+    if path.is_dir():
+        return path
     name = f"the environment variable {CACHE_ENV}" if root else "the cache folder"
     check_path(path, kind="folder", flag=name)
     try:
@@ -34,9 +38,4 @@ def cache_dir() -> Path:
             f"{name} must name a folder quide-search can create, but creating {str(path)!r} "
             f"failed ({e.strerror or e}). Set {CACHE_ENV} to a writable folder."
         ) from e
-    if not os.access(path, os.W_OK):
-        raise ConfigError(
-            f"{name} must name a writable folder, but {str(path)!r} is not writable. Set "
-            f"{CACHE_ENV} to a writable folder."
-        )
     return path

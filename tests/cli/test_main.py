@@ -271,13 +271,17 @@ BAD_INPUTS = [
     ),
     (
         ["show", "--study", "simplecnn-digits", "--latency-table", "/proc/nope/t.json"],
-        "'/proc/nope/t.json' must be a path quide-search can create, but it cannot be",
+        "'/proc/nope/t.json' cannot be opened or created: No such file or directory. Check",
     ),
     (
         ["report", "--study", "simplecnn-digits", "--out", "/proc/self/r.html"],
-        "'/proc/self/r.html' must be a path quide-search can create, but it cannot be",
+        "'/proc/self/r.html' cannot be opened or created: No such file or directory. Check",
     ),
     (["run", "--text-file", "plan.json"], "--text-file is read only by causal language models"),
+    (
+        ["evaluate", "--plan", "plan.json", "--text-file", "plan.json"],
+        "--text-file is read only by causal language models, but the plan's model 'simplecnn'",
+    ),
     (["run", "--heartbeat", "-5"], "--heartbeat: must be an integer >= 0, but got -5"),
     (
         ["run", "--storage", "journal:studies/j.log", "--heartbeat", "5"],

@@ -61,6 +61,14 @@ def test_a_table_round_trips_through_its_file(tmp_path: Path) -> None:
     (tmp_path / "old.json").write_text(json.dumps({**_table().to_dict(), "schema_version": 1}))
     with pytest.raises(ConfigError, match="must be the JSON quide-search writes"):
         read_table(tmp_path / "old.json")
+    # Times must be finite numbers, and the context an object.
+    nan = {**_table().to_dict(), "base_ms": math.nan}
+    (tmp_path / "nan.json").write_text(json.dumps(nan))
+    with pytest.raises(ConfigError, match="must be a finite number of ms, but got nan"):
+        read_table(tmp_path / "nan.json")
+    (tmp_path / "ctx.json").write_text(json.dumps({**_table().to_dict(), "context": 5}))
+    with pytest.raises(ConfigError, match="context must be an object, but got 5"):
+        read_table(tmp_path / "ctx.json")
     # Tables of layers timed alone are refused, with what to do instead.
     (tmp_path / "v2.json").write_text(json.dumps({**_table().to_dict(), "schema_version": 2}))
     with pytest.raises(ConfigError, match=r"schema 2 \(each layer timed alone\) is no longer"):
@@ -86,16 +94,19 @@ def test_the_check_passes_within_its_bound_and_says_which_way() -> None:
     assert bad.to_list()[1]["error"] == pytest.approx(-0.75)
     with pytest.raises(ConfigError, match="at least one row with measured_ms > 0, but got 0"):
         TableCheck.from_list([])
+    # A row that is not a number fails the check, wherever it stands.
+    assert not _check(("float", 1.0, 1.0), ("int8", math.nan, 2.0)).passed
     with pytest.raises(ConfigError, match="reading it failed: KeyError"):
         TableCheck.from_list([{"plan": "int8"}])
 
 
 def test_a_prediction_outside_what_the_check_timed_fails_its_trial() -> None:
     check = _check(("float", 1.0, 1.0), ("int8", 2.0, 2.0))
-    for inside in (0.5, 1.0, 3.0, 4.0):
+    # Down to 25 % faster than the fastest plan timed, up to twice the slowest.
+    for inside in (0.75, 1.0, 3.0, 4.0):
         check.guard(inside)
-    for outside in (0.49, 4.01, 0.0, -3.0, math.nan):
-        with pytest.raises(TrialEvaluationError, match="outside the 1-2 ms of the plans its"):
+    for outside in (0.74, 4.01, 0.0, -3.0, math.nan):
+        with pytest.raises(TrialEvaluationError, match=r"outside the 0.75-4 ms it may predict"):
             check.guard(outside)
     with pytest.raises(TrialEvaluationError, match=r"predicts T = -3 ms for this plan"):
         check.guard(-3.0)
@@ -181,6 +192,9 @@ def test_a_table_profiled_and_checked_on_the_toy_model(
     labels = [row.plan for row in source.check.rows]
     assert labels == ["float", "int8", "int2", "mixed 1", "mixed 2", "mixed 3", "mixed 4"]
     assert all(row.measured_ms > 0 for row in source.check.rows)
+    # A table measured now takes the float T its check timed beside the others as its base.
+    assert source.check.rows[0].measured_ms == source.table.base_ms
+    assert source.check.rows[0].error == 0.0
     plan = toy_scorer.uniform_plan("int8")
     assert source.label == "table" and source.deterministic
     assert source.latency(plan).median_ms == source.table.predict(plan.layers)
@@ -195,7 +209,7 @@ def test_a_table_profiled_and_checked_on_the_toy_model(
     saved.write_text(json.dumps(source.stored()))
     from_file = dataclasses.replace(context, table_file=str(saved))
     read = make_source(from_file, toy_scorer.target, precisions=("int8",))
-    assert isinstance(read, TableLatency) and read.table == source.table
+    assert isinstance(read, TableLatency) and read.table == source.table  # its base kept
     assert [row.plan for row in read.check.rows][:2] == ["float", "int8"]
     with pytest.raises(ConfigError, match="under 'int4'"):
         make_source(from_file, toy_scorer.target, precisions=("int8", "int4"))

@@ -83,3 +83,5 @@ def test_a_prediction_outside_the_checked_range_fails_that_trial_only(
     assert done and all(t.params["fc1"] != "int2" for t in done)
     assert all(t.user_attrs["latency_source"] == "table" for t in done)
     assert all(t.user_attrs["T_ms"] > 0 for t in done)
+    # The refused plan ranks last when warm starts are priced; they are queued all the same.
+    assert "warm_start_skipped" not in study.user_attrs and study.user_attrs["warm_enqueued"]
