@@ -178,7 +178,8 @@ def main() -> None:
         machine_line(),
         f"- command: `python benchmarks/search_cost.py --seeds {args.seeds} --trials "
         f"{args.trials} --sensitivity-samples {args.sensitivity_samples} --weights "
-        f"{args.weights}` (bits int8,int4,int2 and float, `--latency model:cpu-epyc-2c`, "
+        f"{args.weights}` (per-layer choices int8, int4, int2, float only as the baseline: "
+        "`--bits 8,4,2`, `--latency model:cpu-epyc-2c`, "
         "`--threads 1`; CPU seconds of the process, the float model trained beforehand)",
         "",
         "| seed | CPU s and trials to the target | best I' | recommended P search / test "

@@ -51,9 +51,19 @@ def verdict_lines(summary: SearchSummary) -> list[str]:
     if best.get("P_test") is not None:
         lines.append(
             f"its P: {best['P']:.4f} on the search split it was selected on, "
-            f"{best['P_test']:.4f} on the held-out test split (the unbiased estimate)."
+            f"{best['P_test']:.4f} on the held-out test split ({_held_out(summary)})."
         )
     return lines
+
+
+def _held_out(summary: SearchSummary) -> str:
+    """What the test split is held out from: the search always; the float model's training
+    only for a built-in classifier whose weights quide-search trained or ships (weights
+    given with --weights, a factory's and a pretrained language model's may have seen it)."""
+    task = summary.protocol.get("task", {})
+    if task.get("kind") == "classifier" and not task.get("weights"):
+        return "held out from the search and the float model's training: the unbiased estimate"
+    return "held out from the search; whether the float weights were trained on it is not known"
 
 
 def format_summary(summary: SearchSummary) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import _browser
@@ -54,7 +55,8 @@ def test_report_is_one_offline_file(report: tuple[Path, int, int]) -> None:
     test = page.split("<h2>Held-out test split</h2>")[1].split("<h2>")[0]
     assert "held-out samples the search never saw" in test and "<th>P (test split)</th>" in test
     assert "<td>float</td>" in test
-    assert "on the held-out test split (the unbiased estimate)" in page
+    unbiased = "held out from the search and the float model's training: the unbiased estimate"
+    assert html.escape(f"on the held-out test split ({unbiased})") in page
     assert '<meta name="generator" content="quide-search">' in page
 
 

@@ -23,3 +23,19 @@ def test_latency_text_says_source_threads_and_floor() -> None:
         "per generated token)"
     )
     assert plan_text({"conv1": "int8", "fc": "float"}) == "conv1=int8, fc=float"
+
+
+def test_p_test_is_called_unbiased_only_where_the_weights_never_saw_the_split() -> None:
+    from types import SimpleNamespace
+
+    from quide_search.output.summary_text import _held_out
+
+    def said(**task: object) -> str:
+        return _held_out(SimpleNamespace(protocol={"task": task}))  # type: ignore[arg-type]
+
+    assert said(kind="classifier", weights=None).endswith("the unbiased estimate")
+    for task in ({"kind": "classifier", "weights": "my.pt"}, {"kind": "causal-lm"},
+                 {"kind": "custom"}):  # fmt: skip
+        assert said(**task) == (
+            "held out from the search; whether the float weights were trained on it is not known"
+        )

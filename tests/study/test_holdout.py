@@ -73,7 +73,8 @@ def test_the_recommendation_is_the_best_finalist_passing_both_gates(tested) -> N
     assert summary.best["P_test"] == best["P_test"]
     text = format_summary(summary)
     assert "P_search" in text and "P_test" in text and "gate_test" in text
-    assert f"{best['P_test']:.4f} on the held-out test split (the unbiased estimate)" in text
+    unbiased = "held out from the search and the float model's training: the unbiased estimate"
+    assert f"{best['P_test']:.4f} on the held-out test split ({unbiased})" in text
     assert "300 held-out samples the search never saw" in text
     assert "P_search" in format_study(summary) and "recommended" in format_study(summary)
 
