@@ -36,13 +36,15 @@ def _restore_torch_threads() -> Iterator[None]:
 
 @pytest.fixture
 def any_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Latency tables pass their check whatever this machine's noise: for the tests of how a
-    study uses a table (tests of the check itself keep its bound)."""
+    """Latency tables pass their check, and predict any T > 0, whatever this machine's noise
+    (a busy CI runner can time the check's plans 100x slower): for the tests of how a study
+    uses a table. Tests of the check and its guard keep the real bounds."""
     import math
 
     from quide_search.latency import table_check
 
     monkeypatch.setattr(table_check, "TABLE_ERROR_BOUND", math.inf)
+    monkeypatch.setattr(table_check, "RANGE_FACTOR", math.inf)
 
 
 @pytest.fixture(scope="session")
