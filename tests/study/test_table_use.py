@@ -62,8 +62,9 @@ def test_a_table_with_large_negative_changes_is_not_used_and_the_run_says_so(
     for t in done:
         attrs = t.user_attrs
         assert attrs["latency_source"] == "wall_clock" and attrs["latency_repeats"] >= 20
-        # Measured: quantized layers never run 5x faster than float on this backend's CPU path.
-        assert attrs["T_ms"] > float_ms / 5
+        # Measured, not the table's sum (which the old clamp turned into 1e-6 ms): a pass of
+        # SimpleCNN takes tens of microseconds at least, on any CPU and any load.
+        assert attrs["T_ms"] > 0.01 and float_ms > 0.01
         index = intelligence_index(C=attrs["C"], P=attrs["P"], T_ms=attrs["T_ms"])
         assert attrs["I"] == pytest.approx(index)
         assert attrs["I_prime"] == (attrs["I"] if attrs["gate_passed"] else 0.0)
