@@ -97,6 +97,8 @@ def latency_text(latency: Mapping[str, Any]) -> str:
     sample = latency.get("sample_ms")
     if sample is not None and source == "measured":
         text += f", samples of >= {sample:g} ms"
+    if latency.get("table_rejected"):
+        text += ", as the latency table failed its check"
     return text + ")"
 
 

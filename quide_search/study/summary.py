@@ -76,8 +76,15 @@ class SearchSummary:
 
     @property
     def latency(self) -> dict[str, Any]:
-        """How the study's T was obtained (its protocol's latency context)."""
-        return dict(self.protocol.get("latency", {}))
+        """How the study's T was obtained: its protocol's latency context, with ``source``
+        ``measured`` (and ``table_rejected``) where the table's check sent it to measured T."""
+        latency = dict(self.protocol.get("latency", {}))
+        if self.latency_table_schema == 3 and self.latency_table_check:
+            from quide_search.latency.table_check import TableCheck
+
+            if not TableCheck.from_list(self.latency_table_check).passed:
+                latency.update(source="measured", table_rejected=True)
+        return latency
 
     def to_dict(self) -> dict[str, Any]:
         """Return the summary as plain JSON types (for ``show --json``)."""

@@ -53,6 +53,9 @@ def test_a_table_with_large_negative_changes_is_not_used_and_the_run_says_so(
     assert _run("negative", _table(workdir / "neg.json", -50.0)) == 0
     out = capsys.readouterr().out
     assert out.count("latency table not used: it missed the 8 plans timed whole by up to") == 2
+    # The summary's header says how T was really taken.
+    header = "on cpu (measured, wall_clock, samples of >= 1 ms, as the latency table failed"
+    assert header in out
     study = load_study(study="negative", storage="sqlite:///studies/negative.db")
     check = study.user_attrs["latency_table_check"]
     assert min(c["predicted_ms"] for c in check) < -100  # the table's sums, stored as they were
