@@ -68,24 +68,17 @@ class ExportCommand(Command):
         add_budget_args(parser, what="with --trial best: export")
 
     def run(self, args: argparse.Namespace) -> int:
-        from quide_search.output.export import export_plan
+        from quide_search.output.export import export_plan, plan_format
 
         path = export_plan(
             study=args.study,
             storage=study_storage(args),
             trial=args.trial,
             out=args.out,
-            fmt=args.format or _format_of(args.out),
+            fmt=args.format or plan_format(args.out),
             checkpoint=args.checkpoint,
             model=args.model,
             budget=budget_from_args(args),
         )
         print(f"wrote {path}")
         return 0
-
-
-def _format_of(out: str) -> str:
-    """The plan format an ``--out`` path's suffix asks for (json unless .yaml or .yml)."""
-    from pathlib import Path
-
-    return "yaml" if Path(out).suffix.lower() in (".yaml", ".yml") else "json"

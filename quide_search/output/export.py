@@ -38,12 +38,24 @@ if TYPE_CHECKING:
 
     from quide_search.protocol import Protocol
 
-__all__ = ["FORMATS", "export_plan", "select_trial", "task_options", "trusted_factory"]
+__all__ = [
+    "FORMATS",
+    "export_plan",
+    "plan_format",
+    "select_trial",
+    "task_options",
+    "trusted_factory",
+]
 
 FORMATS = ("json", "yaml", "transformers")
 
 
 _SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+
+
+def plan_format(out: str | os.PathLike[str]) -> str:
+    """The plan file format an ``--out`` path's suffix names (json unless .yaml or .yml)."""
+    return _SUFFIXES.get(Path(out).suffix.lower(), "json")
 
 
 def _check_suffix(target: Path, fmt: str) -> None:
