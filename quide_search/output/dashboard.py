@@ -14,11 +14,13 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["loopback_only", "serve_dashboard", "study_url"]
 
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+REQUEST_TIMEOUT_S = 20.0  # a connection that sends nothing this long mid-request is closed
 _READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -69,6 +71,10 @@ def loopback_only(app: WSGIApplication, *, allow_writes: bool = False) -> WSGIAp
     its own Host header, and optuna-dashboard's API deletes studies, trials and notes on
     request. Checking the Host header stops rebinding; refusing POST, PUT, PATCH and DELETE
     keeps the stored studies read-only unless the user asks otherwise (``--allow-writes``).
+    With writes allowed, a request that changes the study must not come from another site:
+    a browser names the page that sent it in ``Origin`` (a ``text/plain`` POST from any page
+    is sent without asking the server first), so that header, where present, must be this
+    server's own address. Requests without it come from programs such as curl, not pages.
     Refusals are HTTP 403 with a one-line reason.
     """
 
@@ -82,6 +88,13 @@ def loopback_only(app: WSGIApplication, *, allow_writes: bool = False) -> WSGIAp
             return _refuse(
                 start_response,
                 f"{method} changes the study; restart with --allow-writes to allow it",
+            )
+        origin = environ.get("HTTP_ORIGIN")
+        if method not in _READ_METHODS and origin is not None and origin != f"http://{host}":
+            return _refuse(
+                start_response,
+                f"{method} from a page of {origin!r}, not of this dashboard "
+                f"(http://{host}); only the dashboard's own pages may change the study",
             )
         return app(environ, start_response)
 
@@ -100,6 +113,10 @@ def _refuse(start_response: Any, reason: str) -> list[bytes]:
 def _serve(app: WSGIApplication, *, host: str, port: int) -> None:
     """Serve ``app`` with wsgiref until SIGINT, which stops it even in the middle of a request.
 
+    Each connection is answered on its own thread, and one that sends nothing for
+    :data:`REQUEST_TIMEOUT_S` is closed, so one slow or stalled client does not hold up the
+    others (wsgiref alone answers one connection at a time, however long it takes).
+
     optuna-dashboard's own ``run_server`` serves through bottle's wsgiref adapter, whose
     request handler catches whatever the app raises, KeyboardInterrupt included: a Ctrl-C
     that lands while a request is being answered turns into an HTTP 500 and the server keeps
@@ -109,7 +126,7 @@ def _serve(app: WSGIApplication, *, host: str, port: int) -> None:
     """
     from wsgiref.simple_server import make_server
 
-    server = make_server(host, port, app)
+    server = make_server(host, port, app, *_server_classes())
     previous = None
     if threading.current_thread() is threading.main_thread():
 
@@ -124,3 +141,20 @@ def _serve(app: WSGIApplication, *, host: str, port: int) -> None:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         server.server_close()
+
+
+def _server_classes() -> tuple[type[WSGIServer], type[WSGIRequestHandler]]:
+    """wsgiref's server answering each connection on a thread, and its handler with a timeout."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+    class ThreadingServer(ThreadingMixIn, WSGIServer):
+        # At Ctrl-C, server_close() waits for the requests in hand (a stalled one for at
+        # most the timeout), so a reply is not cut off mid-way.
+        daemon_threads = False
+        block_on_close = True
+
+    class TimedHandler(WSGIRequestHandler):
+        timeout = REQUEST_TIMEOUT_S  # the socket's timeout on every read of a request
+
+    return ThreadingServer, TimedHandler

@@ -108,6 +108,38 @@ def test_ctrl_c_during_a_request_answers_it_and_stops_the_server() -> None:
     assert (server.returncode, out, replies) == (0, "stopped\n", [b"answered"]), err
 
 
+_FAST_APP = """
+import sys
+from quide_search.output.dashboard import _serve
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"answered"]
+
+_serve(app, host="127.0.0.1", port=int(sys.argv[1]))
+"""
+
+
+def test_a_stalled_client_does_not_hold_up_the_others() -> None:
+    port = _free_port()
+    server = start([sys.executable, "-c", _FAST_APP, str(port)])
+    try:
+        _wait_until_listening(port, server)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+            stalled.sendall(b"GET / HTTP/1.1\r\nHo")  # half a request, then nothing
+            started = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as reply:
+                assert reply.read() == b"answered"
+            assert time.monotonic() - started < 10
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.communicate(timeout=30)
+        finally:
+            server.kill()
+    assert server.returncode == 0
+
+
 def _wait_until_listening(port: int, server: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while True:
@@ -133,10 +165,11 @@ def test_a_port_in_use_is_a_config_error(tmp_path: Path) -> None:
             serve_dashboard(storage=storage, port=port)
 
 
-def _call(app, method: str, path: str, host: str) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+def _call(app, method: str, path: str, host: str, **headers: str) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
     from wsgiref.util import setup_testing_defaults
 
     environ: dict[str, object] = {"REQUEST_METHOD": method, "PATH_INFO": path, "HTTP_HOST": host}
+    environ.update({f"HTTP_{k.upper()}": v for k, v in headers.items()})
     setup_testing_defaults(environ)
     status: list[str] = []
     body = b"".join(app(environ, lambda s, headers, exc=None: status.append(s)))
@@ -164,5 +197,13 @@ def test_only_loopback_hosts_and_reads_reach_optuna_dashboard(tmp_path: Path) ->
     assert [s.study_name for s in storage.get_all_studies()] == ["kept"]
     writable = loopback_only(wsgi(storage), allow_writes=True)
     assert _call(writable, "DELETE", delete, "evil.example")[0] == "403 Forbidden"
-    assert _call(writable, "DELETE", delete, "127.0.0.1:8080")[0].startswith("204")
+    # A page of another site may send a request to 127.0.0.1; its browser names the page.
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:9999"):
+        status, body = _call(writable, "DELETE", delete, "127.0.0.1:8080", origin=origin)
+        assert status == "403 Forbidden" and b"not of this dashboard" in body, origin
+    assert [s.study_name for s in storage.get_all_studies()] == ["kept"]
+    status, _ = _call(writable, "GET", "/api/studies", "127.0.0.1:8080", origin="http://x.example")
+    assert status == "200 OK"  # reads are not changes
+    own = _call(writable, "DELETE", delete, "127.0.0.1:8080", origin="http://127.0.0.1:8080")
+    assert own[0].startswith("204")
     assert storage.get_all_studies() == []
