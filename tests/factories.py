@@ -41,3 +41,17 @@ def make_scored_task() -> CustomTask:
 
 def not_a_task() -> dict[str, int]:
     return {"model": 1}
+
+
+class KeywordOnly(TwoLayer):
+    """Called as Hugging Face vision models are: ``model(pixel_values=x)``."""
+
+    def forward(self, *, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(pixel_values)
+
+
+def keyword_only_task() -> CustomTask:
+    task = make_task()
+    model = KeywordOnly()
+    model.load_state_dict(task.model.state_dict())
+    return CustomTask(model=model, eval_inputs=task.eval_inputs, eval_labels=task.eval_labels)

@@ -286,9 +286,18 @@ def check_task_runs(task: Task) -> None:
     predict is one error, not a traceback and an empty study.
 
     Raises:
-        ConfigError: If the forward fails, returns no logits, or (top-1 accuracy) an eval or
-            test label is not below the model's number of outputs.
+        ConfigError: If the forward takes its input by keyword only, fails, returns no
+            logits, or (top-1 accuracy) an eval or test label is not below the model's number
+            of outputs.
     """
+    keyword = _keyword_only_input(task.model)
+    if keyword is not None:
+        raise ConfigError(
+            f"--model {task.model_name!r} must take its input as the first positional argument "
+            f"of forward, as quide-search passes each batch, but its forward takes it by "
+            f"keyword only ({keyword}=...). Have the factory return a wrapper module whose "
+            f"forward(self, x) returns model({keyword}=x)."
+        )
     split = task.splits.eval
     device = next((p.device for p in task.model.parameters()), torch.device("cpu"))
     sample = split.inputs[:2].to(device)
@@ -312,3 +321,22 @@ def check_task_runs(task: Task) -> None:
             f"{classes} outputs), but they range over [{low}, {high}]. Check the task's labels "
             "or the model's last layer."
         )
+
+
+def _keyword_only_input(model: torch.nn.Module) -> str | None:
+    """The name of the keyword-only parameter a forward takes its input by, or None where
+    it takes a positional argument (as Hugging Face vision models' ``pixel_values`` can)."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without a readable signature: try it
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                  inspect.Parameter.VAR_POSITIONAL)  # fmt: skip
+    if any(p.kind in positional for p in parameters):
+        return None
+    keywords = [p for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    required = [p.name for p in keywords if p.default is inspect.Parameter.empty]
+    names = required or [p.name for p in keywords]
+    return names[0] if names else None

@@ -99,6 +99,7 @@ def evaluate_plan(
 
     from quide_search.latency import torch_threads
     from quide_search.measure.device import resolve_device
+    from quide_search.measure.evaluator import check_task_runs
     from quide_search.measure.scorer import Scorer
     from quide_search.tasks.resolver import load_task
 
@@ -114,6 +115,7 @@ def evaluate_plan(
     if text_file:
         options["text"] = dataclasses.replace(options["text"], text_file=text_file)
     task = load_task(**options, device_type=target.type)
+    check_task_runs(task)
     stored_backend = plan.backend
     if backend is not None and backend != plan.backend:
         plan, protocol = _on_backend(plan, protocol, task, backend, target)

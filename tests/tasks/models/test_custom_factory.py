@@ -72,6 +72,19 @@ def test_bad_factories_are_one_line_errors(
     assert list(tmp_path.iterdir()) == []  # no study was created
 
 
+def test_a_forward_that_takes_its_input_by_keyword_only_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for command in ("run", "sweep"):
+        assert main([command, "--model", "factories:keyword_only_task", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert "takes it by keyword only (pixel_values=...)" in err
+        assert "forward(self, x) returns model(pixel_values=x)" in err
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
 def test_custom_task_takes_numpy_arrays_and_lists_and_checks_their_dtypes() -> None:
     import numpy as np
     import torch
