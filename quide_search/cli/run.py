@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from quide_search.cli._base import Command
 from quide_search.cli._options import (
@@ -135,4 +136,11 @@ class RunCommand(Command):
         )
         summary = run_search(config, progress=not args.no_progress)
         print(format_summary(summary))
+        if summary.lost_workers:
+            print(
+                f"quide-search run: {len(summary.lost_workers)} worker process(es) did not end "
+                "well (the warnings above say how); the study keeps what they recorded.",
+                file=sys.stderr,
+            )
+            return 1
         return 0

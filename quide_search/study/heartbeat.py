@@ -15,7 +15,7 @@ from quide_search.records import TrialKey
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["fail_stale"]
+__all__ = ["fail_stale", "fail_trials_of"]
 
 
 def fail_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
@@ -41,3 +41,29 @@ def fail_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = Non
                 retry_once(study, stale.params, stale.user_attrs, stale.number, NO_HEARTBEAT)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process failed it first
+
+
+def fail_trials_of(study: optuna.Study, worker: str, reason: str) -> list[int]:
+    """Fail the RUNNING trials of ``worker`` (``host:pid``, a process known to be gone) with
+    ``reason``, and queue each plan once more; return their numbers.
+
+    A process that was killed (SIGKILL from the out-of-memory killer) records nothing, and
+    storages without heartbeats would keep its trial RUNNING for ever.
+    """
+    import optuna
+
+    from quide_search.search.objective import retry_once
+
+    storage = study._storage
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get(TrialKey.WORKER) != worker:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, TrialKey.FAIL_REASON, reason)
+            if storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
+                retry_once(study, trial.params, trial.user_attrs, trial.number, reason)
+                failed.append(trial.number)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it was finished meanwhile (by the heartbeat check of another process)
+    return failed

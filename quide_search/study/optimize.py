@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from quide_search.search.objective import PlanObjective
     from quide_search.study.session import Session
 
-__all__ = ["COUNTED", "STOP_SIGNALS", "completed", "optimize"]
+__all__ = ["COUNTED", "STOP_SIGNALS", "completed", "handlers_restored", "optimize"]
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 """Trial states that count towards --trials: scored in full, or proved to fail the gate."""
@@ -107,12 +107,20 @@ def _signals_between_trials(objective: PlanObjective) -> Iterator[None]:
     storage I/O it only records the signal, and the trial fails the same way at its next
     check. Between trials it records the signal too: the study stops after the trial in hand
     is stored, so no trial is left RUNNING by the signal.
+
+    Once a stop is asked, later signals do not interrupt what it records: a second Ctrl-C, a
+    SIGTERM sent to the whole process group and again by the parent to its workers, or a
+    scheduler's repeated SIGTERM. From then on (until :func:`handlers_restored` ends) they
+    are answered with one line; SIGKILL still stops the process at once.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        if objective.stop_signal is not None:
+            _already_stopping(signum, frame)
+            return
         objective.stop_signal = signum
         if objective.interruptible:
             raise Stopped(signum)
@@ -122,7 +130,38 @@ def _signals_between_trials(objective: PlanObjective) -> Iterator[None]:
         yield
     finally:
         for s, before in previous.items():
-            signal.signal(s, before)
+            signal.signal(s, _already_stopping if objective.stop_signal is not None else before)
+
+
+def _already_stopping(signum: int, frame: FrameType | None) -> None:
+    import sys
+
+    print(
+        f"quide-search: {signal.Signals(signum).name} ignored: already stopping, once the "
+        "running trials are recorded (SIGKILL stops at once and leaves them RUNNING).",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+@contextlib.contextmanager
+def handlers_restored() -> Iterator[None]:
+    """Put back the SIGINT and SIGTERM handlers found on entry when the block ends.
+
+    :func:`optimize` leaves further stop signals ignored after a stop, so that the shutdown
+    after it (workers joined, trials recorded) is not cut short; the caller's handlers come
+    back here, once that shutdown is over.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, before in previous.items():
+            if before is not None:
+                signal.signal(s, before)
 
 
 def completed(study: optuna.Study) -> int:

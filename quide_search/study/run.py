@@ -3,13 +3,20 @@ finalists, score them on the held-out test split, persist the Pareto front and s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from quide_search.config import RunConfig
 from quide_search.files import check_replaceable, is_generated_json
 from quide_search.study.summary import SearchSummary, front_path, persist_front, summarize
+
+if TYPE_CHECKING:
+    import optuna
+
+    from quide_search.study.workers import WorkerPool
 
 __all__ = ["run_search"]
 
@@ -34,13 +41,13 @@ def run_search(
     from quide_search.progress import shown
     from quide_search.study.confirm import confirm_study
     from quide_search.study.holdout import test_study
-    from quide_search.study.optimize import optimize
+    from quide_search.study.optimize import handlers_restored, optimize
     from quide_search.study.session import open_session
     from quide_search.study.workers import WorkerPool
 
     front = front_path(config.study_name, config.storage_url, config.out_dir)
     check_replaceable(front, ours=is_generated_json, flag="the Pareto front file")
-    with torch_threads(config.threads), shown(progress):
+    with torch_threads(config.threads), shown(progress), handlers_restored():
         session = open_session(config)
         fallback = session.latency_fallback()
         if fallback is not None:
@@ -63,11 +70,29 @@ def run_search(
             signum = getattr(e, "signum", signal.SIGINT)
             raise
         finally:
-            for problem in pool.stop(signum=signum) if pool else []:
-                echo(f"warning: {problem}")
+            lost = _stop_workers(session.study, pool, signum, echo) if pool else []
         if config.trials > 0:
             confirm_study(session.study, session.objective, top=config.confirm_top)
             test_study(session.study, session.objective, top=config.confirm_top)
     summary = summarize(session.study, storage_url=session.storage_url, out_dir=config.out_dir)
     persist_front(session.study, summary)
-    return summary
+    return dataclasses.replace(summary, lost_workers=tuple(lost))
+
+
+def _stop_workers(
+    study: optuna.Study, pool: WorkerPool, signum: int | None, echo: Callable[[str], None]
+) -> list[str]:
+    """Stop ``pool``; say how each worker that did not end well ended, and fail the trials
+    it left RUNNING (retried once). Returns those lines."""
+    from quide_search.study.heartbeat import fail_trials_of
+
+    lines = []
+    for end in pool.stop(signum=signum):
+        failed = fail_trials_of(study, end.worker, f"its worker process ended: {end.message}")
+        lines.append(
+            end.message
+            + (f"; its running trial {', '.join(map(str, failed))} was failed and queued "
+               "again" if failed else "")
+        )  # fmt: skip
+        echo(f"warning: {lines[-1]}")
+    return lines

@@ -49,6 +49,7 @@ class SearchSummary:
     passes the gate on the held-out test split (``test``) where they were scored on it.
     ``keep_float`` says that the float
     model scores a higher I' than every feasible plan, so quantizing does not pay here.
+    ``lost_workers`` says how each worker process of this run that did not end well ended.
     """
 
     study_name: str
@@ -73,6 +74,7 @@ class SearchSummary:
     latency_table_check: list[dict[str, Any]] | None = None
     latency_table_schema: int | None = None
     warm_start_skipped: str | None = None
+    lost_workers: tuple[str, ...] = ()
 
     @property
     def latency(self) -> dict[str, Any]:

@@ -12,18 +12,29 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
 from quide_search.config import RunConfig
 
-__all__ = ["WorkerPool"]
+__all__ = ["WorkerEnd", "WorkerPool"]
 
 _READY_TIMEOUT_S = 900.0
 _STOP_GRACE_S = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerEnd:
+    """A worker that did not end well: ``message`` says how; ``worker`` is the ``host:pid``
+    its trials carry in their ``worker`` attribute."""
+
+    worker: str
+    message: str
 
 
 class WorkerPool:
@@ -56,8 +67,8 @@ class WorkerPool:
             return False
         return True
 
-    def stop(self, *, signum: int | None = None) -> list[str]:
-        """Wait for the workers to finish and return one line per worker that did not end well.
+    def stop(self, *, signum: int | None = None) -> list[WorkerEnd]:
+        """Wait for the workers to finish and return each worker that did not end well.
 
         After this process was stopped by ``signum`` (SIGINT or SIGTERM), each worker still
         running gets the same signal at once, so it records its trial as failed and queues it
@@ -74,10 +85,28 @@ class WorkerPool:
             if process.is_alive():
                 process.terminate()
                 process.join()
-            stopped = signum is not None and process.exitcode in (128 + signum, -signum)
-            if process.exitcode != 0 and not stopped:
-                problems.append(f"{process.name} exited with code {process.exitcode}")
+            message = _how_it_ended(process, signum)
+            if message is not None:
+                worker = f"{socket.gethostname()}:{process.pid}"
+                problems.append(WorkerEnd(worker, message))
         return problems
+
+
+def _how_it_ended(process: BaseProcess, signum: int | None) -> str | None:
+    """None for a worker that ended well (or as ``signum`` asked); else one line."""
+    code = process.exitcode
+    if code == 0 or (signum is not None and code in (128 + signum, -signum)):
+        return None
+    if code is None or code >= 0:
+        return f"{process.name} exited with code {code}"
+    killer = signal.Signals(-code)
+    hint = (
+        " (what the kernel's out-of-memory killer sends: fewer --workers or a smaller "
+        "--cache-mb need less memory)"
+        if killer == signal.SIGKILL
+        else ""
+    )
+    return f"{process.name} was killed by {killer.name}{hint}"
 
 
 def _work(config_data: dict[str, Any], index: int, ready: Barrier) -> None:

@@ -93,3 +93,93 @@ def test_sigterm_to_the_parent_stops_its_workers(tmp_path: Path) -> None:
     assert len(counted(after)) < 200
     reasons = {t.user_attrs.get("fail_reason") for t in by_state(after, "FAIL")}
     assert reasons <= {"stopped by SIGTERM while the trial ran"} and reasons
+
+
+def _worker_pid(all_trials: list, parent: int) -> int | None:
+    """The pid of a worker (not ``parent``) with a RUNNING trial, if any."""
+    for t in by_state(all_trials, "RUNNING"):
+        pid = int(str(t.user_attrs.get("worker", ":0")).rsplit(":", 1)[1])
+        if pid not in (0, parent):
+            return pid
+    return None
+
+
+def test_a_worker_killed_by_the_oom_killer_is_reported_and_its_trial_failed(
+    tmp_path: Path,
+) -> None:
+    import os
+    import signal
+
+    from _procs import wait_until
+
+    storage = f"sqlite:///{tmp_path}/{STUDY}.db"
+    process = start(run_args(tmp_path, 16, "--workers", "2", "--early-stop", "off"))
+    found = wait_until(storage, lambda ts: _worker_pid(ts, process.pid) is not None, process)
+    victim = _worker_pid(found, process.pid)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 1, err
+    assert "quide-worker-1 was killed by SIGKILL (what the kernel's out-of-memory killer" in out
+    assert "1 worker process(es) did not end well" in err
+    after = trials(storage)
+    assert not by_state(after, "RUNNING")  # not left RUNNING for ever
+    [lost] = [t for t in by_state(after, "FAIL") if t.user_attrs["worker"].endswith(f":{victim}")]
+    assert lost.user_attrs["fail_reason"].startswith("its worker process ended: quide-worker-1")
+    assert any(t.user_attrs.get("retry_of") == lost.number for t in after)  # retried once
+
+
+def test_a_second_sigterm_does_not_cut_the_shutdown_short(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from _procs import signal_mid_trial
+
+    storage = f"sqlite:///{tmp_path}/{STUDY}.db"
+    process = start(run_args(tmp_path, 200, "--workers", "2", "--early-stop", "off"))
+    both = lambda ts: _worker_pid(ts, process.pid) is not None  # noqa: E731
+    found = signal_mid_trial(storage, both, process, signal.SIGTERM)
+    worker = _worker_pid(found, process.pid)
+    assert worker is not None
+    # As a service manager does: the whole group gets SIGTERM, and again moments later.
+    os.kill(worker, signal.SIGTERM)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    os.kill(worker, signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM; completed trials are kept in the study" in err
+    assert "did not end well" not in err
+    assert not by_state(trials(storage), "RUNNING")
+
+
+def test_after_a_stop_further_signals_are_answered_not_raised(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from quide_search.study.optimize import _signals_between_trials, handlers_restored
+
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("the caller's handler ran inside the block")
+
+    objective = SimpleNamespace(stop_signal=None, interruptible=False)
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        with handlers_restored():
+            with _signals_between_trials(objective):  # type: ignore[arg-type]
+                os.kill(os.getpid(), signal.SIGTERM)  # between trials: recorded, not raised
+                assert objective.stop_signal == signal.SIGTERM
+                objective.interruptible = True
+                os.kill(os.getpid(), signal.SIGTERM)  # a second one: answered, even mid-trial
+            os.kill(os.getpid(), signal.SIGINT)  # during the shutdown after the loop
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        assert signal.getsignal(signal.SIGTERM) is mine  # the caller's, once it is over
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert err.count("ignored: already stopping") == 2, err
+    assert "SIGINT ignored" in err
