@@ -135,7 +135,8 @@ class RunConfig:
     )
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
     latency_threads: int | None = field(
-        default=None, metadata={"help": "torch threads T is timed with (None: --threads)"}
+        default=None,
+        metadata={"help": "torch threads T is timed with (None: 1 on a CPU, else --threads)"},
     )
     latency_sample_ms: float = field(
         default=5.0, metadata={"help": "shortest timed sample on a CPU, ms (0: one pass)"}

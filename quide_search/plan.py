@@ -8,7 +8,7 @@ also names the backend that applies them (``quanto``), which turns them into its
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -26,6 +26,7 @@ __all__ = [
     "normalize_precision",
     "parse_activations",
     "parse_bits",
+    "uniform_layers",
     "weight_bits",
     "weight_precision",
     "with_activations",
@@ -172,6 +173,38 @@ def parse_bits(text: str, *, flag: str = "--bits") -> tuple[str, ...]:
     if len(set(values)) != len(values):
         raise ConfigError(f"{flag} must not repeat a precision, but got {text!r}.")
     return values
+
+
+def uniform_layers(
+    layers: Iterable[str],
+    precision: str,
+    excluded: Mapping[str, Collection[str]],
+    precisions: Sequence[str],
+) -> dict[str, str]:
+    """Every layer at ``precision``, except a layer that cannot run it (``excluded``: layer ->
+    the precisions of ``precisions`` it cannot run), which takes the nearest of its choices:
+    the one with the fewest weight bits above ``precision``, else the most below.
+
+    Raises:
+        ConfigError: If a layer that cannot run ``precision`` has no choice left.
+
+    Example:
+        >>> uniform_layers(["a", "b"], "int4", {"b": ["int4"]}, ["int8", "int4", "int2"])
+        {'a': 'int4', 'b': 'int8'}
+    """
+    out = {}
+    for name in layers:
+        refused = excluded.get(name, ())
+        if precision == FLOAT or precision not in refused:
+            out[name] = precision
+            continue
+        bits = weight_bits(precision)
+        allowed = sorted((q for q in precisions if q not in refused), key=weight_bits)
+        if not allowed:
+            raise ConfigError(f"layer {name!r} can run none of the precisions {precisions}.")
+        above = [q for q in allowed if weight_bits(q) > bits]
+        out[name] = above[0] if above else allowed[-1]
+    return out
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,11 @@ class TaskRecord(_Record):
     fingerprint: str
     """sha256 of the float model's layer names, shapes and weights (``Task.fingerprint``)."""
     weights: str | None = None
+    weights_origin: str | None = None
+    """How the float weights were made (``Task.weights_origin``); ``fingerprint`` is their hash."""
     weights_path: str | None = None
+    """Studies before 2026-12-07 only: the absolute path of the cached weights (not written now:
+    it names nothing on another machine)."""
     data_dir: str | None = None
     eval_samples: _Positive | None = None
     calib_samples: _Positive | None = None
@@ -100,6 +104,30 @@ class Search(_Record):
     objective: Literal["iprime", "pareto"]
     max_size_mb: Annotated[float, Field(gt=0)] | None = None
     max_latency_ms: Annotated[float, Field(gt=0)] | None = None
+    excluded: dict[str, dict[str, str]] = {}
+    """Layer -> {precision of ``precisions`` it cannot run: why}; left out of its choices."""
+
+    def choices(self, layer: str) -> tuple[str, ...]:
+        """The precisions ``layer`` may take: ``precisions`` less those it cannot run."""
+        refused = self.excluded.get(layer, {})
+        return tuple(q for q in self.precisions if q not in refused)
+
+    def exclusion_line(self) -> str | None:
+        """One line naming each precision left out of some layers, and why; None if none."""
+        by_precision: dict[str, list[str]] = {}
+        reasons: dict[str, str] = {}
+        for layer, refused in self.excluded.items():
+            for precision, why in refused.items():
+                by_precision.setdefault(precision, []).append(layer)
+                reasons.setdefault(precision, why)
+        if not by_precision:
+            return None
+        parts = [
+            f"{q} left out of {', '.join(layers[:5])}{' …' if len(layers) > 5 else ''} "
+            f"({reasons[q]})"
+            for q, layers in by_precision.items()
+        ]
+        return "note: " + "; ".join(parts) + "; those layers search the other precisions."
 
 
 # Dotted fields that must match on resume, each with the flag that sets it. The rest (seed,
@@ -268,16 +296,14 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
 
     backend = get_backend(config.backend)
     backend.check_precisions(config.bits, device)
-    hazard = backend.hazard(task.model, device, config.bits, list(task.layers(backend)))
-    if hazard is not None:
-        raise ConfigError(hazard)
-    task_record = _task_record(config, task, backend)
+    task_record = _task_record(config, task, backend)  # first: a model with no layer to search
+    excluded = backend.search_exclusions(task.model, device, config.bits, task_record.layers)
     threads = config.threads or torch.get_num_threads()
     latency = latency_context(
         config.latency,
         device=device,
         batch_size=config.batch_size,
-        threads=config.latency_threads or threads,
+        threads=config.latency_threads or (1 if device.type == "cpu" else threads),
         sample_ms=config.latency_sample_ms or None,
         decode=task.decode_record(),
     )
@@ -292,6 +318,7 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
             objective=config.objective,  # type: ignore[arg-type]
             max_size_mb=config.max_size_mb,
             max_latency_ms=config.max_latency_ms,
+            excluded=excluded,
         ),
         gate=Gate(max_drop=config.max_accuracy_drop, min_accuracy=config.min_accuracy),
         evaluation=Evaluation(
@@ -390,7 +417,7 @@ def _task_record(config: RunConfig, task: Task, backend: QuantBackend) -> TaskRe
         layers=tuple(layers),
         fingerprint=task.fingerprint(),
         weights=config.weights,
-        weights_path=str(task.weights_path) if task.weights_path else None,
+        weights_origin=task.weights_origin,
         data_dir=config.data_dir,
         eval_samples=config.eval_samples,
         calib_samples=config.calib_samples,

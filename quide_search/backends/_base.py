@@ -149,6 +149,85 @@ class QuantBackend(abc.ABC):
         keeps only the first)."""
         return None
 
+    def unfit_layers(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precisions: Sequence[str],
+        layers: Sequence[str],
+    ) -> dict[str, dict[str, str]]:
+        """The ``layers`` that cannot run some of ``precisions`` for their shape: layer ->
+        {precision: why}. A search leaves those precisions out of those layers' choices
+        (:func:`quide_search.protocol.build_protocol`); :meth:`hazard` still refuses a plan that
+        puts a layer at one."""
+        return {}
+
+    def default_bits(
+        self, device: torch.device, activations: Sequence[str] = ("none",)
+    ) -> tuple[str, ...]:
+        """The ``--bits`` of a search that names none: each of int8, int4 and int2 that this
+        backend runs on ``device`` with every one of ``activations``.
+
+        Raises:
+            ConfigError: If none of them is offered.
+        """
+        from quide_search.errors import ConfigError
+        from quide_search.plan import with_activations
+
+        offered = self.precisions(device)
+        bits = tuple(
+            q
+            for q in ("int8", "int4", "int2")
+            if all(p in offered for p in with_activations((q,), activations))
+        )
+        if not bits:
+            raise ConfigError(
+                f"--bits must be given here: the {self.name} backend runs none of int8, int4, "
+                f"int2 on {device.type} with activations {', '.join(activations)}; it offers "
+                f"{', '.join(offered)}."
+            )
+        return bits
+
+    def search_exclusions(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precisions: Sequence[str],
+        layers: Sequence[str],
+    ) -> dict[str, dict[str, str]]:
+        """What each of the searched ``layers`` cannot run of ``precisions`` (layer ->
+        {precision: why}), checked to leave a search: see :meth:`unfit_layers`.
+
+        Raises:
+            ConfigError: If no searched layer can run one of ``precisions``, if a layer can
+                run none of them, or if a precision would crash the process on the layers
+                left at it (:meth:`hazard`).
+        """
+        from quide_search.errors import ConfigError
+
+        excluded = self.unfit_layers(model, device, precisions, layers)
+        for precision in precisions:
+            able = [name for name in layers if precision not in excluded.get(name, {})]
+            why = self.hazard(model, device, (precision,), able or layers)
+            if why is None and not able:
+                reasons = sorted({refused[precision] for refused in excluded.values()})
+                why = (
+                    f"--bits must give precisions some searched layer can run, but no layer "
+                    f"runs {precision} on the {self.name} backend ({'; '.join(reasons)}). "
+                    "Leave it out of --bits."
+                )
+            if why is not None:
+                raise ConfigError(why)
+        for name, refused in excluded.items():
+            if all(q in refused for q in precisions):
+                raise ConfigError(
+                    f"every searched layer must run one of --bits, but {name} runs none of "
+                    f"{', '.join(precisions)} on the {self.name} backend "
+                    f"({'; '.join(sorted(set(refused.values())))}). Add 8 or fp to --bits, or "
+                    "use another --backend."
+                )
+        return excluded
+
     def quantizable_layers(self, model: nn.Module) -> dict[str, int]:
         """Return module name -> weight element count of every layer a plan may quantize.
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,24 +139,28 @@ class TorchaoBackend(QuantBackend):
         (a causal LM's ``lm_head``) are not checked."""
         if "int4" not in precisions:
             return None
-        from torch import nn
-
-        searched = set(self.quantizable_layers(model) if layers is None else layers)
-        refused = [
-            f"{name} ({module.in_features} -> {module.out_features})"
-            for name, module in model.named_modules()
-            if name in searched
-            and isinstance(module, nn.Linear)
-            and (int4_group_size(module.in_features) is None or module.out_features % 16)
-        ]
-        if not refused:
+        unfit = _int4_unfit(model, self.quantizable_layers(model) if layers is None else layers)
+        if not unfit:
             return None
+        refused = [f"{name} ({shape})" for name, shape in unfit.items()]
         return (
-            "int4 on the torchao backend needs each Linear's in_features divisible by 32 and "
-            f"out_features by 16 (torchao's CPU int4 layout), but {', '.join(refused[:5])} "
+            f"{_INT4_SHAPES}, but {', '.join(refused[:5])} "
             f"{'does' if len(refused) == 1 else 'do'} not. Leave 4 out of --bits (or those "
             "layers out of int4), or use --backend quanto."
         )
+
+    def unfit_layers(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precisions: Sequence[str],
+        layers: Sequence[str],
+    ) -> dict[str, dict[str, str]]:
+        """The Linears of ``layers`` whose shape int4's CPU packing cannot take."""
+        if "int4" not in precisions:
+            return {}
+        return {name: {"int4": f"{_INT4_SHAPES} ({shape})"}
+                for name, shape in _int4_unfit(model, layers).items()}  # fmt: skip
 
     def quantization_map(self, plan: BitPlan) -> dict[str, Any]:
         """Each layer's torchao configuration and activation precision."""
@@ -250,6 +254,26 @@ def _torchao() -> Any:
     finally:
         quiet.setLevel(level)
     return torchao
+
+
+_INT4_SHAPES = (
+    "int4 on the torchao backend needs each Linear's in_features divisible by 32 and "
+    "out_features by 16 (torchao's CPU int4 layout)"
+)
+
+
+def _int4_unfit(model: nn.Module, layers: Iterable[str]) -> dict[str, str]:
+    """The Linears among ``layers`` that int4's CPU packing cannot take: name -> shape."""
+    from torch import nn
+
+    searched = set(layers)
+    return {
+        name: f"{module.in_features} -> {module.out_features}"
+        for name, module in model.named_modules()
+        if name in searched
+        and isinstance(module, nn.Linear)
+        and (int4_group_size(module.in_features) is None or module.out_features % 16)
+    }
 
 
 def _unavailable(precision: str, device: torch.device) -> str | None:

@@ -172,7 +172,8 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="torch threads that T alone is timed with, recorded with T; evaluation keeps "
-        "--threads. On a shared CPU, 1 makes T repeat more closely (default: --threads)",
+        "--threads (default: 1 on a CPU, where other processes then move T least; "
+        "--threads on a GPU)",
     )
     group.add_argument(
         "--latency-sample-ms",
@@ -217,10 +218,11 @@ def add_bits_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     group.add_argument(
         "--bits",
         type=str,
-        default="8,4,2",
+        default=None,
         help="per-layer weight precisions: int8 (8), int4 (4), int2 (2), fp8 (f8), float "
         "(fp: keep the layer in float), or weights and activations W{8,4,2,f8}A{8,f8} such as "
-        "w8a8 (default: 8,4,2)",
+        "w8a8 (default: those of int8, int4, int2 the backend runs on the device: 8,4,2 for "
+        "quanto, 8,4 for torchao on a CPU)",
     )
     add_activations_arg(group)
 
@@ -276,6 +278,21 @@ def study_storage(args: argparse.Namespace) -> str:
     return str(args.storage or default_storage_url(study=args.study))
 
 
+def _bits(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """--bits paired with --activations; where --bits is not given, the weight-only int8,
+    int4 and int2 that the backend runs on the device (:meth:`QuantBackend.default_bits`)."""
+    if not hasattr(args, "bits"):
+        return None
+    activations = parse_activations(getattr(args, "activations", None) or "none")
+    if args.bits is not None:
+        return with_activations(parse_bits(args.bits), activations)
+    from quide_search.backends import get_backend
+    from quide_search.measure.device import resolve_device
+
+    bits = get_backend(args.backend).default_bits(resolve_device(args.device), activations)
+    return with_activations(bits, activations)
+
+
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     """Build the validated RunConfig from parsed arguments (CLI > defaults)."""
     from quide_search.config import RunConfig
@@ -286,10 +303,8 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         drop = 0.01
     from quide_search.tasks.catalog import check_names, default_dataset
 
-    bits = parse_bits(args.bits) if getattr(args, "bits", None) is not None else None
-    if bits is not None and getattr(args, "activations", None) is not None:
-        bits = with_activations(bits, parse_activations(args.activations))
     check_names(args.model, args.dataset)  # before anything imports torch: a typo answers at once
+    bits = _bits(args)
     dataset = args.dataset
     if dataset is None:
         dataset, note = default_dataset(args.model, args.data_dir)

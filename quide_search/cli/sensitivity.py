@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from quide_search.cli._base import Command
 from quide_search.cli._options import (
@@ -47,6 +48,9 @@ class SensitivityCommand(Command):
             args, trials=0, study=args.study, storage=args.storage, out_dir=args.out_dir
         )
         session = open_session(config)
+        note = session.protocol.search.exclusion_line()
+        if note is not None:
+            print(note, file=sys.stderr)
         table = study_sensitivity(session.study, session.objective)
         if args.json:
             print(json.dumps(table, indent=2))

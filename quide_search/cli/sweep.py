@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from quide_search.cli._base import Command
 from quide_search.cli._options import (
@@ -56,5 +57,8 @@ class SweepCommand(Command):
         from quide_search.study.sweep import run_sweep
 
         config = config_from_args(args, out_dir=args.out_dir, study=args.name)
-        print(format_sweep(run_sweep(config)))
+        result = run_sweep(config)
+        if result.exclusions:
+            print(result.exclusions, file=sys.stderr)
+        print(format_sweep(result))
         return 0

@@ -178,6 +178,8 @@ class TimingTarget:
             token for a causal LM), read by hooks on the layers (the latency table's input).
         layer_bytes: Each layer's stored bytes under a plan.
         shapes: Each layer's per-sample work on one step (for the analytic estimate).
+        excluded: Layer -> the searched precisions it cannot run (the backend refuses its
+            shape); the table's uniform and check plans keep such a layer off them.
     """
 
     runnable: Callable[[BitPlan], nn.Module]
@@ -187,3 +189,4 @@ class TimingTarget:
     layer_profile: Callable[[BitPlan], Mapping[str, float]]
     layer_bytes: Callable[[BitPlan], Mapping[str, int]]
     shapes: Callable[[], list[LayerShape]]
+    excluded: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

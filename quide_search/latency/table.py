@@ -78,6 +78,15 @@ class LatencyTable:
             total += row[precision] - row[FLOAT]
         return total
 
+    def scaled(self, factor: float) -> LatencyTable:
+        """This table with every layer's change from float multiplied by ``factor`` (recorded
+        in the context as ``scale``)."""
+        layers = {
+            name: {q: row[FLOAT] + factor * (ms - row[FLOAT]) for q, ms in row.items()}
+            for name, row in self.layers.items()
+        }
+        return LatencyTable(self.base_ms, layers, {**self.context, "scale": factor})
+
     def to_dict(self) -> dict[str, Any]:
         """Return the table as plain JSON types (stored in the study, or written to a file)."""
         return {
@@ -218,13 +227,17 @@ class TableLatency(LatencySource):
         """
         fresh = table is None
         if table is None:
-            table = profile_table(context, target, precisions)
+            table = profile_table(context, target, precisions, time_base=False)
         table, check = check_table(table, target, context, precisions, rebase=fresh)
         return cls(context, table, check, target)
 
 
 def profile_table(
-    context: LatencyContext, target: TimingTarget, precisions: Sequence[str]
+    context: LatencyContext,
+    target: TimingTarget,
+    precisions: Sequence[str],
+    *,
+    time_base: bool = True,
 ) -> LatencyTable:
     """Read each layer's change under each precision in whole-model runs; time the float T.
 
@@ -234,13 +247,16 @@ def profile_table(
     (its ms in the uniform ``q`` plan - its ms in the float model of the same round), so a
     slow spell of the machine falls on both sides of each difference.
 
+    Without ``time_base`` the float T is left NaN, for a caller that takes it from
+    :func:`check_table` with ``rebase`` (the check times the float model anyway).
+
     Raises:
         TrialEvaluationError: If a plan fails to run.
     """
     from quide_search.progress import bar, phase
 
     choices = (FLOAT, *(q for q in precisions if q != FLOAT))
-    plans = {q: _uniform(target, q) for q in choices}
+    plans = {q: _uniform(target, q, choices) for q in choices}
     times: dict[str, list[Mapping[str, float]]] = {q: [] for q in choices}
     rounds = context.min_repeats
     desc = f"latency table: {len(choices)} uniform plans profiled whole, rounds"
@@ -249,8 +265,10 @@ def profile_table(
         for q in choices[start:] + choices[:start]:
             times[q].append(_profiled(target, plans[q], context.threads))
     layers = {name: _layer_row(name, times) for name in target.layers}
-    with phase("latency table: the float model's T"):
-        base_ms = MeasuredLatency(context, target).latency(plans[FLOAT]).median_ms
+    base_ms = math.nan
+    if time_base:
+        with phase("latency table: the float model's T"):
+            base_ms = MeasuredLatency(context, target).latency(plans[FLOAT]).median_ms
     described = {**context.to_dict(), "source": "table", "profile_rounds": rounds}
     return LatencyTable(base_ms, layers, described)
 
@@ -282,7 +300,10 @@ def _layer_row(name: str, times: Mapping[str, list[Mapping[str, float]]]) -> dic
     return row
 
 
-def _uniform(target: TimingTarget, precision: str) -> BitPlan:
-    from quide_search.plan import BitPlan
+def _uniform(target: TimingTarget, precision: str, precisions: Sequence[str]) -> BitPlan:
+    """Every layer at ``precision``, but a layer that cannot run it at the nearest it can (so
+    its row under ``precision`` is never predicted from: no plan of the search puts it there)."""
+    from quide_search.plan import BitPlan, uniform_layers
 
-    return BitPlan(model="table", dataset="-", layers=dict.fromkeys(target.layers, precision))
+    layers = uniform_layers(target.layers, precision, target.excluded, (FLOAT, *precisions))
+    return BitPlan(model="table", dataset="-", layers=layers)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -163,18 +164,52 @@ class TableCheck:
         return cls(rows)
 
 
-def check_plans(layers: Sequence[str], precisions: Sequence[str]) -> dict[str, dict[str, str]]:
+def check_plans(
+    layers: Sequence[str],
+    precisions: Sequence[str],
+    excluded: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, dict[str, str]]:
     """The plans a table is checked on: float, each uniform plan, :data:`MIXED_PLANS` mixed.
 
     The mixed plans draw each layer's precision from ``float`` and ``precisions`` with a fixed
-    seed, so a model and its choices are always checked on the same plans.
+    seed, so a model and its choices are always checked on the same plans. A layer that
+    cannot run a precision (``excluded``: layer -> those precisions) is never put at it: it
+    takes the nearest it can in a uniform plan, and draws from the rest in a mixed one.
     """
+    from quide_search.plan import uniform_layers
+
+    excluded = excluded or {}
     choices = (FLOAT, *(q for q in precisions if q != FLOAT))
-    plans = {q: dict.fromkeys(layers, q) for q in choices}
+    plans = {q: uniform_layers(layers, q, excluded, choices) for q in choices}
     rng = random.Random(_CHECK_SEED)
+    allowed = {n: [q for q in choices if q not in excluded.get(n, ())] for n in layers}
     for i in range(1, MIXED_PLANS + 1):
-        plans[f"mixed {i}"] = {name: rng.choice(choices) for name in layers}
+        plans[f"mixed {i}"] = {name: rng.choice(allowed[name]) for name in layers}
     return plans
+
+
+SCALE_RANGE = (0.5, 2.0)
+"""The scale factors :func:`uniform_scale` may fit; outside them the table is left unscaled
+(and its check says how far it is)."""
+
+
+def uniform_scale(
+    table: LatencyTable, layers: Mapping[str, Mapping[str, str]], measured: Mapping[str, float]
+) -> float:
+    """The factor that brings the table's change from float onto the measured one, as the
+    median over the uniform plans timed (``measured``: precision -> ms; ``layers``: each
+    one's plan). A plan whose predicted change is under 5 % of the float T says too little
+    and is skipped; with none left, or a factor outside :data:`SCALE_RANGE`, 1.0.
+    """
+    ratios = []
+    for q, ms in measured.items():
+        predicted = table.predict(layers[q]) - table.base_ms
+        if abs(predicted) >= 0.05 * table.base_ms:
+            ratios.append((ms - table.base_ms) / predicted)
+    if not ratios:
+        return 1.0
+    factor = statistics.median(ratios)
+    return factor if SCALE_RANGE[0] <= factor <= SCALE_RANGE[1] else 1.0
 
 
 def check_table(
@@ -189,28 +224,40 @@ def check_table(
 
     With ``rebase`` (a table measured now), the float model's T timed among them becomes the
     table's base (``base_ms``): a base timed alone, moments earlier, carried whatever the
-    machine did at that moment into every prediction. The float row then agrees by
-    construction, and the other rows check the table's per-layer changes. A table read from
-    a file keeps its base, so that studies sharing the file predict the same T.
+    machine did at that moment into every prediction. Its per-layer changes are then scaled
+    by one factor, fitted on the uniform plans (:func:`uniform_scale`): read with hooks,
+    layer by layer, they miss what the whole model does around them (a 4-block Llama's sum
+    fell 15 % short of every timed plan alike). The float row agrees by construction, the
+    uniform rows nearly so; the mixed plans check the scaled table out of sample. A table read
+    from a file keeps its base and scale, so that studies sharing the file predict the same T.
 
     Returns:
         The table on the re-timed base, and its check.
 
     Raises:
-        TrialEvaluationError: If none of the plans can be timed.
+        TrialEvaluationError: If none of the plans can be timed, or the table has no base
+            (NaN, from :func:`profile_table` without ``time_base``) and the check could not
+            time the float model to give it one.
     """
     import dataclasses
 
     from quide_search.latency.confirm import confirm_latency
     from quide_search.plan import BitPlan
 
-    layers: Mapping[str, dict[str, str]] = check_plans(target.layers, precisions)
+    layers: Mapping[str, dict[str, str]] = check_plans(target.layers, precisions, target.excluded)
     plans = {label: BitPlan(model="check", dataset="-", layers=plan)
              for label, plan in layers.items()}  # fmt: skip
     desc = f"latency table check: {len(plans)} plans timed whole side by side, rounds"
     measured, failed = confirm_latency(plans, target, context, desc=desc)
     if rebase and FLOAT in measured:
         table = dataclasses.replace(table, base_ms=measured[FLOAT].median_ms)
+        uniform = {q: measured[q].median_ms for q in precisions if q != FLOAT and q in measured}
+        table = table.scaled(uniform_scale(table, layers, uniform))
+    elif math.isnan(table.base_ms):
+        raise TrialEvaluationError(
+            f"the latency table has no float T: the float model failed to run in its check "
+            f"({failed.get(FLOAT, 'not timed')})"
+        )
     rows = tuple(
         CheckRow(label, table.predict(layers[label]), measured[label].median_ms)
         for label in plans

@@ -24,10 +24,10 @@ from quide_search.measure.assembly import LayerCache
 from quide_search.measure.evaluator import Evaluator
 from quide_search.measure.measurement import GateUnreachable, Measurement
 from quide_search.measure.target import timing_target
-from quide_search.plan import FLOAT, BitPlan
+from quide_search.plan import FLOAT, BitPlan, uniform_layers
 
 if TYPE_CHECKING:
-    from quide_search.protocol import Protocol
+    from quide_search.protocol import Protocol, Search
     from quide_search.tasks.task import Task
 
 __all__ = ["Scorer", "apply_as_studied", "calibration_inputs"]
@@ -62,8 +62,10 @@ class Scorer:
         latency: LatencySource,
         target: TimingTarget,
         eval_threads: int | None,
+        search: Search,
     ) -> None:
         self.task = task
+        self.search = search
         self.device = device
         self.backend = backend
         self.cache = cache
@@ -116,7 +118,7 @@ class Scorer:
 
         backend = get_backend(protocol.backend)
         layers = list(task.layers(backend))
-        hazard = _hazard(backend, task, device, protocol.search.precisions, layers, plan)
+        hazard = _hazard(backend, task, device, protocol.search, layers, plan)
         if hazard is not None:
             raise ConfigError(hazard)
         if tuple(layers) != protocol.task.layers:
@@ -131,7 +133,9 @@ class Scorer:
         )  # fmt: skip
         with torch_threads(protocol.evaluation.threads):
             evaluator = _evaluator(task, protocol, device, model)
-        target = timing_target(task, cache, protocol.latency.batch_size, device)
+        target = timing_target(
+            task, cache, protocol.latency.batch_size, device, excluded=protocol.search.excluded
+        )
         source = latency or make_source(
             protocol.latency, target, precisions=protocol.search.precisions,
             stored=stored_table, stored_check=stored_check,
@@ -145,6 +149,7 @@ class Scorer:
             latency=source,
             target=target,
             eval_threads=protocol.evaluation.threads,
+            search=protocol.search,
         )
 
     @property
@@ -242,12 +247,17 @@ class Scorer:
         return MeasuredLatency(context, self.target).latency(plan)
 
     def layer_bytes(self, precisions: Sequence[str]) -> tuple[dict[str, dict[str, int]], int]:
-        """Return layer -> precision -> stored bytes of that layer, and the bytes of the rest.
+        """Return layer -> precision -> stored bytes of that layer, and the bytes of the rest
+        (a layer has no entry under a precision it cannot run).
 
         Stored bytes add up over layers, so these give any plan's bytes (and C) exactly.
         """
         sizes = {
-            name: {q: model_bytes(self.cache.module(name, q)) for q in (FLOAT, *precisions)}
+            name: {
+                q: model_bytes(self.cache.module(name, q))
+                for q in (FLOAT, *precisions)
+                if q not in self.search.excluded.get(name, {})
+            }
             for name in self.weight_counts
         }
         rest = self.baseline_bytes - sum(row[FLOAT] for row in sizes.values())
@@ -258,12 +268,15 @@ class Scorer:
         return self.uniform_plan(FLOAT)
 
     def uniform_plan(self, precision: str) -> BitPlan:
-        """Return the plan that gives every quantizable layer ``precision``."""
-        return BitPlan.uniform(
+        """Return the plan that gives every quantizable layer ``precision``; a layer that
+        cannot run it takes the nearest of its choices (:func:`uniform_layers`)."""
+        layers = uniform_layers(
+            self.weight_counts, precision, self.search.excluded, self.search.precisions
+        )
+        return BitPlan(
             model=self.task.model_name,
             dataset=self.task.dataset_name,
-            layers=self.weight_counts,
-            precision=precision,
+            layers=layers,
             backend=self.backend.name,
         )
 
@@ -321,15 +334,18 @@ def _hazard(
     backend: QuantBackend,
     task: Task,
     device: torch.device,
-    precisions: Sequence[str],
+    search: Search,
     layers: list[str],
     plan: BitPlan | None,
 ) -> str | None:
-    """Why scoring would crash the process: for a search, any layer at any of ``precisions``;
+    """Why scoring would crash the process: for a search, any layer at any of its choices;
     for one ``plan``, each of its layers at its own precision."""
+    at: Mapping[str, list[str]]
     if plan is None:
-        return backend.hazard(task.model, device, precisions, layers)
-    found = (backend.hazard(task.model, device, (q,), at) for q, at in plan.layers_at().items())
+        at = {q: [n for n in layers if q in search.choices(n)] for q in search.precisions}
+    else:
+        at = plan.layers_at()
+    found = (backend.hazard(task.model, device, (q,), names) for q, names in at.items() if names)
     return next((why for why in found if why is not None), None)
 
 

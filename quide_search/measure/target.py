@@ -13,6 +13,8 @@ from quide_search.latency._profiler import layer_times
 from quide_search.tasks.models.causal_lm import GreedyDecode
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from quide_search.measure.assembly import LayerCache
     from quide_search.plan import BitPlan
     from quide_search.tasks.task import Task
@@ -21,9 +23,15 @@ __all__ = ["timing_target"]
 
 
 def timing_target(
-    task: Task, cache: LayerCache, batch_size: int, device: torch.device
+    task: Task,
+    cache: LayerCache,
+    batch_size: int,
+    device: torch.device,
+    *,
+    excluded: Mapping[str, Mapping[str, str]] | None = None,
 ) -> TimingTarget:
-    """What latency sources may ask of ``task``'s model, built from ``cache``."""
+    """What latency sources may ask of ``task``'s model, built from ``cache`` (``excluded``:
+    layer -> the precisions it cannot run)."""
     example = _timed_input(task, batch_size, device)
     # One decoding step reads every weight for one new token: what the analytic estimate
     # counts for a causal LM.
@@ -55,6 +63,7 @@ def timing_target(
         layer_profile=layer_profile,
         layer_bytes=cache.layer_bytes,
         shapes=partial(layer_shapes, cache.model, step, layers),
+        excluded={name: tuple(refused) for name, refused in (excluded or {}).items()},
     )
 
 

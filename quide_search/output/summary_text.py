@@ -61,7 +61,13 @@ def _held_out(summary: SearchSummary) -> str:
     only for a built-in classifier whose weights quide-search trained or ships (weights
     given with --weights, a factory's and a pretrained language model's may have seen it)."""
     task = summary.protocol.get("task", {})
-    if task.get("kind") == "classifier" and not task.get("weights"):
+    origin = task.get("weights_origin")
+    trained_here = (
+        str(origin).startswith("trained:")
+        if origin is not None  # studies before weights_origin was recorded: the old rule
+        else task.get("kind") == "classifier" and not task.get("weights")
+    )
+    if trained_here:
         return "held out from the search and the float model's training: the unbiased estimate"
     return "held out from the search; whether the float weights were trained on it is not known"
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from quide_search.errors import MetricError, Stopped, TrialEvaluationError
+from quide_search.errors import ConfigError, MetricError, Stopped, TrialEvaluationError
 from quide_search.measure.measurement import GateUnreachable
 from quide_search.metric import LATENCY_UNIT, Gate
 from quide_search.plan import BitPlan
@@ -94,7 +94,9 @@ class PlanObjective:
     Args:
         scorer: Measures plans on the task.
         gate: The accuracy gate, built from the study's stored float baseline.
-        choices: The precisions each layer (or group) may take.
+        choices: The precisions each layer (or group) may take; a group whose layers cannot
+            all run one (the scorer's ``search.excluded``) goes without it
+            (:attr:`group_choices`).
         granularity: ``layer``, ``block`` or ``type`` (see :func:`group_layers`).
         settings: Objective, early stopping and constraints.
     """
@@ -114,6 +116,18 @@ class PlanObjective:
         self.layers = list(scorer.weight_counts)
         self.granularity = granularity
         self.groups = group_layers(self.layers, granularity)
+        excluded = scorer.search.excluded
+        self.group_choices = {
+            group: [q for q in self.choices if not any(q in excluded.get(n, {}) for n in names)]
+            for group, names in self.groups.items()
+        }
+        empty = [group for group, allowed in self.group_choices.items() if not allowed]
+        if empty:
+            raise ConfigError(
+                f"every group of layers must share a precision it can run, but the layers of "
+                f"{empty[0]!r} share none of {', '.join(self.choices)} (--granularity "
+                f"{granularity}). Use --granularity layer, or add 8 or fp to --bits."
+            )
         self.settings = settings or SearchSettings()
         # Set by the signal handler of ``study.optimize`` (SIGINT or SIGTERM). The handler
         # raises KeyboardInterrupt at once only while ``interruptible`` holds: while a plan is
@@ -123,7 +137,7 @@ class PlanObjective:
 
     def suggest(self, trial: optuna.Trial) -> BitPlan:
         """Ask the trial for one precision per group of layers and return the per-layer plan."""
-        chosen = {group: trial.suggest_categorical(group, self.choices) for group in self.groups}
+        chosen = {g: trial.suggest_categorical(g, self.group_choices[g]) for g in self.groups}
         layers = {name: chosen[g] for g, names in self.groups.items() for name in names}
         layers = {name: layers[name] for name in self.layers}  # module order
         if self.granularity != "layer":
@@ -157,6 +171,15 @@ class PlanObjective:
             if len(trial.params) == len(self.groups):
                 retry_once(trial.study, trial.params, trial.user_attrs, trial.number, reason)
             raise
+
+    def uniform_params(self, precision: str) -> dict[str, str]:
+        """The trial parameters (group -> precision) of the uniform ``precision`` plan; a
+        group that cannot run it takes the nearest of its choices (:func:`uniform_layers`)."""
+        from quide_search.plan import uniform_layers
+
+        refused = {g: [q for q in self.choices if q not in allowed]
+                   for g, allowed in self.group_choices.items()}  # fmt: skip
+        return uniform_layers(self.groups, precision, refused, self.choices)
 
     def _stop_if_asked(self) -> None:
         if self.stop_signal is not None:

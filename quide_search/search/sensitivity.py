@@ -50,10 +50,21 @@ samples: on ResNet-18/mnist-5k it costs a quarter of the 500-sample analysis and
 search results (benchmarks/search_cost.py, RESULTS.md)."""
 
 
+Choices = Sequence[str] | Mapping[str, Sequence[str]]
+"""The precisions of a search: the same for every group, or group -> its own (a group whose
+layers cannot all run a precision goes without it)."""
+
+
+def group_choices(precisions: Choices, group: str) -> Sequence[str]:
+    """The precisions ``group`` may take under ``precisions``."""
+    return precisions[group] if isinstance(precisions, Mapping) else precisions
+
+
 def measure_sensitivity(
-    scorer: Scorer, groups: Mapping[str, Sequence[str]], precisions: Sequence[str]
+    scorer: Scorer, groups: Mapping[str, Sequence[str]], precisions: Choices
 ) -> Sensitivity:
-    """Quantize each group alone under each precision and compare with the float outputs.
+    """Quantize each group alone under each of its precisions and compare with the float
+    outputs.
 
     Raises:
         ConfigError: If the task has no calibration split.
@@ -78,7 +89,7 @@ def measure_sensitivity(
     desc = f"sensitivity: each layer group quantized alone, on {len(calib)} calibration samples"
     for group, names in bar(groups.items(), desc, total=len(groups), unit="group"):
         row = {}
-        for precision in precisions:
+        for precision in group_choices(precisions, group):
             if precision == FLOAT:
                 continue
             plan = BitPlan(
@@ -145,7 +156,7 @@ def _scoring(
 def greedy_path(
     sensitivity: Mapping[str, Mapping[str, Mapping[str, float]]],
     weights: Mapping[str, int],
-    precisions: Sequence[str],
+    precisions: Choices,
     *,
     price: Callable[[Mapping[str, str]], float] | None = None,
 ) -> list[dict[str, str]]:
@@ -158,7 +169,7 @@ def greedy_path(
     Args:
         sensitivity: From :func:`measure_sensitivity`.
         weights: group -> weight elements it holds.
-        precisions: The choices.
+        precisions: The choices (each group's own, or the same for all).
         price: What a plan costs (lower is better); default its total weight bits. With a
             latency table, :func:`plan_price` also counts T, so an upgrade that makes the
             model both more accurate and faster is free and comes first.
@@ -171,13 +182,13 @@ def greedy_path(
         return float(sum(weight_bits(q) * max(weights[g], 1) for g, q in plan.items()))
 
     cost = price or total_bits
-    order = sorted(precisions, key=weight_bits)
-    current = {g: min(order, key=lambda q, g=g: (weight_bits(q), kl(g, q))) for g in weights}  # type: ignore[misc]
+    order = {g: sorted(group_choices(precisions, g), key=weight_bits) for g in weights}
+    current = {g: min(order[g], key=lambda q, g=g: (weight_bits(q), kl(g, q))) for g in weights}  # type: ignore[misc]
     path = [dict(current)]
     while True:
         moves = []
         for g in weights:
-            for q in order:
+            for q in order[g]:
                 if weight_bits(q) <= weight_bits(current[g]):
                     continue
                 gain = kl(g, current[g]) - kl(g, q)
@@ -245,7 +256,7 @@ def greedy_plans(
 def plans_on_path(
     path: Sequence[Mapping[str, str]],
     weights: Mapping[str, int],
-    precisions: Sequence[str],
+    precisions: Choices,
     *,
     budgets: int = 5,
 ) -> list[dict[str, str]]:
@@ -255,10 +266,11 @@ def plans_on_path(
     def average(plan: Mapping[str, str]) -> float:
         return sum(weight_bits(plan[g]) * max(n, 1) for g, n in weights.items()) / total
 
-    quantized = [PRECISIONS[q] for q in precisions if q != FLOAT]
+    every = {q for g in weights for q in group_choices(precisions, g)}
+    quantized = [PRECISIONS[q] for q in every if q != FLOAT]
     low, high = min(quantized), max(quantized)
     levels = [low + (high - low) * i / (budgets + 1) for i in range(1, budgets + 1)]
-    if FLOAT in precisions:  # a few float layers on top of the most quantized bits
+    if FLOAT in every:  # a few float layers on top of the most quantized bits
         levels += [high + 0.5, high + 2.0]
     plans: list[dict[str, str]] = []
     for budget in levels:
@@ -298,7 +310,7 @@ def _table_prediction(scorer: Scorer) -> Callable[[Mapping[str, str]], float] | 
 def warm_plans(
     scorer: Scorer,
     groups: Mapping[str, Sequence[str]],
-    precisions: Sequence[str],
+    precisions: Choices,
     sensitivity: Mapping[str, Mapping[str, Mapping[str, float]]],
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Return the warm-start plans (group -> precision) at bit budgets, and the whole greedy path.
@@ -309,7 +321,8 @@ def warm_plans(
     """
     counts = scorer.weight_counts
     weights = {g: sum(counts[n] for n in names) for g, names in groups.items()}
-    sizes, rest = scorer.layer_bytes(precisions)
+    every = list(dict.fromkeys(q for g in groups for q in group_choices(precisions, g)))
+    sizes, rest = scorer.layer_bytes(every)
     price = plan_price(sizes, rest, groups, _table_prediction(scorer))
     path = greedy_path(sensitivity, weights, precisions, price=price)
     return plans_on_path(path, weights, precisions), path

@@ -13,7 +13,7 @@ the queue is empty.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from quide_search.records import StudyKey, TrialKey, WarmStart
@@ -39,7 +39,9 @@ def queue_warm_starts(
     """
     from quide_search.search.sensitivity import warm_plans
 
-    plans, path = warm_plans(objective.scorer, objective.groups, objective.choices, sensitivity)
+    plans, path = warm_plans(
+        objective.scorer, objective.groups, objective.group_choices, sensitivity
+    )
     for plan in plans:
         study.enqueue_trial(
             plan, user_attrs={TrialKey.WARM_START: WarmStart.GREEDY}, skip_if_exists=True
@@ -72,7 +74,7 @@ def refine_on_path(
         if any(t.user_attrs.get(TrialKey.WARM_START) in _QUEUED_KINDS for t in waiting):
             return
         if attrs.get(StudyKey.PATH_REFINED):
-            _climb(study, groups, objective.choices)
+            _climb(study, groups, objective.group_choices)
             return
         path = [tuple(p) for p in attrs[StudyKey.GREEDY_PATH]]
         passed: dict[tuple[str, ...], bool] = {}
@@ -98,8 +100,9 @@ def refine_on_path(
     return callback
 
 
-def _climb(study: optuna.Study, groups: list[str], choices: list[str]) -> None:
-    """Queue the unscored neighbours of the best feasible plan, once per best plan."""
+def _climb(study: optuna.Study, groups: list[str], choices: Mapping[str, list[str]]) -> None:
+    """Queue the unscored neighbours of the best feasible plan (each group one step up or
+    down its own ``choices``), once per best plan."""
     import optuna
 
     from quide_search.plan import weight_bits
@@ -116,10 +119,10 @@ def _climb(study: optuna.Study, groups: list[str], choices: list[str]) -> None:
     if key in climbed:
         return
     study.set_user_attr(StudyKey.CLIMBED_FROM, [*climbed, key])
-    ladder = sorted(choices, key=weight_bits)
     scored = {tuple(t.params.get(g) for g in groups) for t in study.get_trials(deepcopy=False)}
     for step in (-1, 1):  # fewer bits first: that is where I' grows
         for g in groups:
+            ladder = sorted(choices[g], key=weight_bits)
             i = ladder.index(best.params[g]) + step
             if 0 <= i < len(ladder):
                 plan = {**best.params, g: ladder[i]}

@@ -49,9 +49,9 @@ def run_search(
     check_replaceable(front, ours=is_generated_json, flag="the Pareto front file")
     with torch_threads(config.threads), shown(progress), handlers_restored():
         session = open_session(config)
-        fallback = session.latency_fallback()
-        if fallback is not None:
-            echo(fallback)
+        for note in (session.protocol.search.exclusion_line(), session.latency_fallback()):
+            if note is not None:
+                echo(note)
         parallel = config.workers > 1 and config.trials > 0
         if parallel and session.objective.scorer.device.type == "cpu":
             echo(

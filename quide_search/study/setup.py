@@ -42,7 +42,7 @@ def prepare_queue(study: optuna.Study, objective: PlanObjective, *, warm_start: 
             if precision != FLOAT:
                 # The uniform rows are the protocol's reference table: always scored in full.
                 study.enqueue_trial(
-                    dict.fromkeys(objective.groups, precision),
+                    objective.uniform_params(precision),
                     user_attrs={TrialKey.WARM_START: WarmStart.UNIFORM, TrialKey.FULL_EVAL: True},
                     skip_if_exists=True,
                 )
@@ -70,7 +70,7 @@ def study_sensitivity(study: optuna.Study, objective: PlanObjective) -> dict[str
         scorer = objective.scorer
         started = time.perf_counter()
         with torch_threads(scorer.eval_threads):
-            table = measure_sensitivity(scorer, objective.groups, objective.choices)
+            table = measure_sensitivity(scorer, objective.groups, objective.group_choices)
         stored = {
             "split": "calib",
             "samples": len(scorer.task.splits.calib.first(SENSITIVITY_SAMPLES)),

@@ -95,8 +95,10 @@ def check_url(url: str, *, must_exist: bool, read_only: bool = False) -> None:
     _check_file_kind(path, scheme, url)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
+        what = "is a file, not a folder" if parent.exists() else "does not exist"
         raise StorageError(
-            f"--storage directory {str(parent)!r} does not exist (from {url!r}). Create it first."
+            f"--storage must name a file in a folder, but {str(parent)!r} {what} (from "
+            f"{url!r}). Create the folder first, or choose another path."
         )
     if read_only:
         return

@@ -10,6 +10,7 @@ on that confirmed T.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ SWEEP_COLUMNS = ("precision", *METRIC_KEYS, "T_confirmed_ms", "I_prime_confirmed
 
 @dataclass(frozen=True)
 class SweepResult:
-    """The sweep table, its knee and where it was written."""
+    """The sweep table, its knee and where it was written; ``exclusions`` names the layers
+    that cannot run a precision (each such row keeps them at another, in ``other_layers``)."""
 
     name: str
     rows: list[dict[str, Any]]
@@ -38,22 +40,30 @@ class SweepResult:
     latency: dict[str, Any]
     json_path: Path
     csv_path: Path
+    exclusions: str | None = None
 
 
 def run_sweep(config: RunConfig) -> SweepResult:
     """Measure the uniform plan of every precision in ``config.bits`` (float always first).
+
+    ``--latency auto`` times each plan here (``measured``): the few uniform plans are timed
+    whole anyway, side by side, so a per-layer table would cost more than it saves.
 
     Raises:
         QuideError: For bad settings, before anything is written.
     """
     from quide_search.latency import torch_threads
     from quide_search.measure.device import resolve_device
+    from quide_search.measure.evaluator import check_task_runs
     from quide_search.measure.scorer import Scorer
     from quide_search.protocol import build_protocol
     from quide_search.tasks.resolver import load_task
 
+    if config.latency == "auto":
+        config = dataclasses.replace(config, latency="measured")
     device = resolve_device(config.device)
     task = load_task(**config.task_options(), device_type=device.type)
+    check_task_runs(task)
     # A factory's name has a colon (mymod:factory): not a file name on every system.
     name = config.study or plain_name(f"{task.model_name}-{task.dataset_name}")
     out = Path(config.out_dir)
@@ -73,6 +83,9 @@ def run_sweep(config: RunConfig) -> SweepResult:
         metrics = measurement.metrics(baseline_bytes=scorer.baseline_bytes, gate=gate)
         row: dict[str, Any] = {"precision": precision, **metrics.to_dict()}
         row["latency_repeats"] = measurement.latency_repeats
+        other = {n: q for n, q in plans[precision].layers.items() if q != precision}
+        if other:
+            row["other_layers"] = other
         if precision in confirmed:
             t_ms = confirmed[precision]
             row["T_confirmed_ms"] = t_ms
@@ -90,6 +103,7 @@ def run_sweep(config: RunConfig) -> SweepResult:
         latency=scorer.latency.context.to_dict(),
         json_path=json_path,
         csv_path=csv_path,
+        exclusions=protocol.search.exclusion_line(),
     )
     _write(result, protocol.task.model_dump(mode="json"))
     return result

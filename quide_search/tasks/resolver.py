@@ -115,10 +115,13 @@ def load_task(
     torch.manual_seed(DATA_SEED)
     float_model = spec.build(splits)
     path: Path | None = None
+    origin = "built"  # the seeded initial weights: a model with no training epochs
     if weights is not None and weights in spec.pretrained:
         float_model.load_state_dict(spec.pretrained[weights]())
+        origin = f"pretrained:{weights}"
     elif weights is not None:
         path = _load_weights(float_model, Path(weights), spec.name)
+        origin = "file"
     elif (epochs := epochs or spec.epochs(splits.name)) > 0:
         key = (
             f"{spec.name}-{splits.name}-v{spec.arch_version}-e{epochs}"
@@ -127,6 +130,7 @@ def load_task(
         float_model, path = load_or_train(
             float_model, splits.train, key=key, epochs=epochs, seed=DATA_SEED, force=retrain
         )
+        origin = f"trained:{key}"
     float_model.eval()
     for p in float_model.parameters():
         p.requires_grad_(False)
@@ -136,6 +140,7 @@ def load_task(
         model=float_model,
         splits=splits,
         weights_path=path,
+        weights_origin=origin,
     )
 
 
@@ -158,10 +163,12 @@ def _custom_task(spec: str) -> Task:
 
 
 def _check_weights_file(weights: str) -> None:
-    if not Path(weights).is_file():
+    path = Path(weights)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
         raise DataError(
             f"--weights must name a state-dict file (.pt or .safetensors), but {weights!r} "
-            "does not exist. Check the path, or drop --weights to use the trained default."
+            f"{what}. Check the path, or drop --weights to use the trained default."
         )
 
 

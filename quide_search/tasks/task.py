@@ -31,6 +31,9 @@ class Task:
         model: The float model, in eval mode, without gradients. Never changed by a trial.
         splits: Train, calibration and eval data.
         weights_path: The file its float weights came from (None: built or downloaded).
+        weights_origin: How the float weights were made, machine-independent: ``trained:KEY``
+            (trained here on the task's train split; KEY names epochs, seed and recipe),
+            ``file`` (``--weights``), ``pretrained:NAME`` (published weights), ``factory``.
         kind: ``classifier``, ``causal-lm``, ``encoder`` or ``custom``.
         exclude: Layers never quantized (a causal LM's ``lm_head`` unless asked).
         decode: For a causal LM: prompt and generated tokens of one timed call, and the pad
@@ -46,6 +49,7 @@ class Task:
     splits: Splits
     weights_path: Path | None
     kind: str = "classifier"
+    weights_origin: str = "factory"
     exclude: tuple[str, ...] = ()
     decode: Mapping[str, int] | None = None
     score: ScoreFn | None = None

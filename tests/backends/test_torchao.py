@@ -16,6 +16,7 @@ from quide_search.config import RunConfig
 from quide_search.errors import ConfigError, PlanError, TrialEvaluationError
 from quide_search.output.checkpoint import save_quantized
 from quide_search.plan import BitPlan
+from quide_search.study import load_study
 
 AO = get_backend("torchao")
 
@@ -112,20 +113,48 @@ def test_an_fp8_checkpoint_reloads_with_its_recipe(tmp_path: Path) -> None:
     run_recipe(skeleton, recipe, out, tmp_path / "io.pt")
 
 
-def test_int4_shapes_the_kernel_refuses_are_refused_before_a_study(tmp_path: Path) -> None:
+def test_int4_shapes_the_kernel_refuses_leave_those_layers_choices(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(256, 64), nn.Linear(64, 10), nn.Linear(100, 32))
     message = AO.hazard(model, torch.device("cpu"), ("int8", "int4"))
     assert message is not None and "1 (64 -> 10), 2 (100 -> 32) do not" in message
     assert AO.hazard(model, torch.device("cpu"), ("int8", "w8a8")) is None
     # Layers left out of the search (a causal LM's lm_head) are not checked.
     assert AO.hazard(model, torch.device("cpu"), ("int8", "int4"), ["0"]) is None
-    config = RunConfig(backend="torchao", bits=("int8", "int4"), out_dir=str(tmp_path),
-                       latency="model:cpu-epyc-2c", device="cpu")  # fmt: skip
+    unfit = AO.unfit_layers(model, torch.device("cpu"), ("int8", "int4"), ["0", "1", "2"])
+    assert set(unfit) == {"1", "2"} and "(64 -> 10)" in unfit["1"]["int4"]
+    # A search takes int4 out of fc2's choices only (64 -> 10), says so, and records it.
     from quide_search.study import run_search
 
-    with pytest.raises(ConfigError, match=r"fc2 \(64 -> 10\) does not. Leave 4 out of --bits"):
+    lines: list[str] = []
+    config = RunConfig(backend="torchao", bits=("int8", "int4"), out_dir=str(tmp_path), trials=6,
+                       latency="model:cpu-epyc-2c", device="cpu", warm_start=False)  # fmt: skip
+    summary = run_search(config, progress=False, echo=lines.append)
+    excluded = summary.protocol["search"]["excluded"]
+    assert list(excluded) == ["fc2"] and list(excluded["fc2"]) == ["int4"]
+    assert [line for line in lines if line.startswith("note: int4 left out of fc2 (")] != []
+    study = load_study(study=config.study_name, storage=config.storage_url)
+    assert all(t.params["fc2"] == "int8" for t in study.trials)
+    uniform = [t for t in study.trials if t.user_attrs.get("warm_start") == "uniform"]
+    assert sorted(t.params["fc1"] for t in uniform) == ["int4", "int8"]
+
+
+@pytest.mark.parametrize(
+    ("model", "bits", "message"),
+    [  # no layer runs int4 / a layer runs none of --bits
+        ("factories:make_task", ("int8", "int4"), r"encode \(16 -> 32\), decode \(32 -> 4\) do"),
+        ("simplecnn", ("int4",), "fc2 runs none of int4 on the torchao backend"),
+    ],
+)
+def test_int4_is_refused_where_no_layer_or_one_layer_can_run_nothing(
+    model: str, bits: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    from quide_search.study import run_search
+
+    config = RunConfig(model=model, backend="torchao", bits=bits, out_dir=str(tmp_path),
+                       latency="model:cpu-epyc-2c", device="cpu")  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
         run_search(config, progress=False)
-    assert not (tmp_path / "simplecnn-digits.db").exists()  # refused before any storage
+    assert list(tmp_path.iterdir()) == []  # refused before any storage
 
 
 def test_a_layer_torchao_passes_over_is_an_error_never_counted(
@@ -243,3 +272,17 @@ def test_a_mixed_plan_on_a_tiny_llama_runs_and_reloads_exactly(
     skeleton = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
     with torch.no_grad():
         assert torch.equal(AO.load(skeleton, tmp_path)(ids).logits, logits)
+
+
+def test_run_without_bits_searches_what_torchao_runs_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quide_search.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--backend", "torchao", "--trials", "2", "--device", "cpu", "--no-progress",
+            "--latency", "model:cpu-epyc-2c", "--no-warm-start"]  # fmt: skip
+    assert main(argv) == 0
+    assert "note: int4 left out of fc2 (" in capsys.readouterr().out
+    study = load_study(study="simplecnn-digits", storage="sqlite:///studies/simplecnn-digits.db")
+    assert study.user_attrs["protocol"]["search"]["precisions"] == ["int8", "int4"]

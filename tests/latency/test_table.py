@@ -24,7 +24,7 @@ from quide_search.latency import (
     read_table,
 )
 from quide_search.latency.table import profile_table
-from quide_search.latency.table_check import CheckRow, check_plans
+from quide_search.latency.table_check import CheckRow, check_plans, check_table, uniform_scale
 from quide_search.plan import BitPlan
 
 
@@ -178,6 +178,38 @@ def test_a_layers_change_is_the_median_of_differences_within_a_round(
     assert table.layers["b"] == {"float": 12.0, "int8": pytest.approx(12.5)}
     assert table.predict({"a": "int8", "b": "int8"}) == pytest.approx(3.0 - 0.6 + 0.5)
     assert table.context["profile_rounds"] == 5 and table.base_ms == 3.0
+
+
+def test_a_fresh_tables_changes_are_scaled_onto_the_uniform_plans_timed_whole() -> None:
+    table = LatencyTable(10.0, {"a": {"float": 2.0, "int8": 4.0, "int4": 6.0},
+                                "b": {"float": 3.0, "int8": 4.0, "int4": 5.0}}, {})  # fmt: skip
+    plans = {q: {"a": q, "b": q} for q in ("int8", "int4")}
+    # The whole model changes 1.25x what the layers' hooks read: +3.75 and +7.5 ms.
+    assert uniform_scale(table, plans, {"int8": 13.75, "int4": 17.5}) == pytest.approx(1.25)
+    scaled = table.scaled(1.25)
+    assert scaled.predict({"a": "int8", "b": "int4"}) == pytest.approx(10.0 + 1.25 * 4.0)
+    assert scaled.context["scale"] == 1.25 and scaled.layers["a"]["float"] == 2.0
+    # A factor outside what a hook reading can be off by leaves the table as it is.
+    assert uniform_scale(table, plans, {"int8": 19.0, "int4": 28.0}) == 1.0
+    # A change under 5 % of the float T says nothing about the factor.
+    assert uniform_scale(table, {"int8": {"a": "float", "b": "float"}}, {"int8": 20.0}) == 1.0
+
+
+def test_a_fresh_table_takes_its_float_t_from_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quide_search.latency import _timer
+
+    machine = Machine()
+    monkeypatch.setattr(_timer, "perf_counter_ns", machine)
+    costs = {"a": {"float": 1.0, "int8": 0.4}, "b": {"float": 2.0, "int8": 2.5}}
+    target = _fake_target(machine, costs, set())
+    # Not timed while profiling: the check times the float model beside the other plans.
+    unbased = profile_table(_context(), target, ("int8",), time_base=False)
+    assert math.isnan(unbased.base_ms) and unbased.layers["a"] == {"float": 1.0, "int8": 0.4}
+    based, check = check_table(unbased, target, _context(), ("int8",), rebase=True)
+    assert based.base_ms == 3.0 and check.rows[0].error == 0.0
+    # A table left without a base it cannot take from the check is refused, not scored.
+    with pytest.raises(TrialEvaluationError, match="has no float T"):
+        check_table(unbased, target, _context(), ("int8",), rebase=False)
 
 
 def test_a_table_profiled_and_checked_on_the_toy_model(

@@ -46,7 +46,8 @@ def _queued(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def _objective() -> Any:
-    return SimpleNamespace(groups={g: [g] for g in _GROUPS}, choices=list(_CHOICES))
+    return SimpleNamespace(groups={g: [g] for g in _GROUPS}, choices=list(_CHOICES),
+                           group_choices={g: list(_CHOICES) for g in _GROUPS})  # fmt: skip
 
 
 def test_queues_the_plans_between_the_crossing_once() -> None:
@@ -84,7 +85,7 @@ def test_climbs_from_the_best_feasible_plan_once() -> None:
                 user_attrs={"feasible": value > 0, "I_prime": value, "gate_passed": value > 0},
             )
         )
-    objective = SimpleNamespace(groups={g: [g] for g in _GROUPS}, choices=list(_CHOICES))
+    objective = _objective()
     callback = refine_on_path(objective)  # type: ignore[arg-type]
     callback(study, study.trials[-1])
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))

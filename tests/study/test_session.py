@@ -350,7 +350,6 @@ def test_each_long_phase_draws_a_bar_and_no_progress_draws_none(
     err = run("drawn", True)
     for phase in (
         "evaluation order and chunks: the float model on 384 samples",
-        "latency table: the float model's T",
         "latency table: 4 uniform plans profiled whole, rounds: 100%",
         "float baseline: P on 384 eval samples and T",
         "latency table check: 8 plans timed whole side by side, rounds: ",

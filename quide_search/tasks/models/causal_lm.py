@@ -208,6 +208,7 @@ def causal_lm_task(model: str, text: TextTask, device_type: str = "cpu", *, seed
         model=lm,
         splits=splits,
         weights_path=None,
+        weights_origin=f"pretrained:{model}",
         kind="causal-lm",
         exclude=() if text.include_head else ("lm_head",),
         decode={

@@ -240,6 +240,7 @@ def _minilm_loader(
         model=model,
         splits=splits,
         weights_path=None,
+        weights_origin="pretrained:minilm",
         kind="encoder",
         exclude=("encoder.pooler.dense",),
         score=cosine_score,
