@@ -16,6 +16,7 @@ from typing import Any
 from quide_search.errors import ConfigError, PlanError
 from quide_search.files import check_path
 from quide_search.plan import DEFAULT_BACKEND, FLOAT, normalize_precision
+from quide_search.protocol import MAX_SAMPLES, MAX_SEED
 from quide_search.study.budget import Budget
 from quide_search.study.storage import check_url, default_storage_url, supports_heartbeat
 
@@ -29,11 +30,14 @@ __all__ = [
 ]
 
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
-MAX_SEED = 2**32 - 1
 """The largest seed Optuna's samplers take (numpy's RandomState)."""
 
 
 WORKERS_PER_CORE = 2
+MAX_TRIALS = 10**7
+"""The most trials a study may be asked to hold (each is at least a few ms of work)."""
+MAX_SEQ_LEN = 1 << 20
+"""The longest evaluation window in tokens (a causal LM's context is far shorter)."""
 """``--workers`` at most this many per CPU core: more only oversubscribe the machine."""
 
 
@@ -187,14 +191,26 @@ class RunConfig:
         self._check_storage()
 
     def _check_counts(self) -> None:
-        for flag, number, low in (
-            ("--trials", self.trials, 0),
-            ("--workers", self.workers, 1),
-            ("--heartbeat", 0 if self.heartbeat is None else self.heartbeat, 0),
-            ("--confirm-top", self.confirm_top, 0),
+        samples = [(f, n) for f, n in (("--eval-samples", self.eval_samples),
+                   ("--calib-samples", self.calib_samples), ("--test-samples", self.test_samples))
+                   if n is not None]  # fmt: skip
+        for flag, number, low, high in (
+            ("--trials", self.trials, 0, MAX_TRIALS),
+            ("--workers", self.workers, 1, MAX_TRIALS),
+            ("--heartbeat", 0 if self.heartbeat is None else self.heartbeat, 0, 86_400),
+            ("--confirm-top", self.confirm_top, 0, MAX_TRIALS),
+            ("--seq-len", self.seq_len, 1, MAX_SEQ_LEN),
+            ("--eval-windows", self.eval_windows, 1, MAX_SAMPLES),
+            *((f, n, 1, MAX_SAMPLES) for f, n in samples),
         ):
-            if isinstance(number, bool) or not isinstance(number, int) or number < low:
-                raise ConfigError(f"{flag} must be an integer >= {low}, but got {number!r}.")
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, int)
+                or not low <= number <= high
+            ):
+                raise ConfigError(
+                    f"{flag} must be an integer in [{low}, {high}], but got {number!r}."
+                )
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         cores = cores or os.cpu_count() or 1  # the cores this process may run on
         if self.workers > WORKERS_PER_CORE * cores:
@@ -204,9 +220,6 @@ class RunConfig:
                 "holding its own copy of the model; use fewer, or run more hosts on one --storage."
             )
         check_seed(self.seed)
-        for flag, size in (("--seq-len", self.seq_len), ("--eval-windows", self.eval_windows)):
-            if size < 1:
-                raise ConfigError(f"{flag} must be >= 1, but got {size}.")
         if self.text_file is not None and not self.reads_text:
             raise ConfigError(
                 "--text-file is read only by causal language models (hf: paths and "
@@ -239,15 +252,16 @@ class RunConfig:
 
     def _check_measurement(self) -> None:
         from quide_search.backends import check_backend
+        from quide_search.latency._base import MAX_BATCH
         from quide_search.latency.profiles import parse_source
 
-        for flag, value in (
-            ("--batch-size", self.batch_size),
-            ("--eval-batch-size", self.eval_batch_size),
-            ("--eval-chunk", 1 if self.eval_chunk is None else self.eval_chunk),
+        for flag, value, high in (
+            ("--batch-size", self.batch_size, MAX_BATCH),
+            ("--eval-batch-size", self.eval_batch_size, MAX_BATCH),
+            ("--eval-chunk", 1 if self.eval_chunk is None else self.eval_chunk, MAX_SAMPLES),
         ):
-            if value < 1:
-                raise ConfigError(f"{flag} must be >= 1, but got {value}.")
+            if not 1 <= value <= high:
+                raise ConfigError(f"{flag} must be in [1, {high}], but got {value}.")
         for flag, threads in (("--threads", self.threads),
                               ("--latency-threads", self.latency_threads)):  # fmt: skip
             check_threads(threads, flag=flag, force=self.force_threads)

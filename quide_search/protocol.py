@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from quide_search.errors import ConfigError, StorageError
 from quide_search.latency._base import MAX_BATCH, MAX_THREADS, LatencyContext
@@ -39,7 +39,13 @@ PROTOCOL_SCHEMA_VERSION = 2
 
 # A count that must be at least one (a number of samples); batches and thread counts also
 # have a ceiling, so a plan file from elsewhere cannot ask for more memory than exists.
+MAX_SEED = 2**32 - 1
+"""The largest sampler seed (``--seed``)."""
+MAX_SAMPLES = 10**8
+"""The most samples a split may be capped at (``--eval-samples`` and the like)."""
+
 _Positive = Annotated[int, Field(ge=1, strict=True)]
+_Samples = Annotated[int, Field(ge=1, le=MAX_SAMPLES, strict=True)]
 _Batch = Annotated[int, Field(ge=1, le=MAX_BATCH, strict=True)]
 _Threads = Annotated[int, Field(ge=1, le=MAX_THREADS, strict=True)]
 _Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -56,6 +62,8 @@ class TaskRecord(_Record):
     dataset: str
     kind: str
     splits: dict[str, Any]
+    """The splits' sizes (``train``, ``calib``, ``eval``, ``test``: 0 to MAX_SAMPLES) and how
+    they were drawn."""
     layers: tuple[str, ...]
     fingerprint: str
     """sha256 of the float model's layer names, shapes and weights (``Task.fingerprint``)."""
@@ -66,14 +74,25 @@ class TaskRecord(_Record):
     """Studies before 2026-12-07 only: the absolute path of the cached weights (not written now:
     it names nothing on another machine)."""
     data_dir: str | None = None
-    eval_samples: _Positive | None = None
-    calib_samples: _Positive | None = None
-    test_samples: _Positive | None = None
+    eval_samples: _Samples | None = None
+    calib_samples: _Samples | None = None
+    test_samples: _Samples | None = None
     text: dict[str, Any] | None = None
     kept_float: dict[str, int] = Field(default_factory=dict)
     """Module type -> count of the layers with weights the backend has no quantized version of."""
     excluded: tuple[str, ...] = ()
     """Quantizable layers left out of the search (a causal LM's ``lm_head`` by default)."""
+
+    @field_validator("splits")
+    @classmethod
+    def _sizes(cls, splits: dict[str, Any]) -> dict[str, Any]:
+        for name in ("train", "calib", "eval", "test"):
+            size = splits.get(name)
+            if size is not None and (
+                isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SAMPLES
+            ):
+                raise ValueError(f"{name} must be a count in [0, {MAX_SAMPLES}], not {size!r}")
+        return splits
 
 
 class Evaluation(_Record):
@@ -98,7 +117,7 @@ class Gate(_Record):
 
 class Search(_Record):
     precisions: tuple[str, ...]
-    calibration_samples: _Positive | None = None
+    calibration_samples: _Samples | None = None
     """Calibration samples static activation scales are fitted on (None: no such precision)."""
     granularity: Literal["layer", "block", "type"]
     objective: Literal["iprime", "pareto"]
@@ -182,7 +201,7 @@ class Protocol(_Record):
     gate: Gate
     evaluation: Evaluation
     latency: LatencyContext
-    seed: int
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)]
     versions: dict[str, str]
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from quide_search.cli._types import gate_fraction, positive_int, study_name
+from quide_search.cli._types import gate_fraction, positive_int, sample_count, study_name
 from quide_search.plan import parse_activations, parse_bits, with_activations
 
 __all__ = [
@@ -51,20 +51,20 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--eval-samples",
-        type=positive_int,
+        type=sample_count,
         default=None,
         help="at most this many eval samples: the first of the seeded eval split (default: "
         "all; imagenet: 10000)",
     )
     group.add_argument(
         "--calib-samples",
-        type=positive_int,
+        type=sample_count,
         default=None,
         help="at most this many calibration samples, likewise (imagenet default: 512)",
     )
     group.add_argument(
         "--test-samples",
-        type=positive_int,
+        type=sample_count,
         default=None,
         help="at most this many samples of the held-out test split that scores the finalists, "
         "for registered datasets (imagenet default: 10000; hf: text follows --eval-windows)",

@@ -46,6 +46,18 @@ def seed(text: str) -> int:
     return value
 
 
+def sample_count(text: str) -> int:
+    """argparse type: a split's sample cap, 1 to :data:`~quide_search.protocol.MAX_SAMPLES`."""
+    from quide_search.protocol import MAX_SAMPLES
+
+    value = _int_at_least(text, 1)
+    if value > MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer in [1, {MAX_SAMPLES}], but got {value}"
+        )
+    return value
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 1-65535."""
     value = _int_at_least(text, 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,14 +29,18 @@ __all__ = ["PlanDocument", "plan_record", "load_plan"]
 _METRIC_KEYS = (*METRIC_KEYS, TrialKey.BASELINE_BYTES, TrialKey.UNIT, TrialKey.LATENCY_REPEATS)
 
 
+_Finite = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
 class _Metrics(BaseModel):
     # Strict: a number written as a string is an error, not a number that compares unequal.
+    # Finite and >= 0: Infinity or NaN in a plan file is an edit, never a measurement.
     model_config = ConfigDict(extra="allow", strict=True)
-    C: float
-    P: float
-    T_ms: float
-    I: float  # noqa: E741
-    I_prime: float
+    C: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    P: _Finite
+    T_ms: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    I: _Finite  # noqa: E741
+    I_prime: _Finite
     gate_passed: bool
 
 
@@ -51,7 +55,7 @@ class PlanDocument(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     generator: str | None = None
-    schema_version: int
+    schema_version: Annotated[int, Field(strict=True)]
     backend: str = Field(min_length=1)
     model: str = Field(min_length=1)
     dataset: str = Field(min_length=1)
@@ -101,7 +105,31 @@ def load_plan(path: str | os.PathLike[str]) -> tuple[BitPlan, dict[str, Any]]:
             f"plan file {str(p)!r} must name a backend among {', '.join(BACKENDS)}, but it "
             f"names {data['backend']!r}. Re-export the plan."
         )
-    return BitPlan.from_dict(data), data
+    plan = BitPlan.from_dict(data)
+    _check_quantization_map(plan, data.get("quantization_map"), p)
+    return plan, data
+
+
+def _check_quantization_map(plan: BitPlan, stored: Any, path: Path) -> None:
+    """Refuse a ``quantization_map`` that is not the one the plan's layers make.
+
+    The map is derived from ``layers`` by the backend; a file where they disagree was edited
+    on one side, and which one holds is not known.
+    """
+    from quide_search.backends import get_backend
+
+    if stored is None:
+        return
+    expected = json.loads(json.dumps(get_backend(plan.backend).quantization_map(plan)))
+    if stored != expected:
+        differ = sorted(set(stored) ^ set(expected)) or sorted(
+            k for k in expected if stored.get(k) != expected[k]
+        )
+        raise PlanError(
+            f"plan file {str(path)!r} must hold the quantization_map its layers make, but "
+            f"they disagree on {', '.join(differ[:5])}. Re-export the plan, or drop "
+            "quantization_map (it is rebuilt from layers)."
+        )
 
 
 def record_protocol(record: dict[str, Any], path: str | os.PathLike[str]) -> Protocol:

@@ -97,6 +97,7 @@ def evaluate_plan(
     trusted_factory(plan.model, model, source=f"plan {str(path)!r}")
     _check_names(plan, path, model=model, dataset=dataset)
 
+    from quide_search.files import check_path
     from quide_search.latency import torch_threads
     from quide_search.measure.device import resolve_device
     from quide_search.measure.evaluator import check_task_runs
@@ -107,6 +108,9 @@ def evaluate_plan(
     protocol = _here(record_protocol(record, path), target)
     options = task_options(protocol)
     options.update({k: v for k, v in (("data_dir", data_dir), ("weights", weights)) if v})
+    if options.get("data_dir") and not data_dir:  # a path from the file, not from a flag
+        flag = "the plan's protocol.task.data_dir (override it with --data-dir)"
+        check_path(options["data_dir"], kind="folder", flag=flag)
     if text_file and options["text"] is None:
         raise ConfigError(
             "--text-file is read only by causal language models, but the plan's model "

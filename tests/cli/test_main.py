@@ -28,16 +28,32 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     record = json.loads((tmp / "plan.json").read_text())
     (tmp / "other-model.json").write_text(json.dumps({**record, "model": "resnet50"}))
     (tmp / "other-dataset.json").write_text(json.dumps({**record, "dataset": "svhn"}))
-    (tmp / "bad-layer.json").write_text(json.dumps({**record, "layers": {"fc9": "int8"}}))
+    # A plan's layers edited by hand: its quantization_map (derived from them) dropped too.
+    edited = {k: v for k, v in record.items() if k != "quantization_map"}
+    (tmp / "bad-layer.json").write_text(json.dumps({**edited, "layers": {"fc9": "int8"}}))
+    (tmp / "map.json").write_text(json.dumps({**record, "layers": {"fc1": "int2"}}))
+    metrics, protocol, task = record["metrics"], record["protocol"], record["protocol"]["task"]
+    for name, changed in (
+        ("inf", {"metrics": {**metrics, "C": float("inf")}}),
+        ("seed", {"protocol": {**protocol, "seed": 10**30}}),
+        ("version", {"schema_version": 2.0}),
+        (
+            "split",
+            {"protocol": {**protocol, "task": {**task, "splits": {**task["splits"], "eval": -1}}}},
+        ),
+        ("samples", {"protocol": {**protocol, "task": {**task, "eval_samples": 10**12}}}),
+        ("datadir", {"protocol": {**protocol, "task": {**task, "data_dir": "notes.txt"}}}),
+    ):
+        (tmp / f"{name}.json").write_text(json.dumps({**record, **changed}))
     for name, layers in (
         ("conv", {"conv1": "int8", "fc1": "int8"}),
         ("int2", {"fc1": "int2"}),
         ("fc", {"conv1": "float", "fc1": "int4", "fc2": "int8"}),
         ("int4", {"fc1": "int4", "fc2": "int4"}),
     ):
-        (tmp / f"{name}-plan.json").write_text(json.dumps({**record, "layers": layers}))
+        (tmp / f"{name}-plan.json").write_text(json.dumps({**edited, "layers": layers}))
     for backend in ("torchao", "bogus"):
-        (tmp / f"{backend}-backend.json").write_text(json.dumps({**record, "backend": backend}))
+        (tmp / f"{backend}-backend.json").write_text(json.dumps({**edited, "backend": backend}))
     (tmp / "broken.json").write_text('{"schema_version": 1,')
     (tmp / "deep.json").write_text("[" * 20_000 + "]" * 20_000)
     (tmp / "deep.yaml").write_text("[" * 20_000 + "]" * 20_000)
@@ -129,6 +145,16 @@ BAD_INPUTS = [
     (["evaluate", "--plan", "missing.json"], "does not exist"),
     (["evaluate", "--plan", "broken.json"], "is not valid JSON"),
     (["evaluate", "--plan", "v9.json"], "schema_version must be 2, but got 9"),
+    (["evaluate", "--plan", "map.json"], "must hold the quantization_map its layers make"),
+    (["evaluate", "--plan", "inf.json"], "field 'metrics.C' is wrong"),
+    (["evaluate", "--plan", "seed.json"], "seed"),
+    (["evaluate", "--plan", "version.json"], "schema_version"),
+    (["evaluate", "--plan", "split.json"], "eval must be a count in [0, 100000000]"),
+    (["evaluate", "--plan", "samples.json"], "eval_samples"),
+    (
+        ["evaluate", "--plan", "datadir.json"],
+        "protocol.task.data_dir (override it with --data-dir) must name a folder",
+    ),
     (
         ["evaluate", "--plan", "other-model.json"],
         "is for model 'resnet50', which is not registered",
@@ -285,6 +311,10 @@ BAD_INPUTS = [
         "--text-file is read only by causal language models, but the plan's model 'simplecnn'",
     ),
     (["run", "--heartbeat", "-5"], "--heartbeat: must be an integer >= 0, but got -5"),
+    (["run", "--trials", "100000000"], "--trials must be an integer in [0, 10000000]"),
+    (["run", "--eval-samples", "1000000000000"], "--eval-samples: must be an integer in [1, "),
+    (["run", "--seq-len", "99999999"], "--seq-len must be an integer in [1, 1048576]"),
+    (["run", "--eval-batch-size", "99999999"], "--eval-batch-size must be in [1, 65536]"),
     (
         ["run", "--storage", "journal:studies/j.log", "--heartbeat", "5"],
         "--heartbeat needs an RDB storage",
