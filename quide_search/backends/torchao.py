@@ -159,8 +159,11 @@ class TorchaoBackend(QuantBackend):
         """The Linears of ``layers`` whose shape int4's CPU packing cannot take."""
         if "int4" not in precisions:
             return {}
-        return {name: {"int4": f"{_INT4_SHAPES} ({shape})"}
-                for name, shape in _int4_unfit(model, layers).items()}  # fmt: skip
+        return {
+            name: {"int4": f"its shape {shape} does not fit torchao's CPU int4 layout, which "
+                           "needs in_features divisible by 32 and out_features by 16"}
+            for name, shape in _int4_unfit(model, layers).items()
+        }  # fmt: skip
 
     def quantization_map(self, plan: BitPlan) -> dict[str, Any]:
         """Each layer's torchao configuration and activation precision."""

@@ -74,4 +74,4 @@ class EvaluateCommand(Command):
             backend=args.backend,
         )
         print(format_replay(replay))
-        return 1 if replay.reproduced is False else 0
+        return 1 if replay.reproduced is False or replay.compression_differs else 0

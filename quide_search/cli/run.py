@@ -139,7 +139,8 @@ class RunCommand(Command):
         if summary.lost_workers:
             print(
                 f"quide-search run: {len(summary.lost_workers)} worker process(es) did not end "
-                "well (the warnings above say how); the study keeps what they recorded.",
+                "well (the 'warning:' lines in the output say how); the study keeps what they "
+                "recorded.",
                 file=sys.stderr,
             )
             return 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from quide_search.cli._base import Command
 from quide_search.cli._options import (
@@ -59,6 +58,6 @@ class SweepCommand(Command):
         config = config_from_args(args, out_dir=args.out_dir, study=args.name)
         result = run_sweep(config)
         if result.exclusions:
-            print(result.exclusions, file=sys.stderr)
+            print(result.exclusions)
         print(format_sweep(result))
         return 0

@@ -346,7 +346,10 @@ def _hazard(
     else:
         at = plan.layers_at()
     found = (backend.hazard(task.model, device, (q,), names) for q, names in at.items() if names)
-    return next((why for why in found if why is not None), None)
+    why = next((why for why in found if why is not None), None)
+    if why is not None and plan is not None:  # what a search would do is no advice for a plan
+        why = why.split(". ", 1)[0] + ". Re-export a plan this backend can run."
+    return why
 
 
 def _calibration(

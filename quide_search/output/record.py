@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quide_search.errors import ConfigError, PlanError, StorageError
+from quide_search.errors import ConfigError, PlanError
 from quide_search.files import stamped
 from quide_search.plan import BitPlan
 from quide_search.protocol import Protocol
@@ -30,13 +30,15 @@ _METRIC_KEYS = (*METRIC_KEYS, TrialKey.BASELINE_BYTES, TrialKey.UNIT, TrialKey.L
 
 
 _Finite = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+MAX_C = 1024.0
+"""No plan compresses more: 32-bit weights at 1 bit are 32x, and C counts every stored byte."""
 
 
 class _Metrics(BaseModel):
     # Strict: a number written as a string is an error, not a number that compares unequal.
     # Finite and >= 0: Infinity or NaN in a plan file is an edit, never a measurement.
     model_config = ConfigDict(extra="allow", strict=True)
-    C: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    C: Annotated[float, Field(gt=0.0, le=MAX_C, allow_inf_nan=False)]
     P: _Finite
     T_ms: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
     I: _Finite  # noqa: E741
@@ -120,7 +122,10 @@ def _check_quantization_map(plan: BitPlan, stored: Any, path: Path) -> None:
 
     if stored is None:
         return
-    expected = json.loads(json.dumps(get_backend(plan.backend).quantization_map(plan)))
+    try:
+        expected = json.loads(json.dumps(get_backend(plan.backend).quantization_map(plan)))
+    except (KeyError, ValueError, PlanError):
+        return  # a precision the backend has no map for: refused where it is applied
     if stored != expected:
         differ = sorted(set(stored) ^ set(expected)) or sorted(
             k for k in expected if stored.get(k) != expected[k]
@@ -145,9 +150,14 @@ def record_protocol(record: dict[str, Any], path: str | os.PathLike[str]) -> Pro
             "has none. Export it with `quide-search export`."
         )
     try:
-        protocol = Protocol.from_dict(record["protocol"], study=str(record.get("source", {})))
-    except StorageError as e:
-        raise PlanError(f"plan file {str(path)!r}: {e}") from e
+        protocol = Protocol.model_validate(record["protocol"])
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in ("protocol", *first["loc"]))
+        raise PlanError(
+            f"plan file {str(path)!r} must carry a valid protocol, but field {where!r} is "
+            f"wrong: {first['msg']} (got {_short(first.get('input'))}). Re-export the plan."
+        ) from e
     if record.get("backend") != protocol.backend:
         raise PlanError(
             f"plan file {str(path)!r} must name the backend its protocol was measured with, "

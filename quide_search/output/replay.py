@@ -11,6 +11,7 @@ record's.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,6 +64,33 @@ class Replay:
             return None
         same_test = self.stored.get("P_test", self.p_test) == self.p_test
         return self.stored["P"] == self.measured.P and same_test
+
+    @property
+    def compression_differs(self) -> bool:
+        """Whether the record's C differs from the C of the bytes stored now (C is counted,
+        not timed: the same plan on the same backend stores the same bytes)."""
+        stored = self.stored.get("C")
+        if stored is None or self.stored_backend != self.plan.backend:
+            return False
+        return not math.isclose(float(stored), self.measured.C, rel_tol=1e-9)
+
+
+def _check_offered(plan: BitPlan, device: torch.device, path: str | os.PathLike[str]) -> None:
+    """Refuse a plan that puts a layer at a precision its backend does not run here.
+
+    Raises:
+        PlanError: Naming the layer, the precision and what the backend offers.
+    """
+    from quide_search.backends import get_backend
+
+    offered = get_backend(plan.backend).precisions(device)
+    for name, precision in plan.quantized_layers().items():
+        if precision not in offered:
+            raise PlanError(
+                f"plan file {str(path)!r} must put each layer at a precision the {plan.backend} "
+                f"backend runs on {device.type}, but it puts {name} at {precision} (it offers "
+                f"{', '.join(offered)}). Re-export the plan, or apply it with --backend."
+            )
 
 
 def evaluate_plan(
@@ -123,6 +151,7 @@ def evaluate_plan(
     stored_backend = plan.backend
     if backend is not None and backend != plan.backend:
         plan, protocol = _on_backend(plan, protocol, task, backend, target)
+    _check_offered(plan, target, path)
     with torch_threads(protocol.evaluation.threads):
         scorer = Scorer.build(task, protocol, device=target, plan=plan)
         plan.validate_layers(scorer.weight_counts)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from quide_search.output.text import (
     METRIC_COLUMNS,
+    excluded_text,
     format_table,
     kept_float_text,
     latency_text,
@@ -120,9 +121,9 @@ def format_study(summary: SearchSummary) -> str:
         "",
         *verdict_lines(summary),
     ]
-    kept = kept_float_text(protocol)
-    if kept:
-        lines += ["", kept]
+    for note in (kept_float_text(protocol), excluded_text(protocol)):
+        if note:
+            lines += ["", note]
     lines += _test_notes(summary.test)
     front = [
         [p["trial"], *(p[c] for c in METRIC_COLUMNS), p["gate_passed"], plan_text(p["plan"])]
@@ -151,9 +152,9 @@ def gate_text(summary: SearchSummary) -> str:
 
 def _notes(summary: SearchSummary) -> list[str]:
     lines = []
-    kept = kept_float_text(summary.protocol)
-    if kept:
-        lines.append("\n" + kept)
+    for note in (kept_float_text(summary.protocol), excluded_text(summary.protocol)):
+        if note:
+            lines.append("\n" + note)
     if summary.confirmation:
         c = summary.confirmation
         lines.append(

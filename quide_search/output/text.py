@@ -19,6 +19,7 @@ __all__ = [
     "format_studies",
     "format_sweep",
     "format_table",
+    "excluded_text",
     "kept_float_text",
     "latency_text",
     "metric_headers",
@@ -52,8 +53,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         parts += [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
         return "  ".join(parts).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
+    rule = "  ".join(("-" if h else " ") * w for h, w in zip(headers, widths, strict=True))
+    return "\n".join([line(list(headers)), rule.rstrip(), *(line(r) for r in cells)])
 
 
 def metric_row(
@@ -102,6 +103,18 @@ def latency_text(latency: Mapping[str, Any]) -> str:
     return text + ")"
 
 
+def excluded_text(protocol: Mapping[str, Any]) -> str | None:
+    """The protocol's note on precisions left out of some layers' choices, or None."""
+    from pydantic import ValidationError
+
+    from quide_search.protocol import Search
+
+    try:
+        return Search.model_validate(protocol.get("search") or {}).exclusion_line()
+    except ValidationError:
+        return None
+
+
 def kept_float_text(protocol: Mapping[str, Any]) -> str | None:
     """Say which layers no plan quantizes and why, or None when every layer is searched.
 
@@ -139,7 +152,12 @@ def format_sweep(result: SweepResult) -> str:
     """Return the uniform-precision table with the knee marked."""
     confirmed = any("T_confirmed_ms" in r for r in result.rows)
     rows = [
-        metric_row(r["precision"], r, confirmed, ["<- knee" if r is result.knee else ""])
+        metric_row(
+            r["precision"] + (f" ({plan_text(r['other_layers'])})" if "other_layers" in r else ""),
+            r,
+            confirmed,
+            ["<- knee" if r is result.knee else ""],
+        )  # fmt: skip
         for r in result.rows
     ]
     return "\n".join(
@@ -175,6 +193,11 @@ def format_replay(replay: Replay) -> str:
             False: "P or P_test differs from the stored value",
             None: "the plan stores no P to compare",
         }[replay.reproduced]
+    if replay.compression_differs:
+        verdict += (
+            f"; the stored C {float(replay.stored['C']):.4g} is not the C of the bytes this plan "
+            f"stores ({replay.measured.C:.4f}): the record was changed after export"
+        )
     table = format_table(metric_headers("", False, tested=True), rows)
     return "\n".join([latency_text(replay.latency), "", table, "", verdict])
 

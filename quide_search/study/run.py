@@ -53,7 +53,8 @@ def run_search(
             if note is not None:
                 echo(note)
         parallel = config.workers > 1 and config.trials > 0
-        if parallel and session.objective.scorer.device.type == "cpu":
+        timed = not session.objective.scorer.latency.deterministic  # T measured per trial
+        if parallel and timed and session.objective.scorer.device.type == "cpu":
             echo(
                 f"note: {config.workers} workers share {os.cpu_count()} CPU cores, so T is "
                 "measured while other trials run; --threads 1 keeps them from oversubscribing."

@@ -25,7 +25,11 @@ from quide_search.records import METRIC_KEYS
 
 __all__ = ["SWEEP_COLUMNS", "SweepResult", "run_sweep"]
 
-SWEEP_COLUMNS = ("precision", *METRIC_KEYS, "T_confirmed_ms", "I_prime_confirmed")
+SWEEP_COLUMNS = (
+    "precision", *METRIC_KEYS, "T_confirmed_ms", "I_prime_confirmed", "other_layers"
+)  # fmt: skip
+"""The CSV's columns (then ``knee``); ``other_layers``: ``layer=precision`` of the layers a
+uniform row keeps at another precision, as they cannot run the row's."""
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,12 @@ def _is_sweep_csv(path: Path) -> bool:
     """Whether ``path`` is a sweep CSV quide-search wrote (its exact header)."""
     try:
         with path.open(encoding="utf-8") as f:
-            return f.readline().strip() == ",".join([*SWEEP_COLUMNS, "knee"])
+            header = f.readline().strip()
     except (OSError, UnicodeDecodeError):
         return False
+    # The columns since other_layers, and before it (a sweep written by an earlier version).
+    now, before = [*SWEEP_COLUMNS, "knee"], [*SWEEP_COLUMNS[:-1], "knee"]
+    return header in (",".join(now), ",".join(before))
 
 
 def _write(result: SweepResult, task: dict[str, Any]) -> None:
@@ -145,5 +152,6 @@ def _write(result: SweepResult, task: dict[str, Any]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=[*SWEEP_COLUMNS, "knee"], extrasaction="ignore")
     writer.writeheader()
     for row in result.rows:
-        writer.writerow({**row, "knee": row is result.knee})
+        other = " ".join(f"{k}={v}" for k, v in row.get("other_layers", {}).items())
+        writer.writerow({**row, "other_layers": other, "knee": row is result.knee})
     atomic_write_text(result.csv_path, buffer.getvalue())

@@ -121,7 +121,7 @@ def test_int4_shapes_the_kernel_refuses_leave_those_layers_choices(tmp_path: Pat
     # Layers left out of the search (a causal LM's lm_head) are not checked.
     assert AO.hazard(model, torch.device("cpu"), ("int8", "int4"), ["0"]) is None
     unfit = AO.unfit_layers(model, torch.device("cpu"), ("int8", "int4"), ["0", "1", "2"])
-    assert set(unfit) == {"1", "2"} and "(64 -> 10)" in unfit["1"]["int4"]
+    assert set(unfit) == {"1", "2"} and "its shape 64 -> 10 " in unfit["1"]["int4"]
     # A search takes int4 out of fc2's choices only (64 -> 10), says so, and records it.
     from quide_search.study import run_search
 
@@ -131,7 +131,11 @@ def test_int4_shapes_the_kernel_refuses_leave_those_layers_choices(tmp_path: Pat
     summary = run_search(config, progress=False, echo=lines.append)
     excluded = summary.protocol["search"]["excluded"]
     assert list(excluded) == ["fc2"] and list(excluded["fc2"]) == ["int4"]
-    assert [line for line in lines if line.startswith("note: int4 left out of fc2 (")] != []
+    assert [
+        line
+        for line in lines
+        if line.startswith("note: int4 is left out of fc2 (its shape 64 -> 10 ")
+    ] != []
     study = load_study(study=config.study_name, storage=config.storage_url)
     assert all(t.params["fc2"] == "int8" for t in study.trials)
     uniform = [t for t in study.trials if t.user_attrs.get("warm_start") == "uniform"]
@@ -283,6 +287,37 @@ def test_run_without_bits_searches_what_torchao_runs_here(
     argv = ["run", "--backend", "torchao", "--trials", "2", "--device", "cpu", "--no-progress",
             "--latency", "model:cpu-epyc-2c", "--no-warm-start"]  # fmt: skip
     assert main(argv) == 0
-    assert "note: int4 left out of fc2 (" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (
+        out.count("note: int4 is left out of fc2 (its shape 64 -> 10 does not fit") == 2
+    )  # start, summary
     study = load_study(study="simplecnn-digits", storage="sqlite:///studies/simplecnn-digits.db")
     assert study.user_attrs["protocol"]["search"]["precisions"] == ["int8", "int4"]
+    # Its plan, edited by hand: a precision torchao does not run, a C it does not store.
+    assert main(["export", "--study", "simplecnn-digits", "--out", "plan.json"]) == 0
+    record = json.loads((tmp_path / "plan.json").read_text())
+    (tmp_path / "int2.json").write_text(json.dumps({**record, "layers": {"fc1": "int2"}}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({**record, "metrics": {**record["metrics"], "C": 5.0}})
+    )
+    capsys.readouterr()
+    assert main(["evaluate", "--plan", "int2.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "puts fc1 at int2 (it offers int8, int4" in err
+    assert main(["evaluate", "--plan", "c.json"]) == 1
+    assert "the stored C 5 is not the C of the bytes this plan stores" in capsys.readouterr().out
+
+
+def test_a_sweep_row_says_which_layers_it_keeps_at_another_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quide_search.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "--backend", "torchao", "--bits", "8,4", "--device", "cpu",
+            "--latency", "model:cpu-epyc-2c"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "note: int4 is left out of fc2" in out and "int4 (fc2=int8)" in out
+    csv = (tmp_path / "studies" / "simplecnn-digits.sweep.csv").read_text().splitlines()
+    assert csv[0].endswith(",other_layers,knee") and ",fc2=int8," in csv[-1]

@@ -35,6 +35,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     metrics, protocol, task = record["metrics"], record["protocol"], record["protocol"]["task"]
     for name, changed in (
         ("inf", {"metrics": {**metrics, "C": float("inf")}}),
+        ("bigc", {"metrics": {**metrics, "C": 1e308}}),
         ("seed", {"protocol": {**protocol, "seed": 10**30}}),
         ("version", {"schema_version": 2.0}),
         (
@@ -147,7 +148,8 @@ BAD_INPUTS = [
     (["evaluate", "--plan", "v9.json"], "schema_version must be 2, but got 9"),
     (["evaluate", "--plan", "map.json"], "must hold the quantization_map its layers make"),
     (["evaluate", "--plan", "inf.json"], "field 'metrics.C' is wrong"),
-    (["evaluate", "--plan", "seed.json"], "seed"),
+    (["evaluate", "--plan", "seed.json"], "field 'protocol.seed' is wrong"),
+    (["evaluate", "--plan", "bigc.json"], "field 'metrics.C' is wrong: Input should be less"),
     (["evaluate", "--plan", "version.json"], "schema_version"),
     (["evaluate", "--plan", "split.json"], "eval must be a count in [0, 100000000]"),
     (["evaluate", "--plan", "samples.json"], "eval_samples"),
