@@ -15,12 +15,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from quide_search._lazy import lazy_exports
+from quide_search._version import __version__
 
 # optimum-quanto imports torch's extension builder, which warns about a missing CUDA runtime on
 # every CPU-only machine; the warning says nothing about quide-search's work.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-__version__ = "0.2.0"
 
 _EXPORTS = {
     "BitPlan": "quide_search.plan",

@@ -13,16 +13,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quide_search.errors import ConfigError, PlanError
+from quide_search.errors import ConfigError, PlanError, did_you_mean
 from quide_search.files import check_path
 from quide_search.plan import DEFAULT_BACKEND, FLOAT, normalize_precision
 from quide_search.protocol import MAX_SAMPLES, MAX_SEED
-from quide_search.study.budget import Budget
-from quide_search.study.storage import check_url, default_storage_url, supports_heartbeat
+from quide_search.records import Budget
+from quide_search.storage_url import check_url, default_storage_url, supports_heartbeat
 
 __all__ = [
     "MAX_SEED",
+    "SAMPLERS",
     "RunConfig",
+    "check_sampler",
     "check_seed",
     "check_study_name",
     "check_threads",
@@ -31,6 +33,29 @@ __all__ = [
 
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 """The largest seed Optuna's samplers take (numpy's RandomState)."""
+
+
+SAMPLERS = ("tpe", "random", "nsga2", "gp")
+"""Samplers that fit categorical search spaces."""
+
+_UNFIT = {
+    "cmaes": "CMA-ES models continuous and integer parameters only; on per-layer categorical "
+    "choices Optuna would sample every parameter at random",
+}
+
+
+def check_sampler(name: str) -> None:
+    """Raise ConfigError unless ``name`` is a sampler that fits categorical plans."""
+    if name in _UNFIT:
+        raise ConfigError(
+            f"--sampler must fit categorical choices, but {name!r} does not: {_UNFIT[name]}. "
+            f"Use one of {', '.join(SAMPLERS)}."
+        )
+    if name not in SAMPLERS:
+        raise ConfigError(
+            f"--sampler must be one of {', '.join(SAMPLERS)}, but got {name!r}."
+            + did_you_mean(name, SAMPLERS)
+        )
 
 
 WORKERS_PER_CORE = 2
@@ -297,8 +322,6 @@ class RunConfig:
                 )
 
     def _check_search(self) -> None:
-        from quide_search.search.samplers import check_sampler
-
         check_sampler(self.sampler)
         for flag, value, allowed in (
             ("--objective", self.objective, ("iprime", "pareto")),

@@ -141,12 +141,17 @@ class Search(_Record):
                 reasons.setdefault(precision, why)
         if not by_precision:
             return None
-        parts = [
-            f"{q} left out of {', '.join(layers[:5])}{' …' if len(layers) > 5 else ''} "
-            f"({reasons[q]})"
-            for q, layers in by_precision.items()
-        ]
-        return "note: " + "; ".join(parts) + "; those layers search the other precisions."
+        parts = []
+        for q, layers in by_precision.items():
+            names = ", ".join(layers[:5]) + (
+                f" and {len(layers) - 5} more" if len(layers) > 5 else ""
+            )
+            them, it = ("that layer", "it") if len(layers) == 1 else ("those layers", "they")
+            parts.append(
+                f"{q} is left out of {names} ({reasons[q]}): no plan puts {them} at {q}, and "
+                f"the uniform {q} plan keeps {them} at the nearest precision {it} can run"
+            )
+        return "note: " + "; ".join(parts) + "."
 
 
 # Dotted fields that must match on resume, each with the flag that sets it. The rest (seed,
@@ -309,7 +314,7 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
     import optuna
     import torch
 
-    from quide_search import __version__
+    from quide_search._version import __version__
     from quide_search.backends import get_backend
     from quide_search.latency.settings import latency_context
 

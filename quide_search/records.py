@@ -7,9 +7,13 @@ and nowhere else, so a reader and a writer cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
-__all__ = ["METRIC_KEYS", "TEST_KEYS", "StudyKey", "TrialKey", "WarmStart"]
+from quide_search.errors import ConfigError
+
+__all__ = ["METRIC_KEYS", "MIB", "TEST_KEYS", "Budget", "StudyKey", "TrialKey", "WarmStart"]
 
 
 class StudyKey:
@@ -99,3 +103,47 @@ METRIC_KEYS = (
 
 TEST_KEYS = (TrialKey.P_TEST, TrialKey.GATE_PASSED_TEST)
 """The held-out test split's fields a finalist carries beside its metrics."""
+
+
+MIB = 2**20
+"""Bytes per MiB: ``--max-size-mb`` counts stored weight bytes in MiB, as the search does."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A deployment budget: stored weights at most ``max_size_mb`` MiB, T at most
+    ``max_latency_ms`` ms (the study's T: its unit, batch and device). None: no limit."""
+
+    max_size_mb: float | None = None
+    max_latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        for flag, limit in (
+            ("--max-size-mb", self.max_size_mb),
+            ("--max-latency-ms", self.max_latency_ms),
+        ):
+            if limit is not None and not 0 < limit < float("inf"):
+                raise ConfigError(f"{flag} must be a finite number > 0, but got {limit}.")
+
+    @property
+    def given(self) -> bool:
+        """Whether any limit is set."""
+        return self.max_size_mb is not None or self.max_latency_ms is not None
+
+    def fits(self, row: Mapping[str, Any]) -> bool:
+        """Whether a row fits: its stored bytes, and its confirmed T where it has one, else
+        the search's T (a plan measured over the limit is never offered as within it)."""
+        size_mb = float(row[TrialKey.STORED_BYTES]) / MIB
+        if self.max_size_mb is not None and size_mb > self.max_size_mb:
+            return False
+        t_ms = float(row.get("T_confirmed_ms", row[TrialKey.T_MS]))
+        return self.max_latency_ms is None or t_ms <= self.max_latency_ms
+
+    def text(self) -> str:
+        """``size <= 0.5 MiB, T <= 2 ms``."""
+        parts = []
+        if self.max_size_mb is not None:
+            parts.append(f"size <= {self.max_size_mb:g} MiB")
+        if self.max_latency_ms is not None:
+            parts.append(f"T <= {self.max_latency_ms:g} ms")
+        return ", ".join(parts) or "no limit"

@@ -100,6 +100,83 @@ def test_the_import_graph_has_no_cycle() -> None:
     assert _cycles(graph) == []
 
 
+LAYERS = (
+    ("foundation", {"_version", "_lazy", "errors", "files", "metric", "plan", "progress",
+                    "records", "storage_url"}),
+    ("latency", {"latency"}),
+    ("backends", {"backends"}),
+    ("tasks", {"tasks"}),
+    ("settings", {"protocol", "config"}),
+    ("measure", {"measure"}),
+    ("search", {"search"}),
+    ("study", {"study"}),
+    ("output", {"output"}),
+    ("cli", {"cli", "__main__", ""}),  # "": the package itself, the public API's facade
+)  # fmt: skip
+"""The package's layers, lowest first: a module imports from its own layer and those below,
+never from one above (type-only imports under TYPE_CHECKING excepted). docs/extending.md."""
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    return next(i for i, (_, members) in enumerate(LAYERS) if part in members)
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{a} ({LAYERS[_layer(a)][0]}) imports {b} ({LAYERS[_layer(b)][0]})"
+        for a, targets in graph.items()
+        for b in targets
+        if _layer(b) > _layer(a)
+    )
+
+
+def _edges_with_the_package() -> dict[str, set[str]]:
+    """The import graph, with imports of the package itself (``from quide_search import X``)
+    kept: ``_graph`` drops a module's own ancestors, the package among them."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {
+        name: {m for m in _imports(ast.parse(path.read_text(encoding="utf-8")), set(files))
+               if m != name}
+        for name, path in files.items()
+    }  # fmt: skip
+
+
+def test_every_import_goes_down_the_declared_layers() -> None:
+    graph = _edges_with_the_package()
+    unplaced = [m for m in graph if m.count(".") >= 1 and not any(
+        m.split(".")[1] in members for _, members in LAYERS)]  # fmt: skip
+    assert unplaced == [], "place each new module in LAYERS"
+    assert _upward(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    graph = {
+        "quide_search.config": {"quide_search.study.budget"},
+        "quide_search.protocol": {"quide_search"},
+        "quide_search.study.run": {"quide_search.plan"},
+    }
+    assert _upward(graph) == [
+        "quide_search.config (settings) imports quide_search.study.budget (study)",
+        "quide_search.protocol (settings) imports quide_search (cli)",
+    ]
+
+
+def test_each_folder_names_its_layer() -> None:
+    for folder in sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").exists()):
+        doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
+        assert f"Layer: {LAYERS[_layer(f'quide_search.{folder.name}')][0]}" in doc, folder.name
+
+
+def test_the_version_is_the_projects() -> None:
+    import tomllib
+
+    from quide_search._version import __version__
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    assert __version__ == project["version"]
+
+
 def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -4,6 +4,8 @@ Owns everything library-specific: :class:`QuantBackend` (``_base``) is the inter
 implementation is one file (``quanto``: optimum-quanto; ``torchao``: torchao; each the only
 module that imports its library).
 :func:`get_backend` looks one up by the name plans and studies record.
+
+Layer: backends (imports latency and the foundation modules only).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Subcommands live in one module each and are listed in ``_COMMANDS``; their help 
 docstring. Heavy libraries load inside ``Command.run`` so ``--help`` is instant. Every
 ``QuideError`` is caught here, once, and printed as one line with exit code 2 (``--debug``
 shows the traceback instead).
+
+Layer: cli (the top: imports any layer; nothing imports it but ``__main__``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ _COMMANDS: tuple[type[Command], ...] = (
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """Return the top-level parser and the parser of each subcommand."""
-    from quide_search import __version__
+    from quide_search._version import __version__
 
     parser = QuideArgumentParser(
         prog="quide-search",

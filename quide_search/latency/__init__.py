@@ -6,6 +6,8 @@ summed, checked before use by ``table_check``; ``analytic``: estimated for a dev
 the timing of one model (``_timer``) and of each layer inside it (``_profiler``), and the
 interleaved re-timing of the plans that decide a study (``confirm``). Sources see the model
 only through a :class:`TimingTarget` that the scorer gives them.
+
+Layer: latency (above the foundation modules; below backends and all the rest).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Owns the layer cache trials are assembled from (``assembly``), the evaluator and
 schedule (``evaluator``, ``chunking``), the record of one measurement (``measurement``) and
 the :class:`Scorer` that puts them together under a study's protocol (``scorer``). It knows
 nothing of Optuna.
+
+Layer: measure (imports tasks, backends, latency and the foundation).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ report (``htmlreport``), exported plan records and their schema (``record``, ``e
 quantized checkpoints (``checkpoint``), re-measuring an exported plan (``replay``) and
 optuna-dashboard on loopback (``dashboard``). It reads what :mod:`quide_search.study` stored
 and writes only through :mod:`quide_search.files`.
+
+Layer: output (imports study and everything below it).
 """
 
 from __future__ import annotations

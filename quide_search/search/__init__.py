@@ -5,6 +5,8 @@ suggested plan and records it as a trial (``objective``), the samplers (``sample
 per-layer sensitivity (``sensitivity``) and the warm-start plans built from it
 (``warmstart``). It measures through :mod:`quide_search.measure` and knows nothing of
 storage or processes.
+
+Layer: search (imports settings, measure and below).
 """
 
 from __future__ import annotations

@@ -12,34 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from quide_search.errors import ConfigError, did_you_mean
+from quide_search.config import SAMPLERS, check_sampler
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = ["SAMPLERS", "check_sampler", "make_sampler"]
-
-SAMPLERS = ("tpe", "random", "nsga2", "gp")
-"""Samplers that fit categorical search spaces."""
-
-_UNFIT = {
-    "cmaes": "CMA-ES models continuous and integer parameters only; on per-layer categorical "
-    "choices Optuna would sample every parameter at random",
-}
-
-
-def check_sampler(name: str) -> None:
-    """Raise ConfigError unless ``name`` is a sampler that fits categorical plans."""
-    if name in _UNFIT:
-        raise ConfigError(
-            f"--sampler must fit categorical choices, but {name!r} does not: {_UNFIT[name]}. "
-            f"Use one of {', '.join(SAMPLERS)}."
-        )
-    if name not in SAMPLERS:
-        raise ConfigError(
-            f"--sampler must be one of {', '.join(SAMPLERS)}, but got {name!r}."
-            + did_you_mean(name, SAMPLERS)
-        )
 
 
 def make_sampler(name: str, *, seed: int) -> optuna.samplers.BaseSampler:

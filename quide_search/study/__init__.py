@@ -5,6 +5,8 @@ Owns the storage (``storage``), the session that creates or joins a study (``ses
 (``workers``), the confirmation of the finalists (``confirm``), reading a study back
 (``summary``, ``pareto``, ``warnings``), the whole search (``run``) and the uniform sweep
 (``sweep``).
+
+Layer: study (imports search and everything below it).
 """
 
 from __future__ import annotations

@@ -9,56 +9,11 @@ the study's accuracy gate and fit the budget, chosen by the recommendation's own
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from quide_search.errors import ConfigError
-from quide_search.records import TrialKey
+from quide_search.records import MIB, Budget, TrialKey
 
 __all__ = ["MIB", "Budget", "best_within", "nothing_fits"]
-
-MIB = 2**20
-"""Bytes per MiB: ``--max-size-mb`` counts stored weight bytes in MiB, as the search does."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A deployment budget: stored weights at most ``max_size_mb`` MiB, T at most
-    ``max_latency_ms`` ms (the study's T: its unit, batch and device). None: no limit."""
-
-    max_size_mb: float | None = None
-    max_latency_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        for flag, limit in (
-            ("--max-size-mb", self.max_size_mb),
-            ("--max-latency-ms", self.max_latency_ms),
-        ):
-            if limit is not None and not 0 < limit < float("inf"):
-                raise ConfigError(f"{flag} must be a finite number > 0, but got {limit}.")
-
-    @property
-    def given(self) -> bool:
-        """Whether any limit is set."""
-        return self.max_size_mb is not None or self.max_latency_ms is not None
-
-    def fits(self, row: Mapping[str, Any]) -> bool:
-        """Whether a row fits: its stored bytes, and its confirmed T where it has one, else
-        the search's T (a plan measured over the limit is never offered as within it)."""
-        size_mb = float(row[TrialKey.STORED_BYTES]) / MIB
-        if self.max_size_mb is not None and size_mb > self.max_size_mb:
-            return False
-        t_ms = float(row.get("T_confirmed_ms", row[TrialKey.T_MS]))
-        return self.max_latency_ms is None or t_ms <= self.max_latency_ms
-
-    def text(self) -> str:
-        """``size <= 0.5 MiB, T <= 2 ms``."""
-        parts = []
-        if self.max_size_mb is not None:
-            parts.append(f"size <= {self.max_size_mb:g} MiB")
-        if self.max_latency_ms is not None:
-            parts.append(f"T <= {self.max_latency_ms:g} ms")
-        return ", ".join(parts) or "no limit"
 
 
 def best_within(

@@ -4,6 +4,8 @@ Owns models (``models/``: registered ones, ``hf:`` causal LMs, the embedded pret
 ``package.module:factory``), datasets (``data/``: seeded, disjoint splits), the cache of
 trained weights, and the one resolver (:func:`load_task`) from a ``--model`` to a
 :class:`Task`.
+
+Layer: tasks (imports the foundation modules only).
 """
 
 from __future__ import annotations
