@@ -74,16 +74,16 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         "--text-file", type=str, default=None, help="UTF-8 text to score on (e.g. WikiText-2 raw)"
     )
     lm.add_argument(
-        "--seq-len", type=positive_int, default=512, help="tokens per eval window (default: 512)"
+        "--seq-len", type=positive_int, default=None, help="tokens per eval window (default: 512)"
     )
     lm.add_argument(
-        "--eval-windows", type=positive_int, default=64, help="eval windows (default: 64)"
+        "--eval-windows", type=positive_int, default=None, help="eval windows (default: 64)"
     )
     lm.add_argument(
         "--dtype",
         type=str,
         choices=("auto", "float32", "float16", "bfloat16"),
-        default="auto",
+        default=None,
         help="model dtype (default: auto = float32 on CPU, the model's own on GPU)",
     )
     lm.add_argument(
@@ -293,6 +293,24 @@ def _bits(args: argparse.Namespace) -> tuple[str, ...] | None:
     return with_activations(bits, activations)
 
 
+def _check_lm_only(config: Any, flags: dict[str, Any]) -> None:
+    """Refuse flags only causal LMs read, given for another model (they would do nothing).
+
+    Raises:
+        ConfigError: Naming the flags given and the model.
+    """
+    from quide_search.errors import ConfigError
+
+    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+    if given and not config.reads_text:
+        one = len(given) == 1
+        raise ConfigError(
+            f"{', '.join(given)} {'is' if one else 'are'} read only by causal language models "
+            f"(hf: paths and smollm2-135m), but --model {config.model!r} is not one. Drop "
+            f"{'it' if one else 'them'}, or name a language model."
+        )
+
+
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     """Build the validated RunConfig from parsed arguments (CLI > defaults)."""
     from quide_search.config import RunConfig
@@ -320,9 +338,6 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "calib_samples": args.calib_samples,
         "test_samples": args.test_samples,
         "text_file": args.text_file,
-        "seq_len": args.seq_len,
-        "eval_windows": args.eval_windows,
-        "dtype": args.dtype,
         "include_head": args.include_head,
         "granularity": args.granularity,
         "max_accuracy_drop": drop,
@@ -341,8 +356,12 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     }
     if bits is not None:
         values["bits"] = bits
+    lm_only = {"seq_len": args.seq_len, "eval_windows": args.eval_windows, "dtype": args.dtype}
+    values.update({k: v for k, v in lm_only.items() if v is not None})
     values.update(extra)
-    return RunConfig(**values)
+    config = RunConfig(**values)
+    _check_lm_only(config, {**lm_only, "include_head": args.include_head or None})
+    return config
 
 
 def add_budget_args(parser: argparse.ArgumentParser, *, what: str) -> None:

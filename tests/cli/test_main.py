@@ -315,7 +315,15 @@ BAD_INPUTS = [
     (["run", "--heartbeat", "-5"], "--heartbeat: must be an integer >= 0, but got -5"),
     (["run", "--trials", "100000000"], "--trials must be an integer in [0, 10000000]"),
     (["run", "--eval-samples", "1000000000000"], "--eval-samples: must be an integer in [1, "),
-    (["run", "--seq-len", "99999999"], "--seq-len must be an integer in [1, 1048576]"),
+    (
+        ["run", "--model", "hf:x", "--seq-len", "99999999"],
+        "--seq-len must be an integer in [1, 1048576]",
+    ),
+    (["run", "--seq-len", "16"], "--seq-len is read only by causal language models"),
+    (
+        ["sweep", "--eval-windows", "4", "--include-head"],
+        "--eval-windows, --include-head are read",
+    ),
     (["run", "--eval-batch-size", "99999999"], "--eval-batch-size must be in [1, 65536]"),
     (
         ["run", "--storage", "journal:studies/j.log", "--heartbeat", "5"],
