@@ -2,7 +2,9 @@
 
 Precedence for the CLI: flags given on the command line > these defaults. Every value is checked
 in ``__post_init__`` so the rest of the code can trust it, and so that bad input fails before any
-study or file is touched. Nothing here does I/O or imports torch.
+study or file is touched. Nothing there does I/O or imports torch: the paths the settings name
+are checked on this machine by :meth:`RunConfig.check_paths`, which the study layer's entry
+points (``run_search``, ``run_sweep``, the sensitivity command) call once, first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from quide_search.files import check_path
 from quide_search.plan import DEFAULT_BACKEND, FLOAT, normalize_precision
 from quide_search.protocol import MAX_SAMPLES, MAX_SEED
 from quide_search.records import Budget
-from quide_search.storage_url import check_url, default_storage_url, supports_heartbeat
+from quide_search.storage_url import (
+    check_url,
+    check_url_form,
+    default_storage_url,
+    supports_heartbeat,
+)
 
 __all__ = [
     "MAX_SEED",
@@ -290,9 +297,7 @@ class RunConfig:
         for flag, threads in (("--threads", self.threads),
                               ("--latency-threads", self.latency_threads)):  # fmt: skip
             check_threads(threads, flag=flag, force=self.force_threads)
-        kind, table = parse_source(self.latency)
-        if kind == "table" and table is not None:  # an input file: checked before any import
-            check_path(table, kind="file", flag="--latency table:PATH", must_exist=True)
+        parse_source(self.latency)
         check_backend(self.backend)
         if not self.cache_mb > 0:
             raise ConfigError(f"--cache-mb must be > 0, but got {self.cache_mb}.")
@@ -311,15 +316,32 @@ class RunConfig:
     def _check_storage(self) -> None:
         if self.study is not None:
             check_study_name(self.study)
-        check_path(self.out_dir, kind="folder", flag="--out-dir")
         if self.storage is not None:
-            check_url(self.storage, must_exist=False)
+            check_url_form(self.storage)
             if self.heartbeat and not supports_heartbeat(self.storage):
                 raise ConfigError(
                     "--heartbeat needs an RDB storage (sqlite:///, postgresql://, mysql://), "
                     f"but got --heartbeat {self.heartbeat} with --storage {self.storage!r}, a "
                     "journal file, which has no heartbeats. Drop --heartbeat or use an RDB URL."
                 )
+
+    def check_paths(self) -> None:
+        """Check the paths these settings name, on this machine: ``--out-dir`` (a folder, or
+        one that can be made), ``--storage``'s file (its kind, folder and permissions) and
+        ``--latency table:PATH`` (an existing file). The only I/O of a RunConfig.
+
+        Raises:
+            ConfigError: For a path of the wrong kind, missing or not writable.
+            StorageError: For a storage file that is not what its URL says.
+        """
+        from quide_search.latency.profiles import parse_source
+
+        check_path(self.out_dir, kind="folder", flag="--out-dir")
+        if self.storage is not None:
+            check_url(self.storage, must_exist=False)
+        kind, table = parse_source(self.latency)
+        if kind == "table" and table is not None:  # an input file: checked before any import
+            check_path(table, kind="file", flag="--latency table:PATH", must_exist=True)
 
     def _check_search(self) -> None:
         check_sampler(self.sampler)

@@ -8,6 +8,7 @@ also names the backend that applies them (``quanto``), which turns them into its
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -25,6 +26,7 @@ __all__ = [
     "activation_precision",
     "normalize_precision",
     "parse_activations",
+    "group_layers",
     "parse_bits",
     "uniform_layers",
     "weight_bits",
@@ -173,6 +175,29 @@ def parse_bits(text: str, *, flag: str = "--bits") -> tuple[str, ...]:
     if len(set(values)) != len(values):
         raise ConfigError(f"{flag} must not repeat a precision, but got {text!r}.")
     return values
+
+
+_BLOCK = re.compile(r"^(.*?\.\d+)(\.|$)")
+
+
+def group_layers(layers: Sequence[str], granularity: str) -> dict[str, list[str]]:
+    """Return search parameter -> the layers it sets, for ``--granularity``.
+
+    Example:
+        >>> group_layers(["m.layers.0.q", "m.layers.0.k", "m.head"], "block")
+        {'m.layers.0': ['m.layers.0.q', 'm.layers.0.k'], 'm.head': ['m.head']}
+    """
+    groups: dict[str, list[str]] = {}
+    for name in layers:
+        if granularity == "block":
+            match = _BLOCK.match(name)
+            key = match.group(1) if match else name
+        elif granularity == "type":
+            key = name.rsplit(".", 1)[-1]
+        else:
+            key = name
+        groups.setdefault(key, []).append(name)
+    return groups
 
 
 def uniform_layers(

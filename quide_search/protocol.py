@@ -19,6 +19,8 @@ from quide_search.errors import ConfigError, StorageError
 from quide_search.latency._base import MAX_BATCH, MAX_THREADS, LatencyContext
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
     from quide_search.backends import QuantBackend
@@ -131,6 +133,44 @@ class Search(_Record):
         refused = self.excluded.get(layer, {})
         return tuple(q for q in self.precisions if q not in refused)
 
+    def grouped_excluded(self, layers: Sequence[str]) -> dict[str, dict[str, str]]:
+        """``excluded`` widened to whole search groups (``granularity``): a layer grouped with
+        one that cannot run a precision takes one choice with it, so it never runs it either."""
+        from quide_search.plan import group_layers
+
+        out: dict[str, dict[str, str]] = {}
+        for names in group_layers(layers, self.granularity).values():
+            refused: dict[str, str] = {}
+            for name in names:
+                for q, why in self.excluded.get(name, {}).items():
+                    refused.setdefault(q, why)
+            out.update({name: refused for name in names if refused})
+        return out
+
+    def uniform(self, layers: Sequence[str], precision: str) -> dict[str, str]:
+        """The uniform ``precision`` plan of ``layers`` as this search runs it: a layer (or
+        its group) that cannot run ``precision`` at the nearest of its choices."""
+        from quide_search.plan import uniform_layers
+
+        return uniform_layers(layers, precision, self.grouped_excluded(layers), self.precisions)
+
+    def check_groups(self, layers: Sequence[str]) -> None:
+        """Refuse a grouping whose layers share no precision they can all run.
+
+        Raises:
+            ConfigError: Naming the group and what to do.
+        """
+        from quide_search.plan import group_layers
+
+        widened = self.grouped_excluded(layers)
+        for group, names in group_layers(layers, self.granularity).items():
+            if all(q in widened.get(names[0], {}) for q in self.precisions):
+                raise ConfigError(
+                    f"every group of layers must share a precision it can run, but the layers "
+                    f"of {group!r} share none of {', '.join(self.precisions)} (--granularity "
+                    f"{self.granularity}). Use --granularity layer, or add 8 or fp to --bits."
+                )
+
     def exclusion_line(self) -> str | None:
         """One line naming each precision left out of some layers, and why; None if none."""
         by_precision: dict[str, list[str]] = {}
@@ -151,7 +191,12 @@ class Search(_Record):
                 f"{q} is left out of {names} ({reasons[q]}): no plan puts {them} at {q}, and "
                 f"the uniform {q} plan keeps {them} at the nearest precision {it} can run"
             )
-        return "note: " + "; ".join(parts) + "."
+        grouped = (
+            f" With --granularity {self.granularity}, the layers grouped with them share it."
+            if self.granularity != "layer"
+            else ""
+        )
+        return "note: " + "; ".join(parts) + "." + grouped
 
 
 # Dotted fields that must match on resume, each with the flag that sets it. The rest (seed,
@@ -331,7 +376,7 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
         sample_ms=config.latency_sample_ms or None,
         decode=task.decode_record(),
     )
-    return Protocol(
+    protocol = Protocol(
         backend=backend.name,
         backend_version=backend.version(),
         task=task_record,
@@ -359,6 +404,8 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
             "optuna": optuna.__version__,
         },  # fmt: skip
     )
+    protocol.search.check_groups(task_record.layers)  # before any study stores it
+    return protocol
 
 
 def on_backend(

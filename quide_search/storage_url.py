@@ -15,6 +15,7 @@ from quide_search.errors import StorageError
 
 __all__ = [
     "check_url",
+    "check_url_form",
     "default_storage_url",
     "journal_path",
     "sqlite_path",
@@ -48,6 +49,24 @@ def journal_path(url: str) -> Path | None:
     return Path(url[len("journal:") :]) if url.startswith("journal:") else None
 
 
+def check_url_form(url: str) -> None:
+    """Check a storage URL's form only (its scheme; a SQLite URL names a file); no I/O.
+
+    Raises:
+        StorageError: Saying what must hold, what was given and what to do.
+    """
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
+    if scheme not in (*_RDB_SCHEMES, "journal"):
+        raise StorageError(
+            "--storage must be an Optuna storage URL such as sqlite:///studies/x.db, "
+            f"postgresql://user@host/db or journal:PATH, but got {url!r}."
+        )
+    if scheme == "sqlite" and sqlite_path(url) is None:
+        raise StorageError(
+            f"--storage sqlite URLs must name a file (sqlite:///path/to/file.db), but got {url!r}."
+        )
+
+
 def check_url(url: str, *, must_exist: bool, read_only: bool = False) -> None:
     """Check a storage URL's form, and for file storages their file or directory.
 
@@ -60,17 +79,9 @@ def check_url(url: str, *, must_exist: bool, read_only: bool = False) -> None:
     Raises:
         StorageError: Saying what must hold, what was given and what to do.
     """
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
-    if scheme not in (*_RDB_SCHEMES, "journal"):
-        raise StorageError(
-            "--storage must be an Optuna storage URL such as sqlite:///studies/x.db, "
-            f"postgresql://user@host/db or journal:PATH, but got {url!r}."
-        )
+    check_url_form(url)
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     path = sqlite_path(url) or journal_path(url)
-    if scheme == "sqlite" and path is None:
-        raise StorageError(
-            f"--storage sqlite URLs must name a file (sqlite:///path/to/file.db), but got {url!r}."
-        )
     if path is None:
         return
     if path.is_dir():

@@ -77,3 +77,28 @@ def test_a_protocol_of_an_earlier_version_or_not_a_protocol_is_refused(toy_task)
         Protocol.from_dict({**data, "schema_version": 1}, study="old")
     with pytest.raises(StorageError, match="malformed protocol: task.layers"):
         Protocol.from_dict({**data, "task": {**data["task"], "layers": 3}}, study="x")
+
+
+def test_a_layer_that_cannot_run_a_precision_takes_its_search_group_with_it() -> None:
+    from quide_search.protocol import Search
+
+    layers = ["m.layers.0.a", "m.layers.0.b", "m.layers.1.a"]
+    refused = {"m.layers.0.b": {"int4": "its shape does not fit"}}
+    by_layer = Search(precisions=("int8", "int4"), granularity="layer", objective="iprime",
+                      excluded=refused)  # fmt: skip
+    assert by_layer.uniform(layers, "int4") == {
+        "m.layers.0.a": "int4", "m.layers.0.b": "int8", "m.layers.1.a": "int4"
+    }  # fmt: skip
+    # One choice per block: 0.a shares 0.b's, so the study's uniform int4 plan (its trial
+    # parameters) and every per-layer copy of it (sweep, latency table) keep both at int8.
+    by_block = by_layer.model_copy(update={"granularity": "block"})
+    assert by_block.uniform(layers, "int4") == {
+        "m.layers.0.a": "int8", "m.layers.0.b": "int8", "m.layers.1.a": "int4"
+    }  # fmt: skip
+    assert set(by_block.grouped_excluded(layers)) == {"m.layers.0.a", "m.layers.0.b"}
+    line = by_block.exclusion_line()
+    assert line is not None and "the layers grouped with them share it" in line
+    by_block.check_groups(layers)
+    only_int4 = by_block.model_copy(update={"precisions": ("int4",)})
+    with pytest.raises(ConfigError, match="the layers of 'm.layers.0' share none of int4"):
+        only_int4.check_groups(layers)

@@ -47,6 +47,7 @@ class SensitivityCommand(Command):
         config = config_from_args(
             args, trials=0, study=args.study, storage=args.storage, out_dir=args.out_dir
         )
+        config.check_paths()
         session = open_session(config)
         note = session.protocol.search.exclusion_line()
         if note is not None:

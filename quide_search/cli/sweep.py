@@ -31,9 +31,10 @@ class SweepCommand(Command):
         parser.add_argument(
             "--bits",
             type=str,
-            default="float,8,4,2,f8",
-            help="precisions to sweep; float is always measured as the baseline "
-            "(default: float,8,4,2,f8)",
+            default=None,
+            help="precisions to sweep; float is always measured as the baseline (default: "
+            "float, fp8 and the int8, int4, int2 the backend runs on the device: "
+            "float,8,4,2,f8 for quanto)",
         )
         add_activations_arg(parser)
         add_gate_args(parser)
@@ -55,9 +56,22 @@ class SweepCommand(Command):
         from quide_search.output.text import format_sweep
         from quide_search.study.sweep import run_sweep
 
+        if args.bits is None:
+            args.bits = _default_bits(args.backend, args.device)
         config = config_from_args(args, out_dir=args.out_dir, study=args.name)
         result = run_sweep(config)
         if result.exclusions:
             print(result.exclusions)
         print(format_sweep(result))
         return 0
+
+
+def _default_bits(backend_name: str, device_name: str) -> str:
+    """float, the backend's default weight-only bits on the device, and fp8 where it runs it."""
+    from quide_search.backends import get_backend
+    from quide_search.measure.device import resolve_device
+
+    backend = get_backend(backend_name)
+    device = resolve_device(device_name)
+    bits = ["float", *backend.default_bits(device)]
+    return ",".join([*bits, *(["fp8"] if "fp8" in backend.precisions(device) else [])])

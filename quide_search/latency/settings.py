@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from quide_search.errors import ConfigError
 from quide_search.latency._base import LatencyContext, LatencySource, TimingTarget
 from quide_search.latency.profiles import parse_source, profile
 
@@ -95,12 +96,24 @@ def make_source(
         if stored_check is not None:
             return TableLatency(context, table, TableCheck.from_list(stored_check), target)
     elif context.table_file is not None:
-        table = read_table_file(context.table_file, target.layers, precisions)
+        table = read_table_file(
+            context.table_file, target.layers, precisions, excluded=target.excluded
+        )
     return TableLatency.measure(context, target, precisions, table=table)
 
 
-def read_table_file(path: str, layers: Sequence[str], precisions: Sequence[str]) -> LatencyTable:
+def read_table_file(
+    path: str,
+    layers: Sequence[str],
+    precisions: Sequence[str],
+    *,
+    excluded: Mapping[str, Collection[str]] | None = None,
+) -> LatencyTable:
     """Read ``--latency table:PATH`` and check it covers every choice of every layer.
+
+    A row the table could not measure (its ``context.excluded``: the layer could not run that
+    precision when the table was made, so the row holds another precision's time) covers
+    nothing: it is refused where this search lets the layer take that precision.
 
     Raises:
         ConfigError: For a missing file, one that is not a table, or one that lacks a
@@ -111,4 +124,14 @@ def read_table_file(path: str, layers: Sequence[str], precisions: Sequence[str])
     table = read_table(path)
     for precision in precisions:
         table.predict(dict.fromkeys(layers, precision))
+    unmeasured = table.context.get("excluded") or {}
+    now = excluded or {}
+    for name in layers:
+        for q in unmeasured.get(name, ()):
+            if q in precisions and q not in now.get(name, ()):
+                raise ConfigError(
+                    f"the latency table {path!r} must have measured {name} under {q}, but its "
+                    f"row there holds another precision's time ({name} could not run {q} when "
+                    "the table was made). Measure a new table with --latency table."
+                )
     return table

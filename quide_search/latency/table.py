@@ -256,7 +256,7 @@ def profile_table(
     from quide_search.progress import bar, phase
 
     choices = (FLOAT, *(q for q in precisions if q != FLOAT))
-    plans = {q: _uniform(target, q, choices) for q in choices}
+    plans = {q: _uniform(target, q, precisions) for q in choices}
     times: dict[str, list[Mapping[str, float]]] = {q: [] for q in choices}
     rounds = context.min_repeats
     desc = f"latency table: {len(choices)} uniform plans profiled whole, rounds"
@@ -270,6 +270,8 @@ def profile_table(
         with phase("latency table: the float model's T"):
             base_ms = MeasuredLatency(context, target).latency(plans[FLOAT]).median_ms
     described = {**context.to_dict(), "source": "table", "profile_rounds": rounds}
+    if target.excluded:  # rows measured at another precision: see read_table_file
+        described["excluded"] = {name: sorted(qs) for name, qs in target.excluded.items()}
     return LatencyTable(base_ms, layers, described)
 
 
@@ -301,9 +303,10 @@ def _layer_row(name: str, times: Mapping[str, list[Mapping[str, float]]]) -> dic
 
 
 def _uniform(target: TimingTarget, precision: str, precisions: Sequence[str]) -> BitPlan:
-    """Every layer at ``precision``, but a layer that cannot run it at the nearest it can (so
-    its row under ``precision`` is never predicted from: no plan of the search puts it there)."""
+    """Every layer at ``precision``, but a layer that cannot run it at the nearest of the
+    search's ``precisions`` it can, as the study's own uniform plan (so its row under
+    ``precision`` is never predicted from: no plan of the search puts it there)."""
     from quide_search.plan import BitPlan, uniform_layers
 
-    layers = uniform_layers(target.layers, precision, target.excluded, (FLOAT, *precisions))
+    layers = uniform_layers(target.layers, precision, target.excluded, precisions)
     return BitPlan(model="table", dataset="-", layers=layers)

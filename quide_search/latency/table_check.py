@@ -180,7 +180,7 @@ def check_plans(
 
     excluded = excluded or {}
     choices = (FLOAT, *(q for q in precisions if q != FLOAT))
-    plans = {q: uniform_layers(layers, q, excluded, choices) for q in choices}
+    plans = {q: uniform_layers(layers, q, excluded, precisions) for q in choices}
     rng = random.Random(_CHECK_SEED)
     allowed = {n: [q for q in choices if q not in excluded.get(n, ())] for n in layers}
     for i in range(1, MIXED_PLANS + 1):

@@ -24,7 +24,7 @@ from quide_search.measure.assembly import LayerCache
 from quide_search.measure.evaluator import Evaluator
 from quide_search.measure.measurement import GateUnreachable, Measurement
 from quide_search.measure.target import timing_target
-from quide_search.plan import FLOAT, BitPlan, uniform_layers
+from quide_search.plan import FLOAT, BitPlan
 
 if TYPE_CHECKING:
     from quide_search.protocol import Protocol, Search
@@ -134,8 +134,9 @@ class Scorer:
         with torch_threads(protocol.evaluation.threads):
             evaluator = _evaluator(task, protocol, device, model)
         target = timing_target(
-            task, cache, protocol.latency.batch_size, device, excluded=protocol.search.excluded
-        )
+            task, cache, protocol.latency.batch_size, device,
+            excluded=protocol.search.grouped_excluded(layers),
+        )  # fmt: skip
         source = latency or make_source(
             protocol.latency, target, precisions=protocol.search.precisions,
             stored=stored_table, stored_check=stored_check,
@@ -270,9 +271,7 @@ class Scorer:
     def uniform_plan(self, precision: str) -> BitPlan:
         """Return the plan that gives every quantizable layer ``precision``; a layer that
         cannot run it takes the nearest of its choices (:func:`uniform_layers`)."""
-        layers = uniform_layers(
-            self.weight_counts, precision, self.search.excluded, self.search.precisions
-        )
+        layers = self.search.uniform(list(self.weight_counts), precision)
         return BitPlan(
             model=self.task.model_name,
             dataset=self.task.dataset_name,

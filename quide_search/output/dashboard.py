@@ -157,4 +157,10 @@ def _server_classes() -> tuple[type[WSGIServer], type[WSGIRequestHandler]]:
     class TimedHandler(WSGIRequestHandler):
         timeout = REQUEST_TIMEOUT_S  # the socket's timeout on every read of a request
 
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (TimeoutError, ConnectionError):
+                self.close_connection = True  # an idle or dropped client: closed, no trace
+
     return ThreadingServer, TimedHandler

@@ -43,9 +43,12 @@ def fail_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = Non
             continue  # another process failed it first
 
 
-def fail_trials_of(study: optuna.Study, worker: str, reason: str) -> list[int]:
+def fail_trials_of(
+    study: optuna.Study, worker: str, reason: str, *, params: int | None = None
+) -> list[int]:
     """Fail the RUNNING trials of ``worker`` (``host:pid``, a process known to be gone) with
-    ``reason``, and queue each plan once more; return their numbers.
+    ``reason``, and queue each plan once more where the trial had drawn all its ``params``
+    (one per search group; None: any); return their numbers.
 
     A process that was killed (SIGKILL from the out-of-memory killer) records nothing, and
     storages without heartbeats would keep its trial RUNNING for ever.
@@ -62,7 +65,8 @@ def fail_trials_of(study: optuna.Study, worker: str, reason: str) -> list[int]:
         try:
             storage.set_trial_user_attr(trial._trial_id, TrialKey.FAIL_REASON, reason)
             if storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
-                retry_once(study, trial.params, trial.user_attrs, trial.number, reason)
+                if params is None or len(trial.params) == params:
+                    retry_once(study, trial.params, trial.user_attrs, trial.number, reason)
                 failed.append(trial.number)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it was finished meanwhile (by the heartbeat check of another process)

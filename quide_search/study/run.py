@@ -45,6 +45,7 @@ def run_search(
     from quide_search.study.session import open_session
     from quide_search.study.workers import WorkerPool
 
+    config.check_paths()
     front = front_path(config.study_name, config.storage_url, config.out_dir)
     check_replaceable(front, ours=is_generated_json, flag="the Pareto front file")
     with torch_threads(config.threads), shown(progress), handlers_restored():
@@ -71,7 +72,8 @@ def run_search(
             signum = getattr(e, "signum", signal.SIGINT)
             raise
         finally:
-            lost = _stop_workers(session.study, pool, signum, echo) if pool else []
+            groups = len(session.objective.groups)
+            lost = _stop_workers(session.study, pool, signum, echo, groups) if pool else []
         if config.trials > 0:
             confirm_study(session.study, session.objective, top=config.confirm_top)
             test_study(session.study, session.objective, top=config.confirm_top)
@@ -81,7 +83,11 @@ def run_search(
 
 
 def _stop_workers(
-    study: optuna.Study, pool: WorkerPool, signum: int | None, echo: Callable[[str], None]
+    study: optuna.Study,
+    pool: WorkerPool,
+    signum: int | None,
+    echo: Callable[[str], None],
+    groups: int,
 ) -> list[str]:
     """Stop ``pool``; say how each worker that did not end well ended, and fail the trials
     it left RUNNING (retried once). Returns those lines."""
@@ -89,7 +95,8 @@ def _stop_workers(
 
     lines = []
     for end in pool.stop(signum=signum):
-        failed = fail_trials_of(study, end.worker, f"its worker process ended: {end.message}")
+        why = f"its worker process ended: {end.message}"
+        failed = fail_trials_of(study, end.worker, why, params=groups)
         lines.append(
             end.message
             + (f"; its running trial {', '.join(map(str, failed))} was failed and queued "

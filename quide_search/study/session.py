@@ -89,7 +89,9 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
     if draft.latency.table_file is not None:  # a bad file must fail before any study exists
         from quide_search.latency.settings import read_table_file
 
-        read_table_file(draft.latency.table_file, draft.task.layers, draft.search.precisions)
+        search, layers = draft.search, draft.task.layers
+        read_table_file(draft.latency.table_file, layers, search.precisions,
+                        excluded=search.grouped_excluded(layers))  # fmt: skip
     url = config.storage_url
     if config.storage is None:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)

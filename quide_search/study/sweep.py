@@ -63,6 +63,7 @@ def run_sweep(config: RunConfig) -> SweepResult:
     from quide_search.protocol import build_protocol
     from quide_search.tasks.resolver import load_task
 
+    config.check_paths()
     if config.latency == "auto":
         config = dataclasses.replace(config, latency="measured")
     device = resolve_device(config.device)

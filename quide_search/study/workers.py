@@ -83,8 +83,11 @@ class WorkerPool:
         for process in self.processes:
             process.join(_STOP_GRACE_S if signum is not None else None)
             if process.is_alive():
-                process.terminate()
-                process.join()
+                process.terminate()  # ignored by a worker already stopping: then SIGKILL
+                process.join(_STOP_GRACE_S)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
             message = _how_it_ended(process, signum)
             if message is not None:
                 worker = f"{socket.gethostname()}:{process.pid}"

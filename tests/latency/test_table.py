@@ -263,3 +263,20 @@ def test_a_table_that_misses_the_timed_plans_is_not_used(toy_scorer, tmp_path: P
     assert source.predicted_ms(dict(plan.layers)) is None
     result = source.latency(plan)  # measured, as the fallback says
     assert result.repeats >= context.min_repeats and 0 < result.median_ms < 1000
+
+
+def test_a_table_row_measured_at_another_precision_is_not_reused_for_it(
+    toy_scorer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from quide_search.latency.settings import read_table_file
+
+    layers = {n: {"float": 1.0, "int8": 0.5} for n in toy_scorer.target.layers}
+    # Made where fc1 could not run int8: its int8 row holds the time of another precision.
+    context = {"device": "cpu", "excluded": {"fc1": ["int8"]}}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(LatencyTable(3.0, layers, context).to_dict()))
+    names = list(toy_scorer.target.layers)
+    with pytest.raises(ConfigError, match="must have measured fc1 under int8"):
+        read_table_file(str(path), names, ("int8",))
+    # Where fc1 cannot run int8 either, the row is never predicted from: the file serves.
+    assert read_table_file(str(path), names, ("int8",), excluded={"fc1": ("int8",)}).layers

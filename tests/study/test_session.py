@@ -401,3 +401,25 @@ def test_a_resume_with_other_flags_is_refused_before_the_model_loads(
     # The same flags pass the early check and go on to load the model.
     with pytest.raises(AssertionError, match="the model was loaded"):
         open_session(config)
+
+
+def test_settings_do_no_io_and_the_paths_are_checked_at_the_entry(tmp_path: Path) -> None:
+    from quide_search.config import RunConfig
+    from quide_search.errors import ConfigError, StorageError
+    from quide_search.study import run_search
+
+    (tmp_path / "notes.txt").write_text("mine\n")
+    # Built without touching the filesystem: a path that cannot be used is not an error yet.
+    config = RunConfig(out_dir=str(tmp_path / "notes.txt"), device="cpu", trials=1,
+                       latency=f"table:{tmp_path / 'missing.json'}")  # fmt: skip
+    with pytest.raises(ConfigError, match="--out-dir must name a folder"):
+        config.check_paths()
+    with pytest.raises(ConfigError, match="--out-dir must name a folder"):
+        run_search(config, progress=False)
+    journal = RunConfig(storage=f"journal:{tmp_path / 'notes.txt'}", out_dir=str(tmp_path))
+    with pytest.raises(StorageError, match="must name an Optuna journal file"):
+        journal.check_paths()
+    table = RunConfig(out_dir=str(tmp_path), latency=f"table:{tmp_path / 'missing.json'}")
+    with pytest.raises(ConfigError, match="--latency table:PATH must name an existing file"):
+        table.check_paths()
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
