@@ -334,13 +334,14 @@ class RunConfig:
             ConfigError: For a path of the wrong kind, missing or not writable.
             StorageError: For a storage file that is not what its URL says.
         """
+        from quide_search.latency._base import SourceKind
         from quide_search.latency.profiles import parse_source
 
         check_path(self.out_dir, kind="folder", flag="--out-dir")
         if self.storage is not None:
             check_url(self.storage, must_exist=False)
         kind, table = parse_source(self.latency)
-        if kind == "table" and table is not None:  # an input file: checked before any import
+        if kind == SourceKind.TABLE and table is not None:  # an input file: checked first
             check_path(table, kind="file", flag="--latency table:PATH", must_exist=True)
 
     def _check_search(self) -> None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         LatencyContext,
         LatencyResult,
         LatencySource,
+        SourceKind,
         TimingTarget,
     )
     from quide_search.latency._timer import torch_threads
@@ -42,6 +43,7 @@ __all__ = [
     "LatencySource",
     "LatencyTable",
     "MeasuredLatency",
+    "SourceKind",
     "TableCheck",
     "TableLatency",
     "TimingTarget",
@@ -60,6 +62,7 @@ __getattr__ = lazy_exports(
         "LatencyContext": "quide_search.latency._base",
         "LatencyResult": "quide_search.latency._base",
         "LatencySource": "quide_search.latency._base",
+        "SourceKind": "quide_search.latency._base",
         "TimingTarget": "quide_search.latency._base",
         "torch_threads": "quide_search.latency._timer",
         "AnalyticLatency": "quide_search.latency.analytic",

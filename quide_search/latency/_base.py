@@ -7,6 +7,7 @@ can be read by commands that never touch a model.
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,24 @@ if TYPE_CHECKING:
     from quide_search.latency._probe import LayerShape
     from quide_search.plan import BitPlan
 
-__all__ = ["SAMPLE_MS", "LatencyContext", "LatencyResult", "LatencySource", "TimingTarget"]
+__all__ = [
+    "SAMPLE_MS",
+    "LatencyContext",
+    "LatencyResult",
+    "LatencySource",
+    "SourceKind",
+    "TimingTarget",
+]
+
+
+class SourceKind(enum.StrEnum):
+    """The kinds of latency source (``LatencyContext.kind``); equal to their stored text."""
+
+    MEASURED = "measured"
+    TABLE = "table"
+    MODEL = "model"
+    """The analytic estimate for a device profile (stored as ``model:NAME``)."""
+
 
 SAMPLE_MS = 5.0
 """Shortest timed sample on a CPU (ms): passes run back to back until a sample spans it."""
@@ -62,6 +80,7 @@ class LatencyContext:
     source: str
     device: str
     method: str
+    # (the kind of source is :attr:`kind`, derived from ``source``)
     batch_size: int
     threads: int
     torch_version: str
@@ -101,6 +120,11 @@ class LatencyContext:
         """Whether T comes from the analytic model rather than a clock."""
         return self.method == "analytic"
 
+    @property
+    def kind(self) -> SourceKind:
+        """The kind of source ``source`` names (``model:NAME`` is :attr:`SourceKind.MODEL`)."""
+        return SourceKind.MODEL if self.source.startswith("model:") else SourceKind(self.source)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the context as plain JSON types."""
         data = asdict(self)
@@ -139,12 +163,13 @@ class LatencySource(abc.ABC):
     @property
     def label(self) -> str:
         """What produced T, recorded with every trial (``wall_clock``, ``table``, ``model:X``)."""
-        return self.context.source if self.context.source != "measured" else self.context.method
+        context = self.context
+        return context.source if context.kind is not SourceKind.MEASURED else context.method
 
     @property
     def deterministic(self) -> bool:
         """Whether the same plan always gets the same T (tables and estimates)."""
-        return self.context.source != "measured"
+        return self.context.kind is not SourceKind.MEASURED
 
     @abc.abstractmethod
     def latency(self, plan: BitPlan) -> LatencyResult:

@@ -116,12 +116,14 @@ def parse_source(spec: str) -> tuple[str, str | None]:
         >>> parse_source("model:cpu-epyc-2c"), parse_source("table")
         (('model', 'cpu-epyc-2c'), ('table', None))
     """
+    from quide_search.latency._base import SourceKind
+
     kind, _, arg = spec.partition(":")
-    if kind in ("auto", "measured") and not arg and ":" not in spec:
+    if kind in ("auto", SourceKind.MEASURED) and not arg and ":" not in spec:
         return kind, None
-    if kind == "table" and (arg or ":" not in spec):
+    if kind == SourceKind.TABLE and (arg or ":" not in spec):
         return kind, arg or None
-    if kind == "model" and arg:
+    if kind == SourceKind.MODEL and arg:
         profile(arg)
         return kind, arg
     raise ConfigError(f"--latency must be {SOURCE_FORMS}, but got {spec!r}.")

@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from quide_search.errors import ConfigError
-from quide_search.latency._base import LatencyContext, LatencySource, TimingTarget
+from quide_search.latency._base import LatencyContext, LatencySource, SourceKind, TimingTarget
 from quide_search.latency.profiles import parse_source, profile
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def latency_context(
         kind = "measured" if device.type == "cuda" else "table"
     common = {"batch_size": batch_size, "threads": threads, "torch_version": torch.__version__,
               "decode": decode}  # fmt: skip
-    if kind == "model":
+    if kind == SourceKind.MODEL:
         target = profile(str(arg))
         return LatencyContext(
             source=f"model:{target.name}", device=target.name, method="analytic",
@@ -86,9 +86,9 @@ def make_source(
     from quide_search.latency.table import LatencyTable, TableLatency
     from quide_search.latency.table_check import TableCheck
 
-    if context.source.startswith("model:"):
+    if context.kind is SourceKind.MODEL:
         return AnalyticLatency(context, target)
-    if context.source == "measured":
+    if context.kind is SourceKind.MEASURED:
         return MeasuredLatency(context, target)
     table = None
     if stored is not None:

@@ -83,6 +83,8 @@ def metric_headers(first: str, confirmed: bool, *extra: str, tested: bool = Fals
 
 def latency_text(latency: Mapping[str, Any]) -> str:
     """Say what T is: unit, batch, threads, device, and where it comes from."""
+    from quide_search.latency import SourceKind
+
     threads = latency.get("threads")
     source = str(latency.get("source", "measured"))
     how = {
@@ -96,7 +98,7 @@ def latency_text(latency: Mapping[str, Any]) -> str:
     if latency.get("decode"):
         text += ", per generated token"
     sample = latency.get("sample_ms")
-    if sample is not None and source == "measured":
+    if sample is not None and source == SourceKind.MEASURED:
         text += f", samples of >= {sample:g} ms"
     if latency.get("table_rejected"):
         text += ", as the latency table failed its check"

@@ -253,10 +253,11 @@ def _stored_scorer(
     A table study whose creator was killed before storing the table (or its check) gets one
     measured (or checked) now.
     """
+    from quide_search.latency import SourceKind
     from quide_search.measure.scorer import Scorer
 
     table = check = None
-    if protocol.latency.source == "table":
+    if protocol.latency.kind is SourceKind.TABLE:
         table = wait_for(study, StudyKey.LATENCY_TABLE)
         check = wait_for(study, StudyKey.LATENCY_TABLE_CHECK) if table is not None else None
     scorer = Scorer.build(task, protocol, device=device, cache_mb=cache_mb, stored_table=table,

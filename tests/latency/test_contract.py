@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from quide_search.latency import LatencyContext, LatencySource, make_source
+from quide_search.latency import LatencyContext, LatencySource, SourceKind, make_source
 
 SOURCES = ("measured", "table", "model:cpu-epyc-2c")
 """One ``--latency`` spec per kind of source."""
@@ -32,6 +32,9 @@ def source(request: pytest.FixtureRequest, toy_scorer: Any, any_error: None) -> 
 
 def test_it_describes_how_t_was_obtained(source: LatencySource) -> None:
     assert source.label and isinstance(source.deterministic, bool)
+    kind = source.context.kind  # told apart by type, not by comparing the stored text
+    assert isinstance(kind, SourceKind) and source.context.source.startswith(kind.value)
+    assert source.deterministic == (kind is not SourceKind.MEASURED)
     described = source.context.to_dict()
     assert json.loads(json.dumps(described)) == described  # stored in the protocol as JSON
     # The protocol reads it back through pydantic, as a resumed study does.
