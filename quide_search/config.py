@@ -66,11 +66,11 @@ def check_sampler(name: str) -> None:
 
 
 WORKERS_PER_CORE = 2
+"""``--workers`` at most this many per CPU core: more only oversubscribe the machine."""
 MAX_TRIALS = 10**7
 """The most trials a study may be asked to hold (each is at least a few ms of work)."""
 MAX_SEQ_LEN = 1 << 20
 """The longest evaluation window in tokens (a causal LM's context is far shorter)."""
-"""``--workers`` at most this many per CPU core: more only oversubscribe the machine."""
 
 
 def plain_name(text: str) -> str:

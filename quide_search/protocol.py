@@ -39,13 +39,13 @@ __all__ = [
 
 PROTOCOL_SCHEMA_VERSION = 2
 
-# A count that must be at least one (a number of samples); batches and thread counts also
-# have a ceiling, so a plan file from elsewhere cannot ask for more memory than exists.
 MAX_SEED = 2**32 - 1
 """The largest sampler seed (``--seed``)."""
 MAX_SAMPLES = 10**8
 """The most samples a split may be capped at (``--eval-samples`` and the like)."""
 
+# A count that must be at least one (a number of samples); samples, batches and thread counts
+# also have a ceiling, so a plan file from elsewhere cannot ask for more memory than exists.
 _Positive = Annotated[int, Field(ge=1, strict=True)]
 _Samples = Annotated[int, Field(ge=1, le=MAX_SAMPLES, strict=True)]
 _Batch = Annotated[int, Field(ge=1, le=MAX_BATCH, strict=True)]

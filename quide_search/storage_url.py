@@ -55,7 +55,7 @@ def check_url_form(url: str) -> None:
     Raises:
         StorageError: Saying what must hold, what was given and what to do.
     """
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
+    scheme = _scheme(url)
     if scheme not in (*_RDB_SCHEMES, "journal"):
         raise StorageError(
             "--storage must be an Optuna storage URL such as sqlite:///studies/x.db, "
@@ -80,7 +80,7 @@ def check_url(url: str, *, must_exist: bool, read_only: bool = False) -> None:
         StorageError: Saying what must hold, what was given and what to do.
     """
     check_url_form(url)
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    scheme = _scheme(url)
     path = sqlite_path(url) or journal_path(url)
     if path is None:
         return
@@ -109,6 +109,11 @@ def check_url(url: str, *, must_exist: bool, read_only: bool = False) -> None:
             f"--storage file {str(path)!r} must be writable to run trials in it, but it is "
             "not. Copy it somewhere writable, or choose another --storage."
         )
+
+
+def _scheme(url: str) -> str:
+    """``postgresql+psycopg://...`` -> ``postgresql``; empty for a text with no scheme."""
+    return url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"

@@ -57,7 +57,7 @@ class LatencyContext:
     Attributes:
         source: ``measured``, ``table`` (per-layer changes read in whole-model runs, summed
             and checked) or ``model:NAME``
-            (the analytic estimate for a target device).
+            (the analytic estimate for a target device); :attr:`kind` tells them apart.
         device: What T describes: ``cpu``, the CUDA device's name, or the profile's name.
         method: How time is read: ``wall_clock``, ``cuda_events`` or ``analytic``.
         batch_size: Batch of the timed input (recorded with T).
@@ -80,7 +80,6 @@ class LatencyContext:
     source: str
     device: str
     method: str
-    # (the kind of source is :attr:`kind`, derived from ``source``)
     batch_size: int
     threads: int
     torch_version: str

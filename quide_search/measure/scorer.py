@@ -249,15 +249,16 @@ class Scorer:
 
     def layer_bytes(self, precisions: Sequence[str]) -> tuple[dict[str, dict[str, int]], int]:
         """Return layer -> precision -> stored bytes of that layer, and the bytes of the rest
-        (a layer has no entry under a precision it cannot run).
+        (a layer has no entry under a precision it, or its search group, cannot run).
 
         Stored bytes add up over layers, so these give any plan's bytes (and C) exactly.
         """
+        refused = self.search.grouped_excluded(list(self.weight_counts))
         sizes = {
             name: {
                 q: model_bytes(self.cache.module(name, q))
                 for q in (FLOAT, *precisions)
-                if q not in self.search.excluded.get(name, {})
+                if q not in refused.get(name, {})
             }
             for name in self.weight_counts
         }

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from quide_search.errors import ConfigError, MetricError, Stopped, TrialEvaluationError
+from quide_search.errors import MetricError, Stopped, TrialEvaluationError
 from quide_search.measure.measurement import GateUnreachable
 from quide_search.metric import LATENCY_UNIT, Gate
 from quide_search.plan import BitPlan
@@ -38,6 +38,7 @@ __all__ = [
     "SearchSettings",
     "requeue_stale",
     "retry_once",
+    "worker_tag",
 ]
 
 GATE_CONSTRAINT = "accuracy_gate"
@@ -116,18 +117,17 @@ class PlanObjective:
         self.layers = list(scorer.weight_counts)
         self.granularity = granularity
         self.groups = group_layers(self.layers, granularity)
-        excluded = scorer.search.excluded
+        # The search's exclusions, widened to whole groups: every layer of a group refuses
+        # what any of them refuses, so a group's choices are its first layer's.
+        search = scorer.search.model_copy(
+            update={"precisions": tuple(self.choices), "granularity": granularity}
+        )
+        search.check_groups(self.layers)
+        self._refused = search.grouped_excluded(self.layers)
         self.group_choices = {
-            group: [q for q in self.choices if not any(q in excluded.get(n, {}) for n in names)]
+            group: [q for q in self.choices if q not in self._refused.get(names[0], {})]
             for group, names in self.groups.items()
         }
-        empty = [group for group, allowed in self.group_choices.items() if not allowed]
-        if empty:
-            raise ConfigError(
-                f"every group of layers must share a precision it can run, but the layers of "
-                f"{empty[0]!r} share none of {', '.join(self.choices)} (--granularity "
-                f"{granularity}). Use --granularity layer, or add 8 or fp to --bits."
-            )
         self.settings = settings or SearchSettings()
         # Set by the signal handler of ``study.optimize`` (SIGINT or SIGTERM). The handler
         # raises KeyboardInterrupt at once only while ``interruptible`` holds: while a plan is
@@ -177,9 +177,8 @@ class PlanObjective:
         group that cannot run it takes the nearest of its choices (:func:`uniform_layers`)."""
         from quide_search.plan import uniform_layers
 
-        refused = {g: [q for q in self.choices if q not in allowed]
-                   for g, allowed in self.group_choices.items()}  # fmt: skip
-        return uniform_layers(self.groups, precision, refused, self.choices)
+        layers = uniform_layers(self.layers, precision, self._refused, self.choices)
+        return {group: layers[names[0]] for group, names in self.groups.items()}
 
     def _stop_if_asked(self) -> None:
         if self.stop_signal is not None:
@@ -286,7 +285,12 @@ class PlanObjective:
         }
 
 
-_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+def worker_tag(pid: int) -> str:
+    """``host:pid``, what a trial's ``worker`` attribute names the process that ran it by."""
+    return f"{socket.gethostname()}:{pid}"
+
+
+_WORKER = worker_tag(os.getpid())
 
 
 def retry_once(

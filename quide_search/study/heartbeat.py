@@ -24,7 +24,6 @@ def fail_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = Non
     Usable as an Optuna callback (``trial`` is ignored). Does nothing on storages without
     heartbeats.
     """
-    import optuna
     from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 
     from quide_search.search.objective import NO_HEARTBEAT, retry_once
@@ -34,13 +33,9 @@ def fail_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = Non
         return
     # Optuna keeps no public way to ask which trials are stale; this is the one it uses.
     for trial_id in storage._get_stale_trial_ids(study._study_id):
-        try:
-            storage.set_trial_user_attr(trial_id, TrialKey.FAIL_REASON, NO_HEARTBEAT)
-            if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
-                stale = storage.get_trial(trial_id)
-                retry_once(study, stale.params, stale.user_attrs, stale.number, NO_HEARTBEAT)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another process failed it first
+        stale = _fail(study, trial_id, NO_HEARTBEAT)
+        if stale is not None:
+            retry_once(study, stale.params, stale.user_attrs, stale.number, NO_HEARTBEAT)
 
 
 def fail_trials_of(
@@ -57,17 +52,27 @@ def fail_trials_of(
 
     from quide_search.search.objective import retry_once
 
-    storage = study._storage
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get(TrialKey.WORKER) != worker:
             continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, TrialKey.FAIL_REASON, reason)
-            if storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
-                if params is None or len(trial.params) == params:
-                    retry_once(study, trial.params, trial.user_attrs, trial.number, reason)
-                failed.append(trial.number)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # it was finished meanwhile (by the heartbeat check of another process)
+        if _fail(study, trial._trial_id, reason) is not None:
+            if params is None or len(trial.params) == params:
+                retry_once(study, trial.params, trial.user_attrs, trial.number, reason)
+            failed.append(trial.number)
     return failed
+
+
+def _fail(study: optuna.Study, trial_id: int, reason: str) -> optuna.trial.FrozenTrial | None:
+    """Record ``reason`` on a RUNNING trial, then fail it; return it failed, or None where
+    another process finished it first (the reason goes on while the trial still takes it)."""
+    import optuna
+
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial_id, TrialKey.FAIL_REASON, reason)
+        if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+            return storage.get_trial(trial_id)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # finished meanwhile (by another process's heartbeat check, or its own end)
+    return None

@@ -12,7 +12,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -74,6 +73,8 @@ class WorkerPool:
         running gets the same signal at once, so it records its trial as failed and queues it
         again; one that still runs after a grace period is terminated.
         """
+        from quide_search.search.objective import worker_tag
+
         if signum is not None:
             for process in self.processes:
                 if process.is_alive() and process.pid is not None:
@@ -90,8 +91,7 @@ class WorkerPool:
                     process.join()
             message = _how_it_ended(process, signum)
             if message is not None:
-                worker = f"{socket.gethostname()}:{process.pid}"
-                problems.append(WorkerEnd(worker, message))
+                problems.append(WorkerEnd(worker_tag(process.pid or 0), message))
         return problems
 
 
