@@ -15,7 +15,13 @@ and scored on a generated text):
    over. Reported: the table's worst error against the first confirmed T of each finalist, and
    how often the two confirmations of a repeat pick the same best plan by confirmed I'.
 
+With ``--backend onnxruntime`` the plans are the ORT backend's (each layer at one of its
+search choices: w8a8 or float for a convolution; w8a8, int8, int4 or float for a Linear), the
+table is read from ORT's own per-node profiler, T is the session's, and the rows go to the
+section ``latency_fidelity_onnxruntime``.
+
 Usage:  python benchmarks/latency_fidelity.py [--models simplecnn,resnet18,llama]
+                                              [--backend quanto|onnxruntime]
                                               [--repeats 10] [--write benchmarks/RESULTS.md]
 """
 
@@ -44,7 +50,7 @@ from quide_search.tasks.models.causal_lm import TextTask
 from quide_search.tasks.resolver import load_task
 from quide_search.tasks.task import Task
 
-CHOICES = ("int8", "int4", "int2")
+BITS = {"quanto": ("int8", "int4", "int2"), "onnxruntime": ("w8a8", "int8", "int4", "float")}
 PLANS = 20
 TOP = 5
 CPU = torch.device("cpu")
@@ -81,14 +87,16 @@ def _llama(folder: Path) -> tuple[str, TextTask]:
     return f"hf:{folder / 'model'}", settings
 
 
-def _task(name: str, folder: Path) -> tuple[Task, RunConfig]:
+def _task(name: str, folder: Path, backend: str) -> tuple[Task, RunConfig]:
+    common = {"latency": "table", "device": "cpu", "backend": backend, "bits": BITS[backend]}
     if name == "llama":
         model, text = _llama(folder)
-        config = RunConfig(model=model, text_file=text.text_file, seq_len=64, eval_windows=16,
-                           latency="table", device="cpu")  # fmt: skip
+        config = RunConfig(
+            model=model, text_file=text.text_file, seq_len=64, eval_windows=16, **common
+        )  # type: ignore[arg-type]
         return load_task(model=model, text=text), config
     dataset = {"simplecnn": "digits", "resnet18": "mnist-5k"}[name]
-    config = RunConfig(model=name, dataset=dataset, latency="table", device="cpu")
+    config = RunConfig(model=name, dataset=dataset, **common)  # type: ignore[arg-type]
     return load_task(model=name, dataset=dataset), config
 
 
@@ -107,18 +115,19 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return cov / var
 
 
-def fidelity(name: str, repeats: int, folder: Path) -> dict[str, Any]:
+def fidelity(name: str, repeats: int, folder: Path, backend: str) -> dict[str, Any]:
     """The table's error and rank agreement, and the confirmation's stability, for one model."""
-    task, config = _task(name, folder)
+    task, config = _task(name, folder, backend)
     protocol = build_protocol(config, task, device=CPU)
     started = time.perf_counter()
     scorer = Scorer.build(task, protocol, device=CPU)  # measures the table
     table_s = time.perf_counter() - started
     layers = list(scorer.weight_counts)
     rng = random.Random(0)
+    choices = protocol.search
     plans = {
-        i: BitPlan(model=task.model_name, dataset=task.dataset_name, backend="quanto",
-                   layers={n: rng.choice(CHOICES) for n in layers})
+        i: BitPlan(model=task.model_name, dataset=task.dataset_name, backend=backend,
+                   layers={n: rng.choice(choices.choices(n)) for n in layers})
         for i in range(PLANS)
     }  # fmt: skip
     source = scorer.latency
@@ -136,7 +145,7 @@ def fidelity(name: str, repeats: int, folder: Path) -> dict[str, Any]:
     by_table = sorted(keys, key=lambda k: -scored[k].metrics(
         baseline_bytes=scorer.baseline_bytes, gate=gate).I_prime)[:TOP]  # fmt: skip
     finalists: dict[Any, BitPlan] = {k: plans[k] for k in by_table}
-    finalists.update({p: scorer.uniform_plan(p) for p in ("float", *CHOICES)})
+    finalists.update({p: scorer.uniform_plan(p) for p in ("float", *choices.precisions)})
     cp = {k: scorer.measure(plan) for k, plan in finalists.items()}
     same = 0
     finalist_errors: list[float] = []
@@ -177,6 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=str, default="simplecnn,resnet18,llama")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--backend", choices=sorted(BITS), default="quanto")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--write", type=str, default=None, help="RESULTS.md to update")
     args = parser.parse_args()
@@ -184,16 +194,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             started = time.perf_counter()
-            row = fidelity(name, args.repeats, Path(tmp))
+            row = fidelity(name, args.repeats, Path(tmp), args.backend)
             row["seconds"] = time.perf_counter() - started
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
+    ort = args.backend == "onnxruntime"
     lines = [
-        "## Latency fidelity: the table against interleaved measured T",
+        "## Latency fidelity: the table against interleaved measured T"
+        + (" (onnxruntime: table from ORT's profiler, T of the session)" if ort else ""),
         "",
         machine_line(),
         f"- command: `python benchmarks/latency_fidelity.py --models {args.models} "
-        f"--repeats {args.repeats}`",
+        f"--repeats {args.repeats}" + (" --backend onnxruntime`" if ort else "`"),
         "",
         "| model | layers | table s | its check: worst error (used) | 20 random plans: "
         "slowest / fastest | median abs. error | Spearman | finalists: worst error | same best "
@@ -213,7 +225,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.write:
-        write_section(args.write, "latency_fidelity", text)
+        write_section(args.write, "latency_fidelity" + ("_onnxruntime" if ort else ""), text)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,7 @@ class Search(_Record):
 # used as stored.
 _MUST_MATCH = {
     "backend": "--backend",
+    "backend_settings": "--backend (its kernel settings follow the CPU's flags)",
     "task.model": "--model",
     "task.dataset": "--dataset",
     "task.kind": "--model",
@@ -246,6 +247,8 @@ class Protocol(_Record):
     schema_version: Literal[2] = 2
     backend: str
     backend_version: str
+    backend_settings: dict[str, Any] = {}
+    """What the backend chose for this machine (ORT: the CPU's flags, ``reduce_range``, ...)."""
     task: TaskRecord
     search: Search
     gate: Gate
@@ -366,7 +369,9 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
     backend = get_backend(config.backend)
     backend.check_precisions(config.bits, device)
     task_record = _task_record(config, task, backend)  # first: a model with no layer to search
-    excluded = backend.search_exclusions(task.model, device, config.bits, task_record.layers)
+    excluded = backend.search_exclusions(
+        task.model, device, config.bits, task_record.layers, example=task.example_input()
+    )
     threads = config.threads or torch.get_num_threads()
     latency = latency_context(
         config.latency,
@@ -379,6 +384,7 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
     protocol = Protocol(
         backend=backend.name,
         backend_version=backend.version(),
+        backend_settings=backend.settings_record(),
         task=task_record,
         search=Search(
             precisions=config.bits,
@@ -436,7 +442,8 @@ def on_backend(
     )  # fmt: skip
     return protocol.model_copy(
         update={"backend": backend.name, "backend_version": backend.version(),
-                "task": task_record, "search": search}
+                "backend_settings": backend.settings_record(), "task": task_record,
+                "search": search}
     )  # fmt: skip
 
 
@@ -447,16 +454,20 @@ def _calibration_samples(
     precision. Refuse a calibrated precision on a task without a calibration split."""
     from quide_search.backends.calibration import CALIBRATION_SAMPLES
 
-    calibrated = [p for p in precisions if backend.calibrated(p)]
-    if not calibrated:
+    if not backend.calibration_needed(precisions):
         return None
     available = len(task.splits.calib)
     if available == 0:
+        calibrated = [p for p in precisions if backend.calibrated(p)]
+        what = (
+            f"{calibrated[0]} on the {backend.name} backend fits static activation scales on"
+            if calibrated
+            else f"the {backend.name} backend builds its graph on"
+        )
         raise ConfigError(
-            f"{calibrated[0]} on the {backend.name} backend fits static activation scales on "
-            f"the calibration split, but {task.model_name!r} on {task.dataset_name!r} has no "
-            "calibration samples. Give the task calibration data, or leave activations out "
-            "(--activations none)."
+            f"{what} the calibration split, but {task.model_name!r} on {task.dataset_name!r} "
+            "has no calibration samples. Give the task calibration data"
+            + (", or leave activations out (--activations none)." if calibrated else ".")
         )
     return min(CALIBRATION_SAMPLES, available)
 

@@ -189,7 +189,8 @@ def test_the_cycle_check_finds_a_cycle() -> None:
 def test_light_modules_import_no_heavy_library(module: str) -> None:
     code = (
         f"import sys, {module}; "
-        "print(sorted(m for m in ('torch', 'optuna', 'optimum', 'transformers') "
+        "print(sorted(m for m in ('torch', 'optuna', 'optimum', 'transformers', 'onnx', "
+        "'onnxruntime') "
         "if m in sys.modules))"
     )
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,8 +1,10 @@
 """Quantization backends: the libraries that turn a plan into quantized modules.
 
 Owns everything library-specific: :class:`QuantBackend` (``_base``) is the interface, and each
-implementation is one file (``quanto``: optimum-quanto; ``torchao``: torchao; each the only
-module that imports its library).
+implementation is one file (``quanto``: optimum-quanto; ``torchao``: torchao; ``onnxruntime``:
+ONNX Runtime; each the only module, with its private helpers, that imports its library).
+quanto and torchao quantize layer by layer (:class:`LayerBackend`); onnxruntime builds the
+whole model for each plan (:class:`WholeModelBackend`).
 :func:`get_backend` looks one up by the name plans and studies record.
 
 Layer: backends (imports latency and the foundation modules only).
@@ -29,6 +31,7 @@ __all__ = ["BACKENDS", "QuantBackend", "apply_plan", "check_backend", "get_backe
 BACKENDS = {
     "quanto": "quide_search.backends.quanto:QuantoBackend",
     "torchao": "quide_search.backends.torchao:TorchaoBackend",
+    "onnxruntime": "quide_search.backends.onnxruntime:OnnxRuntimeBackend",
 }
 """Backend name -> where its class lives (imported only when it is used)."""
 

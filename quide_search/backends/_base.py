@@ -1,15 +1,16 @@
 """The interface every quantization backend implements.
 
 A backend turns backend-neutral plans (``layer -> int8 | int4 | int2 | fp8 | float``) into
-quantized modules, says what they store and how they run, and saves and reloads them. The
-rest of quide-search (the layer cache, the scorer, the export) speaks only this interface.
+quantized models, says what they store and how they run, and saves and reloads them. The
+rest of quide-search (the scorer, the latency sources, the export) speaks only this interface
+and one of its two kinds (:mod:`quide_search.backends._kinds`): a backend that quantizes layer
+by layer, or one that builds the whole model for each plan.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import copy
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,14 @@ class QuantBackend(abc.ABC):
     """
 
     name: str = ""
+    recipe_needs: str = (
+        "recipe: Python that imports only torch and the backend; it expects `model`, the float "
+        "model built as the exported one, and `folder`, this folder's path, and leaves the "
+        "quantized model in `model`. null: load with quide_search.load_quantized."
+    )
+    """What :meth:`loading_recipe`'s code expects and leaves (``plan.json``'s ``loading``)."""
+    saves_onnx: bool = False
+    """Whether :meth:`save` writes the plan's model as an ONNX graph (``export --format onnx``)."""
 
     @abc.abstractmethod
     def version(self) -> str:
@@ -48,25 +57,6 @@ class QuantBackend(abc.ABC):
     def layer_types(self) -> tuple[type[nn.Module], ...]:
         """The module types a plan may quantize."""
 
-    @abc.abstractmethod
-    def quantize_layer(
-        self,
-        module: nn.Module,
-        precision: str,
-        inputs: Sequence[tuple[Any, ...]] | None = None,
-    ) -> nn.Module:
-        """Return a frozen quantized copy of one float layer; the layer is not changed.
-
-        Args:
-            inputs: What the layer receives on calibration data, one tuple of positional
-                inputs per batch (:class:`~quide_search.backends.calibration.LayerInputs`);
-                needed where :meth:`calibrated` says so, ignored elsewhere.
-
-        Raises:
-            PlanError: If ``precision`` is calibrated and ``inputs`` is empty.
-            TrialEvaluationError: If the library fails on the layer.
-        """
-
     def layer_kinds(self) -> str:
         """The layer types a plan may quantize, in words (for listings)."""
         return ", ".join(t.__name__ for t in self.layer_types())
@@ -77,15 +67,15 @@ class QuantBackend(abc.ABC):
         CPU only: ..."); the rest of what it lacks needs none."""
         return {}
 
+    def settings_record(self) -> dict[str, Any]:
+        """The settings this backend chose for this machine (kernel choices read from the
+        CPU's flags), recorded in the protocol; empty where it chooses none."""
+        return {}
+
     def calibrated(self, precision: str) -> bool:
         """Whether ``precision`` fits static scales on calibration inputs (static activation
         quantization); such a layer needs ``inputs`` in :meth:`quantize_layer`."""
         return False
-
-    @abc.abstractmethod
-    def kernel_path(self, quantized: nn.Module) -> str:
-        """How the layer runs: ``kernel:NAME`` (a low-bit kernel) or ``fallback``
-        (the weight is dequantized and the float operation runs)."""
 
     @abc.abstractmethod
     def quantization_map(self, plan: BitPlan) -> dict[str, Any]:
@@ -128,14 +118,6 @@ class QuantBackend(abc.ABC):
             f"{self.name} backend has no such form. Use --checkpoint instead."
         )
 
-    def float_twin(self, quantized: nn.Module) -> nn.Module | None:
-        """A float module with the same outputs as ``quantized`` but cheaper to run, or None.
-
-        Where a layer is run by dequantizing its weight on every call, evaluation can use
-        the weight dequantized once; latency never does.
-        """
-        return None
-
     def hazard(
         self,
         model: nn.Module,
@@ -155,9 +137,12 @@ class QuantBackend(abc.ABC):
         device: torch.device,
         precisions: Sequence[str],
         layers: Sequence[str],
+        *,
+        example: torch.Tensor | None = None,
     ) -> dict[str, dict[str, str]]:
-        """The ``layers`` that cannot run some of ``precisions`` for their shape: layer ->
-        {precision: why}. A search leaves those precisions out of those layers' choices
+        """The ``layers`` that cannot run some of ``precisions`` for their shape (or, given a
+        model input ``example``, for how the model computes them): layer -> {precision: why}.
+        A search leaves those precisions out of those layers' choices
         (:func:`quide_search.protocol.build_protocol`); :meth:`hazard` still refuses a plan that
         puts a layer at one."""
         return {}
@@ -194,6 +179,8 @@ class QuantBackend(abc.ABC):
         device: torch.device,
         precisions: Sequence[str],
         layers: Sequence[str],
+        *,
+        example: torch.Tensor | None = None,
     ) -> dict[str, dict[str, str]]:
         """What each of the searched ``layers`` cannot run of ``precisions`` (layer ->
         {precision: why}), checked to leave a search: see :meth:`unfit_layers`.
@@ -205,7 +192,7 @@ class QuantBackend(abc.ABC):
         """
         from quide_search.errors import ConfigError
 
-        excluded = self.unfit_layers(model, device, precisions, layers)
+        excluded = self.unfit_layers(model, device, precisions, layers, example=example)
         for precision in precisions:
             able = [name for name in layers if precision not in excluded.get(name, {})]
             why = self.hazard(model, device, (precision,), able or layers)
@@ -256,6 +243,7 @@ class QuantBackend(abc.ABC):
             and any(p.dim() >= 2 for p in module.parameters(recurse=False))
         ))  # fmt: skip
 
+    @abc.abstractmethod
     def apply(
         self,
         model: nn.Module,
@@ -265,57 +253,24 @@ class QuantBackend(abc.ABC):
         calibration: torch.Tensor | None = None,
         threads: int | None = None,
     ) -> nn.Module:
-        """Return a copy of ``model`` with ``plan`` applied, layer by layer, frozen.
-
-        Quantizing a layer on its own gives the same module as quantizing it inside the
-        whole model (each layer's weights are quantized independently, and a calibrated
-        layer's scales are fitted on what it receives in the float model), so a plan is
-        applied by replacing each planned layer with :meth:`quantize_layer`'s result.
+        """Return ``model`` with ``plan`` applied, frozen (a copy unless ``inplace``).
 
         Args:
-            inplace: Change ``model`` itself.
             calibration: Model inputs (samples first) for the plan's calibrated precisions:
                 the first :data:`~quide_search.backends.calibration.CALIBRATION_SAMPLES` of
                 the task's calibration split, as a study uses.
-            threads: torch threads the calibration passes run with.
+            threads: Threads the calibration passes (or the built model) run with.
 
         Raises:
             PlanError: If a plan layer is not a quantizable layer of ``model``, or the plan
-                has a calibrated precision and no ``calibration`` is given.
+                needs ``calibration`` and none is given.
             TrialEvaluationError: If the library fails on a layer.
         """
-        from quide_search.backends.calibration import LayerInputs
 
-        plan.validate_layers(self.quantizable_layers(model))
-        wanted = plan.quantized_layers()
-        inputs = None if calibration is None else LayerInputs(model, calibration, threads=threads)
-        # Every layer is built from the untouched float model before any is swapped in, so a
-        # calibrated layer sees float inputs, as in a study.
-        built = {
-            name: self.quantize_layer(
-                model.get_submodule(name),
-                precision,
-                inputs(name) if inputs is not None and self.calibrated(precision) else None,
-            )
-            for name, precision in wanted.items()
-        }
-        target = model if inplace else copy.deepcopy(model)
-        for name, module in built.items():
-            target.set_submodule(name, module)
-        return target
-
-    def check_inputs(self, precision: str, inputs: Sequence[tuple[Any, ...]] | None) -> None:
-        """Refuse to build a calibrated ``precision`` without calibration inputs.
-
-        Raises:
-            PlanError: Naming the precision and what to pass.
-        """
-        if self.calibrated(precision) and not inputs:
-            raise PlanError(
-                f"{precision} on the {self.name} backend calibrates static activation scales, "
-                "but no calibration inputs were given. Pass the task's calibration samples "
-                "(apply(..., calibration=...))."
-            )
+    def calibration_needed(self, precisions: Sequence[str]) -> bool:
+        """Whether a search over ``precisions`` needs calibration samples: where one of them
+        is :meth:`calibrated`."""
+        return any(self.calibrated(p) for p in precisions)
 
     def check_checkpoint_layers(self, names: Sequence[str], skeleton: nn.Module) -> None:
         """Refuse a checkpoint whose plan names a layer the float ``skeleton`` lacks.

@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quide_search.backends._base import QuantBackend, layer_failures
+from quide_search.backends._base import layer_failures
+from quide_search.backends._kinds import LayerBackend
 from quide_search.backends._quanto_kernel import prepare_cpu_kernel
 from quide_search.errors import DataError, PlanError
 from quide_search.plan import PRECISIONS, BitPlan, activation_precision, weight_precision
@@ -50,7 +51,7 @@ _QTYPE = {
 }  # weights, activations
 
 
-class QuantoBackend(QuantBackend):
+class QuantoBackend(LayerBackend):
     """optimum-quanto 0.2: weight-only, or weights and static (calibrated) activations."""
 
     name = "quanto"

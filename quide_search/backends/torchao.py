@@ -39,7 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quide_search.backends._base import QuantBackend, layer_failures
+from quide_search.backends._base import layer_failures
+from quide_search.backends._kinds import LayerBackend
 from quide_search.errors import DataError, PlanError, TrialEvaluationError
 from quide_search.plan import PRECISIONS, BitPlan, activation_precision, weight_precision
 
@@ -60,7 +61,7 @@ def int4_group_size(in_features: int) -> int | None:
     return next((g for g in _GROUP_SIZES if in_features % g == 0), None)
 
 
-class TorchaoBackend(QuantBackend):
+class TorchaoBackend(LayerBackend):
     """torchao 0.18: int8, int4 and float8 weight-only, and W8A8 (dynamic int8 activations)."""
 
     name = "torchao"
@@ -155,6 +156,8 @@ class TorchaoBackend(QuantBackend):
         device: torch.device,
         precisions: Sequence[str],
         layers: Sequence[str],
+        *,
+        example: torch.Tensor | None = None,
     ) -> dict[str, dict[str, str]]:
         """The Linears of ``layers`` whose shape int4's CPU packing cannot take."""
         if "int4" not in precisions:

@@ -279,8 +279,9 @@ def study_storage(args: argparse.Namespace) -> str:
 
 
 def _bits(args: argparse.Namespace) -> tuple[str, ...] | None:
-    """--bits paired with --activations; where --bits is not given, the weight-only int8,
-    int4 and int2 that the backend runs on the device (:meth:`QuantBackend.default_bits`)."""
+    """--bits paired with --activations; where --bits is not given, the backend's default
+    for the device (:meth:`QuantBackend.default_bits`: the weight-only int8, int4 and int2 it
+    runs there, for quanto and torchao)."""
     if not hasattr(args, "bits"):
         return None
     activations = parse_activations(getattr(args, "activations", None) or "none")

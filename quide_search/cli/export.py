@@ -24,6 +24,7 @@ class ExportCommand(Command):
   quide-search export --study simplecnn-digits --trial 7 --out plan7.json
   quide-search export --study simplecnn-digits --trial pareto --out front/ --format yaml
   quide-search export --study simplecnn-digits --checkpoint --out best-int/
+  quide-search export --study resnet18-mnist-5k --format onnx --out resnet18-int8/
   quide-search export --study simplecnn-digits --max-size-mb 0.01 --out small.json"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -44,12 +45,13 @@ class ExportCommand(Command):
         parser.add_argument(
             "--format",
             type=str,
-            choices=("json", "yaml", "transformers"),
+            choices=("json", "yaml", "transformers", "onnx"),
             default=None,
             help="plan file format (default: yaml for an --out ending in .yaml or .yml, else "
             "json); transformers: for an hf: model, a folder "
             "--out that transformers' AutoModelForCausalLM.from_pretrained loads without "
-            "quide-search (torchao plans without int4)",
+            "quide-search (torchao plans without int4); onnx: for an onnxruntime study, a "
+            "folder --out with the plan's quantized model.onnx, run with onnxruntime alone",
         )
         parser.add_argument(
             "--checkpoint",

@@ -74,4 +74,5 @@ def _default_bits(backend_name: str, device_name: str) -> str:
     backend = get_backend(backend_name)
     device = resolve_device(device_name)
     bits = ["float", *backend.default_bits(device)]
-    return ",".join([*bits, *(["fp8"] if "fp8" in backend.precisions(device) else [])])
+    bits += ["fp8"] if "fp8" in backend.precisions(device) else []
+    return ",".join(dict.fromkeys(bits))

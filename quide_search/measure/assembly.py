@@ -21,15 +21,46 @@ import copy
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 
-from quide_search.backends import QuantBackend
 from quide_search.backends._base import model_bytes, storage_key
+from quide_search.backends._kinds import LayerBackend
 from quide_search.plan import FLOAT, BitPlan
 
-__all__ = ["LayerCache"]
+__all__ = ["Assembler", "LayerCache"]
+
+
+class Assembler(Protocol):
+    """Where a study's trial models come from: :class:`LayerCache` (a layer-by-layer backend)
+    or :class:`~quide_search.measure.builder.PlanBuilder` (a whole-model backend)."""
+
+    model: nn.Module
+    layers: list[str]
+    built: int
+    hits: int
+
+    @property
+    def baseline_bytes(self) -> int:
+        """The bytes the float model stores."""
+
+    def assemble(self, plan: BitPlan, *, exact: bool = False) -> nn.Module:
+        """A model that computes ``plan``."""
+
+    def stored_bytes(self, plan: BitPlan) -> int:
+        """The bytes ``plan``'s model stores."""
+
+    def layer_bytes(self, plan: BitPlan) -> dict[str, int]:
+        """Each quantizable layer's stored bytes under ``plan``."""
+
+    def kernel_paths(self, plan: BitPlan) -> dict[str, str]:
+        """Each quantized layer of ``plan`` -> ``fallback`` or ``kernel:NAME``."""
+
+    def bytes_by_precision(
+        self, precisions: Sequence[str], refused: dict[str, dict[str, str]]
+    ) -> dict[str, dict[str, int]]:
+        """Layer -> precision -> its stored bytes (none under a precision in ``refused``)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +91,7 @@ class LayerCache:
     def __init__(
         self,
         model: nn.Module,
-        backend: QuantBackend,
+        backend: LayerBackend,
         layers: Iterable[str],
         *,
         limit_mb: float = 4096.0,
@@ -87,6 +118,25 @@ class LayerCache:
         self._views: dict[bool, _View] = {}
         self.built = 0
         self.hits = 0
+
+    @property
+    def baseline_bytes(self) -> int:
+        """The bytes the float model stores (every tensor of its state dict)."""
+        return self._baseline
+
+    def bytes_by_precision(
+        self, precisions: Sequence[str], refused: dict[str, dict[str, str]]
+    ) -> dict[str, dict[str, int]]:
+        """Layer -> precision -> the stored bytes of that layer alone (stored bytes add up
+        over layers); a layer has no entry under a precision in ``refused``."""
+        return {
+            name: {
+                q: model_bytes(self.module(name, q))
+                for q in (FLOAT, *precisions)
+                if q not in refused.get(name, {})
+            }
+            for name in self.layers
+        }
 
     @property
     def cached_bytes(self) -> int:

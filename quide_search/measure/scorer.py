@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from quide_search.backends import QuantBackend, get_backend
-from quide_search.backends._base import model_bytes
+from quide_search.backends._kinds import LayerBackend, WholeModelBackend
 from quide_search.backends.calibration import LayerInputs
 from quide_search.errors import ConfigError, TrialEvaluationError
 from quide_search.latency import LatencyResult, LatencySource, TimingTarget, torch_threads
 from quide_search.latency.measured import MeasuredLatency
-from quide_search.measure.assembly import LayerCache
+from quide_search.measure.assembly import Assembler, LayerCache
+from quide_search.measure.builder import PlanBuilder
 from quide_search.measure.evaluator import Evaluator
 from quide_search.measure.measurement import GateUnreachable, Measurement
 from quide_search.measure.target import timing_target
@@ -57,7 +58,7 @@ class Scorer:
         *,
         device: torch.device,
         backend: QuantBackend,
-        cache: LayerCache,
+        cache: Assembler,
         evaluator: Evaluator,
         latency: LatencySource,
         target: TimingTarget,
@@ -68,14 +69,14 @@ class Scorer:
         self.search = search
         self.device = device
         self.backend = backend
-        self.cache = cache
+        self.cache: Assembler = cache
         self.model = cache.model
         self.weight_counts = task.layers(backend)
         self.evaluator = evaluator
         self.latency = latency
         self.target = target
         self.eval_threads = eval_threads
-        self.baseline_bytes = model_bytes(self.model)
+        self.baseline_bytes = cache.baseline_bytes
         self._test_evaluator: Evaluator | None = None
 
     @classmethod
@@ -127,10 +128,7 @@ class Scorer:
                 f"({len(layers)} against {len(protocol.task.layers)}). Use the study's model."
             )
         model = task.model.to(device)
-        cache = LayerCache(
-            model, backend, layers, limit_mb=cache_mb,
-            calibration=_calibration(task, protocol, device, model),
-        )  # fmt: skip
+        cache = _assembler(task, protocol, device, backend, cache_mb)
         with torch_threads(protocol.evaluation.threads):
             evaluator = _evaluator(task, protocol, device, model)
         target = timing_target(
@@ -254,14 +252,7 @@ class Scorer:
         Stored bytes add up over layers, so these give any plan's bytes (and C) exactly.
         """
         refused = self.search.grouped_excluded(list(self.weight_counts))
-        sizes = {
-            name: {
-                q: model_bytes(self.cache.module(name, q))
-                for q in (FLOAT, *precisions)
-                if q not in refused.get(name, {})
-            }
-            for name in self.weight_counts
-        }
+        sizes = self.cache.bytes_by_precision(precisions, refused)
         rest = self.baseline_bytes - sum(row[FLOAT] for row in sizes.values())
         return sizes, rest
 
@@ -350,6 +341,22 @@ def _hazard(
     if why is not None and plan is not None:  # what a search would do is no advice for a plan
         why = why.split(". ", 1)[0] + ". Re-export a plan this backend can run."
     return why
+
+
+def _assembler(
+    task: Task, protocol: Protocol, device: torch.device, backend: QuantBackend, cache_mb: float
+) -> Assembler:
+    """Where trials' models come from: quantized layers cached and swapped into views of the
+    float model (a layer-by-layer backend), or whole models built per plan."""
+    layers = list(task.layers(backend))
+    model = task.model
+    if isinstance(backend, WholeModelBackend):
+        inputs = calibration_inputs(task, protocol)
+        return PlanBuilder(model, backend, layers, calibration=inputs,
+                           threads=protocol.latency.threads)  # fmt: skip
+    assert isinstance(backend, LayerBackend)
+    return LayerCache(model, backend, layers, limit_mb=cache_mb,
+                      calibration=_calibration(task, protocol, device, model))  # fmt: skip
 
 
 def _calibration(

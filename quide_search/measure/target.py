@@ -10,21 +10,25 @@ import torch
 from quide_search.latency import TimingTarget
 from quide_search.latency._probe import layer_shapes
 from quide_search.latency._profiler import layer_times
+from quide_search.measure.builder import PlanBuilder
 from quide_search.tasks.models.causal_lm import GreedyDecode
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from quide_search.measure.assembly import LayerCache
+    from quide_search.measure.assembly import Assembler
     from quide_search.plan import BitPlan
     from quide_search.tasks.task import Task
 
 __all__ = ["timing_target"]
 
+_PROFILED_RUNS = 3
+"""Calls of a whole model each profiled pass averages (its runtime profiles every node)."""
+
 
 def timing_target(
     task: Task,
-    cache: LayerCache,
+    cache: Assembler,
     batch_size: int,
     device: torch.device,
     *,
@@ -49,6 +53,8 @@ def timing_target(
         return call(cache.assemble(plan, exact=True))
 
     def layer_profile(plan: BitPlan) -> dict[str, float]:
+        if isinstance(cache, PlanBuilder):  # a whole model: the runtime's own profiler
+            return cache.layer_profile(plan, example, _PROFILED_RUNS)
         model = cache.assemble(plan, exact=True)
         # The assembled view holds the plan's own modules: the hooks go on those.
         modules = {name: model.get_submodule(name) for name in layers}

@@ -27,11 +27,6 @@ __all__ = ["PLAN_FILE", "load_quantized", "save_quantized", "write_checkpoint"]
 PLAN_FILE = "plan.json"
 README_FILE = "README.md"
 _FILE_MODE = 0o644
-_NEEDS = (
-    "recipe: Python that imports only torch and the backend; it expects `model`, the float "
-    "model built as the exported one, and `folder`, this folder's path, and leaves the "
-    "quantized model in `model`. null: load with quide_search.load_quantized."
-)
 
 
 def save_quantized(
@@ -71,7 +66,8 @@ def write_checkpoint(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
     recipe = backend.loading_recipe(model)
-    record = {**record, "loading": {"files": files, "recipe": recipe, "needs": _NEEDS}}
+    record = {**record, "loading": {"files": files, "recipe": recipe,
+                                    "needs": backend.recipe_needs}}  # fmt: skip
     atomic_write_text(folder / PLAN_FILE, json.dumps(stamped(record), indent=2) + "\n")
     atomic_write_text(folder / README_FILE, _readme(record, recipe))
     for path in folder.iterdir():  # some writers create 0600 files; a checkpoint is shared
@@ -89,11 +85,16 @@ def _readme(record: dict[str, Any], recipe: str | None) -> str:
     source = record.get("source") or {}
     model = record.get("model")
     skeleton = _skeleton_code(str(model))
+    builds_model = "`model`" not in str(record.get("loading", {}).get("needs", "`model`"))
     alone = (
-        "\nWithout quide-search (the recipe in `plan.json`, `loading.recipe`): build `model` "
-        "with your own code for the same architecture (its weights do not matter: every weight "
-        'comes from this folder), set `folder = "path/to/this/folder"`, '
-        f"then:\n\n```python\n{recipe}```\n"
+        "\nWithout quide-search (the recipe in `plan.json`, `loading.recipe`): "
+        + (
+            ""
+            if builds_model
+            else "build `model` with your own code for the same architecture "
+            "(its weights do not matter: every weight comes from this folder), "
+        )
+        + f'set `folder = "path/to/this/folder"`, then:\n\n```python\n{recipe.rstrip()}\n```\n'
         if recipe
         else "\nThe backend's own loader cannot rebuild some of these layers (transformers "
         "`Conv1D`, quantized as `nn.Linear`): load it with `load_quantized` as above.\n"

@@ -47,7 +47,7 @@ __all__ = [
     "trusted_factory",
 ]
 
-FORMATS = ("json", "yaml", "transformers")
+FORMATS = ("json", "yaml", "transformers", "onnx")
 
 
 _SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
@@ -92,7 +92,9 @@ def export_plan(
         out: A file path for one plan; a folder for ``pareto`` or ``checkpoint``.
         fmt: ``json`` or ``yaml``; or ``transformers``: for an ``hf:`` causal LM, the
             folder ``out`` that ``AutoModelForCausalLM.from_pretrained`` loads without
-            quide-search (:mod:`quide_search.output.transformers_export`).
+            quide-search (:mod:`quide_search.output.transformers_export`); or ``onnx``: for
+            a study of the onnxruntime backend, the folder ``out`` with the plan's quantized
+            ``model.onnx`` and a ``plan.json`` whose recipe needs only numpy and onnxruntime.
         checkpoint: Also write the quantized model, in the backend's own layout.
         model: The study's ``package.module:factory``, for a checkpoint of a study whose
             model comes from one: a study names code, which is imported and called only when
@@ -108,14 +110,17 @@ def export_plan(
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, but got {fmt!r}.")
     target = Path(out)
-    if fmt == "transformers":
-        _check_transformers_args(trial, checkpoint)
+    if fmt in ("transformers", "onnx"):
+        _check_model_format_args(fmt, trial, checkpoint)
     elif trial != "pareto" and not checkpoint:
         _check_suffix(target, fmt)
         check_replaceable(target, ours=is_generated_json, flag="--out")
-    if trial == "pareto" or checkpoint or fmt == "transformers":
+    if trial == "pareto" or checkpoint or fmt in ("transformers", "onnx"):
         check_folder_target(target, flag="--out")  # before a model is built
     loaded, protocol = read_study(study=study, storage=storage)
+    if fmt == "onnx":
+        _check_onnx(protocol, study)
+        checkpoint, fmt = True, "json"  # the backend's files are the ONNX model
     if trial == "pareto":
         return _export_front(loaded, protocol, target, fmt=fmt, checkpoint=checkpoint, model=model)
     record = plan_record(loaded, protocol, select_trial(loaded, trial, budget))
@@ -131,16 +136,29 @@ def export_plan(
     )
 
 
-def _check_transformers_args(trial: str | int, checkpoint: bool) -> None:
-    """Refuse what --format transformers does not go with, before anything is read."""
+def _check_model_format_args(fmt: str, trial: str | int, checkpoint: bool) -> None:
+    """Refuse what --format transformers or onnx does not go with, before anything is read."""
     if checkpoint:
         raise ConfigError(
-            "--format transformers writes a model folder of its own, so it goes without "
+            f"--format {fmt} writes a model folder of its own, so it goes without "
             "--checkpoint, but got both. Drop --checkpoint."
         )
     if trial == "pareto":
         raise ConfigError(
-            "--format transformers writes one model, but got --trial pareto. Name one trial."
+            f"--format {fmt} writes one model, but got --trial pareto. Name one trial."
+        )
+
+
+def _check_onnx(protocol: Protocol, study: str) -> None:
+    """Refuse --format onnx for a study whose backend's models are not ONNX graphs."""
+    from quide_search.backends import BACKENDS, get_backend
+
+    if not get_backend(protocol.backend).saves_onnx:
+        onnx = [name for name in BACKENDS if get_backend(name).saves_onnx]
+        raise ConfigError(
+            f"--format onnx needs a study whose plans are ONNX graphs (--backend "
+            f"{' or '.join(onnx)}), but study {study!r} used {protocol.backend}. Search again "
+            "with that backend, or export --checkpoint."
         )
 
 

@@ -35,10 +35,16 @@ def _fallback_warning(
     if fallback <= kernel:
         return None
     share = fallback / (fallback + kernel)
+    cpu = (
+        " On a CPU, --backend onnxruntime runs w8a8 and int4 plans with real int8/int4 kernels "
+        "(ONNX Runtime), timed where they ship."
+        if latency.get("device") == "cpu"
+        else ""
+    )
     return (
         f"warning: {share:.0%} of the quantized layers in this study ran no low-bit kernel "
         "(the backend dequantized their weights), so T mostly measures that overhead, not a "
-        "speed-up. Use --latency model:PROFILE for a target device's estimate."
+        f"speed-up. Use --latency model:PROFILE for a target device's estimate.{cpu}"
     )
 
 

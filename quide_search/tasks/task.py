@@ -61,6 +61,14 @@ class Task:
         found = backend.quantizable_layers(self.model)
         return {k: v for k, v in found.items() if k not in self.exclude}
 
+    def example_input(self) -> torch.Tensor | None:
+        """One model input (a batch of one): the first calibration sample, else the first
+        eval sample; None for a task with neither."""
+        for split in (self.splits.calib, self.splits.eval):
+            if len(split):
+                return split.first(1).inputs
+        return None
+
     def decode_record(self) -> dict[str, Any] | None:
         """What one timed call of a causal LM is, as recorded with T; None for other tasks."""
         if self.decode is None:

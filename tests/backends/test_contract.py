@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from quide_search.backends import BACKENDS, QuantBackend, get_backend, model_bytes
+from quide_search.backends._kinds import LayerBackend, WholeModelBackend
 from quide_search.errors import PlanError
 from quide_search.plan import FLOAT, PRECISIONS, BitPlan, activation_precision
 
@@ -23,6 +24,30 @@ CPU = torch.device("cpu")
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> QuantBackend:
     return get_backend(request.param)
+
+
+def _of_kind(kind: type[QuantBackend]) -> list[str]:
+    return [name for name in sorted(BACKENDS) if isinstance(get_backend(name), kind)]
+
+
+@pytest.fixture(params=_of_kind(LayerBackend))
+def layer_backend(request: pytest.FixtureRequest) -> LayerBackend:
+    """Each backend that quantizes layer by layer (the scorer's layer cache)."""
+    backend = get_backend(request.param)
+    assert isinstance(backend, LayerBackend)
+    return backend
+
+
+@pytest.fixture(params=_of_kind(WholeModelBackend))
+def whole_backend(request: pytest.FixtureRequest) -> WholeModelBackend:
+    """Each backend that builds the whole model for a plan (the scorer's plan builder)."""
+    backend = get_backend(request.param)
+    assert isinstance(backend, WholeModelBackend)
+    return backend
+
+
+def _calibration() -> torch.Tensor:
+    return torch.randn(16, 64, generator=torch.Generator().manual_seed(1))
 
 
 def _model() -> nn.Module:
@@ -43,8 +68,9 @@ def test_it_names_itself_and_its_library_version(backend: QuantBackend) -> None:
 
 def test_its_default_bits_are_among_what_it_offers(backend: QuantBackend) -> None:
     offered = backend.precisions(CPU)
-    assert set(backend.default_bits(CPU)) <= set(offered)
-    assert all(bits in (8, 4, 2) for bits in (offered[q] for q in backend.default_bits(CPU)))
+    quantized = [q for q in backend.default_bits(CPU) if q != FLOAT]
+    assert quantized and set(quantized) <= set(offered)
+    assert all(offered[q] in (8, 4, 2) for q in quantized)
 
 
 def test_it_refuses_each_precision_it_does_not_offer(backend: QuantBackend) -> None:
@@ -56,8 +82,9 @@ def test_it_refuses_each_precision_it_does_not_offer(backend: QuantBackend) -> N
 
 
 def test_each_weight_only_precision_keeps_the_layers_outputs_and_stores_fewer_bytes(
-    backend: QuantBackend,
+    layer_backend: LayerBackend,
 ) -> None:
+    backend = layer_backend
     layer = _model()[0]
     x = torch.randn(4, 64)
     with torch.no_grad():
@@ -71,7 +98,8 @@ def test_each_weight_only_precision_keeps_the_layers_outputs_and_stores_fewer_by
     assert layer.weight.dtype == torch.float32  # the float layer is never changed
 
 
-def test_a_plan_applied_whole_quantizes_exactly_its_layers(backend: QuantBackend) -> None:
+def test_a_plan_applied_whole_quantizes_exactly_its_layers(layer_backend: LayerBackend) -> None:
+    backend = layer_backend
     model = _model()
     precision = _weight_only(backend)[0]
     plan = BitPlan(model="m", dataset="d", layers={"0": precision, "2": FLOAT},
@@ -82,6 +110,11 @@ def test_a_plan_applied_whole_quantizes_exactly_its_layers(backend: QuantBackend
     assert model[0].weight.dtype == torch.float32  # a copy: the float model is left as it was
     assert type(model[0].weight) is nn.Parameter
     assert set(backend.quantization_map(plan)) == {"0"}
+
+
+def test_every_backend_is_of_one_kind() -> None:
+    assert set(_of_kind(LayerBackend)) | set(_of_kind(WholeModelBackend)) == set(BACKENDS)
+    assert not set(_of_kind(LayerBackend)) & set(_of_kind(WholeModelBackend))
 
 
 def test_a_layer_it_cannot_run_is_named_not_dropped(backend: QuantBackend) -> None:
@@ -96,10 +129,46 @@ def test_a_layer_it_cannot_run_is_named_not_dropped(backend: QuantBackend) -> No
 def test_a_saved_plan_loads_into_a_float_skeleton(backend: QuantBackend, tmp_path: Path) -> None:
     model = _model()
     plan = BitPlan(model="m", dataset="d", layers={"0": "int8"}, backend=backend.name)
-    quantized = backend.apply(model, plan)
+    quantized = backend.apply(model, plan, calibration=_calibration())
     files = backend.save(quantized, tmp_path)
     assert files and all((tmp_path / f).exists() for f in files)
     loaded = backend.load(_model(), tmp_path)
     x = torch.randn(2, 64)
     with torch.no_grad():
         assert torch.allclose(loaded(x), quantized(x), atol=1e-5)
+
+
+def test_a_built_plan_runs_low_bit_kernels_on_exactly_its_layers(
+    whole_backend: WholeModelBackend,
+) -> None:
+    backend, model = whole_backend, _model()
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        reference = model(x)
+    float_built = backend.build(model, _plan(backend, {}), calibration=_calibration())
+    assert float_built.kernels == {}
+    for precision in backend.precisions(CPU):
+        built = backend.build(model, _plan(backend, {"0": precision}), calibration=_calibration())
+        assert set(built.kernels) == {"0"} and built.kernels["0"].startswith("kernel:")
+        assert built.stored_bytes < float_built.stored_bytes, precision
+        assert built.layer_bytes["0"] < float_built.layer_bytes["0"], precision
+        assert built.layer_bytes["2"] == float_built.layer_bytes["2"], precision
+        with torch.no_grad():
+            error = (built.module(x) - reference).norm() / reference.norm()
+        assert float(error) < 0.2, precision  # quantized, not broken
+    assert model[0].weight.dtype == torch.float32  # the float model is left as it was
+
+
+def test_a_whole_model_profile_gives_every_layer_a_time(whole_backend: WholeModelBackend) -> None:
+    built = whole_backend.build(_model(), _plan(whole_backend, {}), calibration=_calibration())
+    times = whole_backend.layer_profile(built, torch.randn(1, 64), 2)
+    assert set(times) == {"0", "2"} and all(ms > 0 for ms in times.values())
+
+
+def test_a_whole_model_backend_needs_calibration_inputs(whole_backend: WholeModelBackend) -> None:
+    with pytest.raises(PlanError, match="calibration"):
+        whole_backend.build(_model(), _plan(whole_backend, {}), calibration=None)
+
+
+def _plan(backend: QuantBackend, layers: dict[str, str]) -> BitPlan:
+    return BitPlan(model="m", dataset="d", layers=layers, backend=backend.name)

@@ -22,7 +22,7 @@ def _plan(layers: dict[str, str]) -> BitPlan:
 
 def test_get_backend_names_the_choices() -> None:
     assert QUANTO.name == "quanto" and QUANTO.version().startswith("0.2")
-    message = "--backend must be one of quanto, torchao, but got 'quant'"
+    message = "--backend must be one of quanto, torchao, onnxruntime, but got 'quant'"
     with pytest.raises(ConfigError, match=message):
         get_backend("quant")
     assert dict(QUANTO.precisions(torch.device("cpu"))) == {

@@ -195,7 +195,8 @@ BAD_INPUTS = [
     ),
     (
         ["evaluate", "--plan", "bogus-backend.json", "--backend", "quanto"],
-        "must name a backend among quanto, torchao, but it names 'bogus'. Re-export the plan.",
+        "must name a backend among quanto, torchao, onnxruntime, but it names 'bogus'. Re-export "
+        "the plan.",
     ),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run", "--seed", "-1"], "--seed: must be an integer >= 0, but got -1"),

@@ -1,0 +1,229 @@
+"""Build one plan's quantized ONNX model from a float graph exported once per study.
+
+:class:`ExportedModel` holds what every plan of a study shares: the float graph, which node is
+which layer, and the activation ranges calibrated once on the calibration samples (ORT's
+calibration cache file, reused by every later plan). :meth:`ExportedModel.build` then
+quantizes exactly the plan's layers:
+
+1. ``w8a8`` layers: static QDQ (:func:`onnxruntime.quantization.quantize_static`) restricted to
+   their nodes, uint8 activations, int8 per-channel weights, ``reduce_range`` as the settings say;
+2. ``int8`` / ``int4`` layers: weight-only ``MatMulNBits`` (block-wise, symmetric,
+   ``accuracy_level`` 4); a Linear exported as Gemm is first rewritten to MatMul + Add;
+3. a session is opened, and ORT's optimised graph is read to see which operator runs each
+   planned layer. A planned layer left without a low-bit operator fails the build.
+
+Only :mod:`quide_search.backends.onnxruntime` uses this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quide_search.backends import _onnx_graph as graphs
+from quide_search.errors import PlanError, TrialEvaluationError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from quide_search.backends.onnxruntime import OrtSettings
+
+__all__ = ["ExportedModel", "open_session", "quiet_ort"]
+
+_CALIBRATION_BATCH = 32
+_WEIGHT_ONLY_BITS = {"int8": 8, "int4": 4}
+
+
+class ExportedModel:
+    """One float model exported to ONNX, with what every plan built on it shares.
+
+    Args:
+        model: The float model (CPU, eval mode); only read.
+        layers: The quantizable layers (module paths).
+        example: One model input (a batch of one): the graph is traced on it, its batch
+            dimension left free.
+        settings: The kernel settings chosen for this CPU.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[str],
+        example: torch.Tensor,
+        settings: OrtSettings,
+    ) -> None:
+        import onnx
+
+        self._folder = tempfile.TemporaryDirectory(prefix="quide-ort-")
+        self.folder = Path(self._folder.name)
+        self.settings = settings
+        self.float_path = self.folder / "float.onnx"
+        graphs.export_model(model, example[:1].cpu(), self.float_path)
+        self.modules = frozenset(name for name, _ in model.named_modules() if name)
+        graph = onnx.load(str(self.float_path)).graph
+        self.layers = tuple(layers)
+        self.nodes, self.unmapped = graphs.layer_nodes(graph, self.modules, layers)
+
+    def build(
+        self, wanted: Mapping[str, str], threads: int | None, calibration: torch.Tensor
+    ) -> tuple[Any, bytes, dict[str, list[str]]]:
+        """Quantize the ``wanted`` layers (layer -> precision) and open a session on the result.
+
+        ``calibration`` (model inputs, samples first) are what w8a8 layers' activation ranges
+        are calibrated on, once: the ranges are kept for every later plan on the same samples.
+
+        Returns:
+            The session, the quantized model's bytes (what is saved and exported), and each
+            layer's operators in ORT's optimised graph.
+
+        Raises:
+            PlanError: If a wanted layer has no node, or its node cannot take the precision.
+            TrialEvaluationError: If ORT fails to quantize the model or open the session.
+        """
+        import onnx
+
+        self._check(wanted)
+        static = [self.nodes[n].node for n, q in wanted.items() if q == "w8a8"]
+        try:
+            with quiet_ort():
+                path = self._static(static, calibration) if static else self.float_path
+                model = onnx.load(str(path))
+                for precision, bits in _WEIGHT_ONLY_BITS.items():
+                    names = [n for n, q in wanted.items() if q == precision]
+                    if names:
+                        model = self._weight_only(model, names, bits)
+                data = model.SerializeToString()
+                optimized = self.folder / "optimized.onnx"
+                session = open_session(data, threads, optimized=optimized)
+                ops = graphs.layer_ops(*self.optimized_layers(optimized))
+        except (PlanError, TrialEvaluationError):
+            raise
+        except Exception as e:  # ORT's quantizers and sessions raise many types
+            raise TrialEvaluationError(
+                f"onnxruntime could not build the plan: {type(e).__name__}: {e}"
+            ) from e
+        return session, data, ops
+
+    def optimized_layers(self, optimized: Path) -> tuple[Any, dict[str, str]]:
+        """ORT's optimised graph written at ``optimized``, and node name -> layer in it."""
+        import onnx
+
+        graph = onnx.load(str(optimized)).graph
+        return graph, graphs.node_layers(graph, self.modules, self.nodes)
+
+    def _check(self, wanted: Mapping[str, str]) -> None:
+        for name, precision in wanted.items():
+            if name in self.unmapped:
+                raise PlanError(
+                    f"layer {name} cannot be quantized by the onnxruntime backend: "
+                    f"{self.unmapped[name]}. Keep it in float."
+                )
+            node = self.nodes[name]
+            if precision in _WEIGHT_ONLY_BITS and node.op == "Conv":
+                raise PlanError(
+                    f"layer {name} is a convolution, and ORT's weight-only {precision} "
+                    "(MatMulNBits) runs matrix products only. Give it w8a8 or float."
+                )
+
+    def _static(self, nodes: list[str], calibration: torch.Tensor) -> Path:
+        """The float graph with ``nodes`` in static QDQ int8 (ranges calibrated once per set
+        of calibration samples, on every Conv, Gemm and MatMul, and kept in a file)."""
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        samples = calibration.detach().cpu().float().contiguous().numpy()
+        digest = hashlib.sha256(samples.tobytes()).hexdigest()[:16]
+        ranges = self.folder / f"ranges-{digest}.json"
+        reader = None if ranges.is_file() else _Reader(samples)
+        activations = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        out = self.folder / "static.onnx"
+        quantize_static(
+            str(self.float_path), str(out), reader, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(graphs.WEIGHT_OPS), per_channel=True,
+            reduce_range=self.settings.reduce_range,
+            activation_type=activations[self.settings.activations],
+            weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+            calibration_cache_path=str(ranges),
+        )  # fmt: skip
+        return out
+
+    def _weight_only(self, model: Any, layers: list[str], bits: int) -> Any:
+        """``model`` with ``layers`` in block-wise weight-only MatMulNBits of ``bits``."""
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        wanted = {self.nodes[n].node for n in layers}
+        for name in layers:
+            if self.nodes[name].op == "Gemm":
+                graphs.gemm_to_matmul(model, self.nodes[name].node)
+        others = [n.name for n in model.graph.node
+                  if n.op_type == "MatMul" and n.name not in wanted]  # fmt: skip
+        quantizer = MatMulNBitsQuantizer(
+            model, bits=bits, block_size=self.settings.block_size,
+            is_symmetric=self.settings.int4_symmetric,
+            accuracy_level=self.settings.accuracy_level, nodes_to_exclude=others,
+            op_types_to_quantize=("MatMul",),
+        )  # fmt: skip
+        quantizer.process()
+        return quantizer.model.model
+
+
+class _Reader:
+    """ORT's calibration data reader over the calibration samples, in fixed batches."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self._batches = iter(
+            {graphs.INPUT: samples[i : i + _CALIBRATION_BATCH]}
+            for i in range(0, len(samples), _CALIBRATION_BATCH)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self._batches
+
+
+def open_session(
+    model: bytes | str, threads: int | None, *, optimized: Path | None = None,
+    profile: Path | None = None,
+) -> Any:  # fmt: skip
+    """An ORT CPU session on ``model`` (bytes or a path), all graph optimisations on.
+
+    Args:
+        threads: Intra-op threads (None: ORT's default, one per core); inter-op is 1.
+        optimized: Where ORT writes the graph it optimised (to read which kernels run).
+        profile: A file prefix: profile every node of every run (a latency table's rows).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: the NCHWc note on saving is not one
+    if optimized is not None:
+        options.optimized_model_filepath = str(optimized)
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def quiet_ort() -> Iterator[None]:
+    """Silence ORT's quantizers, which log advice ("consider pre-processing") on the root
+    logger at WARNING for every model."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
