@@ -13,9 +13,12 @@ Only :mod:`quide_search.backends.onnxruntime` uses this module; it imports onnx 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import warnings
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +81,7 @@ def export_model(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     try:
         # The TorchScript exporter is deprecated in favour of dynamo's, which names nodes
         # without the module scopes layers are found by.
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _stdout_silenced():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=[INPUT],
                               output_names=[OUTPUT], opset_version=OPSET,
@@ -89,6 +92,21 @@ def export_model(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             f"the onnxruntime backend needs a model torch.onnx.export can write, but it failed: "
             f"{first[:300]}. Use --backend quanto or torchao for this model."
         ) from e
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Silence file descriptor 1 (the exporter's C++ code dumps its whole IR graph there when
+    it fails; the ConfigError says what failed)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def layer_of(node_name: str, modules: Container[str]) -> str | None:

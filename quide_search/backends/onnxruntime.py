@@ -201,12 +201,27 @@ class OnnxRuntimeBackend(WholeModelBackend):
             for name in layers
             if weight_only and isinstance(modules[name], (nn.Conv1d, nn.Conv2d))
         }
-        if example is not None:
+        if example is not None and not _transformers_model(model):
             exported = self._export(model, list(layers), example)
             for name, why in exported.unmapped.items():
                 unfit[name] = {q: f"ORT cannot tell its node: {why}" for q in precisions
                                if q != FLOAT}  # fmt: skip
         return unfit
+
+    def hazard(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precisions: Sequence[str],
+        layers: Sequence[str] | None = None,
+    ) -> str | None:
+        """A transformers model (a causal LM) does not run through this backend yet."""
+        if _transformers_model(model):
+            return (
+                "the onnxruntime backend does not run transformers models yet (their ONNX "
+                "export and decode step are not built). Use --backend quanto or torchao."
+            )
+        return None
 
     def build(
         self,
@@ -329,6 +344,11 @@ def _bytes(
         if owner in per_layer:
             per_layer[owner] += sizes[name]
     return sum(sizes.values()), per_layer
+
+
+def _transformers_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a transformers model (without importing transformers)."""
+    return any(cls.__module__.startswith("transformers.") for cls in type(model).__mro__)
 
 
 def _after_first_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -353,7 +353,7 @@ def _assembler(
     if isinstance(backend, WholeModelBackend):
         inputs = calibration_inputs(task, protocol)
         return PlanBuilder(model, backend, layers, calibration=inputs,
-                           threads=protocol.latency.threads)  # fmt: skip
+                           threads=protocol.latency.threads, limit_mb=cache_mb)  # fmt: skip
     assert isinstance(backend, LayerBackend)
     return LayerCache(model, backend, layers, limit_mb=cache_mb,
                       calibration=_calibration(task, protocol, device, model))  # fmt: skip

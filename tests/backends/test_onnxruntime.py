@@ -189,3 +189,39 @@ def test_the_scorer_builds_each_plan_whole_and_scores_it_in_the_session(toy_task
 
 def _has_vnni() -> bool:
     return any(f in cpu_flags() for f in ("avx512_vnni", "avx_vnni", "amx_tile"))
+
+
+class Spectral(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.fft.rfft(x, n=14).abs())
+
+
+def test_a_model_that_cannot_be_exported_gets_one_line_naming_the_operator(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        OnnxRuntimeBackend().unfit_layers(Spectral().eval(), CPU, ("w8a8",), ["fc"],
+                                          example=torch.rand(1, 8))  # fmt: skip
+    message = str(caught.value)
+    assert "\n" not in message and "'aten::fft_rfft'" in message
+    assert message.endswith("Use --backend quanto or torchao for this model.")
+    assert "Torch IR graph" not in capfd.readouterr().out  # the exporter's dump is silenced
+
+
+def test_a_causal_lm_is_refused_before_anything_is_exported() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    backend = OnnxRuntimeBackend()
+    layers = list(backend.quantizable_layers(model))
+    tokens = torch.ones(1, 4).long()
+    assert backend.unfit_layers(model, CPU, ("w8a8",), layers, example=tokens) == {}
+    with pytest.raises(ConfigError, match="does not run transformers models yet"):
+        backend.search_exclusions(model, CPU, ("w8a8",), layers)
+    assert backend._exported == {}

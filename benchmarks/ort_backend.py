@@ -12,8 +12,11 @@ PyTorch eager float in the same rounds), and scored on the task's eval split. Re
 ratios against float ORT (and float ORT against eager), P, which kernels ran, and the
 per-plan cost of a trial (build: quantize and open the session; P: the eval split).
 
-Usage:  python benchmarks/onnxruntime.py [--models resnet18,simplecnn] [--rounds 40]
+Usage:  python benchmarks/ort_backend.py [--models resnet18,simplecnn] [--rounds 40]
                                          [--write benchmarks/RESULTS.md]
+
+(Not ``benchmarks/onnxruntime.py``: run as a script, a file of that name would be imported in
+place of the onnxruntime library.)
 """
 
 from __future__ import annotations
@@ -103,9 +106,9 @@ def _lines(rows: list[dict[str, Any]], command: str) -> list[str]:
         "",
         machine_line(),
         f"- command: `{command}`",
-        "- 1 thread; ms are medians of interleaved rounds; P on the eval split (1,000 images);",
-        "  build = quantize the plan and open its session (export and calibration once per "
-        "study, before)",
+        "- 1 thread; ms are medians of interleaved rounds; P on the task's eval split; build = "
+        "quantize the plan and open its session, as each trial does (a model's first build, "
+        "`float`, also exports it; its first `w8a8` build also calibrates, once per study)",
         "",
         "| model | plan | ms b1 | ms b32 | vs float ORT b1 | b32 | P | kernels | build s | P s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -140,8 +143,8 @@ def main() -> None:
     parser.add_argument("--write", type=str, default=None, help="RESULTS.md to update")
     args = parser.parse_args()
     rows = [one_model(name, args.rounds) for name in args.models.split(",")]
-    command = f"python benchmarks/onnxruntime.py --models {args.models} --rounds {args.rounds}"
-    publish(_lines(rows, command), args.write, "onnxruntime")
+    command = f"python benchmarks/ort_backend.py --models {args.models} --rounds {args.rounds}"
+    publish(_lines(rows, command), args.write, "ort_backend")
 
 
 if __name__ == "__main__":
