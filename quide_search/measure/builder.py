@@ -55,7 +55,7 @@ class PlanBuilder:
         calibration: torch.Tensor | None,
         threads: int | None,
         limit_mb: float = 4096.0,
-        keep: int = 16,
+        keep: int = 12,
     ) -> None:
         self.model = model
         self.backend = backend
