@@ -108,7 +108,7 @@ def _lines(rows: list[dict[str, Any]], command: str) -> list[str]:
         f"- command: `{command}`",
         "- 1 thread; ms are medians of interleaved rounds; P on the task's eval split; build = "
         "quantize the plan and open its session, as each trial does (a model's first build, "
-        "`float`, also exports it; its first `w8a8` build also calibrates, once per study)",
+        "`float`, also exports it; its first `w8a8` build also calibrates, once per scorer)",
         "",
         "| model | plan | ms b1 | ms b32 | vs float ORT b1 | b32 | P | kernels | build s | P s |",
         "|---|---|---|---|---|---|---|---|---|---|",

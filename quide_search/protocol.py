@@ -204,7 +204,7 @@ class Search(_Record):
 # used as stored.
 _MUST_MATCH = {
     "backend": "--backend",
-    "backend_settings": "--backend (its kernel settings follow the CPU's flags)",
+    "backend_settings.chosen": "--backend, on a CPU whose flags choose the same kernels",
     "task.model": "--model",
     "task.dataset": "--dataset",
     "task.kind": "--model",
@@ -248,7 +248,8 @@ class Protocol(_Record):
     backend: str
     backend_version: str
     backend_settings: dict[str, Any] = {}
-    """What the backend chose for this machine (ORT: the CPU's flags, ``reduce_range``, ...)."""
+    """What the backend chose for this machine: ``chosen`` (ORT: ``reduce_range``, the
+    activation type, ...; must match on resume) and what it was chosen from (``cpu_flags``)."""
     task: TaskRecord
     search: Search
     gate: Gate

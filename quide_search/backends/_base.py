@@ -207,11 +207,14 @@ class QuantBackend(abc.ABC):
                 raise ConfigError(why)
         for name, refused in excluded.items():
             if all(q in refused for q in precisions):
+                others = [q for q in self.precisions(device) if q not in precisions]
+                unfit = self.unfit_layers(model, device, others, [name], example=example)
+                can = [q for q in others if q not in unfit.get(name, {})] + ["fp"]
                 raise ConfigError(
                     f"every searched layer must run one of --bits, but {name} runs none of "
                     f"{', '.join(precisions)} on the {self.name} backend "
-                    f"({'; '.join(sorted(set(refused.values())))}). Add 8 or fp to --bits, or "
-                    "use another --backend."
+                    f"({'; '.join(sorted(set(refused.values())))}). Add one it can run to "
+                    f"--bits ({', '.join(can)}), or use another --backend."
                 )
         return excluded
 

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INPUT", "LOW_BIT_OPS", "OUTPUT", "LayerNode", "export_model", "gemm_to_matmul",
-    "initializer_bytes", "layer_nodes", "layer_of", "layer_ops", "node_layers", "profile_ms",
+    "constant_layers", "first_line", "initializer_bytes", "layer_nodes", "layer_of", "layer_ops",
+    "node_layers", "profile_ms",
 ]  # fmt: skip
 
 INPUT, OUTPUT = "input", "output"
@@ -87,11 +88,42 @@ def export_model(model: nn.Module, example: torch.Tensor, path: Path) -> None:
                               output_names=[OUTPUT], opset_version=OPSET,
                               dynamic_axes={INPUT: batch, OUTPUT: batch})  # fmt: skip
     except Exception as e:  # the exporter raises many types, each naming the operator
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"the onnxruntime backend needs a model torch.onnx.export can write, but it failed: "
-            f"{first[:300]}. Use --backend quanto or torchao for this model."
+            f"{first_line(e)}. Use --backend quanto or torchao for this model."
         ) from e
+    _unshare_constants(path)
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's first line, at most ``limit`` characters (a library's message may run
+    to many lines: a graph dump, a C++ trace)."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
+def _unshare_constants(path: Path) -> None:
+    """Give each node its own copy of a constant the exporter shares through Identity nodes.
+
+    Constant folding merges equal tensors (the folded biases of convolutions after batch
+    norms that were never trained are all equal) into one initializer that other nodes read
+    through ``Identity``. Quantizing one of those layers then quantizes the shared bias with
+    that layer's scale, and ORT leaves the others unfused; each layer must own its constants.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = {t.name: t for t in graph.initializer}
+    shared = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in constants]
+    if not shared:
+        return
+    for node in shared:
+        array = numpy_helper.to_array(constants[node.input[0]]).copy()
+        graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+        graph.node.remove(node)
+    onnx.save(model, str(path))
 
 
 @contextlib.contextmanager
@@ -119,8 +151,12 @@ def layer_of(node_name: str, modules: Container[str]) -> str | None:
     path = ""
     for piece in pieces:
         parts = piece.split(".")
-        # A piece is the child's name, maybe prefixed by its ancestors' names.
-        candidates = (".".join(filter(None, (path, *parts[i:]))) for i in range(len(parts)))
+        # A piece is the module's full path (``layer1.0`` under ``layer1``), or its name under
+        # ``path`` maybe with some of its ancestors' names before it (``downsample.0``): the
+        # full path first, then the shortest name under ``path``.
+        under = not path or piece.startswith(path + ".")
+        names = (".".join(filter(None, (path, *parts[i:]))) for i in reversed(range(len(parts))))
+        candidates = ([piece] if under else []) + list(names)
         found = next((c for c in candidates if c in modules), None)
         if found is None:
             return None
@@ -189,6 +225,25 @@ def node_layers(
         if layer is not None:
             found[node.name] = layer
     return found
+
+
+def constant_layers(
+    graph: Any, node_layer: Mapping[str, str], sizes: Mapping[str, int]
+) -> dict[str, int]:
+    """Layer -> the bytes of the constants (of ``sizes``: name -> bytes) that only nodes of
+    that layer read (:func:`node_layers`: a quantized weight's DequantizeLinear is named after
+    the weight, not the layer's scope, but reads the weight's constants)."""
+    readers: dict[str, set[str | None]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in sizes:
+                readers.setdefault(name, set()).add(node_layer.get(node.name))
+    per_layer: dict[str, int] = {}
+    for name, owners in readers.items():
+        owner = next(iter(owners)) if len(owners) == 1 else None
+        if owner is not None:
+            per_layer[owner] = per_layer.get(owner, 0) + sizes[name]
+    return per_layer
 
 
 def layer_ops(graph: Any, node_layer: Mapping[str, str]) -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""Build one plan's quantized ONNX model from a float graph exported once per study.
+"""Build one plan's quantized ONNX model from a float graph exported once per scorer.
 
 :class:`ExportedModel` holds what every plan of a study shares: the float graph, which node is
 which layer, and the activation ranges calibrated once on the calibration samples (ORT's
@@ -22,6 +22,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +36,29 @@ if TYPE_CHECKING:
 
     from quide_search.backends.onnxruntime import OrtSettings
 
-__all__ = ["ExportedModel", "open_session", "quiet_ort"]
+__all__ = ["ExportedModel", "OrtBuild", "open_session", "quiet_ort"]
 
 _CALIBRATION_BATCH = 32
 _WEIGHT_ONLY_BITS = {"int8": 8, "int4": 4}
+
+
+@dataclass(frozen=True)
+class OrtBuild:
+    """One plan quantized and opened in a session.
+
+    Attributes:
+        session: The ``onnxruntime.InferenceSession``.
+        data: The quantized model, serialised (what is saved and exported).
+        stored_bytes: The bytes of all its initializers (int4 packed two to a byte).
+        layer_bytes: Layer -> the bytes of the initializers only that layer reads.
+        ops: Layer -> the operators that compute it in ORT's optimised graph.
+    """
+
+    session: Any
+    data: bytes
+    stored_bytes: int
+    layer_bytes: dict[str, int]
+    ops: dict[str, list[str]]
 
 
 class ExportedModel:
@@ -73,14 +93,14 @@ class ExportedModel:
 
     def build(
         self, wanted: Mapping[str, str], threads: int | None, calibration: torch.Tensor
-    ) -> tuple[Any, bytes, dict[str, list[str]]]:
+    ) -> OrtBuild:
         """Quantize the ``wanted`` layers (layer -> precision) and open a session on the result.
 
         ``calibration`` (model inputs, samples first) are what w8a8 layers' activation ranges
         are calibrated on, once: the ranges are kept for every later plan on the same samples.
 
         Returns:
-            The session, the quantized model's bytes (what is saved and exported), and each
+            The session, the quantized model's serialised bytes, what it stores, and each
             layer's operators in ORT's optimised graph.
 
         Raises:
@@ -107,9 +127,12 @@ class ExportedModel:
             raise
         except Exception as e:  # ORT's quantizers and sessions raise many types
             raise TrialEvaluationError(
-                f"onnxruntime could not build the plan: {type(e).__name__}: {e}"
+                f"onnxruntime could not build the plan: {type(e).__name__}: {graphs.first_line(e)}"
             ) from e
-        return session, data, ops
+        sizes = graphs.initializer_bytes(model.graph)
+        node_layer = graphs.node_layers(model.graph, self.modules, self.nodes)
+        per_layer = graphs.constant_layers(model.graph, node_layer, sizes)
+        return OrtBuild(session, data, sum(sizes.values()), per_layer, ops)
 
     def optimized_layers(self, optimized: Path) -> tuple[Any, dict[str, str]]:
         """ORT's optimised graph written at ``optimized``, and node name -> layer in it."""
@@ -155,15 +178,13 @@ class ExportedModel:
 
     def _weight_only(self, model: Any, layers: list[str], bits: int) -> Any:
         """``model`` with ``layers`` in block-wise weight-only MatMulNBits of ``bits``."""
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
         wanted = {self.nodes[n].node for n in layers}
         for name in layers:
             if self.nodes[name].op == "Gemm":
                 graphs.gemm_to_matmul(model, self.nodes[name].node)
         others = [n.name for n in model.graph.node
                   if n.op_type == "MatMul" and n.name not in wanted]  # fmt: skip
-        quantizer = MatMulNBitsQuantizer(
+        quantizer = _nbits_quantizer()(
             model, bits=bits, block_size=self.settings.block_size,
             is_symmetric=self.settings.int4_symmetric,
             accuracy_level=self.settings.accuracy_level, nodes_to_exclude=others,
@@ -171,6 +192,20 @@ class ExportedModel:
         )  # fmt: skip
         quantizer.process()
         return quantizer.model.model
+
+
+def _nbits_quantizer() -> Any:
+    """ORT's MatMulNBitsQuantizer class. Its module calls ``logging.basicConfig(level=INFO)``
+    on import, which would print every later INFO record of any library in the process: the
+    root logger's handlers and level are put back as they were, and its own logger is quieted."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
+    return matmul_nbits_quantizer.MatMulNBitsQuantizer
 
 
 class _Reader:

@@ -1,8 +1,8 @@
 """The CPU's instruction-set flags that decide which int8/int4 kernels a runtime can use.
 
-Read at run time, never assumed: the machines this project runs on differ (an AVX2-only AMD
-EPYC, an Intel Xeon with AVX-512 VNNI and AMX), and a backend chooses its kernel settings
-from them (:mod:`quide_search.backends.onnxruntime`).
+Read at run time, never assumed: the machines this project runs on differ (an AMD EPYC with
+AVX2 only, another with AVX-512 VNNI, an Intel Xeon with AVX-512 VNNI and AMX), and a backend
+chooses its kernel settings from them (:mod:`quide_search.backends.onnxruntime`).
 """
 
 from __future__ import annotations

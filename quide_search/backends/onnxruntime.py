@@ -2,7 +2,9 @@
 
 Unlike quanto and torchao, which quantize torch layers one by one, this backend builds the
 whole model for each plan (:class:`~quide_search.backends._base.WholeModelBackend`): the float
-model is exported to ONNX once per study, activation ranges are calibrated once on the
+model is exported to ONNX once per scorer (a study's process; checking the protocol exports
+it once more, to find layers without a node of their own), activation ranges are calibrated
+once on the
 calibration samples, and each plan quantizes exactly its layers of that graph and opens an
 ORT session, which computes P and is timed for T. Precisions (``--backend onnxruntime``, CPU):
 
@@ -78,7 +80,11 @@ class OrtSettings:
         return cls(cpu_flags=flags, reduce_range=not has_vnni(flags))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "cpu_flags": list(self.cpu_flags)}
+        """``chosen``: what decides the kernels (must match when a study resumes);
+        ``cpu_flags``: what they were chosen from (a record: another CPU that chooses the
+        same may join)."""
+        chosen = {k: v for k, v in asdict(self).items() if k != "cpu_flags"}
+        return {"chosen": chosen, "cpu_flags": list(self.cpu_flags)}
 
 
 class OrtModel(nn.Module):
@@ -153,11 +159,13 @@ class OnnxRuntimeBackend(WholeModelBackend):
     def default_bits(
         self, device: torch.device, activations: Sequence[str] = ("none",)
     ) -> tuple[str, ...]:
-        """w8a8, int8, int4 and float: convolutions run only w8a8, so float must be a choice
-        for a search to have any over them.
+        """With weight-only ``activations`` (``none``): w8a8, int8, int4 and float
+        (convolutions run only w8a8, so float must be a choice for a search to have any over
+        them). With int8 activations asked: int8 and float, which ``--activations`` pairs into
+        w8a8 (and int8 where ``none`` is asked too): ORT has no W4A8.
 
         Raises:
-            ConfigError: Off a CPU (nothing is offered there).
+            ConfigError: Off a CPU (nothing is offered there), or for float8 activations.
         """
         from quide_search.errors import ConfigError
 
@@ -166,7 +174,13 @@ class OnnxRuntimeBackend(WholeModelBackend):
                 f"--device must be cpu for the onnxruntime backend (ORT's CPU execution "
                 f"provider), but got {device.type}. Use --device cpu, or another --backend."
             )
-        return (*_OFFERED, FLOAT)
+        if "fp8" in activations:
+            raise ConfigError(
+                "--activations must be none or int8 for the onnxruntime backend (ORT's CPU "
+                f"provider has no float8 kernels), but got {','.join(activations)}. Leave fp8 "
+                "out of --activations."
+            )
+        return (*_OFFERED, FLOAT) if tuple(activations) == ("none",) else ("int8", FLOAT)
 
     def settings_record(self) -> dict[str, Any]:
         return self.settings.to_dict()
@@ -240,19 +254,21 @@ class OnnxRuntimeBackend(WholeModelBackend):
             )
         exported = self._export(model, list(layers), calibration)
         wanted = plan.quantized_layers()
-        session, data, ops = exported.build(wanted, threads, calibration)
+        built = exported.build(wanted, threads, calibration)
         kernels = {}
         for name in wanted:
-            low_bit = [op for op in ops.get(name, []) if op in graphs.LOW_BIT_OPS]
+            ops = built.ops.get(name, [])
+            low_bit = [op for op in ops if op in graphs.LOW_BIT_OPS]
             if not low_bit:
                 raise TrialEvaluationError(
                     f"onnxruntime left layer {name} ({wanted[name]}) in float: its optimised "
-                    f"graph runs {', '.join(ops.get(name, [])) or 'no node of it'}"
+                    f"graph runs {', '.join(ops) or 'no node of it'}. Keep that layer in float "
+                    "(a plan file), or report the model: its graph keeps ORT from fusing it"
                 )
             kernels[name] = f"kernel:{low_bit[0]}"
-        stored, per_layer = _bytes(data, exported.modules, layers)
-        module = OrtModel(session, data, threads, exported)
-        return BuiltModel(module, stored, per_layer, kernels)
+        per_layer = {name: built.layer_bytes.get(name, 0) for name in layers}
+        module = OrtModel(built.session, built.data, threads, exported)
+        return BuiltModel(module, built.stored_bytes, per_layer, kernels)
 
     def layer_profile(
         self, built: BuiltModel, example: torch.Tensor, runs: int
@@ -279,7 +295,9 @@ class OnnxRuntimeBackend(WholeModelBackend):
                 events = json.loads(Path(session.end_profiling()).read_text())
                 _, node_layer = exported.optimized_layers(folder / "optimized.onnx")
         except Exception as e:  # ORT raises its own types
-            raise TrialEvaluationError(f"profiling in onnxruntime failed: {e}") from e
+            raise TrialEvaluationError(
+                f"profiling in onnxruntime failed: {graphs.first_line(e)}"
+            ) from e
         per_layer = graphs.profile_ms(_after_first_run(events), node_layer, runs)
         return {name: per_layer.get(name, 0.0) for name in exported.layers}
 
@@ -322,28 +340,6 @@ class OnnxRuntimeBackend(WholeModelBackend):
         if key not in self._exported:
             self._exported[key] = (model, ExportedModel(model, layers, example, self.settings))
         return self._exported[key][1]
-
-
-def _bytes(
-    data: bytes, modules: frozenset[str], layers: Mapping[str, int]
-) -> tuple[int, dict[str, int]]:
-    """The model's stored bytes (its initializers), and each layer's: the initializers that
-    only nodes in its scope read."""
-    import onnx
-
-    graph = onnx.ModelProto.FromString(data).graph
-    sizes = graphs.initializer_bytes(graph)
-    readers: dict[str, set[str | None]] = {}
-    for node in graph.node:
-        for name in node.input:
-            if name in sizes:
-                readers.setdefault(name, set()).add(graphs.layer_of(node.name, modules))
-    per_layer = dict.fromkeys(layers, 0)
-    for name, owners in readers.items():
-        (owner,) = owners if len(owners) == 1 else (None,)
-        if owner in per_layer:
-            per_layer[owner] += sizes[name]
-    return sum(sizes.values()), per_layer
 
 
 def _transformers_model(model: nn.Module) -> bool:

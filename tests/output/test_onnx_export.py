@@ -81,15 +81,19 @@ def test_evaluate_of_an_onnxruntime_plan_reproduces_p_and_p_test(study_dir: Path
     assert replay.reproduced is True
     record = json.loads(out.read_text())
     assert record["metrics"]["P"] == replay.measured.P
-    assert record["protocol"]["backend_settings"]["activations"] == "uint8"
+    assert record["protocol"]["backend_settings"]["chosen"]["activations"] == "uint8"
 
 
 def test_every_completed_trial_ran_real_kernels_on_its_quantized_layers(study_dir: Path) -> None:
+    from quide_search.search.space import trial_plan
+
     study = load_study(study=STUDY, storage=_storage(study_dir))
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert done
     for trial in done:
-        assert trial.user_attrs["fallback_layers"] == []
+        # Every layer the trial's plan quantizes ran a low-bit kernel, and no other did.
+        quantized = [n for n, q in trial_plan(trial).items() if q != "float"]
+        assert sorted(trial.user_attrs["kernel_layers"]) == sorted(quantized)
     assert any(trial.user_attrs["kernel_layers"] for trial in done)
 
 
