@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from quide_search.backends.onnxruntime import OrtSettings
 
-__all__ = ["ExportedModel", "OrtBuild", "open_session", "quiet_ort"]
+__all__ = ["ExportedModel", "OrtBuild", "block_size", "open_session", "quiet_ort"]
 
 _CALIBRATION_BATCH = 32
 _WEIGHT_ONLY_BITS = {"int8": 8, "int4": 4}
@@ -177,21 +177,42 @@ class ExportedModel:
         return out
 
     def _weight_only(self, model: Any, layers: list[str], bits: int) -> Any:
-        """``model`` with ``layers`` in block-wise weight-only MatMulNBits of ``bits``."""
-        wanted = {self.nodes[n].node for n in layers}
+        """``model`` with ``layers`` in block-wise weight-only MatMulNBits of ``bits``, each
+        layer in blocks of :func:`block_size` of its input features."""
         for name in layers:
             if self.nodes[name].op == "Gemm":
                 graphs.gemm_to_matmul(model, self.nodes[name].node)
-        others = [n.name for n in model.graph.node
-                  if n.op_type == "MatMul" and n.name not in wanted]  # fmt: skip
-        quantizer = _nbits_quantizer()(
-            model, bits=bits, block_size=self.settings.block_size,
-            is_symmetric=self.settings.int4_symmetric,
-            accuracy_level=self.settings.accuracy_level, nodes_to_exclude=others,
-            op_types_to_quantize=("MatMul",),
-        )  # fmt: skip
-        quantizer.process()
-        return quantizer.model.model
+        weights = {t.name: t for t in model.graph.initializer}
+        blocks: dict[int, set[str]] = {}
+        for node in model.graph.node:
+            if node.op_type == "MatMul" and node.input[1] in weights:
+                features = int(weights[node.input[1]].dims[0])  # MatMul's weight: (K, N)
+                block = block_size(features, self.settings.block_size)
+                blocks.setdefault(block, set()).add(node.name)
+        wanted = {self.nodes[n].node for n in layers}
+        for block, names in blocks.items():
+            if not names & wanted:
+                continue
+            others = [n.name for n in model.graph.node
+                      if n.op_type == "MatMul" and n.name not in names & wanted]  # fmt: skip
+            quantizer = _nbits_quantizer()(
+                model, bits=bits, block_size=block, is_symmetric=self.settings.int4_symmetric,
+                accuracy_level=self.settings.accuracy_level, nodes_to_exclude=others,
+                op_types_to_quantize=("MatMul",),
+            )  # fmt: skip
+            quantizer.process()
+            model = quantizer.model.model
+        return model
+
+
+def block_size(features: int, largest: int) -> int:
+    """The weight-only block of a layer with ``features`` inputs: ``largest``, halved while it
+    exceeds them, down to 16 (MatMulNBits takes powers of two from 16). A layer of 64 inputs
+    takes blocks of 64, so its weight is not padded to twice its size."""
+    block = largest
+    while block > 16 and block > features:
+        block //= 2
+    return block
 
 
 def _nbits_quantizer() -> Any:

@@ -63,7 +63,8 @@ class OrtSettings:
         accuracy_level: MatMulNBits' compute type: 4 (int8 products of quantized activations).
         int4_symmetric: Symmetric weight-only blocks (asymmetric int4 is wrong at batch 1 on
             AVX2-only CPUs, ORT #29853).
-        block_size: Weight-only block size along the input features.
+        block_size: The largest weight-only block along the input features; a layer with
+            fewer inputs takes the largest power of two (from 16) not above them.
     """
 
     cpu_flags: tuple[str, ...]

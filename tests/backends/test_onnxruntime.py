@@ -286,3 +286,13 @@ def test_a_scope_takes_the_full_path_before_a_shorter_name() -> None:
     assert graphs.layer_of("/f/f.0/f.0.1/f.0.1.0/Gemm", modules) == "f.0.1.0"
     assert graphs.layer_of("/f/f.0/f.0.1/f.0.1.1/f.0.1.1.0/Gemm", modules) == "f.0.1.1.0"
     assert graphs.layer_of("/f/0/1/0/Gemm", modules) == "f.0.1.0"  # names under the path
+
+
+def test_a_narrow_linear_takes_a_block_no_wider_than_its_inputs() -> None:
+    from quide_search.backends._ort_build import block_size
+
+    assert [block_size(k, 128) for k in (2304, 128, 100, 64, 16, 8)] == [128, 128, 64, 64, 16, 16]
+    model = nn.Sequential(nn.Linear(16, 256), nn.ReLU(), nn.Linear(256, 4)).eval()
+    built = OnnxRuntimeBackend().build(model, _plan({"0": "int8"}), calibration=torch.rand(8, 16))
+    # 16 x 256 int8 weights, one block of 16 per output: far under the float weight's bytes.
+    assert 16 * 256 <= built.layer_bytes["0"] < 16 * 256 * 4
