@@ -189,6 +189,9 @@ class OnnxRuntimeBackend(WholeModelBackend):
     def layer_types(self) -> tuple[type[nn.Module], ...]:
         return (nn.Conv1d, nn.Conv2d, nn.Linear)
 
+    def layer_kinds(self) -> str:
+        return "Conv1d and Conv2d (w8a8 only), Linear"
+
     def calibrated(self, precision: str) -> bool:
         """w8a8 fits static activation ranges on the calibration samples."""
         return precision == "w8a8"

@@ -84,7 +84,7 @@ def _readme(record: dict[str, Any], recipe: str | None) -> str:
                for k, v in record.get("metrics", {}).items()}  # fmt: skip
     source = record.get("source") or {}
     model = record.get("model")
-    skeleton = _skeleton_code(str(model))
+    skeleton = _skeleton_code(str(model), str(record.get("dataset")))
     builds_model = "`model`" not in str(record.get("loading", {}).get("needs", "`model`"))
     alone = (
         "\nWithout quide-search (the recipe in `plan.json`, `loading.recipe`): "
@@ -99,11 +99,22 @@ def _readme(record: dict[str, Any], recipe: str | None) -> str:
         else "\nThe backend's own loader cannot rebuild some of these layers (transformers "
         "`Conv1D`, quantized as `nn.Linear`): load it with `load_quantized` as above.\n"
     )
+    measured = f"C = {metrics.get('C')}, P = {metrics.get('P')} (search split)"
+    if "P_test" in metrics:
+        measured += f", P_test = {metrics['P_test']} (held-out test split)"
+    if "T_confirmed_ms" in metrics:
+        measured += f", T = {metrics['T_confirmed_ms']} ms (confirmed)"
+    else:
+        measured += f", T = {metrics.get('T_ms')} ms"
+    shape = ((record.get("protocol") or {}).get("task") or {}).get("splits", {}).get("input_shape")
+    inputs = f"\nInputs: float32, shape (N, {', '.join(map(str, shape))}).\n" if shape else ""
+    inputs = inputs.rstrip("\n")
     return f"""# Quantized {model} ({record.get("backend")} backend)
 
 Written by quide-search from study `{source.get("study")}`, trial {source.get("trial")}:
-{mix}. C = {metrics.get("C")}, P = {metrics.get("P")}, T = {metrics.get("T_ms")} ms.
+{mix}. {measured}.
 `plan.json` holds the plan, its metrics and the protocol they were measured under.
+{inputs}
 
 ## Load it
 
@@ -115,7 +126,7 @@ model = load_quantized(model, "path/to/this/folder")
 {alone}"""
 
 
-def _skeleton_code(model: str) -> str:
+def _skeleton_code(model: str, dataset: str) -> str:
     """Python that builds the float model the plan was applied to, for the README."""
     if model.startswith("hf:"):
         return (
@@ -125,7 +136,7 @@ def _skeleton_code(model: str) -> str:
         )
     return (
         "from quide_search.tasks import load_task\n"
-        f"model = load_task(model={model!r}).model  # or your own code that builds it"
+        f"model = load_task(model={model!r}, dataset={dataset!r}).model  # or your own code"
     )
 
 

@@ -117,6 +117,8 @@ def export_plan(
         check_replaceable(target, ours=is_generated_json, flag="--out")
     if trial == "pareto" or checkpoint or fmt in ("transformers", "onnx"):
         check_folder_target(target, flag="--out")  # before a model is built
+    if checkpoint or fmt in ("transformers", "onnx"):
+        _check_folder_name(target, fmt, checkpoint)
     loaded, protocol = read_study(study=study, storage=storage)
     if fmt == "onnx":
         _check_onnx(protocol, study)
@@ -146,6 +148,16 @@ def _check_model_format_args(fmt: str, trial: str | int, checkpoint: bool) -> No
     if trial == "pareto":
         raise ConfigError(
             f"--format {fmt} writes one model, but got --trial pareto. Name one trial."
+        )
+
+
+def _check_folder_name(target: Path, fmt: str, checkpoint: bool) -> None:
+    """Refuse a folder --out named like a plan file (``--format onnx --out plan.json``)."""
+    if target.suffix.lower() in _SUFFIXES:
+        what = "--checkpoint" if checkpoint else f"--format {fmt}"
+        raise ConfigError(
+            f"--out must name a folder for {what}, but {str(target)!r} ends in {target.suffix} "
+            f"like a plan file. Give a folder name, e.g. --out {target.stem}/."
         )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from quide_search.config import RunConfig
 from quide_search.errors import ConfigError
@@ -73,6 +74,20 @@ def test_the_onnx_export_runs_without_quide_search_or_torch_and_gives_ps(
         assert alone["torch"] is False
         expected = record["metrics"]["P" if name == "search" else "P_test"]
         assert alone["P"] == expected, name
+    # The folder's README loads it with quide-search, as written, and says what went in.
+    readme = (out / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "load_task(model='simplecnn', dataset='digits')" in code
+    scope: dict[str, object] = {}
+    exec(code.replace("path/to/this/folder", str(out)), scope)  # noqa: S102 - our own README
+    split = digits_task.splits.eval
+    with torch.no_grad():
+        logits = torch.cat([scope["model"](split.inputs[i : i + batch])  # type: ignore[operator]
+                            for i in range(0, len(split), batch)])  # fmt: skip
+    correct = int((logits.argmax(-1) == split.labels).sum())
+    assert correct / len(split) == record["metrics"]["P"]  # exactly, counted as the study does
+    assert "Inputs: float32, shape (N, 1, 8, 8)." in readme
+    assert f"P_test = {record['metrics']['P_test']:.4g} (held-out test split)" in readme
 
 
 def test_evaluate_of_an_onnxruntime_plan_reproduces_p_and_p_test(study_dir: Path) -> None:
@@ -95,6 +110,14 @@ def test_every_completed_trial_ran_real_kernels_on_its_quantized_layers(study_di
         quantized = [n for n, q in trial_plan(trial).items() if q != "float"]
         assert sorted(trial.user_attrs["kernel_layers"]) == sorted(quantized)
     assert any(trial.user_attrs["kernel_layers"] for trial in done)
+
+
+def test_a_folder_out_named_like_a_plan_file_is_refused(study_dir: Path) -> None:
+    refused = r"--out must name a folder for --format onnx, but .* ends in .json like a plan"
+    with pytest.raises(ConfigError, match=refused):
+        export_plan(study=STUDY, storage=_storage(study_dir), out=study_dir / "r18.json",
+                    fmt="onnx")  # fmt: skip
+    assert not (study_dir / "r18.json").exists()
 
 
 def test_onnx_format_needs_an_onnxruntime_study(tmp_path: Path) -> None:
