@@ -15,23 +15,9 @@ from pathlib import Path
 
 import torch
 
+from quide_search.backends.cpu import cpu_flags
+
 __all__ = ["cpu_flags", "machine_line", "publish", "write_section"]
-
-
-_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
-"""The CPU flags that decide which int8/int4 kernels a runtime can use."""
-
-
-def cpu_flags() -> list[str]:
-    """Which of :data:`_KERNEL_FLAGS` this CPU has (read from /proc/cpuinfo)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in _KERNEL_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def machine_line() -> str:

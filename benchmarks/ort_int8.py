@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import cpu_flags, machine_line, publish
+from _results import machine_line, publish
 
+from quide_search.backends.cpu import cpu_flags, has_vnni
 from quide_search.tasks.resolver import load_task
 
 DATASETS = {"simplecnn": "digits", "resnet18": "mnist-5k"}
@@ -114,7 +115,7 @@ def one_model(name: str, rounds: int, folder: Path) -> dict[str, Any]:
     calib = task.splits.calib.inputs[:128].numpy().astype(np.float32)
     src = folder / f"{name}.onnx"
     export(task.model, task.splits.eval.inputs[:1], src)
-    vnni = any(f in cpu_flags() for f in ("avx512_vnni", "avx_vnni", "amx_tile"))
+    vnni = has_vnni(cpu_flags())
     variants = {"float": src}
     for act in ("u8", "s8"):
         path = folder / f"{name}-{act}s8.onnx"

@@ -21,6 +21,7 @@ __all__ = [
     "Stopped",
     "TrialEvaluationError",
     "did_you_mean",
+    "first_line",
 ]
 
 
@@ -76,3 +77,10 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if not close:
         return ""
     return " Did you mean: " + ", ".join(repr(c) for c in close) + "?"
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An exception's first line (its type's name if it has no message), cut at ``limit``
+    characters: a library's message may run to many lines (a graph dump, a C++ trace)."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]

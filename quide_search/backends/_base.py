@@ -74,7 +74,7 @@ class QuantBackend(abc.ABC):
 
     def calibrated(self, precision: str) -> bool:
         """Whether ``precision`` fits static scales on calibration inputs (static activation
-        quantization); such a layer needs ``inputs`` in :meth:`quantize_layer`."""
+        quantization); such a layer needs calibration inputs to be built."""
         return False
 
     @abc.abstractmethod

@@ -22,7 +22,7 @@ from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from quide_search.errors import ConfigError
+from quide_search.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,11 +32,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INPUT", "LOW_BIT_OPS", "OUTPUT", "LayerNode", "export_model", "gemm_to_matmul",
-    "constant_layers", "first_line", "initializer_bytes", "layer_nodes", "layer_of", "layer_ops",
+    "ORT_MESSAGE", "constant_layers", "initializer_bytes", "layer_nodes", "layer_of", "layer_ops",
     "node_layers", "profile_ms",
 ]  # fmt: skip
 
 INPUT, OUTPUT = "input", "output"
+ORT_MESSAGE = 300
+"""Characters of a library's error message an error of ours quotes."""
 OPSET = 17
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 """The ONNX operators a quantizable torch layer exports to (its weight's consumer)."""
@@ -66,8 +68,9 @@ class LayerNode:
     constants: tuple[str, ...]
 
 
-def export_model(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Write ``model`` as ONNX (opset 17, batch dimension dynamic) to ``path``.
+def export_model(model: nn.Module, example: torch.Tensor, path: Path) -> Any:
+    """Write ``model`` as ONNX (opset 17, batch dimension dynamic) to ``path``; return the
+    ``onnx.ModelProto`` written.
 
     Args:
         model: A float model in eval mode, on the CPU.
@@ -90,20 +93,14 @@ def export_model(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     except Exception as e:  # the exporter raises many types, each naming the operator
         raise ConfigError(
             f"the onnxruntime backend needs a model torch.onnx.export can write, but it failed: "
-            f"{first_line(e)}. Use --backend quanto or torchao for this model."
+            f"{first_line(e, ORT_MESSAGE)}. Use --backend quanto or torchao for this model."
         ) from e
-    _unshare_constants(path)
+    return _unshare_constants(path)
 
 
-def first_line(error: BaseException, limit: int = 300) -> str:
-    """An exception's first line, at most ``limit`` characters (a library's message may run
-    to many lines: a graph dump, a C++ trace)."""
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
-
-
-def _unshare_constants(path: Path) -> None:
-    """Give each node its own copy of a constant the exporter shares through Identity nodes.
+def _unshare_constants(path: Path) -> Any:
+    """Give each node its own copy of a constant the exporter shares through Identity nodes,
+    in the model at ``path``; return the model.
 
     Constant folding merges equal tensors (the folded biases of convolutions after batch
     norms that were never trained are all equal) into one initializer that other nodes read
@@ -117,13 +114,13 @@ def _unshare_constants(path: Path) -> None:
     graph = model.graph
     constants = {t.name: t for t in graph.initializer}
     shared = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in constants]
-    if not shared:
-        return
     for node in shared:
         array = numpy_helper.to_array(constants[node.input[0]]).copy()
         graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
         graph.node.remove(node)
-    onnx.save(model, str(path))
+    if shared:
+        onnx.save(model, str(path))
+    return model
 
 
 @contextlib.contextmanager

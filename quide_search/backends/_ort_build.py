@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.backends import _onnx_graph as graphs
-from quide_search.errors import PlanError, TrialEvaluationError
+from quide_search.errors import PlanError, TrialEvaluationError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,15 +79,12 @@ class ExportedModel:
         example: torch.Tensor,
         settings: OrtSettings,
     ) -> None:
-        import onnx
-
         self._folder = tempfile.TemporaryDirectory(prefix="quide-ort-")
         self.folder = Path(self._folder.name)
         self.settings = settings
         self.float_path = self.folder / "float.onnx"
-        graphs.export_model(model, example[:1].cpu(), self.float_path)
+        graph = graphs.export_model(model, example[:1].cpu(), self.float_path).graph
         self.modules = frozenset(name for name, _ in model.named_modules() if name)
-        graph = onnx.load(str(self.float_path)).graph
         self.layers = tuple(layers)
         self.nodes, self.unmapped = graphs.layer_nodes(graph, self.modules, layers)
 
@@ -126,8 +123,9 @@ class ExportedModel:
         except (PlanError, TrialEvaluationError):
             raise
         except Exception as e:  # ORT's quantizers and sessions raise many types
+            why = first_line(e, graphs.ORT_MESSAGE)
             raise TrialEvaluationError(
-                f"onnxruntime could not build the plan: {type(e).__name__}: {graphs.first_line(e)}"
+                f"onnxruntime could not build the plan: {type(e).__name__}: {why}"
             ) from e
         sizes = graphs.initializer_bytes(model.graph)
         node_layer = graphs.node_layers(model.graph, self.modules, self.nodes)

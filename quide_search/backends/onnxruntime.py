@@ -38,7 +38,7 @@ from torch import nn
 from quide_search.backends import _onnx_graph as graphs
 from quide_search.backends._kinds import BuiltModel, WholeModelBackend
 from quide_search.backends.cpu import cpu_flags, has_vnni
-from quide_search.errors import DataError, PlanError, TrialEvaluationError
+from quide_search.errors import DataError, PlanError, TrialEvaluationError, first_line
 from quide_search.plan import FLOAT, PRECISIONS, BitPlan
 
 if TYPE_CHECKING:
@@ -300,7 +300,7 @@ class OnnxRuntimeBackend(WholeModelBackend):
                 _, node_layer = exported.optimized_layers(folder / "optimized.onnx")
         except Exception as e:  # ORT raises its own types
             raise TrialEvaluationError(
-                f"profiling in onnxruntime failed: {graphs.first_line(e)}"
+                f"profiling in onnxruntime failed: {first_line(e, graphs.ORT_MESSAGE)}"
             ) from e
         per_layer = graphs.profile_ms(_after_first_run(events), node_layer, runs)
         return {name: per_layer.get(name, 0.0) for name in exported.layers}

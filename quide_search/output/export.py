@@ -51,6 +51,8 @@ FORMATS = ("json", "yaml", "transformers", "onnx")
 
 
 _SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+_MODEL_FORMATS = ("transformers", "onnx")
+"""The formats that write one model's folder of their own, not a plan file."""
 
 
 def plan_format(out: str | os.PathLike[str]) -> str:
@@ -110,14 +112,14 @@ def export_plan(
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, but got {fmt!r}.")
     target = Path(out)
-    if fmt in ("transformers", "onnx"):
+    if fmt in _MODEL_FORMATS:
         _check_model_format_args(fmt, trial, checkpoint)
     elif trial != "pareto" and not checkpoint:
         _check_suffix(target, fmt)
         check_replaceable(target, ours=is_generated_json, flag="--out")
-    if trial == "pareto" or checkpoint or fmt in ("transformers", "onnx"):
+    if trial == "pareto" or checkpoint or fmt in _MODEL_FORMATS:
         check_folder_target(target, flag="--out")  # before a model is built
-    if checkpoint or fmt in ("transformers", "onnx"):
+    if checkpoint or fmt in _MODEL_FORMATS:
         _check_folder_name(target, fmt, checkpoint)
     loaded, protocol = read_study(study=study, storage=storage)
     if fmt == "onnx":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quide_search.errors import StorageError
+from quide_search.errors import StorageError, first_line
 from quide_search.storage_url import (
     check_url,
     default_storage_url,
@@ -96,9 +96,9 @@ def open_storage(
             # Workers that start together on an empty database race to create Optuna's
             # tables; the loser sees a duplicate-object error and succeeds on a retry.
             if attempt + 1 == _OPEN_ATTEMPTS:
-                first_line = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+                why = first_line(getattr(e, "orig", None) or e)
                 raise StorageError(
-                    f"--storage {url!r} cannot be opened: {type(e).__name__}: {first_line}. "
+                    f"--storage {url!r} cannot be opened: {type(e).__name__}: {why}. "
                     "Check that the server runs and that the URL's user, host, port and "
                     "database are right."
                 ) from e
