@@ -148,10 +148,15 @@ class QuantBackend(abc.ABC):
         return {}
 
     def default_bits(
-        self, device: torch.device, activations: Sequence[str] = ("none",)
+        self,
+        device: torch.device,
+        activations: Sequence[str] = ("none",),
+        *,
+        causal_lm: bool = False,
     ) -> tuple[str, ...]:
         """The ``--bits`` of a search that names none: each of int8, int4 and int2 that this
-        backend runs on ``device`` with every one of ``activations``.
+        backend runs on ``device`` with every one of ``activations`` (whether the model is a
+        ``causal_lm`` or not, unless a backend says otherwise).
 
         Raises:
             ConfigError: If none of them is offered.

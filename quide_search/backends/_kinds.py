@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -191,10 +191,12 @@ class WholeModelBackend(QuantBackend):
 
     @abc.abstractmethod
     def layer_profile(
-        self, built: BuiltModel, example: torch.Tensor, runs: int
+        self, built: BuiltModel, call: Callable[[nn.Module], object], runs: int
     ) -> dict[str, float]:
-        """Each quantizable layer's time in ``built``, in ms per call of ``example``, from the
-        runtime's own per-operator profiler over ``runs`` calls (a latency table's rows).
+        """Each quantizable layer's time in ``built``, in ms per ``call`` (one timed call of
+        a module like ``built.module``: a forward of the timed input, or a greedy decode),
+        from the runtime's own per-operator profiler over ``runs`` calls (a latency table's
+        rows).
 
         Raises:
             TrialEvaluationError: If profiling fails.

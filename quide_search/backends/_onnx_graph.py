@@ -22,6 +22,7 @@ from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from quide_search.backends._ort_session import INPUT, WRAPPER
 from quide_search.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
@@ -33,10 +34,10 @@ if TYPE_CHECKING:
 __all__ = [
     "INPUT", "LOW_BIT_OPS", "OUTPUT", "LayerNode", "export_model", "gemm_to_matmul",
     "ORT_MESSAGE", "constant_layers", "initializer_bytes", "layer_nodes", "layer_of", "layer_ops",
-    "node_layers", "profile_ms",
+    "node_layers", "profile_ms", "scope_layer",
 ]  # fmt: skip
 
-INPUT, OUTPUT = "input", "output"
+OUTPUT = "output"
 ORT_MESSAGE = 300
 """Characters of a library's error message an error of ours quotes."""
 OPSET = 17
@@ -161,6 +162,26 @@ def layer_of(node_name: str, modules: Container[str]) -> str | None:
     return path or None
 
 
+_SCOPES = "pkg.torch.onnx.name_scopes"
+"""The dynamo exporter's node metadata: the module paths the node was traced in, outermost
+first, then the operation (``['', 'lm', 'lm.model', ..., 'lm.model.layers.0.mlp.up_proj',
+'linear_5']``)."""
+
+
+def scope_layer(node: Any, modules: Container[str]) -> str | None:
+    """The module path of the innermost module ``node`` was traced in, or None: from the
+    dynamo exporter's metadata (module paths under the wrapper's ``lm.``), else from the
+    TorchScript exporter's node name (:func:`layer_of`)."""
+    import ast
+
+    scopes = next((p.value for p in node.metadata_props if p.key == _SCOPES), None)
+    if scopes is None:
+        return layer_of(node.name, modules)
+    prefix = WRAPPER + "."
+    paths = [p.removeprefix(prefix) for p in ast.literal_eval(scopes) if p.startswith(prefix)]
+    return next((p for p in reversed(paths) if p in modules), None)
+
+
 def layer_nodes(
     graph: Any, modules: Container[str], layers: Iterable[str]
 ) -> tuple[dict[str, LayerNode], dict[str, str]]:
@@ -177,7 +198,7 @@ def layer_nodes(
         if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
             continue
         readers[node.input[1]] = readers.get(node.input[1], 0) + 1
-        layer = layer_of(node.name, modules)
+        layer = scope_layer(node, modules)
         if layer is not None and node.input[1] in initializers:
             constants = tuple(name for name in node.input[1:] if name in initializers)
             found.setdefault(layer, []).append(
@@ -217,7 +238,7 @@ def node_layers(
         layer = next((owner[key] for name in node.input for key in _stems(name) if key in owner),
                      None)  # fmt: skip
         if layer is None:
-            scope = layer_of(node.name, modules)
+            scope = scope_layer(node, modules)
             layer = scope if scope in nodes else None
         if layer is not None:
             found[node.name] = layer

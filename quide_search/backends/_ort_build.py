@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.backends import _onnx_graph as graphs
+from quide_search.backends._hf import is_transformers_model
+from quide_search.backends._ort_session import export_causal_lm
 from quide_search.errors import PlanError, TrialEvaluationError, first_line
 
 if TYPE_CHECKING:
@@ -67,9 +69,14 @@ class ExportedModel:
     Args:
         model: The float model (CPU, eval mode); only read.
         layers: The quantizable layers (module paths).
-        example: One model input (a batch of one): the graph is traced on it, its batch
-            dimension left free.
+        example: Model inputs (samples first): the graph is traced on the first, its batch
+            dimension left free (a causal LM's tokens and KV cache too).
         settings: The kernel settings chosen for this CPU.
+
+    Attributes:
+        decoder: Whether the model is a transformers causal LM, exported as its KV-cache
+            step (:mod:`~quide_search.backends._ort_session`); else the TorchScript graph of
+            its forward.
     """
 
     def __init__(
@@ -83,7 +90,11 @@ class ExportedModel:
         self.folder = Path(self._folder.name)
         self.settings = settings
         self.float_path = self.folder / "float.onnx"
-        graph = graphs.export_model(model, example[:1].cpu(), self.float_path).graph
+        self.decoder = is_transformers_model(model)
+        if self.decoder:
+            graph = export_causal_lm(model, example, self.float_path).graph
+        else:
+            graph = graphs.export_model(model, example[:1].cpu(), self.float_path).graph
         self.modules = frozenset(name for name, _ in model.named_modules() if name)
         self.layers = tuple(layers)
         self.nodes, self.unmapped = graphs.layer_nodes(graph, self.modules, layers)
@@ -147,6 +158,12 @@ class ExportedModel:
                     f"{self.unmapped[name]}. Keep it in float."
                 )
             node = self.nodes[name]
+            if self.decoder and precision not in _WEIGHT_ONLY_BITS:
+                raise PlanError(
+                    f"layer {name} of a causal LM runs int8 or int4 weight-only on the "
+                    f"onnxruntime backend (its static {precision} is not built), but the plan "
+                    f"gives it {precision}. Give it int8, int4 or float."
+                )
             if precision in _WEIGHT_ONLY_BITS and node.op == "Conv":
                 raise PlanError(
                     f"layer {name} is a convolution, and ORT's weight-only {precision} "

@@ -2,11 +2,10 @@
 
 Unlike quanto and torchao, which quantize torch layers one by one, this backend builds the
 whole model for each plan (:class:`~quide_search.backends._base.WholeModelBackend`): the float
-model is exported to ONNX once per scorer (a study's process; checking the protocol exports
-it once more, to find layers without a node of their own), activation ranges are calibrated
-once on the
-calibration samples, and each plan quantizes exactly its layers of that graph and opens an
-ORT session, which computes P and is timed for T. Precisions (``--backend onnxruntime``, CPU):
+model is exported to ONNX once per model (a study's process), activation ranges are calibrated
+once on the calibration samples, and each plan quantizes exactly its layers of that graph and
+opens an ORT session, which computes P and is timed for T (a causal LM's graph carries its KV
+cache: :mod:`~quide_search.backends._ort_session`). Precisions (``--backend onnxruntime``, CPU):
 
 - ``w8a8``: static QDQ int8 for Conv, Linear (Gemm) and MatMul: **uint8 activations**, int8
   per-channel symmetric weights, ranges calibrated on the calibration split (MinMax). ORT's
@@ -14,7 +13,8 @@ ORT session, which computes P and is timed for T. Precisions (``--backend onnxru
   int8 activations (its default) it leaves convolutions unfused, and no faster.
 - ``int8``, ``int4``: weight-only, block-wise (block 128 along the input features),
   symmetric, ``MatMulNBits`` with ``accuracy_level`` 4 (int8 products of the quantized
-  activations), for Linear layers only. Asymmetric int4 is wrong at batch 1 on AVX2-only
+  activations), for Linear layers (and transformers' Conv1D) only; a causal LM's layers run
+  these only. Asymmetric int4 is wrong at batch 1 on AVX2-only
   CPUs (ORT issue #29853); 8-bit MatMulNBits at accuracy level 0 runs slower than float.
 
 ``reduce_range`` (7-bit weights) is chosen where the CPU lacks VNNI, whose absence lets u8s8
@@ -28,7 +28,8 @@ This is the only module (with its helpers) that imports onnxruntime.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,10 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from quide_search.backends import _onnx_graph as graphs
+from quide_search.backends import _ort_session as decoding
+from quide_search.backends._hf import conv1d_type, is_transformers_model
 from quide_search.backends._kinds import BuiltModel, WholeModelBackend
+from quide_search.backends._ort_session import OrtModel
 from quide_search.backends.cpu import cpu_flags, has_vnni
 from quide_search.errors import DataError, PlanError, TrialEvaluationError, first_line
 from quide_search.plan import FLOAT, PRECISIONS, BitPlan
@@ -88,34 +92,6 @@ class OrtSettings:
         return {"chosen": chosen, "cpu_flags": list(self.cpu_flags)}
 
 
-class OrtModel(nn.Module):
-    """A quantized ONNX model run by an ORT session, called like the torch model it came from.
-
-    Args:
-        session: The ``onnxruntime.InferenceSession``.
-        data: The model's serialised bytes (what :meth:`OnnxRuntimeBackend.save` writes).
-        threads: The session's intra-op threads (None: ORT's default).
-        exported: The float graph it was built from, which tells which node is which layer
-            (None for a model loaded from a file).
-    """
-
-    def __init__(
-        self, session: Any, data: bytes, threads: int | None, exported: ExportedModel | None
-    ) -> None:
-        super().__init__()
-        self.session = session
-        self.data = data
-        self.threads = threads
-        self.exported = exported
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, ...) float inputs -> the model's (N, ...) float outputs, on the CPU."""
-        import torch
-
-        array = x.detach().to("cpu", torch.float32).numpy()
-        return torch.from_numpy(self.session.run(None, {graphs.INPUT: array})[0])
-
-
 class OnnxRuntimeBackend(WholeModelBackend):
     """ONNX Runtime (CPU): static W8A8 for Conv/Linear, weight-only int8/int4 for Linear.
 
@@ -133,9 +109,6 @@ class OnnxRuntimeBackend(WholeModelBackend):
 
     def __init__(self, flags: Sequence[str] | None = None) -> None:
         self.settings = OrtSettings.for_flags(cpu_flags() if flags is None else flags)
-        # (id of the float model, sample shape) -> (the model, its export): the model is held
-        # so that its id is not reused by another while the export is kept.
-        self._exported: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, ExportedModel]] = {}
 
     def version(self) -> str:
         import onnxruntime
@@ -158,15 +131,21 @@ class OnnxRuntimeBackend(WholeModelBackend):
         }
 
     def default_bits(
-        self, device: torch.device, activations: Sequence[str] = ("none",)
+        self,
+        device: torch.device,
+        activations: Sequence[str] = ("none",),
+        *,
+        causal_lm: bool = False,
     ) -> tuple[str, ...]:
         """With weight-only ``activations`` (``none``): w8a8, int8, int4 and float
         (convolutions run only w8a8, so float must be a choice for a search to have any over
-        them). With int8 activations asked: int8 and float, which ``--activations`` pairs into
-        w8a8 (and int8 where ``none`` is asked too): ORT has no W4A8.
+        them); for a ``causal_lm``, int8 and int4 (its layers run weight-only). With int8
+        activations asked: int8 and float, which ``--activations`` pairs into w8a8 (and int8
+        where ``none`` is asked too): ORT has no W4A8.
 
         Raises:
-            ConfigError: Off a CPU (nothing is offered there), or for float8 activations.
+            ConfigError: Off a CPU (nothing is offered there), for float8 activations, or for
+                int8 activations of a causal LM.
         """
         from quide_search.errors import ConfigError
 
@@ -181,16 +160,28 @@ class OnnxRuntimeBackend(WholeModelBackend):
                 f"provider has no float8 kernels), but got {','.join(activations)}. Leave fp8 "
                 "out of --activations."
             )
-        return (*_OFFERED, FLOAT) if tuple(activations) == ("none",) else ("int8", FLOAT)
+        weight_only = tuple(activations) == ("none",)
+        if causal_lm and not weight_only:
+            raise ConfigError(
+                "--activations must be none for a causal LM on the onnxruntime backend (its "
+                f"layers run weight-only int8 and int4), but got {','.join(activations)}. Drop "
+                "--activations."
+            )
+        if causal_lm:
+            return ("int8", "int4")
+        return (*_OFFERED, FLOAT) if weight_only else ("int8", FLOAT)
 
     def settings_record(self) -> dict[str, Any]:
         return self.settings.to_dict()
 
     def layer_types(self) -> tuple[type[nn.Module], ...]:
-        return (nn.Conv1d, nn.Conv2d, nn.Linear)
+        return (nn.Conv1d, nn.Conv2d, nn.Linear, *conv1d_type())
 
     def layer_kinds(self) -> str:
-        return "Conv1d and Conv2d (w8a8 only), Linear"
+        return (
+            "Conv1d and Conv2d (w8a8 only), Linear, transformers' Conv1D; a causal LM's "
+            "layers run weight-only"
+        )
 
     def calibrated(self, precision: str) -> bool:
         """w8a8 fits static activation ranges on the calibration samples."""
@@ -209,37 +200,26 @@ class OnnxRuntimeBackend(WholeModelBackend):
         *,
         example: torch.Tensor | None = None,
     ) -> dict[str, dict[str, str]]:
-        """Convolutions cannot run weight-only int8/int4 (MatMulNBits is a matrix product);
-        given an ``example`` input, the model is exported, and a layer with no node of its own
-        in the graph (called twice, or not through its module) can run no precision."""
+        """Convolutions cannot run weight-only int8/int4 (MatMulNBits is a matrix product), and
+        a causal LM's layers run nothing but weight-only (static activation ranges over its
+        KV-cache graph are not built). Given an ``example`` input, the model is exported, and
+        a layer with no node of its own in the graph (called twice, or not through its
+        module) can run no precision."""
         modules = dict(model.named_modules())
         weight_only = [q for q in precisions if q in ("int8", "int4")]
-        unfit = {
-            name: {q: "ORT's weight-only MatMulNBits runs Linear layers only" for q in weight_only}
-            for name in layers
-            if weight_only and isinstance(modules[name], (nn.Conv1d, nn.Conv2d))
-        }
-        if example is not None and not _transformers_model(model):
-            exported = self._export(model, list(layers), example)
-            for name, why in exported.unmapped.items():
-                unfit[name] = {q: f"ORT cannot tell its node: {why}" for q in precisions
-                               if q != FLOAT}  # fmt: skip
-        return unfit
-
-    def hazard(
-        self,
-        model: nn.Module,
-        device: torch.device,
-        precisions: Sequence[str],
-        layers: Sequence[str] | None = None,
-    ) -> str | None:
-        """A transformers model (a causal LM) does not run through this backend yet."""
-        if _transformers_model(model):
-            return (
-                "the onnxruntime backend does not run transformers models yet (their ONNX "
-                "export and decode step are not built). Use --backend quanto or torchao."
-            )
-        return None
+        unfit: dict[str, dict[str, str]] = {}
+        for name in layers:
+            if is_transformers_model(model):
+                unfit[name] = {q: "a causal LM runs ORT's weight-only int8 and int4 only"
+                               for q in precisions if q not in (*weight_only, FLOAT)}  # fmt: skip
+            elif weight_only and isinstance(modules[name], (nn.Conv1d, nn.Conv2d)):
+                unfit[name] = {q: "ORT's weight-only MatMulNBits runs Linear layers only"
+                               for q in weight_only}  # fmt: skip
+        unmapped = self._export(model, example).unmapped if example is not None else {}
+        for name in set(layers) & set(unmapped):
+            unfit[name] = {q: f"ORT cannot tell its node: {unmapped[name]}" for q in precisions
+                           if q != FLOAT}  # fmt: skip
+        return {name: refused for name, refused in unfit.items() if refused}
 
     def build(
         self,
@@ -256,7 +236,7 @@ class OnnxRuntimeBackend(WholeModelBackend):
                 "the onnxruntime backend exports the model on calibration inputs, but none were "
                 "given. Pass the task's calibration samples (apply(..., calibration=...))."
             )
-        exported = self._export(model, list(layers), calibration)
+        exported = self._export(model, calibration)
         wanted = plan.quantized_layers()
         built = exported.build(wanted, threads, calibration)
         kernels = {}
@@ -275,11 +255,12 @@ class OnnxRuntimeBackend(WholeModelBackend):
         return BuiltModel(module, built.stored_bytes, per_layer, kernels)
 
     def layer_profile(
-        self, built: BuiltModel, example: torch.Tensor, runs: int
+        self, built: BuiltModel, call: Callable[[nn.Module], object], runs: int
     ) -> dict[str, float]:
         """Each layer's kernel time from ORT's profiler: the time of every node of ORT's
         optimised graph that computes the layer (:func:`~._onnx_graph.node_layers`: its fused
-        kernel, its output's DequantizeLinear), per run; the first run (warm-up) is dropped."""
+        kernel, its output's DequantizeLinear), per ``call`` (each makes the same number of
+        session runs: one, or a greedy decode's); the first call (warm-up) is dropped."""
         import tempfile
 
         from quide_search.backends._ort_build import open_session
@@ -288,21 +269,21 @@ class OnnxRuntimeBackend(WholeModelBackend):
         if not isinstance(module, OrtModel) or module.exported is None:
             raise TrialEvaluationError("only a model built in this process can be profiled")
         exported = module.exported
-        inputs = {graphs.INPUT: example.detach().cpu().float().numpy()}
         try:
             with tempfile.TemporaryDirectory(prefix="quide-ort-profile-") as name:
                 folder = Path(name)
                 session = open_session(module.data, module.threads, profile=folder / "p",
                                        optimized=folder / "optimized.onnx")  # fmt: skip
+                profiled = OrtModel(session, module.data, module.threads, exported)
                 for _ in range(runs + 1):
-                    session.run(None, inputs)
+                    call(profiled)
                 events = json.loads(Path(session.end_profiling()).read_text())
                 _, node_layer = exported.optimized_layers(folder / "optimized.onnx")
         except Exception as e:  # ORT raises its own types
             raise TrialEvaluationError(
                 f"profiling in onnxruntime failed: {first_line(e, graphs.ORT_MESSAGE)}"
             ) from e
-        per_layer = graphs.profile_ms(_after_first_run(events), node_layer, runs)
+        per_layer = graphs.profile_ms(_after_first_call(events, runs + 1), node_layer, runs)
         return {name: per_layer.get(name, 0.0) for name in exported.layers}
 
     def quantization_map(self, plan: BitPlan) -> dict[str, Any]:
@@ -328,31 +309,54 @@ class OnnxRuntimeBackend(WholeModelBackend):
         return OrtModel(open_session(data, None), data, None, None)
 
     def loading_recipe(self, model: nn.Module) -> str | None:
-        return (
+        """numpy and onnxruntime code: ``run(x)`` maps inputs (samples first) to outputs; for
+        a causal LM, token ids (N, S) to logits (N, S, V), with an empty KV cache."""
+        opened = (
             "import numpy as np\nimport onnxruntime as ort\n"
             f"session = ort.InferenceSession(folder + '/{MODEL_FILE}', "
             "providers=['CPUExecutionProvider'])\n"
-            "run = lambda x: session.run(None, "
-            f"{{'{graphs.INPUT}': np.asarray(x, np.float32)}})[0]"
+        )
+        if not getattr(model, "decoder", False):
+            return opened + (
+                f"run = lambda x: session.run(None, {{'{graphs.INPUT}': "
+                "np.asarray(x, np.float32)})[0]"
+            )
+        ids, mask, past = decoding.IDS, decoding.MASK, decoding.PAST
+        return opened + (
+            f"cache = next(i.shape for i in session.get_inputs() if i.name == '{past}')\n"
+            "def run(x):\n"
+            "    ids = np.asarray(x, np.int64)\n"
+            "    empty = np.zeros((cache[0], len(ids), cache[2], 0, cache[4]), np.float32)\n"
+            f"    feed = {{'{ids}': ids, '{mask}': np.ones_like(ids), '{past}': empty}}\n"
+            "    return session.run(None, feed)[0]"
         )
 
-    def _export(self, model: nn.Module, layers: list[str], example: torch.Tensor) -> ExportedModel:
-        """The study's exported graph of ``model`` (made once per model and sample shape)."""
+    def _export(self, model: nn.Module, example: torch.Tensor) -> ExportedModel:
+        """The exported graph of ``model``, with every quantizable layer mapped: made once per
+        model, sample shape (a causal LM's tokens are free in its graph) and kernel settings,
+        and kept while the model lives, so that a study's protocol check and its scorer
+        share it. The model must not change while it is kept."""
         from quide_search.backends._ort_build import ExportedModel
 
-        key = (id(model), tuple(example.shape[1:]))
-        if key not in self._exported:
-            self._exported[key] = (model, ExportedModel(model, layers, example, self.settings))
-        return self._exported[key][1]
+        shape = () if is_transformers_model(model) else tuple(example.shape[1:])
+        kept = _EXPORTS.setdefault(model, {})
+        key = (shape, self.settings)
+        if key not in kept:
+            layers = list(self.quantizable_layers(model))
+            kept[key] = ExportedModel(model, layers, example, self.settings)
+        return kept[key]
 
 
-def _transformers_model(model: nn.Module) -> bool:
-    """Whether ``model`` is a transformers model (without importing transformers)."""
-    return any(cls.__module__.startswith("transformers.") for cls in type(model).__mro__)
+_EXPORTS: weakref.WeakKeyDictionary[
+    nn.Module, dict[tuple[tuple[int, ...], OrtSettings], ExportedModel]
+] = weakref.WeakKeyDictionary()
+"""Float model -> its exports (:meth:`OnnxRuntimeBackend._export`), dropped with the model."""
 
 
-def _after_first_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The node events of every run but the first (``model_run`` marks each run's start)."""
+def _after_first_call(events: list[dict[str, Any]], calls: int) -> list[dict[str, Any]]:
+    """The node events of every one of ``calls`` calls but the first, each of which ran the
+    session equally often (``model_run`` marks each run's start)."""
     starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    cutoff = starts[1] if len(starts) > 1 else float("inf")
+    per_call = len(starts) // calls
+    cutoff = starts[per_call] if calls > 1 and per_call else float("inf")
     return [e for e in events if e.get("ts", 0) >= cutoff]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.backends._base import layer_failures
+from quide_search.backends._hf import conv1d_type, is_transformers_model
 from quide_search.backends._kinds import LayerBackend
 from quide_search.backends._quanto_kernel import prepare_cpu_kernel
 from quide_search.errors import DataError, PlanError
@@ -75,7 +76,7 @@ class QuantoBackend(LayerBackend):
     def layer_types(self) -> tuple[type[nn.Module], ...]:
         from torch import nn
 
-        return (nn.Linear, nn.Conv2d, *_conv1d_type())
+        return (nn.Linear, nn.Conv2d, *conv1d_type())
 
     def quantize_layer(
         self,
@@ -183,7 +184,7 @@ class QuantoBackend(LayerBackend):
         from safetensors.torch import save_file
 
         _quanto_map = _quanto().quantization_map
-        if _is_transformers_model(model):
+        if is_transformers_model(model):
             from optimum.quanto import QuantizedModelForCausalLM
 
             QuantizedModelForCausalLM(model).save_pretrained(str(folder))
@@ -194,9 +195,9 @@ class QuantoBackend(LayerBackend):
         return [WEIGHTS_FILE, MAP_FILE]
 
     def loading_recipe(self, model: nn.Module) -> str | None:
-        if not _is_transformers_model(model):
+        if not is_transformers_model(model):
             return _RECIPE
-        conv1d = _conv1d_type()
+        conv1d = conv1d_type()
         if any(getattr(m, "from_conv1d", False) or isinstance(m, conv1d) for m in model.modules()):
             return None  # quanto's loader does not know transformers' Conv1D (GPT-2)
         return _CAUSAL_LM_RECIPE
@@ -267,7 +268,7 @@ def linear_from_conv1d(module: nn.Module) -> nn.Linear | None:
     ``Conv1D(nf, nx)`` holds ``weight`` of shape (nx, nf) = (in, out) and returns
     ``x @ weight + bias``; the Linear holds its transpose (out, in) and the same bias.
     """
-    types = _conv1d_type()
+    types = conv1d_type()
     if not types or not isinstance(module, types):
         return None
     import torch
@@ -361,13 +362,6 @@ def _wrapper(name: str) -> Any:
     return getattr(importlib.import_module("optimum.quanto.models"), name)
 
 
-def _conv1d_type() -> tuple[type[nn.Module], ...]:
-    """transformers' ``Conv1D`` where transformers is already imported (a model of it is)."""
-    utils = sys.modules.get("transformers.pytorch_utils")
-    conv1d = getattr(utils, "Conv1D", None)
-    return (conv1d,) if isinstance(conv1d, type) else ()
-
-
 def _int8pack(module: nn.Module, weight: Any) -> bool:
     import torch
     from torch import nn
@@ -383,11 +377,3 @@ def _int8pack(module: nn.Module, weight: Any) -> bool:
         and scale.dtype == torch.bfloat16
         and module.in_features % 4 == 0
     )
-
-
-def _is_transformers_model(model: nn.Module) -> bool:
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:
-        return False
-    return isinstance(model, PreTrainedModel)

@@ -57,7 +57,7 @@ class SweepCommand(Command):
         from quide_search.study.sweep import run_sweep
 
         if args.bits is None:
-            args.bits = _default_bits(args.backend, args.device)
+            args.bits = _default_bits(args.backend, args.device, args.model)
         config = config_from_args(args, out_dir=args.out_dir, study=args.name)
         result = run_sweep(config)
         if result.exclusions:
@@ -66,13 +66,14 @@ class SweepCommand(Command):
         return 0
 
 
-def _default_bits(backend_name: str, device_name: str) -> str:
+def _default_bits(backend_name: str, device_name: str, model: str) -> str:
     """float, the backend's default weight-only bits on the device, and fp8 where it runs it."""
     from quide_search.backends import get_backend
     from quide_search.measure.device import resolve_device
+    from quide_search.tasks.catalog import is_causal_lm
 
     backend = get_backend(backend_name)
     device = resolve_device(device_name)
-    bits = ["float", *backend.default_bits(device)]
+    bits = ["float", *backend.default_bits(device, causal_lm=is_causal_lm(model))]
     bits += ["fp8"] if "fp8" in backend.precisions(device) else []
     return ",".join(dict.fromkeys(bits))

@@ -11,7 +11,7 @@ which kernels run), so the scorer, the latency sources and the confirmation spea
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from quide_search.backends._kinds import BuiltModel, WholeModelBackend
@@ -134,9 +134,12 @@ class PlanBuilder:
                 table[name][q] = sizes[name]
         return table
 
-    def layer_profile(self, plan: BitPlan, example: torch.Tensor, runs: int) -> dict[str, float]:
-        """Each layer's time in ``plan``'s model, in ms per call, from the runtime's profiler."""
-        return self.backend.layer_profile(self.get(plan), example, runs)
+    def layer_profile(
+        self, plan: BitPlan, call: Callable[[nn.Module], object], runs: int
+    ) -> dict[str, float]:
+        """Each layer's time in ``plan``'s model, in ms per ``call`` (one timed call of the
+        built module), from the runtime's profiler over ``runs`` calls."""
+        return self.backend.layer_profile(self.get(plan), call, runs)
 
     def _plan(self, layers: dict[str, str]) -> BitPlan:
         return BitPlan(model="model", dataset="data", layers=layers, backend=self.backend.name)

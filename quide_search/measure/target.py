@@ -54,7 +54,8 @@ def timing_target(
 
     def layer_profile(plan: BitPlan) -> dict[str, float]:
         if isinstance(cache, PlanBuilder):  # a whole model: the runtime's own profiler
-            return cache.layer_profile(plan, example, _PROFILED_RUNS)
+            per_call_ms = cache.layer_profile(plan, lambda m: call(m)(example), _PROFILED_RUNS)
+            return {name: ms / per_call for name, ms in per_call_ms.items()}
         model = cache.assemble(plan, exact=True)
         # The assembled view holds the plan's own modules: the hooks go on those.
         modules = {name: model.get_submodule(name) for name in layers}

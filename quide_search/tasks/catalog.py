@@ -27,6 +27,7 @@ __all__ = [
     "check_served",
     "data_dir_path",
     "default_dataset",
+    "is_causal_lm",
     "is_factory_spec",
 ]
 
@@ -54,6 +55,11 @@ DATASETS: tuple[str, ...] = ("cifar10", "digits", "imagenet", "mnist", "mnist-5k
 def is_factory_spec(model: str) -> bool:
     """Whether ``--model`` names a factory (``package.module:function``)."""
     return ":" in model and not model.startswith(HF_PREFIX)
+
+
+def is_causal_lm(model: str) -> bool:
+    """Whether ``--model`` names a causal LM scored on text (an ``hf:`` path, smollm2-135m)."""
+    return model.startswith(HF_PREFIX) or model == "smollm2-135m"
 
 
 def data_dir_path(data_dir: str | None) -> Path:

@@ -161,7 +161,8 @@ def test_a_built_plan_runs_low_bit_kernels_on_exactly_its_layers(
 
 def test_a_whole_model_profile_gives_every_layer_a_time(whole_backend: WholeModelBackend) -> None:
     built = whole_backend.build(_model(), _plan(whole_backend, {}), calibration=_calibration())
-    times = whole_backend.layer_profile(built, torch.randn(1, 64), 2)
+    example = torch.randn(1, 64)
+    times = whole_backend.layer_profile(built, lambda m: m(example), 2)
     assert set(times) == {"0", "2"} and all(ms > 0 for ms in times.values())
 
 

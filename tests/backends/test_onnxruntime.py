@@ -213,21 +213,6 @@ def test_a_model_that_cannot_be_exported_gets_one_line_naming_the_operator(
     assert "Torch IR graph" not in capfd.readouterr().out  # the exporter's dump is silenced
 
 
-def test_a_causal_lm_is_refused_before_anything_is_exported() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
-    model = LlamaForCausalLM(config).eval()
-    backend = OnnxRuntimeBackend()
-    layers = list(backend.quantizable_layers(model))
-    tokens = torch.ones(1, 4).long()
-    assert backend.unfit_layers(model, CPU, ("w8a8",), layers, example=tokens) == {}
-    with pytest.raises(ConfigError, match="does not run transformers models yet"):
-        backend.search_exclusions(model, CPU, ("w8a8",), layers)
-    assert backend._exported == {}
-
-
 def test_a_study_resumes_on_a_cpu_that_chooses_the_same_kernels_only(toy_task) -> None:  # type: ignore[no-untyped-def]
     protocol = protocol_for(toy_task, backend="onnxruntime", bits=("w8a8", "float"))
     mine = OnnxRuntimeBackend().settings

@@ -21,7 +21,10 @@ def test_backends_lists_what_each_runs_here_with_bits_and_reasons(
     assert lines[torchao + 1].strip() == "int8 (8), int4 (4), w8a8 (8), fp8 (8)"
     assert lines[torchao + 2].strip().startswith("wf8af8 is not offered: torchao's float8")
     ort = next(i for i, line in enumerate(lines) if line.startswith("  onnxruntime 1."))
-    assert lines[ort].endswith("quantizes Conv1d and Conv2d (w8a8 only), Linear:")
+    assert lines[ort].endswith(
+        "quantizes Conv1d and Conv2d (w8a8 only), Linear, transformers' Conv1D; a causal LM's "
+        "layers run weight-only:"
+    )
     assert lines[ort + 1].strip() == "w8a8 (8), int8 (8), int4 (4)"
     refused = {line.split()[0]: line.strip() for line in lines[ort + 2 : ort + 5]}
     assert refused["int2"] == "int2 is not offered: ORT has no int2 kernel on a CPU"

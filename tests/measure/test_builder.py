@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -42,7 +42,7 @@ class CountingBackend(WholeModelBackend):
                           {n: "kernel:Fake" for n in wanted})  # fmt: skip
 
     def layer_profile(
-        self, built: BuiltModel, example: torch.Tensor, runs: int
+        self, built: BuiltModel, call: Callable[[nn.Module], object], runs: int
     ) -> dict[str, float]:
         return {}
 
