@@ -29,3 +29,19 @@ def test_backends_lists_what_each_runs_here_with_bits_and_reasons(
     refused = {line.split()[0]: line.strip() for line in lines[ort + 2 : ort + 5]}
     assert refused["int2"] == "int2 is not offered: ORT has no int2 kernel on a CPU"
     assert set(refused) == {"int2", "fp8", "w4a8"}
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("hf:some/llama", ("int8", "int4")), ("smollm2-135m", ("int8", "int4")),
+     ("resnet18", ("w8a8", "int8", "int4", "float"))],
+)  # fmt: skip
+def test_onnxruntime_default_bits_run_a_causal_lm_weight_only(
+    model: str, expected: tuple[str, ...]
+) -> None:
+    from quide_search.cli import build_parser
+    from quide_search.cli._options import config_from_args
+
+    _, subs = build_parser()
+    args = subs["run"].parse_args(["--model", model, "--backend", "onnxruntime"])
+    assert config_from_args(args).bits == expected
