@@ -149,7 +149,7 @@ def _lines(rows: list[dict[str, Any]], command: str) -> list[str]:
         "greedy decode, 16 tokens after a 16-token prompt, batch 32 = 32 copies of the prompt); "
         "P on the task's eval split; build = "
         "quantize the plan and open its session, as each trial does (a model's first build, "
-        "`float`, also exports it; its first `w8a8` build also calibrates, once per scorer)",
+        "`float`, also exports it; its first `w8a8` build also calibrates, once per model)",
         "",
         "| model | plan | ms b1 | ms b32 | vs float ORT b1 | b32 | P | kernels | build s | P s |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["conv1d_type", "is_transformers_model"]
+__all__ = ["conv1d_type", "is_causal_lm", "is_transformers_model"]
 
 
 def conv1d_type() -> tuple[type[nn.Module], ...]:
@@ -25,4 +25,18 @@ def is_transformers_model(model: nn.Module) -> bool:
     return any(
         cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers.")
         for cls in type(model).__mro__
+    )
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model`` is a transformers model that generates text on its own: a decoder
+    with ``generate`` (``can_generate()``), not an encoder-decoder."""
+    if not is_transformers_model(model):
+        return False
+    config = getattr(model, "config", None)
+    can_generate = getattr(model, "can_generate", None)
+    return (
+        callable(can_generate)
+        and bool(can_generate())
+        and not getattr(config, "is_encoder_decoder", False)
     )

@@ -149,7 +149,7 @@ class BuiltModel:
 
 class WholeModelBackend(QuantBackend):
     """A backend that builds the whole model for each plan (ONNX Runtime: the model is
-    exported and calibrated once per scorer, each plan quantizes exactly its layers of that
+    exported and calibrated once per model, each plan quantizes exactly its layers of that
     graph, and a session runs it). A study keeps the last plans built
     (:class:`~quide_search.measure.builder.PlanBuilder`)."""
 

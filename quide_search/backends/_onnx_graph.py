@@ -22,7 +22,6 @@ from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from quide_search.backends._ort_session import INPUT, WRAPPER
 from quide_search.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
@@ -32,12 +31,16 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
-    "INPUT", "LOW_BIT_OPS", "OUTPUT", "LayerNode", "export_model", "gemm_to_matmul",
+    "INPUT", "WRAPPER", "LOW_BIT_OPS", "OUTPUT", "LayerNode", "export_model", "gemm_to_matmul",
     "ORT_MESSAGE", "constant_layers", "initializer_bytes", "layer_nodes", "layer_of", "layer_ops",
     "node_layers", "profile_ms", "scope_layer",
 ]  # fmt: skip
 
-OUTPUT = "output"
+INPUT, OUTPUT = "input", "output"
+"""The input and output of a graph the TorchScript exporter writes (:func:`export_model`)."""
+WRAPPER = "lm"
+"""The attribute the dynamo-exported wrapper of a causal LM holds it in
+(:mod:`~quide_search.backends._ort_session`): module paths in its graph start with ``lm.``."""
 ORT_MESSAGE = 300
 """Characters of a library's error message an error of ours quotes."""
 OPSET = 17

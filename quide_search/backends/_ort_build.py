@@ -1,4 +1,4 @@
-"""Build one plan's quantized ONNX model from a float graph exported once per scorer.
+"""Build one plan's quantized ONNX model from a float graph exported once per model.
 
 :class:`ExportedModel` holds what every plan of a study shares: the float graph, which node is
 which layer, and the activation ranges calibrated once on the calibration samples (ORT's
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.backends import _onnx_graph as graphs
-from quide_search.backends._hf import is_transformers_model
+from quide_search.backends._hf import is_causal_lm
 from quide_search.backends._ort_session import export_causal_lm
 from quide_search.errors import PlanError, TrialEvaluationError, first_line
 
@@ -90,7 +90,7 @@ class ExportedModel:
         self.folder = Path(self._folder.name)
         self.settings = settings
         self.float_path = self.folder / "float.onnx"
-        self.decoder = is_transformers_model(model)
+        self.decoder = is_causal_lm(model)
         if self.decoder:
             graph = export_causal_lm(model, example, self.float_path).graph
         else:

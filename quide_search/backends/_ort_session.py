@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from quide_search.backends._onnx_graph import INPUT
 from quide_search.errors import ConfigError, PlanError, first_line
 
 if TYPE_CHECKING:
@@ -37,16 +38,11 @@ if TYPE_CHECKING:
 
     from quide_search.backends._ort_build import ExportedModel
 
-__all__ = ["IDS", "MASK", "PAST", "WRAPPER", "OrtModel", "export_causal_lm", "greedy",
+__all__ = ["IDS", "MASK", "PAST", "OrtModel", "export_causal_lm", "greedy",
            "is_decoder", "logits"]  # fmt: skip
 
 IDS, MASK, PAST = "input_ids", "attention_mask", "past"
-WRAPPER = "lm"
-"""The attribute the exported wrapper holds the model in: module paths in the graph start
-with ``lm.``."""
 _OPSET = 18  # the dynamo exporter's lowest
-INPUT = "input"
-"""The input of a graph exported by the TorchScript exporter (:mod:`._onnx_graph`)."""
 
 
 class OrtModel(nn.Module):
@@ -81,19 +77,40 @@ class OrtModel(nn.Module):
         return torch.from_numpy(self.session.run(None, {INPUT: array})[0])
 
     def generate(
-        self, prompt: torch.Tensor, *, max_new_tokens: int, do_sample: bool = False, **_: Any
+        self,
+        prompt: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        attention_mask: torch.Tensor | None = None,
+        do_sample: bool = False,
+        num_beams: int = 1,
+        **_: Any,
     ) -> torch.Tensor:
-        """Greedy decoding with the KV cache, as transformers' ``generate`` for a causal LM:
-        (N, P) prompt ids -> (N, P + max_new_tokens) ids, never stopping early (what
-        ``min_new_tokens = max_new_tokens`` asks; the other arguments are ignored).
+        """Greedy decoding with the KV cache, timed as transformers' ``generate`` of a causal
+        LM with ``min_new_tokens = max_new_tokens``: (N, P) prompt ids -> (N, P +
+        max_new_tokens) ids, never stopping early. Unlike transformers, the end-of-sequence
+        token is not masked until the minimum: the tokens can differ, the work per token not.
+        Other keyword arguments (``pad_token_id``, ``use_cache``, ...) are ignored.
 
         Raises:
-            PlanError: For a model that is not a causal LM, or if sampling is asked.
+            PlanError: For a model that is not a causal LM, or for sampling, beam search or an
+                attention mask with padding (none is built here).
         """
         import torch
 
-        if not self.decoder or do_sample:
-            raise PlanError("an ORT model decodes only a causal LM's cache step, greedily")
+        asked = (
+            "a model that is not a causal LM" if not self.decoder
+            else "sampling" if do_sample
+            else f"{num_beams} beams" if num_beams != 1
+            else "a padded attention mask" if attention_mask is not None
+            and not bool(attention_mask.all())
+            else None
+        )  # fmt: skip
+        if asked is not None:
+            raise PlanError(
+                f"an ORT model decodes a causal LM greedily, one unpadded prompt per row, but "
+                f"was given {asked}. Call generate(prompt, max_new_tokens=N) on its model."
+            )
         ids = greedy(self.session, prompt.cpu().numpy(), max_new_tokens)
         return torch.from_numpy(ids)
 
@@ -103,7 +120,7 @@ class _CacheStep(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.lm = model
+        self.lm = model  # the graph's module paths start with this name (_onnx_graph.WRAPPER)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past: torch.Tensor
@@ -138,22 +155,54 @@ def _key_values(out: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def export_causal_lm(model: nn.Module, ids: torch.Tensor, path: Path) -> Any:
-    """Write the cache step of the causal LM ``model`` (float, eval mode, CPU) to ``path``;
+    """Write the cache step of the causal LM ``model`` (float32, eval mode, CPU) to ``path``;
     return the ``onnx.ModelProto`` written.
 
     Args:
-        ids: Token ids (N, S), samples first: the trace runs on two samples of up to 8
-            tokens of their first row, with a past of 4 tokens; batch, tokens and past stay
-            free in the graph.
+        ids: Token ids (N, S), samples first: the trace runs on two copies of up to 8 tokens
+            of the first row (at least 2), with a past of 4 tokens; batch, tokens and past
+            stay free in the graph.
 
     Raises:
-        ConfigError: If the exporter cannot express the model, with its first line.
+        ConfigError: If the model is not float32, or the exporter cannot express it (with
+            its first line).
     """
     import onnx
     import torch
 
-    row = ids[:1, : max(2, min(8, ids.shape[1]))].cpu()
-    example = row.repeat(2, 1)  # sizes 0 and 1 would be fixed by the trace: use 2 and more
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:
+        raise ConfigError(
+            f"the onnxruntime backend exports float32 causal LMs, but this one is {dtype}. "
+            "Use --dtype float32 (or auto on a CPU)."
+        )
+    row = ids[:1, :8].cpu()
+    # Sizes 0 and 1 would be fixed by the trace: 2 samples, 2 tokens or more.
+    example = row.repeat(2, 2 if row.shape[1] < 2 else 1)
+    try:
+        inputs, shapes = _trace_inputs(model, example)
+        with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_CacheStep(model), inputs, str(path), dynamo=True,
+                              dynamic_shapes=shapes, opset_version=_OPSET,
+                              input_names=[IDS, MASK, PAST], output_names=["logits", "present"],
+                              verbose=False)  # fmt: skip
+    except Exception as e:  # the model and the exporter raise many types, each saying what
+        raise ConfigError(
+            f"the onnxruntime backend needs a causal LM torch.onnx.export(dynamo=True) can "
+            f"write with its KV cache, but it failed: {type(e).__name__}: "
+            f"{first_line(e, 300)}. Use --backend quanto or torchao for this model."
+        ) from e
+    return onnx.load(str(path))
+
+
+def _trace_inputs(
+    model: nn.Module, example: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], dict[str, Any]]:
+    """The cache step's inputs for ``example`` ids (2, S) with a past of 4 tokens, shaped as
+    the model's own cache, and their dimensions the graph leaves free."""
+    import torch
+
     with torch.no_grad():
         cache = _key_values(model(input_ids=example[:, :2], use_cache=True))
     blocks, (_, heads, _, features) = len(cache), cache[0][0].shape
@@ -164,20 +213,7 @@ def export_causal_lm(model: nn.Module, ids: torch.Tensor, path: Path) -> Any:
     shapes = {"input_ids": {0: batch, 1: dim("tokens")},
               "attention_mask": {0: batch, 1: dim("seen")},
               "past": {1: batch, 3: dim("past")}}  # fmt: skip
-    try:
-        with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_CacheStep(model).eval(), (example, mask, past), str(path),
-                              dynamo=True, dynamic_shapes=shapes, opset_version=_OPSET,
-                              input_names=[IDS, MASK, PAST], output_names=["logits", "present"],
-                              verbose=False)  # fmt: skip
-    except Exception as e:  # the exporter raises many types, each naming what failed
-        raise ConfigError(
-            f"the onnxruntime backend needs a causal LM torch.onnx.export(dynamo=True) can "
-            f"write with its KV cache, but it failed: {first_line(e, 300)}. Use --backend "
-            "quanto or torchao for this model."
-        ) from e
-    return onnx.load(str(path))
+    return (example, mask, past), shapes
 
 
 def is_decoder(session: Any) -> bool:

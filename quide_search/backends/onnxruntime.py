@@ -38,7 +38,7 @@ from torch import nn
 
 from quide_search.backends import _onnx_graph as graphs
 from quide_search.backends import _ort_session as decoding
-from quide_search.backends._hf import conv1d_type, is_transformers_model
+from quide_search.backends._hf import conv1d_type, is_causal_lm
 from quide_search.backends._kinds import BuiltModel, WholeModelBackend
 from quide_search.backends._ort_session import OrtModel
 from quide_search.backends.cpu import cpu_flags, has_vnni
@@ -54,6 +54,7 @@ __all__ = ["MODEL_FILE", "OnnxRuntimeBackend", "OrtModel", "OrtSettings"]
 
 MODEL_FILE = "model.onnx"
 _OFFERED = ("w8a8", "int8", "int4")
+_WEIGHT_ONLY = ("int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -147,29 +148,10 @@ class OnnxRuntimeBackend(WholeModelBackend):
             ConfigError: Off a CPU (nothing is offered there), for float8 activations, or for
                 int8 activations of a causal LM.
         """
-        from quide_search.errors import ConfigError
-
-        if device.type != "cpu":
-            raise ConfigError(
-                f"--device must be cpu for the onnxruntime backend (ORT's CPU execution "
-                f"provider), but got {device.type}. Use --device cpu, or another --backend."
-            )
-        if "fp8" in activations:
-            raise ConfigError(
-                "--activations must be none or int8 for the onnxruntime backend (ORT's CPU "
-                f"provider has no float8 kernels), but got {','.join(activations)}. Leave fp8 "
-                "out of --activations."
-            )
-        weight_only = tuple(activations) == ("none",)
-        if causal_lm and not weight_only:
-            raise ConfigError(
-                "--activations must be none for a causal LM on the onnxruntime backend (its "
-                f"layers run weight-only int8 and int4), but got {','.join(activations)}. Drop "
-                "--activations."
-            )
+        _check_default_inputs(device, activations, causal_lm)
         if causal_lm:
-            return ("int8", "int4")
-        return (*_OFFERED, FLOAT) if weight_only else ("int8", FLOAT)
+            return _WEIGHT_ONLY
+        return (*_OFFERED, FLOAT) if tuple(activations) == ("none",) else ("int8", FLOAT)
 
     def settings_record(self) -> dict[str, Any]:
         return self.settings.to_dict()
@@ -206,10 +188,10 @@ class OnnxRuntimeBackend(WholeModelBackend):
         a layer with no node of its own in the graph (called twice, or not through its
         module) can run no precision."""
         modules = dict(model.named_modules())
-        weight_only = [q for q in precisions if q in ("int8", "int4")]
+        weight_only = [q for q in precisions if q in _WEIGHT_ONLY]
         unfit: dict[str, dict[str, str]] = {}
         for name in layers:
-            if is_transformers_model(model):
+            if is_causal_lm(model):
                 unfit[name] = {q: "a causal LM runs ORT's weight-only int8 and int4 only"
                                for q in precisions if q not in (*weight_only, FLOAT)}  # fmt: skip
             elif weight_only and isinstance(modules[name], (nn.Conv1d, nn.Conv2d)):
@@ -220,6 +202,23 @@ class OnnxRuntimeBackend(WholeModelBackend):
             unfit[name] = {q: f"ORT cannot tell its node: {unmapped[name]}" for q in precisions
                            if q != FLOAT}  # fmt: skip
         return {name: refused for name, refused in unfit.items() if refused}
+
+    def hazard(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precisions: Sequence[str],
+        layers: Sequence[str] | None = None,
+    ) -> str | None:
+        """A causal LM's layers run nothing but weight-only int8 and int4 here."""
+        other = [q for q in precisions if q not in (*_WEIGHT_ONLY, FLOAT)]
+        if other and is_causal_lm(model):
+            return (
+                f"the onnxruntime backend runs a causal LM's layers weight-only (int8, int4), "
+                f"not {', '.join(other)}. Leave {', '.join(other)} out of --bits, or use "
+                "--backend quanto."
+            )
+        return None
 
     def build(
         self,
@@ -333,24 +332,61 @@ class OnnxRuntimeBackend(WholeModelBackend):
 
     def _export(self, model: nn.Module, example: torch.Tensor) -> ExportedModel:
         """The exported graph of ``model``, with every quantizable layer mapped: made once per
-        model, sample shape (a causal LM's tokens are free in its graph) and kernel settings,
-        and kept while the model lives, so that a study's protocol check and its scorer
-        share it. The model must not change while it is kept."""
+        model, sample shape (a causal LM's tokens are free in its graph), ``reduce_range``
+        (what its calibration cache depends on) and state of the weights (an in-place change
+        of a parameter or buffer makes a new one), and kept while the model lives, so that a
+        study's protocol check and its scorer share it."""
         from quide_search.backends._ort_build import ExportedModel
 
-        shape = () if is_transformers_model(model) else tuple(example.shape[1:])
+        shape = () if is_causal_lm(model) else tuple(example.shape[1:])
         kept = _EXPORTS.setdefault(model, {})
-        key = (shape, self.settings)
+        key = (shape, self.settings.reduce_range, _weights_version(model))
         if key not in kept:
             layers = list(self.quantizable_layers(model))
             kept[key] = ExportedModel(model, layers, example, self.settings)
         return kept[key]
 
 
-_EXPORTS: weakref.WeakKeyDictionary[
-    nn.Module, dict[tuple[tuple[int, ...], OrtSettings], ExportedModel]
-] = weakref.WeakKeyDictionary()
+def _check_default_inputs(
+    device: torch.device, activations: Sequence[str], causal_lm: bool
+) -> None:
+    """Refuse what :meth:`OnnxRuntimeBackend.default_bits` has no bits for.
+
+    Raises:
+        ConfigError: Off a CPU, for float8 activations, or for a causal LM's int8 ones.
+    """
+    from quide_search.errors import ConfigError
+
+    if device.type != "cpu":
+        raise ConfigError(
+            f"--device must be cpu for the onnxruntime backend (ORT's CPU execution "
+            f"provider), but got {device.type}. Use --device cpu, or another --backend."
+        )
+    if "fp8" in activations:
+        raise ConfigError(
+            "--activations must be none or int8 for the onnxruntime backend (ORT's CPU "
+            f"provider has no float8 kernels), but got {','.join(activations)}. Leave fp8 "
+            "out of --activations."
+        )
+    if causal_lm and tuple(activations) != ("none",):
+        raise ConfigError(
+            "--activations must be none for a causal LM on the onnxruntime backend (its "
+            f"layers run weight-only int8 and int4), but got {','.join(activations)}. Drop "
+            "--activations."
+        )
+
+
+_EXPORTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], ExportedModel]] = (
+    weakref.WeakKeyDictionary()
+)
 """Float model -> its exports (:meth:`OnnxRuntimeBackend._export`), dropped with the model."""
+
+
+def _weights_version(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Each parameter's and buffer's identity and in-place version counter: any change of
+    the weights (``load_state_dict``, an optimiser step, an in-place quantization) moves it."""
+    tensors = (*model.parameters(), *model.buffers())
+    return tuple((id(t), t._version) for t in tensors)
 
 
 def _after_first_call(events: list[dict[str, Any]], calls: int) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Build each trial's whole model with a backend that cannot assemble plans from layers.
 
 A :class:`~quide_search.backends._base.WholeModelBackend` (ONNX Runtime) makes the model for a
-plan in one piece: the graph is exported and calibrated once per scorer inside the backend, and
+plan in one piece: the graph is exported and calibrated once per model inside the backend, and
 each plan costs one quantization and one session. :class:`PlanBuilder` keeps the last few
 plans built (the confirmation step alternates between a handful) and answers the same
 questions as :class:`~quide_search.measure.assembly.LayerCache` (the model, its stored bytes,

@@ -4,6 +4,7 @@ exported folder reproduces P without torch."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -99,14 +100,19 @@ def test_a_causal_lm_runs_weight_only_and_says_so(llama: Any) -> None:
     unfit = BACKEND.unfit_layers(llama.model, CPU, ("w8a8", "int8", "int4"), layers)
     assert unfit == {n: {"w8a8": "a causal LM runs ORT's weight-only int8 and int4 only"}
                      for n in layers}  # fmt: skip
-    with pytest.raises(ConfigError, match="no layer runs w8a8 on the onnxruntime backend"):
+    with pytest.raises(ConfigError, match="runs a causal LM's layers weight-only .* not w8a8"):
         BACKEND.search_exclusions(llama.model, CPU, ("w8a8", "int8"), layers)
+    assert BACKEND.hazard(llama.model, CPU, ("int8", "int4", "float")) is None
     assert BACKEND.default_bits(CPU, causal_lm=True) == ("int8", "int4")
     assert "w8a8" in BACKEND.default_bits(CPU)
     with pytest.raises(ConfigError, match="--activations must be none for a causal LM"):
         BACKEND.default_bits(CPU, ("int8",), causal_lm=True)
     with pytest.raises(PlanError, match="runs int8 or int4 weight-only .* Give it int8, int4"):
         _build(llama, {layers[0]: "w8a8"})
+    # A model that is not float32 is refused before anything is traced.
+    half = copy.deepcopy(llama.model).to(torch.bfloat16)
+    with pytest.raises(ConfigError, match="exports float32 causal LMs, but this one is"):
+        BACKEND.unfit_layers(half, CPU, ("int8",), layers, example=llama.splits.calib.inputs)
 
 
 def test_the_profile_of_a_decode_times_every_layer(llama: Any) -> None:
@@ -168,3 +174,41 @@ def test_a_study_exports_a_folder_that_reproduces_p_without_torch(
     replay = evaluate_plan(export_plan(study="lm", storage=storage, out=tmp_path / "p.json"),
                            device="cpu")  # fmt: skip
     assert replay.reproduced is True
+
+
+def test_the_warm_up_calls_profile_events_are_dropped() -> None:
+    from quide_search.backends.onnxruntime import _after_first_call
+
+    # 3 calls of 4 session runs each: a model_run event starts each run, then a node event.
+    events: list[dict[str, Any]] = []
+    for run in range(12):
+        events.append({"name": "model_run", "ts": 100 * run})
+        events.append({"name": f"n{run}_kernel_time", "cat": "Node", "ts": 100 * run + 10})
+    kept = _after_first_call(events, calls=3)
+    assert [e["name"] for e in kept if e.get("cat") == "Node"] == [
+        f"n{run}_kernel_time" for run in range(4, 12)
+    ]  # the first call's four runs are gone, the other calls' eight stay
+
+
+def test_a_whole_models_profile_is_per_generated_token(llama: Any) -> None:
+    from quide_search.measure.builder import PlanBuilder
+    from quide_search.measure.target import timing_target
+
+    layers = BACKEND.quantizable_layers(llama.model)
+    builder = PlanBuilder(llama.model, BACKEND, layers, calibration=None, threads=1)
+    decoded: list[int] = []
+
+    class Decoder(torch.nn.Module):  # stands for a built model: records each generate
+        def generate(self, prompt: torch.Tensor, *, max_new_tokens: int, **_: Any) -> Any:
+            decoded.append(max_new_tokens)
+            return prompt
+
+    def profile(plan: BitPlan, call: Any, runs: int) -> dict[str, float]:
+        call(Decoder())  # one timed call: a greedy decode of the task's new tokens
+        return dict.fromkeys(layers, 32.0)  # ms per call
+
+    builder.layer_profile = profile  # type: ignore[method-assign]
+    target = timing_target(llama, builder, 1, CPU)
+    per_token = target.layer_profile(BitPlan(model="m", dataset="d", layers={}))
+    assert decoded == [16] and target.per_call == 16
+    assert per_token == dict.fromkeys(layers, 2.0)  # 32 ms a call over 16 tokens

@@ -43,5 +43,7 @@ def test_onnxruntime_default_bits_run_a_causal_lm_weight_only(
     from quide_search.cli._options import config_from_args
 
     _, subs = build_parser()
-    args = subs["run"].parse_args(["--model", model, "--backend", "onnxruntime"])
+    args = subs["run"].parse_args(
+        ["--model", model, "--backend", "onnxruntime", "--device", "cpu"]
+    )
     assert config_from_args(args).bits == expected
