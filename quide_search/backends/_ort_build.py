@@ -54,6 +54,9 @@ class OrtBuild:
         stored_bytes: The bytes of all its initializers (int4 packed two to a byte).
         layer_bytes: Layer -> the bytes of the initializers only that layer reads.
         ops: Layer -> the operators that compute it in ORT's optimised graph.
+        optimized_nodes: Node name in ORT's optimised graph -> the layer it computes (what
+            its profiler's events are named by: a session on ``data`` with the same options
+            optimises it the same way).
     """
 
     session: Any
@@ -61,6 +64,7 @@ class OrtBuild:
     stored_bytes: int
     layer_bytes: dict[str, int]
     ops: dict[str, list[str]]
+    optimized_nodes: dict[str, str]
 
 
 class ExportedModel:
@@ -130,7 +134,8 @@ class ExportedModel:
                 data = model.SerializeToString()
                 optimized = self.folder / "optimized.onnx"
                 session = open_session(data, threads, optimized=optimized)
-                ops = graphs.layer_ops(*self.optimized_layers(optimized))
+                optimized_graph, optimized_nodes = self.optimized_layers(optimized)
+                ops = graphs.layer_ops(optimized_graph, optimized_nodes)
         except (PlanError, TrialEvaluationError):
             raise
         except Exception as e:  # ORT's quantizers and sessions raise many types
@@ -141,7 +146,7 @@ class ExportedModel:
         sizes = graphs.initializer_bytes(model.graph)
         node_layer = graphs.node_layers(model.graph, self.modules, self.nodes)
         per_layer = graphs.constant_layers(model.graph, node_layer, sizes)
-        return OrtBuild(session, data, sum(sizes.values()), per_layer, ops)
+        return OrtBuild(session, data, sum(sizes.values()), per_layer, ops, optimized_nodes)
 
     def optimized_layers(self, optimized: Path) -> tuple[Any, dict[str, str]]:
         """ORT's optimised graph written at ``optimized``, and node name -> layer in it."""

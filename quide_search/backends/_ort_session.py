@@ -31,6 +31,7 @@ from quide_search.backends._onnx_graph import INPUT
 from quide_search.errors import ConfigError, PlanError, first_line
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
     import numpy as np
@@ -54,16 +55,24 @@ class OrtModel(nn.Module):
         threads: The session's intra-op threads (None: ORT's default).
         exported: The float graph it was built from, which tells which node is which layer
             (None for a model loaded from a file).
+        optimized_nodes: Node name in ORT's optimised graph of ``data`` -> its layer (None
+            for a model loaded from a file): what its profiler's events are named by.
     """
 
     def __init__(
-        self, session: Any, data: bytes, threads: int | None, exported: ExportedModel | None
+        self,
+        session: Any,
+        data: bytes,
+        threads: int | None,
+        exported: ExportedModel | None,
+        optimized_nodes: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.session = session
         self.data = data
         self.threads = threads
         self.exported = exported
+        self.optimized_nodes = optimized_nodes
         self.decoder = is_decoder(session)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

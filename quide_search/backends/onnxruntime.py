@@ -250,7 +250,7 @@ class OnnxRuntimeBackend(WholeModelBackend):
                 )
             kernels[name] = f"kernel:{low_bit[0]}"
         per_layer = {name: built.layer_bytes.get(name, 0) for name in layers}
-        module = OrtModel(built.session, built.data, threads, exported)
+        module = OrtModel(built.session, built.data, threads, exported, built.optimized_nodes)
         return BuiltModel(module, built.stored_bytes, per_layer, kernels)
 
     def layer_profile(
@@ -259,7 +259,9 @@ class OnnxRuntimeBackend(WholeModelBackend):
         """Each layer's kernel time from ORT's profiler: the time of every node of ORT's
         optimised graph that computes the layer (:func:`~._onnx_graph.node_layers`: its fused
         kernel, its output's DequantizeLinear), per ``call`` (each makes the same number of
-        session runs: one, or a greedy decode's); the first call (warm-up) is dropped."""
+        session runs: one, or a greedy decode's); the first call (warm-up) is dropped. The
+        nodes are named as in the optimised graph the build read (the same model and options
+        optimise the same way), so that graph is not written and read again."""
         import tempfile
 
         from quide_search.backends._ort_build import open_session
@@ -267,17 +269,14 @@ class OnnxRuntimeBackend(WholeModelBackend):
         module = built.module
         if not isinstance(module, OrtModel) or module.exported is None:
             raise TrialEvaluationError("only a model built in this process can be profiled")
-        exported = module.exported
+        exported, node_layer = module.exported, module.optimized_nodes or {}
         try:
             with tempfile.TemporaryDirectory(prefix="quide-ort-profile-") as name:
-                folder = Path(name)
-                session = open_session(module.data, module.threads, profile=folder / "p",
-                                       optimized=folder / "optimized.onnx")  # fmt: skip
+                session = open_session(module.data, module.threads, profile=Path(name) / "p")
                 profiled = OrtModel(session, module.data, module.threads, exported)
                 for _ in range(runs + 1):
                     call(profiled)
                 events = json.loads(Path(session.end_profiling()).read_text())
-                _, node_layer = exported.optimized_layers(folder / "optimized.onnx")
         except Exception as e:  # ORT raises its own types
             raise TrialEvaluationError(
                 f"profiling in onnxruntime failed: {first_line(e, graphs.ORT_MESSAGE)}"
