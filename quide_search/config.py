@@ -383,9 +383,9 @@ class RunConfig:
     @property
     def reads_text(self) -> bool:
         """Whether the model is a causal LM scored on ``--text-file`` (hf: or embedded)."""
-        from quide_search.tasks.catalog import is_causal_lm
+        from quide_search.tasks.catalog import names_causal_lm
 
-        return is_causal_lm(self.model)
+        return names_causal_lm(self.model)
 
     def task_options(self) -> dict[str, Any]:
         """Return the keyword arguments of :func:`quide_search.task.load_task`."""

@@ -211,10 +211,11 @@ class ExportedModel:
                 blocks.setdefault(block, set()).add(node.name)
         wanted = {self.nodes[n].node for n in layers}
         for block, names in blocks.items():
-            if not names & wanted:
+            chosen = names & wanted
+            if not chosen:
                 continue
             others = [n.name for n in model.graph.node
-                      if n.op_type == "MatMul" and n.name not in names & wanted]  # fmt: skip
+                      if n.op_type == "MatMul" and n.name not in chosen]  # fmt: skip
             quantizer = _nbits_quantizer()(
                 model, bits=bits, block_size=block, is_symmetric=self.settings.int4_symmetric,
                 accuracy_level=self.settings.accuracy_level, nodes_to_exclude=others,

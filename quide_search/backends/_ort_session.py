@@ -230,21 +230,20 @@ def is_decoder(session: Any) -> bool:
     return any(i.name == PAST for i in session.get_inputs())
 
 
-def _empty_past(session: Any, batch: int) -> np.ndarray:
-    """A past of no tokens for ``batch`` samples, (2·L, N, H, 0, D)."""
+def _prompt_feed(session: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The cache step's inputs for token ids (N, S) with no past: the ids as int64, a mask of
+    ones, and a past of no tokens, (2·L, N, H, 0, D)."""
     import numpy as np
 
+    ids = np.asarray(ids, np.int64)
     shape = next(i.shape for i in session.get_inputs() if i.name == PAST)
-    return np.zeros((shape[0], batch, shape[2], 0, shape[4]), np.float32)
+    empty = np.zeros((shape[0], len(ids), shape[2], 0, shape[4]), np.float32)
+    return {IDS: ids, MASK: np.ones_like(ids), PAST: empty}
 
 
 def logits(session: Any, ids: np.ndarray) -> np.ndarray:
     """The logits (N, S, V) of token ids (N, S), with no past: the model's plain forward."""
-    import numpy as np
-
-    ids = np.asarray(ids, np.int64)
-    feed = {IDS: ids, MASK: np.ones_like(ids), PAST: _empty_past(session, len(ids))}
-    return session.run(None, feed)[0]
+    return session.run(None, _prompt_feed(session, ids))[0]
 
 
 def greedy(session: Any, prompt: np.ndarray, new_tokens: int) -> np.ndarray:
@@ -253,8 +252,8 @@ def greedy(session: Any, prompt: np.ndarray, new_tokens: int) -> np.ndarray:
     Runs the session ``new_tokens`` times: the prompt, then one step per further token."""
     import numpy as np
 
-    tokens = np.asarray(prompt, np.int64)
-    feed = {IDS: tokens, MASK: np.ones_like(tokens), PAST: _empty_past(session, len(tokens))}
+    feed = _prompt_feed(session, prompt)
+    tokens = feed[IDS]
     for step in range(new_tokens):
         out, present = session.run(None, feed)
         chosen = out[:, -1].argmax(-1).astype(np.int64)[:, None]

@@ -189,9 +189,10 @@ class OnnxRuntimeBackend(WholeModelBackend):
         module) can run no precision."""
         modules = dict(model.named_modules())
         weight_only = [q for q in precisions if q in _WEIGHT_ONLY]
+        causal_lm = is_causal_lm(model)
         unfit: dict[str, dict[str, str]] = {}
         for name in layers:
-            if is_causal_lm(model):
+            if causal_lm:
                 unfit[name] = {q: "a causal LM runs ORT's weight-only int8 and int4 only"
                                for q in precisions if q not in (*weight_only, FLOAT)}  # fmt: skip
             elif weight_only and isinstance(modules[name], (nn.Conv1d, nn.Conv2d)):
@@ -333,17 +334,17 @@ class OnnxRuntimeBackend(WholeModelBackend):
         """The exported graph of ``model``, with every quantizable layer mapped: made once per
         model, sample shape (a causal LM's tokens are free in its graph), ``reduce_range``
         (what its calibration cache depends on) and state of the weights (an in-place change
-        of a parameter or buffer makes a new one), and kept while the model lives, so that a
-        study's protocol check and its scorer share it."""
+        of a parameter or buffer makes a new one, which replaces the old), and kept while the
+        model lives, so that a study's protocol check and its scorer share it."""
         from quide_search.backends._ort_build import ExportedModel
 
         shape = () if is_causal_lm(model) else tuple(example.shape[1:])
         kept = _EXPORTS.setdefault(model, {})
-        key = (shape, self.settings.reduce_range, _weights_version(model))
-        if key not in kept:
+        key, version = (shape, self.settings.reduce_range), _weights_version(model)
+        if key not in kept or kept[key][0] != version:
             layers = list(self.quantizable_layers(model))
-            kept[key] = ExportedModel(model, layers, example, self.settings)
-        return kept[key]
+            kept[key] = (version, ExportedModel(model, layers, example, self.settings))
+        return kept[key][1]
 
 
 def _check_default_inputs(
@@ -375,10 +376,11 @@ def _check_default_inputs(
         )
 
 
-_EXPORTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], ExportedModel]] = (
-    weakref.WeakKeyDictionary()
-)
-"""Float model -> its exports (:meth:`OnnxRuntimeBackend._export`), dropped with the model."""
+_EXPORTS: weakref.WeakKeyDictionary[
+    nn.Module, dict[tuple[Any, ...], tuple[tuple[tuple[int, int], ...], ExportedModel]]
+] = weakref.WeakKeyDictionary()
+"""Float model -> (sample shape, reduce_range) -> the weights' version it was exported at and
+the export (:meth:`OnnxRuntimeBackend._export`), dropped with the model."""
 
 
 def _weights_version(model: nn.Module) -> tuple[tuple[int, int], ...]:

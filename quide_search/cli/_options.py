@@ -289,11 +289,11 @@ def _bits(args: argparse.Namespace) -> tuple[str, ...] | None:
         return with_activations(parse_bits(args.bits), activations)
     from quide_search.backends import get_backend
     from quide_search.measure.device import resolve_device
-    from quide_search.tasks.catalog import is_causal_lm
+    from quide_search.tasks.catalog import names_causal_lm
 
     backend = get_backend(args.backend)
     bits = backend.default_bits(resolve_device(args.device), activations,
-                                causal_lm=is_causal_lm(args.model))  # fmt: skip
+                                causal_lm=names_causal_lm(args.model))  # fmt: skip
     return with_activations(bits, activations)
 
 

@@ -70,10 +70,10 @@ def _default_bits(backend_name: str, device_name: str, model: str) -> str:
     """float, the backend's default weight-only bits on the device, and fp8 where it runs it."""
     from quide_search.backends import get_backend
     from quide_search.measure.device import resolve_device
-    from quide_search.tasks.catalog import is_causal_lm
+    from quide_search.tasks.catalog import names_causal_lm
 
     backend = get_backend(backend_name)
     device = resolve_device(device_name)
-    bits = ["float", *backend.default_bits(device, causal_lm=is_causal_lm(model))]
+    bits = ["float", *backend.default_bits(device, causal_lm=names_causal_lm(model))]
     bits += ["fp8"] if "fp8" in backend.precisions(device) else []
     return ",".join(dict.fromkeys(bits))

@@ -27,7 +27,7 @@ __all__ = [
     "check_served",
     "data_dir_path",
     "default_dataset",
-    "is_causal_lm",
+    "names_causal_lm",
     "is_factory_spec",
 ]
 
@@ -57,7 +57,7 @@ def is_factory_spec(model: str) -> bool:
     return ":" in model and not model.startswith(HF_PREFIX)
 
 
-def is_causal_lm(model: str) -> bool:
+def names_causal_lm(model: str) -> bool:
     """Whether ``--model`` names a causal LM scored on text (an ``hf:`` path, smollm2-135m)."""
     return model.startswith(HF_PREFIX) or model == "smollm2-135m"
 

@@ -22,7 +22,7 @@ from quide_search.measure.scorer import Scorer
 from quide_search.plan import BitPlan
 
 CPU = torch.device("cpu")
-EPYC = ("avx2",)  # an AMD EPYC with AVX2 and no VNNI (issue #33's; this session's has VNNI)
+EPYC = ("avx2",)  # an AMD EPYC with AVX2 and no VNNI
 XEON = ("avx2", "avx512f", "avx512_vnni", "amx_tile")  # Intel Xeon: VNNI and AMX
 
 
@@ -281,3 +281,16 @@ def test_a_narrow_linear_takes_a_block_no_wider_than_its_inputs() -> None:
     built = OnnxRuntimeBackend().build(model, _plan({"0": "int8"}), calibration=torch.rand(8, 16))
     # 16 x 256 int8 weights, one block of 16 per output: far under the float weight's bytes.
     assert 16 * 256 <= built.layer_bytes["0"] < 16 * 256 * 4
+
+
+def test_an_export_is_shared_until_the_weights_change_in_place() -> None:
+    from quide_search.backends.onnxruntime import _EXPORTS
+
+    model, backend = SmallCNN(), OnnxRuntimeBackend()
+    first = backend._export(model, _images(1))
+    assert OnnxRuntimeBackend()._export(model, _images(4)) is first  # another backend, batch
+    with torch.no_grad():
+        model.fc.weight.mul_(2)
+    second = backend._export(model, _images(1))
+    assert second is not first and backend._export(model, _images(1)) is second
+    assert [export for _, export in _EXPORTS[model].values()] == [second]  # the old is dropped
