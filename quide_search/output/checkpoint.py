@@ -106,9 +106,10 @@ def _readme(record: dict[str, Any], recipe: str | None) -> str:
         measured += f", T = {metrics['T_confirmed_ms']} ms (confirmed)"
     else:
         measured += f", T = {metrics.get('T_ms')} ms"
-    shape = ((record.get("protocol") or {}).get("task") or {}).get("splits", {}).get("input_shape")
-    inputs = f"\nInputs: float32, shape (N, {', '.join(map(str, shape))}).\n" if shape else ""
-    inputs = inputs.rstrip("\n")
+    task = (record.get("protocol") or {}).get("task") or {}
+    shape = task.get("splits", {}).get("input_shape")
+    kind = "int64 token ids" if task.get("kind") == "causal-lm" else "float32"
+    inputs = f"\nInputs: {kind}, shape (N, {', '.join(map(str, shape))})." if shape else ""
     return f"""# Quantized {model} ({record.get("backend")} backend)
 
 Written by quide-search from study `{source.get("study")}`, trial {source.get("trial")}:

@@ -163,6 +163,7 @@ def test_a_study_exports_a_folder_that_reproduces_p_without_torch(
     out = export_plan(study="lm", storage=storage, out=tmp_path / "onnx", fmt="onnx")
     record = json.loads((out / "plan.json").read_text())
     assert set(record["layers"].values()) <= {"int8", "int4", "float"}
+    assert "Inputs: int64 token ids, shape (N, 16)." in (out / "README.md").read_text()
     split = llama.splits.eval
     np.save(tmp_path / "x.npy", split.inputs.numpy())
     np.save(tmp_path / "y.npy", split.labels.numpy())
