@@ -3,7 +3,8 @@
 Owns the search space and its layer groups (``space``), the objective that measures a
 suggested plan and records it as a trial (``objective``), the samplers (``samplers``), the
 per-layer sensitivity (``sensitivity``) and the warm-start plans built from it
-(``warmstart``). It measures through :mod:`quide_search.measure` and knows nothing of
+(``warmstart``), and the stop switch the objective checks (``stop``; the study layer's loop
+sets it from signals). It measures through :mod:`quide_search.measure` and knows nothing of
 storage or processes.
 
 Layer: search (imports settings, measure and below).

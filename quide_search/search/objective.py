@@ -9,48 +9,27 @@ evaluation proved it cannot pass the gate is PRUNED, with the samples it spent.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from quide_search.errors import MetricError, Stopped, TrialEvaluationError
+from quide_search.errors import MetricError, TrialEvaluationError
 from quide_search.measure.measurement import GateUnreachable
 from quide_search.metric import LATENCY_UNIT, Gate
 from quide_search.plan import BitPlan
 from quide_search.records import METRIC_KEYS, TrialKey
 from quide_search.search.space import group_layers
+from quide_search.search.stop import StopSwitch
 
 if TYPE_CHECKING:
     import optuna
 
     from quide_search.measure.scorer import Scorer
 
-__all__ = [
-    "GATE_CONSTRAINT",
-    "INTERRUPTED",
-    "TERMINATED",
-    "NO_HEARTBEAT",
-    "PlanObjective",
-    "SearchSettings",
-    "requeue_stale",
-    "retry_once",
-    "worker_tag",
-]
+__all__ = ["GATE_CONSTRAINT", "PlanObjective", "SearchSettings"]
 
 GATE_CONSTRAINT = "accuracy_gate"
 """Constraint key: ``threshold - P``, feasible when <= 0."""
-
-INTERRUPTED = "interrupted by SIGINT (Ctrl-C) while the trial ran"
-"""``fail_reason`` of a trial stopped by Ctrl-C."""
-TERMINATED = "stopped by SIGTERM while the trial ran"
-"""``fail_reason`` of a trial stopped by SIGTERM (a scheduler or service manager)."""
-
-NO_HEARTBEAT = "its worker stopped sending heartbeats (killed or lost)"
-"""``fail_reason`` of a trial whose worker went silent, and ``retry_reason`` of its retry."""
 
 _COPIED_ATTRS = (
     *METRIC_KEYS, TrialKey.BASELINE_BYTES, TrialKey.UNIT, TrialKey.LATENCY_REPEATS,
@@ -100,6 +79,8 @@ class PlanObjective:
             (:attr:`group_choices`).
         granularity: ``layer``, ``block`` or ``type`` (see :func:`group_layers`).
         settings: Objective, early stopping and constraints.
+        stops: Where the optimize loop records a stop signal; the objective checks it
+            between steps and lets it cut in at once only while a plan is measured.
     """
 
     def __init__(
@@ -110,6 +91,7 @@ class PlanObjective:
         choices: Sequence[str],
         granularity: str = "layer",
         settings: SearchSettings | None = None,
+        stops: StopSwitch | None = None,
     ) -> None:
         self.scorer = scorer
         self.gate = gate
@@ -129,11 +111,7 @@ class PlanObjective:
             for group, names in self.groups.items()
         }
         self.settings = settings or SearchSettings()
-        # Set by the signal handler of ``study.optimize`` (SIGINT or SIGTERM). The handler
-        # raises KeyboardInterrupt at once only while ``interruptible`` holds: while a plan is
-        # being measured, never during storage I/O (see ``_interruptible``).
-        self.stop_signal: int | None = None
-        self.interruptible = False
+        self.stops = stops or StopSwitch()
 
     def suggest(self, trial: optuna.Trial) -> BitPlan:
         """Ask the trial for one precision per group of layers and return the per-layer plan."""
@@ -156,21 +134,13 @@ class PlanObjective:
             TrialEvaluationError: For an expected fault; the study records the trial as FAIL
                 and its reason in the ``fail_reason`` user attribute.
             optuna.TrialPruned: When the evaluation proved the plan fails the gate.
-            KeyboardInterrupt: After recording the interruption and queueing the plan again.
+            Stopped: When a stop signal arrived (:attr:`stops`); what that does to the trial
+                is the optimize loop's business.
         """
-        try:
-            self._stop_if_asked()
-            trial.set_user_attr(TrialKey.WORKER, _WORKER)
-            value = self._score(trial)
-            self._stop_if_asked()  # a signal landed during this trial's storage I/O
-            return value
-        except KeyboardInterrupt:
-            # Optuna marks the trial FAIL and re-raises; the reason and one retry are ours.
-            reason = TERMINATED if self.stop_signal == signal.SIGTERM else INTERRUPTED
-            trial.set_user_attr(TrialKey.FAIL_REASON, reason)
-            if len(trial.params) == len(self.groups):
-                retry_once(trial.study, trial.params, trial.user_attrs, trial.number, reason)
-            raise
+        self.stops.check()
+        value = self._score(trial)
+        self.stops.check()  # a signal landed during this trial's storage I/O
+        return value
 
     def uniform_params(self, precision: str) -> dict[str, str]:
         """The trial parameters (group -> precision) of the uniform ``precision`` plan; a
@@ -179,27 +149,6 @@ class PlanObjective:
 
         layers = uniform_layers(self.layers, precision, self._refused, self.choices)
         return {group: layers[names[0]] for group, names in self.groups.items()}
-
-    def _stop_if_asked(self) -> None:
-        if self.stop_signal is not None:
-            raise Stopped(self.stop_signal)
-
-    @contextlib.contextmanager
-    def _interruptible(self) -> Iterator[None]:
-        """Let Ctrl-C raise at once inside this block, which must do no storage I/O.
-
-        A KeyboardInterrupt raised inside a storage call can leave its SQLite transaction open,
-        holding the write lock; the trial's next write (its fail reason) then waits on that
-        lock for as long as the busy timeout. So only the measurement itself is interrupted
-        at once; elsewhere a signal sets ``stop_signal`` and the trial stops at its next
-        check.
-        """
-        self._stop_if_asked()
-        self.interruptible = True
-        try:
-            yield
-        finally:
-            self.interruptible = False
 
     def _score(self, trial: optuna.Trial) -> float | tuple[float, float, float]:
         plan = self.suggest(trial)
@@ -245,15 +194,11 @@ class PlanObjective:
         def report(seen: int, reachable: float) -> None:
             if self.settings.objective == "pareto":
                 return
-            self.interruptible = False  # a storage write: see _interruptible
-            try:
+            with self.stops.storage_io():
                 trial.report(reachable, step=seen)
-            finally:
-                self.interruptible = True
-            self._stop_if_asked()
 
         try:
-            with self._interruptible():
+            with self.stops.measuring():
                 measurement = self.scorer.measure(
                     plan,
                     floor=None if full else self.gate.threshold,
@@ -283,39 +228,6 @@ class PlanObjective:
             TrialKey.SAMPLES_SPENT: measurement.eval_samples,
             TrialKey.SECONDS: measurement.seconds,
         }
-
-
-def worker_tag(pid: int) -> str:
-    """``host:pid``, what a trial's ``worker`` attribute names the process that ran it by."""
-    return f"{socket.gethostname()}:{pid}"
-
-
-_WORKER = worker_tag(os.getpid())
-
-
-def retry_once(
-    study: optuna.Study,
-    params: dict[str, Any],
-    user_attrs: dict[str, Any],
-    number: int,
-    reason: str,
-) -> bool:
-    """Queue the plan of failed trial ``number`` again unless that trial was itself a retry.
-
-    Returns:
-        Whether the plan was queued.
-    """
-    if TrialKey.RETRY_OF in user_attrs:
-        return False
-    study.enqueue_trial(
-        dict(params), user_attrs={TrialKey.RETRY_OF: number, TrialKey.RETRY_REASON: reason}
-    )
-    return True
-
-
-def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna heartbeat callback: retry once the plan of a trial whose worker went silent."""
-    retry_once(study, trial.params, trial.user_attrs, trial.number, NO_HEARTBEAT)
 
 
 def _same_plan(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:

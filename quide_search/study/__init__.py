@@ -1,10 +1,10 @@
 """Studies: Optuna studies that hold a search, from creation to summary.
 
 Owns the storage (``storage``), the session that creates or joins a study (``session``,
-``setup``), the trial loop and its signals (``optimize``), local worker processes
-(``workers``), the confirmation of the finalists (``confirm``), reading a study back
-(``summary``, ``pareto``, ``warnings``), the whole search (``run``) and the uniform sweep
-(``sweep``).
+``setup``), the trial loop with its signals and retries (``optimize``, ``retry``), local worker
+processes (``workers``), the confirmation of the finalists (``confirm``) and their test-split
+scores (``holdout``), budgets (``budget``), reading a study back (``summary``, ``pareto``,
+``warnings``), the whole search (``run``) and the uniform sweep (``sweep``).
 
 Layer: study (imports search and everything below it).
 """

@@ -26,7 +26,7 @@ def fail_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = Non
     """
     from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 
-    from quide_search.search.objective import NO_HEARTBEAT, retry_once
+    from quide_search.study.retry import NO_HEARTBEAT, retry_once
 
     storage = study._storage
     if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
@@ -50,7 +50,7 @@ def fail_trials_of(
     """
     import optuna
 
-    from quide_search.search.objective import retry_once
+    from quide_search.study.retry import retry_once
 
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):

@@ -75,7 +75,7 @@ def open_session(config: RunConfig, *, sampler_seed: int | None = None) -> Sessi
 
     from quide_search.measure.device import resolve_device
     from quide_search.measure.evaluator import check_task_runs
-    from quide_search.search.objective import requeue_stale
+    from quide_search.study.retry import requeue_stale
     from quide_search.study.setup import prepare_queue
     from quide_search.tasks.resolver import load_task
 

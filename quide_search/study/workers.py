@@ -73,7 +73,7 @@ class WorkerPool:
         running gets the same signal at once, so it records its trial as failed and queues it
         again; one that still runs after a grace period is terminated.
         """
-        from quide_search.search.objective import worker_tag
+        from quide_search.study.retry import worker_tag
 
         if signum is not None:
             for process in self.processes:

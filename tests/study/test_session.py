@@ -25,8 +25,8 @@ from _procs import (
 from quide_search.config import RunConfig
 from quide_search.errors import ConfigError
 from quide_search.measure.evaluator import Evaluator
-from quide_search.search.objective import INTERRUPTED, NO_HEARTBEAT, TERMINATED
 from quide_search.study import load_study, open_session, run_search
+from quide_search.study.retry import INTERRUPTED, NO_HEARTBEAT, TERMINATED
 
 TARGET = 12
 

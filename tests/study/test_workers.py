@@ -163,21 +163,21 @@ def test_after_a_stop_further_signals_are_answered_not_raised(
 ) -> None:
     import os
     import signal
-    from types import SimpleNamespace
 
+    from quide_search.search.stop import StopSwitch
     from quide_search.study.optimize import _signals_between_trials, handlers_restored
 
     def mine(signum: int, frame: object) -> None:
         raise AssertionError("the caller's handler ran inside the block")
 
-    objective = SimpleNamespace(stop_signal=None, interruptible=False)
+    stops = StopSwitch()
     before = signal.signal(signal.SIGTERM, mine)
     try:
         with handlers_restored():
-            with _signals_between_trials(objective):  # type: ignore[arg-type]
+            with _signals_between_trials(stops):
                 os.kill(os.getpid(), signal.SIGTERM)  # between trials: recorded, not raised
-                assert objective.stop_signal == signal.SIGTERM
-                objective.interruptible = True
+                assert stops.signum == signal.SIGTERM
+                stops._interruptible = True  # as inside StopSwitch.measuring
                 os.kill(os.getpid(), signal.SIGTERM)  # a second one: answered, even mid-trial
             os.kill(os.getpid(), signal.SIGINT)  # during the shutdown after the loop
             assert signal.getsignal(signal.SIGTERM) is not mine
