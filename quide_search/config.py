@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,90 +129,56 @@ def check_threads(threads: int | None, *, flag: str, force: bool = False) -> Non
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Settings of a search (``run``), a uniform sweep (``sweep``) and a replay (``evaluate``)."""
+    """Settings of a search (``run``), a uniform sweep (``sweep``) and a replay (``evaluate``).
 
-    model: str = field(default="simplecnn", metadata={"help": "registered model name"})
-    dataset: str = field(default="digits", metadata={"help": "registered dataset name"})
-    data_dir: str | None = field(default=None, metadata={"help": "where dataset files live"})
-    download: bool = field(default=False, metadata={"help": "let loaders download datasets"})
-    weights: str | None = field(default=None, metadata={"help": "local float state dict"})
-    eval_samples: int | None = field(default=None, metadata={"help": "eval samples, at most"})
-    calib_samples: int | None = field(default=None, metadata={"help": "calib samples, at most"})
-    test_samples: int | None = field(
-        default=None, metadata={"help": "held-out test samples, at most"}
-    )
-    text_file: str | None = field(default=None, metadata={"help": "text for hf: models"})
-    seq_len: int = field(default=512, metadata={"help": "tokens per eval window (hf: models)"})
-    eval_windows: int = field(default=64, metadata={"help": "eval windows (hf: models)"})
-    dtype: str = field(default="auto", metadata={"help": "hf: model dtype"})
-    include_head: bool = field(default=False, metadata={"help": "quantize lm_head too"})
-    granularity: str = field(
-        default="layer", metadata={"help": "one choice per layer, per block or per layer type"}
-    )
-    trials: int = field(
-        default=50, metadata={"help": "completed trials the study should hold (0: only create it)"}
-    )
-    bits: tuple[str, ...] = field(
-        default=("int8", "int4", "int2"), metadata={"help": "per-layer precision choices"}
-    )
-    backend: str = field(default=DEFAULT_BACKEND, metadata={"help": "quantization library"})
-    max_accuracy_drop: float | None = field(
-        default=0.01, metadata={"help": "gate: largest absolute drop of P below the float model"}
-    )
-    min_accuracy: float | None = field(default=None, metadata={"help": "gate: floor on P"})
-    study: str | None = field(default=None, metadata={"help": "study name"})
-    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL"})
-    seed: int = field(default=0, metadata={"help": "sampler seed"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    batch_size: int = field(default=1, metadata={"help": "latency batch size"})
-    eval_batch_size: int = field(default=256, metadata={"help": "accuracy batch size"})
-    eval_chunk: int | None = field(
-        default=None, metadata={"help": "first evaluation chunk (None: fitted to call cost)"}
-    )
-    threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's)"})
-    latency_threads: int | None = field(
-        default=None,
-        metadata={"help": "torch threads T is timed with (None: 1 on a CPU, else --threads)"},
-    )
-    latency_sample_ms: float = field(
-        default=5.0, metadata={"help": "shortest timed sample on a CPU, ms (0: one pass)"}
-    )
-    cache_mb: float = field(
-        default=4096.0, metadata={"help": "bound on cached quantized layers, MiB"}
-    )
-    latency: str = field(
-        default="auto",
-        metadata={"help": "T source: auto, measured, table[:PATH] or model:PROFILE"},
-    )
-    confirm_top: int = field(
-        default=5,
-        metadata={"help": "plans by I' re-timed side by side at the end of a run (0: none)"},
-    )
-    objective: str = field(
-        default="iprime", metadata={"help": "iprime (maximise I') or pareto (C, P, T)"}
-    )
-    sampler: str = field(default="tpe", metadata={"help": "tpe, random, nsga2 or gp"})
-    early_stop: str = field(
-        default="exact", metadata={"help": "exact, stat (statistical, also) or off"}
-    )
-    warm_start: bool = field(
-        default=True, metadata={"help": "queue sensitivity-greedy plans after the uniform ones"}
-    )
-    max_size_mb: float | None = field(
-        default=None, metadata={"help": "constraint: stored weights at most this many MiB"}
-    )
-    max_latency_ms: float | None = field(
-        default=None, metadata={"help": "constraint: T at most this many ms"}
-    )
-    out_dir: str = field(default="studies", metadata={"help": "where studies and files go"})
-    workers: int = field(default=1, metadata={"help": "local worker processes sharing the study"})
-    heartbeat: int | None = field(
-        default=None,
-        metadata={"help": "seconds between trial heartbeats (None: 60 on RDB storages; 0: off)"},
-    )
-    force_threads: bool = field(
-        default=False, metadata={"help": "allow more torch threads than the machine has cores"}
-    )
+    Each field is the command-line flag of the same name (``seq_len`` is ``--seq-len``;
+    ``warm_start`` is cleared by ``--no-warm-start``), documented once, in that flag's help
+    (``quide-search run --help``); the CLI builds a RunConfig from its parsed arguments by
+    these names, in one call.
+    """
+
+    model: str = "simplecnn"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    weights: str | None = None
+    eval_samples: int | None = None
+    calib_samples: int | None = None
+    test_samples: int | None = None
+    text_file: str | None = None
+    seq_len: int = 512
+    eval_windows: int = 64
+    dtype: str = "auto"
+    include_head: bool = False
+    granularity: str = "layer"
+    trials: int = 50
+    bits: tuple[str, ...] = ("int8", "int4", "int2")
+    backend: str = DEFAULT_BACKEND
+    max_accuracy_drop: float | None = 0.01
+    min_accuracy: float | None = None
+    study: str | None = None
+    storage: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 1
+    eval_batch_size: int = 256
+    eval_chunk: int | None = None
+    threads: int | None = None
+    latency_threads: int | None = None
+    latency_sample_ms: float = 5.0
+    cache_mb: float = 4096.0
+    latency: str = "auto"
+    confirm_top: int = 5
+    objective: str = "iprime"
+    sampler: str = "tpe"
+    early_stop: str = "exact"
+    warm_start: bool = True
+    max_size_mb: float | None = None
+    max_latency_ms: float | None = None
+    out_dir: str = "studies"
+    workers: int = 1
+    heartbeat: int | None = None
+    force_threads: bool = False
 
     def __post_init__(self) -> None:
         self._check_counts()

@@ -316,54 +316,37 @@ def _check_lm_only(config: Any, flags: dict[str, Any]) -> None:
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
-    """Build the validated RunConfig from parsed arguments (CLI > defaults)."""
-    from quide_search.config import RunConfig
+    """Build the validated RunConfig from parsed arguments (CLI > defaults), in one call.
 
-    drop = getattr(args, "max_accuracy_drop", None)
-    floor = getattr(args, "min_accuracy", None)
-    if drop is None and floor is None:
-        drop = 0.01
+    Every RunConfig field is read from the argument of the same name; an argument left at
+    None takes the field's default. Beyond that, only what a flag means beyond its value is
+    worked out here: the dataset a model defaults to, ``--bits`` paired with
+    ``--activations``, and the gate's default drop where neither gate flag is given.
+    ``extra`` sets fields a command fixes or names otherwise (``sweep --name`` is the study).
+    """
+    from dataclasses import fields
+
+    from quide_search.config import RunConfig
     from quide_search.tasks.catalog import check_names, default_dataset
 
     check_names(args.model, args.dataset)  # before anything imports torch: a typo answers at once
-    bits = _bits(args)
-    dataset = args.dataset
-    if dataset is None:
-        dataset, note = default_dataset(args.model, args.data_dir)
-        if note:
-            print(note, file=sys.stderr)
+    given = vars(args)
     values: dict[str, Any] = {
-        "model": args.model,
-        "dataset": dataset,
-        "data_dir": args.data_dir,
-        "download": args.download,
-        "weights": args.weights,
-        "eval_samples": args.eval_samples,
-        "calib_samples": args.calib_samples,
-        "test_samples": args.test_samples,
-        "text_file": args.text_file,
-        "include_head": args.include_head,
-        "granularity": args.granularity,
-        "max_accuracy_drop": drop,
-        "min_accuracy": floor,
-        "device": args.device,
-        "batch_size": args.batch_size,
-        "eval_batch_size": args.eval_batch_size,
-        "eval_chunk": args.eval_chunk,
-        "threads": args.threads,
-        "latency_threads": args.latency_threads,
-        "latency_sample_ms": args.latency_sample_ms,
-        "latency": args.latency,
-        "backend": args.backend,
-        "force_threads": args.force_threads,
-        "cache_mb": args.cache_mb,
+        f.name: given[f.name] for f in fields(RunConfig) if given.get(f.name) is not None
     }
+    bits = _bits(args)
     if bits is not None:
         values["bits"] = bits
-    lm_only = {"seq_len": args.seq_len, "eval_windows": args.eval_windows, "dtype": args.dtype}
-    values.update({k: v for k, v in lm_only.items() if v is not None})
-    values.update(extra)
-    config = RunConfig(**values)
+    if args.dataset is None:
+        values["dataset"], note = default_dataset(args.model, args.data_dir)
+        if note:
+            print(note, file=sys.stderr)
+    drop, floor = given.get("max_accuracy_drop"), given.get("min_accuracy")
+    # None is meant here: a floor given alone replaces the drop rule.
+    values.update(max_accuracy_drop=0.01 if drop is None and floor is None else drop,
+                  min_accuracy=floor)  # fmt: skip
+    config = RunConfig(**{**values, **extra})
+    lm_only = {k: given.get(k) for k in ("seq_len", "eval_windows", "dtype")}
     _check_lm_only(config, {**lm_only, "include_head": args.include_head or None})
     return config
 

@@ -72,7 +72,8 @@ class RunCommand(Command):
         )
         search.add_argument(
             "--no-warm-start",
-            action="store_true",
+            dest="warm_start",
+            action="store_false",
             help="queue only the uniform plans, not the sensitivity-greedy ones",
         )
         limits = parser.add_argument_group("constraints (the best result is the best feasible)")
@@ -117,23 +118,7 @@ class RunCommand(Command):
         from quide_search.output.summary_text import format_summary
         from quide_search.study.run import run_search
 
-        config = config_from_args(
-            args,
-            trials=args.trials,
-            seed=args.seed,
-            study=args.study,
-            storage=args.storage,
-            out_dir=args.out_dir,
-            workers=args.workers,
-            heartbeat=args.heartbeat,
-            sampler=args.sampler,
-            objective=args.objective,
-            early_stop=args.early_stop,
-            warm_start=not args.no_warm_start,
-            max_size_mb=args.max_size_mb,
-            max_latency_ms=args.max_latency_ms,
-            confirm_top=args.confirm_top,
-        )
+        config = config_from_args(args)
         summary = run_search(config, progress=not args.no_progress)
         print(format_summary(summary))
         if summary.lost_workers:

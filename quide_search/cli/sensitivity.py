@@ -44,9 +44,7 @@ class SensitivityCommand(Command):
         from quide_search.study.session import open_session
         from quide_search.study.setup import study_sensitivity
 
-        config = config_from_args(
-            args, trials=0, study=args.study, storage=args.storage, out_dir=args.out_dir
-        )
+        config = config_from_args(args, trials=0)
         config.check_paths()
         session = open_session(config)
         note = session.protocol.search.exclusion_line()

@@ -58,7 +58,7 @@ class SweepCommand(Command):
 
         if args.bits is None:
             args.bits = _default_bits(args.backend, args.device, args.model)
-        config = config_from_args(args, out_dir=args.out_dir, study=args.name)
+        config = config_from_args(args, study=args.name)
         result = run_sweep(config)
         if result.exclusions:
             print(result.exclusions)
