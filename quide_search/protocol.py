@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from quide_search.backends import QuantBackend
     from quide_search.config import RunConfig
-    from quide_search.metric import Gate as MetricGate
+    from quide_search.metric import Gate
     from quide_search.tasks.task import Task
 
 __all__ = [
@@ -112,7 +112,10 @@ class Evaluation(_Record):
         return self.early_stop != "stat"
 
 
-class Gate(_Record):
+class GateRule(_Record):
+    """The accuracy gate as a study stores it: a drop below the float model's P, a floor, or
+    both (:class:`quide_search.metric.Gate` applies it to a measured float P)."""
+
     max_drop: _Fraction | None
     min_accuracy: _Fraction | None
 
@@ -252,7 +255,7 @@ class Protocol(_Record):
     activation type, ...; must match on resume) and what it was chosen from (``cpu_flags``)."""
     task: TaskRecord
     search: Search
-    gate: Gate
+    gate: GateRule
     evaluation: Evaluation
     latency: LatencyContext
     seed: Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)]
@@ -322,11 +325,11 @@ class Protocol(_Record):
                     "flags, or start a new study with --study NAME."
                 )
 
-    def gate_for(self, baseline_p: float) -> MetricGate:
+    def gate_for(self, baseline_p: float) -> Gate:
         """The accuracy gate of this protocol around a measured float-model P."""
-        from quide_search.metric import Gate as MetricGate
+        from quide_search.metric import Gate
 
-        return MetricGate(
+        return Gate(
             baseline_P=baseline_p, max_drop=self.gate.max_drop, min_accuracy=self.gate.min_accuracy
         )
 
@@ -396,7 +399,7 @@ def build_protocol(config: RunConfig, task: Task, *, device: torch.device) -> Pr
             max_latency_ms=config.max_latency_ms,
             excluded=excluded,
         ),
-        gate=Gate(max_drop=config.max_accuracy_drop, min_accuracy=config.min_accuracy),
+        gate=GateRule(max_drop=config.max_accuracy_drop, min_accuracy=config.min_accuracy),
         evaluation=Evaluation(
             batch_size=config.eval_batch_size,
             threads=threads,

@@ -123,7 +123,7 @@ def _check_stored_settings(config: RunConfig) -> None:
     Raises:
         ConfigError: Naming the first setting that differs.
     """
-    from quide_search.protocol import Gate as GateRecord
+    from quide_search.protocol import GateRule
     from quide_search.study.storage import storage_file
 
     path = storage_file(config.storage_url)
@@ -135,7 +135,7 @@ def _check_stored_settings(config: RunConfig) -> None:
         return  # the storage is opened again below, and says what is wrong then
     if stored is None:
         return
-    gate = GateRecord(max_drop=config.max_accuracy_drop, min_accuracy=config.min_accuracy)
+    gate = GateRule(max_drop=config.max_accuracy_drop, min_accuracy=config.min_accuracy)
     stored.check_fields(
         {
             "backend": config.backend,
