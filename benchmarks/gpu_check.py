@@ -238,7 +238,7 @@ def study(
         key: sorted(t.user_attrs["seconds"][key] for t in counted)[len(counted) // 2]
         for key in ("assemble", "evaluate", "latency")
     }
-    best = summary.best or {}
+    best = summary.best.to_dict() if summary.best else {}
     return {
         "bits": list(bits), "seconds": seconds, "completed": summary.completed,
         "pruned": summary.pruned, "failed": summary.failed, "median_trial_s": split,

@@ -116,16 +116,17 @@ def _one(seed: int, trials: int, target: float, weights: str | None) -> dict[str
         for restore in undo:
             restore()
     best, reached_at, reached_cpu = 0.0, None, None
-    for row in sorted(rows, key=lambda r: r["trial"]):
-        if row["feasible"]:
-            best = max(best, row["I_prime"])
+    for row in sorted(rows, key=lambda r: r.trial):
+        if row.feasible:
+            best = max(best, row.I_prime)
         if reached_at is None and best >= target:
-            reached_at = row["trial"] + 1
-            reached_cpu = clock.after_trial.get(row["trial"], start) - start
-    chosen = summary.best or {}
+            reached_at = row.trial + 1
+            reached_cpu = clock.after_trial.get(row.trial, start) - start
+    chosen = summary.best
+    p_search = chosen.row.P if chosen else None
+    p_test = chosen.p_test if chosen and not weights else None
     return {"seed": seed, "total": total, "best": best, "reached_at": reached_at,
-            "reached_cpu": reached_cpu, "spent": clock.spent,
-            "P": (chosen.get("P"), None if weights else chosen.get("P_test"))}  # fmt: skip
+            "reached_cpu": reached_cpu, "spent": clock.spent, "P": (p_search, p_test)}  # fmt: skip
 
 
 def _row(r: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 _EXPORTS = {
     "BitPlan": "quide_search.plan",
     "ConfigError": "quide_search.errors",
+    "Finalist": "quide_search.results",
     "CustomTask": "quide_search.tasks.models.custom",
     "Gate": "quide_search.metric",
     "Metrics": "quide_search.metric",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "QuideError": "quide_search.errors",
     "RunConfig": "quide_search.config",
     "TrialEvaluationError": "quide_search.errors",
+    "TrialRow": "quide_search.records",
     "apply_plan": "quide_search.backends",
     "evaluate_plan": "quide_search.output.replay",
     "export_plan": "quide_search.output.export",
@@ -53,6 +55,7 @@ __all__ = [
     "BitPlan",
     "ConfigError",
     "CustomTask",
+    "Finalist",
     "Gate",
     "Metrics",
     "PlanError",
@@ -60,6 +63,7 @@ __all__ = [
     "QuideError",
     "RunConfig",
     "TrialEvaluationError",
+    "TrialRow",
     "__version__",
     "apply_plan",
     "evaluate_plan",
@@ -89,6 +93,8 @@ if TYPE_CHECKING:
     from quide_search.output.replay import evaluate_plan
     from quide_search.plan import BitPlan
     from quide_search.protocol import Protocol
+    from quide_search.records import TrialRow
+    from quide_search.results import Finalist
     from quide_search.study.pareto import pareto_front
     from quide_search.study.run import run_search
     from quide_search.study.sweep import run_sweep

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from quide_search.errors import MetricError
+from quide_search.records import TrialKey
 
 __all__ = [
     "LATENCY_UNIT",
@@ -24,7 +25,7 @@ __all__ = [
     "knee",
 ]
 
-_Row = TypeVar("_Row", bound=Mapping[str, Any])
+_Row = TypeVar("_Row")
 
 LATENCY_UNIT = "ms"
 """The unit of T everywhere in quide-search; stored with every result."""
@@ -206,9 +207,18 @@ class Metrics:
         return asdict(self)
 
 
+def metric_value(point: object, name: str) -> Any:
+    """A metric of a scored point: a mapping's key (a sweep row, a JSON record) or a record's
+    attribute (:class:`~quide_search.records.TrialRow`, :class:`Metrics`)."""
+    return point[name] if isinstance(point, Mapping) else getattr(point, name)
+
+
 def knee(rows: Sequence[_Row]) -> _Row:
     """Return the uniform protocol's knee: the row with the highest I' (ties: the higher I).
 
-    Rows are metric records (``I_prime`` and ``I`` at least); the first of equal rows wins.
+    Rows are metric records or mappings (``I_prime`` and ``I`` at least); the first of equal
+    rows wins.
     """
-    return max(rows, key=lambda r: (r["I_prime"], r["I"]))
+    return max(
+        rows, key=lambda r: (metric_value(r, TrialKey.I_PRIME), metric_value(r, TrialKey.I))
+    )

@@ -7,13 +7,15 @@ and nowhere else, so a reader and a writer cannot drift apart.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Final
 
 from quide_search.errors import ConfigError
 
-__all__ = ["METRIC_KEYS", "MIB", "TEST_KEYS", "Budget", "StudyKey", "TrialKey", "WarmStart"]
+__all__ = ["METRIC_KEYS", "MIB", "SCORE_KEYS", "Budget", "StudyKey", "TrialKey", "TrialRow",
+           "WarmStart"]  # fmt: skip
 
 
 class StudyKey:
@@ -95,14 +97,65 @@ class WarmStart:
     NEIGHBOUR: Final = "neighbour"
 
 
-METRIC_KEYS = (
-    TrialKey.C, TrialKey.P, TrialKey.T_MS, TrialKey.I, TrialKey.I_PRIME, TrialKey.GATE_PASSED,
-    TrialKey.AVG_WEIGHT_BITS, TrialKey.STORED_BYTES,
-)  # fmt: skip
-"""The metric fields every trial row, sweep row and exported plan carries."""
+@dataclass(frozen=True)
+class TrialRow:
+    """A completed trial read back from its study: its number, per-layer plan and metrics.
 
-TEST_KEYS = (TrialKey.P_TEST, TrialKey.GATE_PASSED_TEST)
-"""The held-out test split's fields a finalist carries beside its metrics."""
+    The metric fields are the trial's user attributes of the same names (:class:`TrialKey`),
+    as the objective stored them; ``feasible`` says it passes the gate and every size and
+    latency limit of its study. Units: ``T_ms`` ms per :data:`~quide_search.metric.LATENCY_UNIT`,
+    ``stored_bytes`` bytes, ``C`` and ``avg_weight_bits`` as in ``docs/metric.md``.
+    """
+
+    trial: int
+    plan: dict[str, str]
+    C: float
+    P: float
+    T_ms: float
+    I: float  # noqa: E741 - the paper's name
+    I_prime: float
+    gate_passed: bool
+    avg_weight_bits: float
+    stored_bytes: int
+    feasible: bool
+
+    @classmethod
+    def from_attrs(cls, number: int, plan: dict[str, str], attrs: Mapping[str, Any]) -> TrialRow:
+        """Read a trial's row from its user attributes (a study written before ``feasible``
+        was stored: its gate alone)."""
+        feasible = bool(attrs.get(TrialKey.FEASIBLE, attrs[TrialKey.GATE_PASSED]))
+        metrics = {k: attrs[k] for k in METRIC_KEYS}
+        return cls(trial=number, plan=dict(plan), feasible=feasible, **metrics)
+
+    @property
+    def plan_key(self) -> str:
+        """The plan as sorted JSON: equal for equal plans, whatever their trials."""
+        return json.dumps(self.plan, sort_keys=True)
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every layer has the same precision."""
+        return len(set(self.plan.values())) == 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as plain JSON types: ``trial``, ``plan``, the metrics, ``feasible``."""
+        return asdict(self)
+
+
+METRIC_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrialRow))[2:-1]
+"""The metric fields every trial row, sweep row and exported plan carries: those of
+:class:`TrialRow` between its plan and ``feasible`` (C, P, T_ms, I, I_prime, gate_passed,
+avg_weight_bits, stored_bytes)."""
+
+SCORE_KEYS = (
+    TrialKey.C,
+    TrialKey.P,
+    TrialKey.T_MS,
+    TrialKey.I,
+    TrialKey.I_PRIME,
+    TrialKey.GATE_PASSED,
+)
+"""The scores and the gate an exported plan's metrics and a front's index carry."""
 
 
 MIB = 2**20
@@ -130,13 +183,11 @@ class Budget:
         """Whether any limit is set."""
         return self.max_size_mb is not None or self.max_latency_ms is not None
 
-    def fits(self, row: Mapping[str, Any]) -> bool:
-        """Whether a row fits: its stored bytes, and its confirmed T where it has one, else
-        the search's T (a plan measured over the limit is never offered as within it)."""
-        size_mb = float(row[TrialKey.STORED_BYTES]) / MIB
-        if self.max_size_mb is not None and size_mb > self.max_size_mb:
+    def fits(self, *, stored_bytes: float, t_ms: float) -> bool:
+        """Whether a plan fits: its stored bytes, and its T in ms (its confirmed T where it
+        has one, so a plan measured over the limit is never offered as within it)."""
+        if self.max_size_mb is not None and stored_bytes / MIB > self.max_size_mb:
             return False
-        t_ms = float(row.get("T_confirmed_ms", row[TrialKey.T_MS]))
         return self.max_latency_ms is None or t_ms <= self.max_latency_ms
 
     def text(self) -> str:

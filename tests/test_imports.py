@@ -102,7 +102,7 @@ def test_the_import_graph_has_no_cycle() -> None:
 
 LAYERS = (
     ("foundation", {"_version", "_lazy", "errors", "files", "metric", "plan", "progress",
-                    "records", "storage_url"}),
+                    "records", "results", "storage_url"}),
     ("latency", {"latency"}),
     ("backends", {"backends"}),
     ("tasks", {"tasks"}),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from quide_search.cli._base import Command
 from quide_search.cli._options import (
@@ -91,6 +90,7 @@ class ShowCommand(Command):
         from quide_search.output.summary_text import format_study
         from quide_search.output.text import format_budget
         from quide_search.records import StudyKey
+        from quide_search.study.budget import answer_budget
         from quide_search.study.summary import read_study, summarize
 
         if args.latency_table:
@@ -108,30 +108,14 @@ class ShowCommand(Command):
                 )
             atomic_write_text(path, json.dumps(stamped(table), indent=2) + "\n")
         budget = budget_from_args(args)
-        within = _within(study, budget) if budget.given else None
+        answer = answer_budget(study, budget) if budget.given else None
         if args.json:
             data = summary.to_dict()
-            if within is not None:
-                data["budget"] = {"limits": budget.text(), **within}
+            if answer is not None:
+                data["budget"] = answer.to_dict()
             print(json.dumps(data, indent=2))
         else:
             print(format_study(summary))
-            if within is not None:
-                print("\n" + format_budget(budget, **within))
+            if answer is not None:
+                print("\n" + format_budget(answer))
         return 0
-
-
-def _within(study: Any, budget: Any) -> dict[str, Any]:
-    """The best stored plan within ``budget`` and, where none fits, why."""
-    from quide_search.records import StudyKey
-    from quide_search.study.budget import best_within, nothing_fits
-    from quide_search.study.summary import completed_rows, study_baseline
-
-    rows = completed_rows(study)
-    attrs = study.user_attrs
-    best = best_within(rows, budget, attrs.get(StudyKey.CONFIRMATION), attrs.get(StudyKey.TEST))
-    why = None
-    if best is None:
-        why = nothing_fits(rows, budget, study.study_name, study_baseline(study))
-    tested = bool((attrs.get(StudyKey.TEST) or {}).get("entries"))
-    return {"best": best, "why": why, "trials": len(rows), "test_split": tested}

@@ -24,12 +24,14 @@ from quide_search.files import (
     write_directory,
 )
 from quide_search.output.record import plan_record
-from quide_search.study.budget import Budget, best_within, nothing_fits
+from quide_search.records import SCORE_KEYS, TrialRow
+from quide_search.study.budget import Budget, answer_budget
 from quide_search.study.summary import (
     completed_rows,
     read_study,
     recommended,
-    study_baseline,
+    stored_confirmation,
+    stored_test,
     study_front,
 )
 
@@ -206,27 +208,23 @@ def select_trial(
         StorageError: If the study has no completed trial.
         ConfigError: For an unknown selector or a trial that is not completed.
     """
-    from quide_search.records import StudyKey
-
     rows = completed_rows(study)
-    confirmation = study.user_attrs.get(StudyKey.CONFIRMATION)
-    test = study.user_attrs.get(StudyKey.TEST)
     if budget is None or not budget.given:
-        best = recommended(rows, confirmation, test)
+        best = recommended(rows, stored_confirmation(study), stored_test(study))
     else:
         if trial != "best":
             raise ConfigError(
                 "--max-size-mb and --max-latency-ms choose the best plan within them, so they "
                 f"go with --trial best, but got --trial {trial}. Drop one of them."
             )
-        best = best_within(rows, budget, confirmation, test)
-        if best is None:
-            why = nothing_fits(rows, budget, study.study_name, study_baseline(study))
-            raise ConfigError(why)
+        answer = answer_budget(study, budget)
+        if answer.why is not None:
+            raise ConfigError(answer.why)
+        best = answer.best
     if best is None:
         raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
     if trial == "best":
-        number = best["trial"]
+        number = best.trial
     else:
         try:
             number = int(trial)
@@ -234,7 +232,7 @@ def select_trial(
             raise ConfigError(
                 f"--trial must be 'best', 'pareto' or a trial number, but got {trial!r}."
             ) from e
-        done = [r["trial"] for r in rows]
+        done = [r.trial for r in rows]
         if number not in done:
             numbers = ", ".join(str(n) for n in done[:20])
             raise ConfigError(
@@ -323,7 +321,7 @@ def _export_front(
     if not front:
         raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
     trials = study.get_trials(deepcopy=False)
-    records = [plan_record(study, protocol, trials[point["trial"]]) for point in front]
+    records = [plan_record(study, protocol, trials[point.trial]) for point in front]
     models: list[tuple[Any, Any]] = []
     if checkpoint:
         trusted_factory(records[0]["model"], model, source=f"study {study.study_name!r}")
@@ -332,13 +330,13 @@ def _export_front(
     def fill(folder: Path) -> None:
         index = []
         for i, (point, record) in enumerate(zip(front, records, strict=True)):
-            name = f"trial-{point['trial']}" + ("" if checkpoint else f".{fmt}")
+            name = f"trial-{point.trial}" + ("" if checkpoint else f".{fmt}")
             if checkpoint:
                 (folder / name).mkdir()
                 _fill_checkpoint(models[i], record, folder / name, fmt)
             else:
                 atomic_write_text(folder / name, _dump(record, fmt))
-            index.append({"trial": point["trial"], "path": name, **_front_metrics(point)})
+            index.append({"trial": point.trial, "path": name, **_front_metrics(point)})
         payload = {
             "study": study.study_name,
             "objectives": {"C": "max", "P": "max", "T_ms": "min"},
@@ -349,5 +347,5 @@ def _export_front(
     return write_directory(out, fill, kind="front")
 
 
-def _front_metrics(point: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: point[k] for k in ("C", "P", "T_ms", "I", "I_prime", "gate_passed")}
+def _front_metrics(point: TrialRow) -> dict[str, Any]:
+    return {k: getattr(point, k) for k in SCORE_KEYS}

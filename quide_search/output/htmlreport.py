@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quide_search.files import atomic_write_text, check_replaceable
-from quide_search.metric import knee
+from quide_search.metric import knee, metric_value
 from quide_search.output.summary_text import gate_text, verdict_lines
-from quide_search.output.text import cell_text, kept_float_text, latency_text, plan_text
+from quide_search.output.text import (
+    METRIC_COLUMNS,
+    cell_text,
+    kept_float_text,
+    latency_text,
+    plan_text,
+)
 from quide_search.plan import weight_bits
-from quide_search.records import StudyKey
+from quide_search.records import StudyKey, TrialKey, TrialRow
 from quide_search.study.summary import SearchSummary, completed_rows, read_study, summarize
 
 if TYPE_CHECKING:
@@ -28,7 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["PLOT_IDS", "build_figures", "is_report", "write_report"]
 
 PLOT_IDS = ("pareto", "progress", "bits")
-_COLUMNS = ("C", "P", "T_ms", "I", "I_prime")
 _GENERATOR_TAG = '<meta name="generator" content="quide-search">'
 
 
@@ -73,14 +78,13 @@ def write_report(
     return written
 
 
-def _uniform_rows(summary: SearchSummary) -> list[dict[str, Any]]:
-    """The float model and the uniform plans, as rows the knee is chosen from."""
+def _uniform_rows(summary: SearchSummary) -> list[Any]:
+    """The float model (its stored metrics) and the uniform plans' rows, which the knee is
+    chosen from."""
     return [{**summary.baseline, "trial": "float", "plan": {}}, *summary.uniform]
 
 
-def build_figures(
-    summary: SearchSummary, rows: Sequence[Mapping[str, Any]]
-) -> dict[str, go.Figure]:
+def build_figures(summary: SearchSummary, rows: Sequence[TrialRow]) -> dict[str, go.Figure]:
     """Return the report's plotly figures, keyed by the ids in :data:`PLOT_IDS`."""
     return {
         "pareto": _pareto_figure(summary, rows),
@@ -89,21 +93,22 @@ def build_figures(
     }
 
 
-def _hover(r: Mapping[str, Any]) -> str:
-    plan = plan_text(r["plan"]) if r["plan"] else "all layers float"
-    return (
-        f"trial {r['trial']}<br>C {r['C']:.3f}, P {r['P']:.4f}, T {r['T_ms']:.4f} ms<br>"
-        f"I' {r['I_prime']:.4f}<br>{plan}"
+def _hover(r: object) -> str:
+    """A point's hover text; ``r`` a trial's row or the float model's stored metrics."""
+    c, p, t, prime, trial, plan = (
+        metric_value(r, k) for k in ("C", "P", "T_ms", TrialKey.I_PRIME, "trial", "plan")
     )
+    layers = plan_text(plan) if plan else "all layers float"
+    return f"trial {trial}<br>C {c:.3f}, P {p:.4f}, T {t:.4f} ms<br>I' {prime:.4f}<br>{layers}"
 
 
-def _pareto_figure(summary: SearchSummary, rows: Sequence[Mapping[str, Any]]) -> go.Figure:
+def _pareto_figure(summary: SearchSummary, rows: Sequence[TrialRow]) -> go.Figure:
     import plotly.graph_objects as go
 
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
-            x=[r["C"] for r in rows], y=[r["P"] for r in rows], mode="markers",
+            x=[r.C for r in rows], y=[r.P for r in rows], mode="markers",
             name="all trials", marker={"color": "lightgrey", "size": 7},
             hovertext=[_hover(r) for r in rows], hoverinfo="text",
         )
@@ -111,23 +116,24 @@ def _pareto_figure(summary: SearchSummary, rows: Sequence[Mapping[str, Any]]) ->
     front = summary.pareto
     fig.add_trace(
         go.Scatter(
-            x=[p["C"] for p in front], y=[p["P"] for p in front], mode="markers",
+            x=[p.C for p in front], y=[p.P for p in front], mode="markers",
             name="Pareto front over (C, P, T)", hovertext=[_hover(p) for p in front],
             hoverinfo="text",
             marker={
-                "size": 11, "color": [p["T_ms"] for p in front], "colorscale": "Viridis",
+                "size": 11, "color": [p.T_ms for p in front], "colorscale": "Viridis",
                 "colorbar": {"title": {"text": "T (ms)"}}, "showscale": True,
             },
         )
     )  # fmt: skip
     for label, point, symbol in (
         ("knee (best uniform I')", knee(_uniform_rows(summary)), "star"),
-        ("recommended", summary.best, "diamond"),
+        ("recommended", summary.best.row if summary.best else None, "diamond"),
     ):
         if point:
             fig.add_trace(
                 go.Scatter(
-                    x=[point["C"]], y=[point["P"]], mode="markers", name=label,
+                    x=[metric_value(point, "C")], y=[metric_value(point, "P")],
+                    mode="markers", name=label,
                     marker={"symbol": symbol, "size": 18, "color": "crimson",
                             "line": {"width": 1, "color": "black"}},
                     hovertext=[_hover(point)], hoverinfo="text",
@@ -141,19 +147,19 @@ def _pareto_figure(summary: SearchSummary, rows: Sequence[Mapping[str, Any]]) ->
     return fig
 
 
-def _progress_figure(rows: Sequence[Mapping[str, Any]]) -> go.Figure:
+def _progress_figure(rows: Sequence[TrialRow]) -> go.Figure:
     import plotly.graph_objects as go
 
-    ordered = sorted(rows, key=lambda r: r["trial"])
+    ordered = sorted(rows, key=lambda r: r.trial)
     best, running = float("-inf"), []
     for r in ordered:
-        best = max(best, r["I_prime"])
+        best = max(best, r.I_prime)
         running.append(best)
-    numbers = [r["trial"] for r in ordered]
+    numbers = [r.trial for r in ordered]
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
-            x=numbers, y=[r["I_prime"] for r in ordered], mode="markers", name="I' of the trial",
+            x=numbers, y=[r.I_prime for r in ordered], mode="markers", name="I' of the trial",
             hovertext=[_hover(r) for r in ordered], hoverinfo="text",
         )
     )  # fmt: skip
@@ -166,12 +172,12 @@ def _bits_figure(summary: SearchSummary) -> go.Figure:
     import plotly.graph_objects as go
 
     front = summary.pareto
-    layers = list(front[0]["plan"]) if front else []
-    z = [[weight_bits(p["plan"][name]) for name in layers] for p in front]
-    text = [[p["plan"][name].removeprefix("q") for name in layers] for p in front]
+    layers = list(front[0].plan) if front else []
+    z = [[weight_bits(p.plan[name]) for name in layers] for p in front]
+    text = [[p.plan[name].removeprefix("q") for name in layers] for p in front]
     fig = go.Figure(
         go.Heatmap(
-            z=z, x=layers, y=[f"trial {p['trial']} (C {p['C']:.2f})" for p in front],
+            z=z, x=layers, y=[f"trial {p.trial} (C {p.C:.2f})" for p in front],
             text=text, texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=32,
             colorbar={"title": {"text": "bits"}},
         )
@@ -197,14 +203,14 @@ def _uniform_table(summary: SearchSummary) -> str:
     best = knee(candidates)
     rows = [
         [
-            next(iter(r["plan"].values()), "float"),
-            *(r[c] for c in _COLUMNS),
-            r["gate_passed"],
+            next(iter(metric_value(r, "plan").values()), "float"),
+            *(metric_value(r, c) for c in METRIC_COLUMNS),
+            metric_value(r, "gate_passed"),
             "knee" if r is best else "",
         ]
         for r in candidates
     ]
-    return _table(["precision", *_COLUMNS, "gate", ""], rows)
+    return _table(["precision", *METRIC_COLUMNS, "gate", ""], rows)
 
 
 def _sensitivity_table(sensitivity: Any) -> str:
@@ -230,13 +236,13 @@ def _confirmation_table(summary: SearchSummary) -> str:
         return "<p>The finalists were not re-timed (an analytic T, or --confirm-top 0).</p>"
     search = _known_rows(summary)
     body = [
-        [e["trial"], search.get(e["trial"], {}).get("T_ms"), e["T_confirmed_ms"],
-         search.get(e["trial"], {}).get("I_prime"), e["I_prime_confirmed"],
-         f"{e['confirm_spread']:.1%}", e["confirm_rounds"]]
-        for e in confirmation["entries"]
+        [e.trial, _value(search, e.trial, "T_ms"), e.T_confirmed_ms,
+         _value(search, e.trial, TrialKey.I_PRIME), e.I_prime_confirmed,
+         f"{e.confirm_spread:.1%}", e.confirm_rounds]
+        for e in confirmation.entries
     ]  # fmt: skip
     caption = (
-        f"<p>{len(body)} finalists re-timed by measurement in {confirmation['rounds']} "
+        f"<p>{len(body)} finalists re-timed by measurement in {confirmation.rounds} "
         "interleaved, order-rotated rounds; the recommendation uses the confirmed I'.</p>"
     )
     headers = ["trial", "T_ms (search)", "T_ms (confirmed)", "I' (search)", "I' (confirmed)",
@@ -244,20 +250,20 @@ def _confirmation_table(summary: SearchSummary) -> str:
     return caption + _table(headers, body)
 
 
-def _test_table(summary: SearchSummary, completed: Sequence[Mapping[str, Any]]) -> str:
+def _test_table(summary: SearchSummary, completed: Sequence[TrialRow]) -> str:
     """The finalists' P on the search split beside their P on the held-out test split."""
-    test = summary.test or {}
-    if not test.get("entries"):
+    test = summary.test
+    if not test or not test.entries or not test.gate:
         return "<p>This study's finalists were not scored on a held-out test split.</p>"
-    rows = {**_known_rows(summary), **{r["trial"]: r for r in completed}}
+    rows = {**_known_rows(summary), **{r.trial: r for r in completed}}
     body = [
-        [e["trial"], rows.get(e["trial"], {}).get("P"), e["P_test"],
-         rows.get(e["trial"], {}).get("gate_passed"), e["gate_passed_test"]]
-        for e in test["entries"]
+        [e.trial, _value(rows, e.trial, "P"), e.P_test, _value(rows, e.trial, "gate_passed"),
+         e.gate_passed_test]
+        for e in test.entries
     ]  # fmt: skip
     caption = (
-        f"<p>{len(body)} finalists scored on {test['samples']} held-out samples the search never "
-        f"saw; gate there P_test &ge; {test['gate']['threshold']:.4f} (around the float "
+        f"<p>{len(body)} finalists scored on {test.samples} held-out samples the search never "
+        f"saw; gate there P_test &ge; {test.gate['threshold']:.4f} (around the float "
         "model's test P). The search selected on P (search split), so P (test split) is the "
         "estimate to expect; the recommendation passes both gates.</p>"
     )
@@ -265,15 +271,22 @@ def _test_table(summary: SearchSummary, completed: Sequence[Mapping[str, Any]]) 
     return caption + _table(headers, body)
 
 
-def _known_rows(summary: SearchSummary) -> dict[Any, dict[str, Any]]:
-    """The summary's known rows (float, front, uniform, recommended) by trial."""
-    rows = [summary.baseline | {"trial": "float"}, *summary.pareto, *summary.uniform]
-    return {r["trial"]: r for r in [*rows, *([summary.best] if summary.best else [])]}
+def _known_rows(summary: SearchSummary) -> dict[Any, Any]:
+    """The summary's known rows (float, front, uniform, recommended) by trial: the float
+    model's stored metrics, and trial rows."""
+    rows: list[Any] = [*summary.pareto, *summary.uniform]
+    rows += [summary.best.row] if summary.best else []
+    return {"float": summary.baseline, **{r.trial: r for r in rows}}
+
+
+def _value(rows: Mapping[Any, Any], trial: int | str, name: str) -> Any:
+    """A known row's metric ``name``, None where the trial is not known."""
+    return metric_value(rows[trial], name) if trial in rows else None
 
 
 def _page(
     summary: SearchSummary,
-    completed: Sequence[Mapping[str, Any]],
+    completed: Sequence[TrialRow],
     sections: Sequence[str],
     sensitivity: Any,
 ) -> str:

@@ -19,7 +19,7 @@ from quide_search.errors import ConfigError, PlanError
 from quide_search.files import stamped
 from quide_search.plan import BitPlan
 from quide_search.protocol import Protocol
-from quide_search.records import METRIC_KEYS, StudyKey, TrialKey
+from quide_search.records import METRIC_KEYS, SCORE_KEYS, StudyKey, TrialKey
 
 if TYPE_CHECKING:
     import optuna
@@ -178,23 +178,23 @@ def plan_record(
     plan = BitPlan(
         model=task.model, dataset=task.dataset, layers=trial_plan(trial), backend=protocol.backend
     )
-    baseline = {
-        k: study.user_attrs.get(StudyKey.BASELINE, {}).get(k)
-        for k in ("C", "P", "T_ms", "I", "I_prime", "gate_passed")
-    }
+    from quide_search.study.summary import stored_confirmation, stored_test
+
+    baseline = {k: study.user_attrs.get(StudyKey.BASELINE, {}).get(k) for k in SCORE_KEYS}
     metrics: dict[str, Any] = {
         k: trial.user_attrs[k] for k in _METRIC_KEYS if k in trial.user_attrs
     }
     # The confirmed T and the held-out test P, where the trial was a finalist; the float
     # model's test P goes with the baseline.
-    for key in (StudyKey.CONFIRMATION, StudyKey.TEST):
-        for entry in (study.user_attrs.get(key) or {}).get("entries", []):
-            if entry["trial"] == trial.number:
-                metrics.update({k: v for k, v in entry.items() if k != "trial"})
-            elif entry["trial"] == "float" and key == StudyKey.TEST:
-                baseline[TrialKey.P_TEST] = entry[TrialKey.P_TEST]
-    if TrialKey.P_TEST in metrics:
-        metrics["test_samples"] = study.user_attrs[StudyKey.TEST]["samples"]
+    confirmation, test = stored_confirmation(study), stored_test(study)
+    for record in (confirmation, test):
+        entry = record.by_trial().get(trial.number) if record else None
+        metrics.update({k: v for k, v in entry.to_dict().items() if k != "trial"} if entry else {})
+    float_test = test.of_float() if test else None
+    if float_test is not None:
+        baseline[TrialKey.P_TEST] = float_test.P_test
+    if test is not None and TrialKey.P_TEST in metrics:
+        metrics["test_samples"] = test.samples
     metrics["latency"] = protocol.latency.to_dict()
     return stamped(
         {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from quide_search.metric import metric_value
 from quide_search.output.text import (
     METRIC_COLUMNS,
     excluded_text,
@@ -17,6 +18,8 @@ from quide_search.output.text import (
 )
 
 if TYPE_CHECKING:
+    from quide_search.records import TrialRow
+    from quide_search.results import TestResult
     from quide_search.study.summary import SearchSummary
 
 __all__ = ["format_study", "format_summary", "gate_text", "verdict_lines"]
@@ -28,31 +31,30 @@ def verdict_lines(summary: SearchSummary) -> list[str]:
     if best is None:
         return ["no trial completed yet."]
     if summary.keep_float:
-        float_score = summary.baseline.get("I_prime_confirmed", summary.baseline.get("I_prime"))
-        plan_score = best.get("I_prime_confirmed", best["I_prime"])
+        from quide_search.study.summary import float_score
+
+        score = float_score(summary.baseline)
         return [
-            f"keep the model in float for this target: its I' ({float_score:.4f}) is higher "
-            f"than every feasible plan's (best: trial {best['trial']}, {plan_score:.4f}).",
+            f"keep the model in float for this target: its I' ({score:.4f}) is higher "
+            f"than every feasible plan's (best: trial {best.trial}, {best.score:.4f}).",
         ]
     lines = []
-    tested = bool((summary.test or {}).get("entries"))
-    if not best["feasible"] and tested:
+    tested = summary.tested
+    if not best.feasible and tested:
         lines.append("no finalist passes the gate on both the search split and the held-out "
                      "test split (and the size and latency limits); the best-so-far by I' "
                      "then I is shown.")  # fmt: skip
-    elif not best["feasible"]:
+    elif not best.feasible:
         lines.append("no trial is feasible (accuracy gate, size and latency limits); the "
                      "best-so-far by I' then I is shown.")  # fmt: skip
-    by = "confirmed I'" if "I_prime_confirmed" in best else "I'"
-    if tested and best["feasible"]:
+    by = "confirmed I'" if best.confirmed else "I'"
+    if tested and best.feasible:
         by += ", passing the gate on the test split too"
-    lines.append(
-        f"recommended plan (trial {best['trial']}, best by {by}): {plan_text(best['plan'])}"
-    )
-    if best.get("P_test") is not None:
+    lines.append(f"recommended plan (trial {best.trial}, best by {by}): {plan_text(best.plan)}")
+    if best.p_test is not None:
         lines.append(
-            f"its P: {best['P']:.4f} on the search split it was selected on, "
-            f"{best['P_test']:.4f} on the held-out test split ({_held_out(summary)})."
+            f"its P: {best.row.P:.4f} on the search split it was selected on, "
+            f"{best.p_test:.4f} on the held-out test split ({_held_out(summary)})."
         )
     return lines
 
@@ -126,8 +128,8 @@ def format_study(summary: SearchSummary) -> str:
             lines += ["", note]
     lines += _test_notes(summary.test)
     front = [
-        [p["trial"], *(p[c] for c in METRIC_COLUMNS), p["gate_passed"], plan_text(p["plan"])]
-        for p in sorted(summary.pareto, key=lambda p: -p["C"])
+        [p.trial, *(metric_value(p, c) for c in METRIC_COLUMNS), p.gate_passed, plan_text(p.plan)]
+        for p in sorted(summary.pareto, key=lambda p: -p.C)
     ]
     lines += ["", f"Pareto front over (C max, P max, T min): {_count(len(front), 'point')}", ""]
     lines.append(format_table(["trial", *METRIC_COLUMNS, "gate", "plan"], front))
@@ -158,11 +160,11 @@ def _notes(summary: SearchSummary) -> list[str]:
     if summary.confirmation:
         c = summary.confirmation
         lines.append(
-            f"\nconfirmation: {len(c['entries'])} finalists re-timed by measurement in "
-            f"{c['rounds']} interleaved rounds ({c['seconds']:.1f} s); T_conf and I'_conf "
+            f"\nconfirmation: {len(c.entries)} finalists re-timed by measurement in "
+            f"{c.rounds} interleaved rounds ({c.seconds:.1f} s); T_conf and I'_conf "
             "are theirs, and the recommendation uses them."
         )
-        for key, reason in c.get("failed", {}).items():
+        for key, reason in c.failed.items():
             lines.append(f"  finalist {key} could not be re-timed: {reason}")
     lines += _test_notes(summary.test)
     if summary.warm_start_skipped:
@@ -195,61 +197,44 @@ def _table_check_text(summary: SearchSummary) -> str:
     return f"latency table vs T timed whole, interleaved: {errors}\n{verdict}"
 
 
-def _test_notes(test: Mapping[str, Any] | None) -> list[str]:
+def _test_notes(test: TestResult | None) -> list[str]:
     """What the held-out test step did, in a line (and one per failed finalist)."""
     if not test:
         return []
     lines = []
-    if test.get("entries"):
-        gate = test["gate"]
+    if test.entries and test.gate:
         lines.append(
-            f"\ntest split: {len(test['entries'])} finalists (float included) scored on "
-            f"{test['samples']} held-out samples the search never saw ({test['seconds']:.2f} s); "
-            f"its gate is P_test >= {gate['threshold']:.4f} (around the float model's "
-            f"{gate['baseline_P']:.4f}). The recommendation must pass it too."
+            f"\ntest split: {len(test.entries)} finalists (float included) scored on "
+            f"{test.samples} held-out samples the search never saw ({test.seconds:.2f} s); "
+            f"its gate is P_test >= {test.gate['threshold']:.4f} (around the float model's "
+            f"{test.gate['baseline_P']:.4f}). The recommendation must pass it too."
         )
-    if "float" in test.get("failed", {}):
+    if "float" in test.failed:
         lines.append("\ntest gate not applied: the float model could not be scored on the test "
                      "split, so the recommendation rests on the search split alone.")  # fmt: skip
-    for key, reason in test.get("failed", {}).items():
+    for key, reason in test.failed.items():
         lines.append(f"  finalist {key} could not be scored on the test split: {reason}")
     return lines
 
 
-def _tested(summary: SearchSummary) -> bool:
-    """Whether the study's finalists were scored on the held-out test split."""
-    return bool((summary.test or {}).get("entries"))
-
-
-def _with_confirmed(summary: SearchSummary, row: Mapping[str, Any]) -> dict[str, Any]:
-    """``row`` with its confirmed T and its test P, where it was a finalist."""
-    merged = dict(row)
-    for record in (summary.confirmation, summary.test):
-        entries = (record or {}).get("entries", [])
-        entry: dict[str, Any] = next((e for e in entries if e["trial"] == row.get("trial")), {})
-        merged.update(entry)
-    return merged
-
-
-def _plans_table(summary: SearchSummary, uniform: list[tuple[str, dict[str, Any]]]) -> str:
+def _plans_table(summary: SearchSummary, uniform: list[tuple[str, TrialRow]]) -> str:
     """The float baseline, the labelled uniform rows and the recommended plan, with the
     confirmed and test columns the study has."""
-    labelled = [("float baseline", summary.baseline), *uniform]
     if summary.best is not None:
-        labelled.append(("recommended", summary.best))
+        uniform = [*uniform, ("recommended", summary.best.row)]
+    labelled: list[tuple[str, Mapping[str, Any]]] = [("float baseline", summary.baseline)]
+    labelled += [(label, summary.finalist(row).to_dict()) for label, row in uniform]
     confirmed = summary.confirmation is not None
-    tested = _tested(summary)
     rows = [
-        metric_row(label, _with_confirmed(summary, row), confirmed, [row.get("trial", "-")],
-                   tested=tested)
+        metric_row(label, row, confirmed, [row.get("trial", "-")], tested=summary.tested)
         for label, row in labelled
-    ]  # fmt: skip
-    return format_table(metric_headers("plan", confirmed, "trial", tested=tested), rows)
+    ]
+    return format_table(metric_headers("plan", confirmed, "trial", tested=summary.tested), rows)
 
 
-def _precision(row: Mapping[str, Any]) -> str:
+def _precision(row: TrialRow) -> str:
     """The precision of a uniform plan's row."""
-    return str(next(iter(row["plan"].values())))
+    return str(next(iter(row.plan.values())))
 
 
 def _count(n: int, noun: str) -> str:

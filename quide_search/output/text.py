@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from quide_search.records import SCORE_KEYS, TrialKey
+
 if TYPE_CHECKING:
     from quide_search.output.replay import Replay
+    from quide_search.results import BudgetAnswer
     from quide_search.study.sweep import SweepResult
 
 __all__ = [
@@ -27,7 +30,7 @@ __all__ = [
     "plan_text",
 ]
 
-METRIC_COLUMNS = ("C", "P", "T_ms", "I", "I_prime")
+METRIC_COLUMNS = SCORE_KEYS[:5]
 """The metric columns of every table, in order."""
 _CONFIRMED = ("T_confirmed_ms", "I_prime_confirmed")
 
@@ -67,7 +70,11 @@ def metric_row(
 ) -> list[Any]:
     """One table row; ``tested`` adds P and the gate on the held-out test split."""
     row = [label, m["C"], m["P"], *((m.get("P_test"),) if tested else ()), m["T_ms"], m["I"]]
-    row += [m["I_prime"], m["gate_passed"], *((m.get("gate_passed_test"),) if tested else ())]
+    row += [
+        m[TrialKey.I_PRIME],
+        m["gate_passed"],
+        *((m.get("gate_passed_test"),) if tested else ()),
+    ]
     if confirmed:
         row += [m.get(c) for c in _CONFIRMED]
     return [*row, *extra]
@@ -78,7 +85,7 @@ def metric_headers(first: str, confirmed: bool, *extra: str, tested: bool = Fals
     p = ("P_search", "P_test") if tested else ("P",)
     gate = ("gate", "gate_test") if tested else ("gate",)
     conf = ("T_conf", "I'_conf") if confirmed else ()
-    return [first, "C", *p, "T_ms", "I", "I_prime", *gate, *conf, *extra]
+    return [first, "C", *p, "T_ms", "I", TrialKey.I_PRIME, *gate, *conf, *extra]
 
 
 def latency_text(latency: Mapping[str, Any]) -> str:
@@ -237,37 +244,28 @@ def format_studies(rows: Sequence[Mapping[str, Any]]) -> str:
     return format_table([*headers, "float P", "float T_ms", "storage"], table)
 
 
-def format_budget(
-    budget: Any,
-    *,
-    best: Mapping[str, Any] | None,
-    why: str | None,
-    trials: int,
-    test_split: bool = False,
-) -> str:
+def format_budget(answer: BudgetAnswer) -> str:
     """The answer to ``show --max-size-mb/--max-latency-ms``: the best stored plan within.
 
-    ``test_split`` says that the study scored its finalists on the held-out test split: a
-    plan within the budget that was not one of them has no P_test, and the answer says so.
+    Where the study scored its finalists on the held-out test split, a plan within the
+    budget that was not one of them has no P_test, and the answer says so.
     """
+    best = answer.best
     if best is None:
-        return str(why)
-    confirmed = "I_prime_confirmed" in best
-    tested = "P_test" in best
+        return str(answer.why)
+    confirmed, tested = best.confirmed is not None, best.tested is not None
     untested = (
-        [f"P on the held-out test split: not scored (trial {best['trial']} was not a "
+        [f"P on the held-out test split: not scored (trial {best.trial} was not a "
          "finalist); export it and run `quide-search evaluate` on the plan to score it."]
-        if test_split and not tested else []
+        if answer.test_split and not tested else []
     )  # fmt: skip
+    row = metric_row("within budget", best.to_dict(), confirmed, [best.trial], tested=tested)
     return "\n".join([
-        f"best within {budget.text()}, among the {trials} stored trials (by "
+        f"best within {answer.budget.text()}, among the {answer.trials} stored trials (by "
         f"{'confirmed' if confirmed else 'the search' + chr(39) + 's'} I'; no new search):",
         "",
-        format_table(
-            metric_headers("plan", confirmed, "trial", tested=tested),
-            [metric_row("within budget", best, confirmed, [best["trial"]], tested=tested)],
-        ),
+        format_table(metric_headers("plan", confirmed, "trial", tested=tested), [row]),
         "",
-        f"plan (trial {best['trial']}): {plan_text(best['plan'])}",
+        f"plan (trial {best.trial}): {plan_text(best.plan)}",
         *untested,
     ])  # fmt: skip

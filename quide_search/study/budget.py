@@ -9,26 +9,30 @@ the study's accuracy gate and fit the budget, chosen by the recommendation's own
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from quide_search.records import MIB, Budget, TrialKey
+from quide_search.records import MIB, Budget, TrialKey, TrialRow
+from quide_search.results import BudgetAnswer, Confirmation, Finalist, TestResult
 
-__all__ = ["MIB", "Budget", "best_within", "nothing_fits"]
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["MIB", "Budget", "answer_budget", "best_within", "nothing_fits"]
 
 
 def best_within(
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[TrialRow],
     budget: Budget,
-    confirmation: Mapping[str, Any] | None = None,
-    test: Mapping[str, Any] | None = None,
-) -> dict[str, Any] | None:
+    confirmation: Confirmation | None = None,
+    test: TestResult | None = None,
+) -> Finalist | None:
     """Return the best stored plan that passes the gate and fits ``budget``, or None.
 
     The choice follows the recommendation's rule on the plans that fit: the best confirmed
     finalist by confirmed I' (its confirmed T within the budget too), else the best by the
     search's I'. A finalist whose P failed the gate on the held-out test split is never
-    chosen; a plan that was not a finalist has no test P (``P_test`` absent). A budget that
-    every finalist meets gives the recommended plan.
+    chosen; a plan that was not a finalist has no test P. A budget that every finalist meets
+    gives the recommended plan.
 
     Args:
         rows: The study's completed rows (:func:`quide_search.study.summary.completed_rows`).
@@ -37,50 +41,84 @@ def best_within(
         test: The study's test-split record, if it has one.
 
     Returns:
-        The row with ``feasible`` True, or None when no stored plan fits.
+        The plan with ``feasible`` True (a confirmed one counted feasible under this budget),
+        or None when no stored plan fits.
     """
-    from quide_search.study.summary import recommended
+    import dataclasses
 
-    entries = {e["trial"]: e for e in (confirmation or {}).get("entries", [])}
-    tested = {e["trial"]: e for e in (test or {}).get("entries", [])}
-    unscored = set((test or {}).get("failed", {}))  # finalists the test split could not score
+    from quide_search.study.summary import rank
+
+    confirmed = confirmation.by_trial() if confirmation else {}
+    tested = test.by_trial() if test else {}
+    unscored = set(test.failed) if test else set()  # finalists the test split could not score
+    candidates = (Finalist(r, True, confirmed.get(r.trial), tested.get(r.trial)) for r in rows)
     fitting = [
-        {**r, **tested.get(r["trial"], {}), "feasible": True}
-        for r in rows
-        if r[TrialKey.GATE_PASSED]
-        and str(r["trial"]) not in unscored
-        and tested.get(r["trial"], {}).get(TrialKey.GATE_PASSED_TEST, True)
-        and budget.fits({**r, **entries.get(r["trial"], {})})
+        f
+        for f in candidates
+        if f.row.gate_passed
+        and str(f.trial) not in unscored
+        and (f.tested is None or f.tested.gate_passed_test)
+        and f.fits(budget)
     ]
-    numbers = {r["trial"] for r in fitting}
-    kept = [{**e, "feasible_confirmed": True} for n, e in entries.items() if n in numbers]
-    return recommended(fitting, {"entries": kept}) if fitting else None
+    # A confirmed finalist that fits is feasible under this budget, whatever the run's limits.
+    pool = [
+        dataclasses.replace(f, confirmed=dataclasses.replace(f.confirmed, feasible_confirmed=True))
+        for f in fitting
+        if f.confirmed is not None
+    ]
+    if pool:
+        return max(pool, key=rank)
+    if not fitting:
+        return None
+    chosen = max(fitting, key=lambda f: (f.row.I_prime, f.row.I, -f.trial))
+    return dataclasses.replace(chosen, confirmed=None)
+
+
+def answer_budget(study: optuna.Study, budget: Budget) -> BudgetAnswer:
+    """The best stored plan of ``study`` within ``budget`` (:func:`best_within`) and, where
+    none fits, why (:func:`nothing_fits`)."""
+    from quide_search.study.summary import (
+        completed_rows,
+        stored_confirmation,
+        stored_test,
+        study_baseline,
+    )
+
+    rows = completed_rows(study)
+    test = stored_test(study)
+    best = best_within(rows, budget, stored_confirmation(study), test)
+    why = None
+    if best is None:
+        why = nothing_fits(rows, budget, study.study_name, study_baseline(study))
+    return BudgetAnswer(budget, best, why, len(rows), bool(test and test.entries))
 
 
 def nothing_fits(
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[TrialRow],
     budget: Budget,
     study: str,
     baseline: Mapping[str, Any] | None = None,
 ) -> str:
     """Why no stored plan fits ``budget``: the smallest and fastest plans that pass the gate,
     or that the float model (``baseline``, the study's float metrics) fits it."""
-    if baseline and TrialKey.STORED_BYTES in baseline and budget.fits(baseline):
+    if baseline and TrialKey.STORED_BYTES in baseline:
+        stored = float(baseline[TrialKey.STORED_BYTES])
         t_ms = float(baseline.get("T_confirmed_ms", baseline[TrialKey.T_MS]))
-        return (
-            f"no quantized plan of study {study!r} passes its gate within {budget.text()}, but "
-            f"the float model fits ({float(baseline[TrialKey.STORED_BYTES]) / MIB:.4g} MiB, T "
-            f"{t_ms:.4g} ms): keep it in float for this budget."
-        )
-    passing = [r for r in rows if r[TrialKey.GATE_PASSED]]
+        if budget.fits(stored_bytes=stored, t_ms=t_ms):
+            return (
+                f"no quantized plan of study {study!r} passes its gate within {budget.text()}, "
+                f"but the float model fits ({stored / MIB:.4g} MiB, T {t_ms:.4g} ms): keep it in "
+                "float for this budget."
+            )
+    passing = [r for r in rows if r.gate_passed]
     if not passing:
         return f"no stored plan of study {study!r} passes its accuracy gate."
-    small = min(passing, key=lambda r: float(r[TrialKey.STORED_BYTES]))
-    fast = min(passing, key=lambda r: float(r[TrialKey.T_MS]))
+    small = min(passing, key=lambda r: float(r.stored_bytes))
+    fast = min(passing, key=lambda r: float(r.T_ms))
     return (
         f"no stored plan of study {study!r} passes its gate within {budget.text()}: the "
-        f"smallest that passes stores {float(small[TrialKey.STORED_BYTES]) / MIB:.4g} MiB "
-        f"(trial {small['trial']}), the fastest has T {float(fast[TrialKey.T_MS]):.4g} ms "
-        f"(trial {fast['trial']}). Loosen the budget, or run more trials with it "
+        f"smallest that passes stores {float(small.stored_bytes) / MIB:.4g} MiB "
+        f"(trial {small.trial}), the fastest has T {float(fast.T_ms):.4g} ms "
+        f"(trial {fast.trial}). Loosen the budget, or run more trials with it "
         "(run --max-size-mb/--max-latency-ms)."
     )

@@ -10,28 +10,28 @@ The recommended plan is then the best feasible by confirmed I' (:mod:`.summary`)
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from quide_search.metric import Gate, gated_index, intelligence_index, knee
 from quide_search.plan import BitPlan
-from quide_search.records import StudyKey
-from quide_search.study.summary import completed_rows, study_front
+from quide_search.records import StudyKey, TrialKey, TrialRow
+from quide_search.results import Confirmation, ConfirmedEntry
+from quide_search.study.summary import completed_rows, stored_confirmation, study_front
 
 if TYPE_CHECKING:
     import optuna
 
     from quide_search.search.objective import PlanObjective
 
-__all__ = ["FRONT_BOUND", "confirm_study", "covered", "finalist_plans", "finalists"]
+__all__ = ["FRONT_BOUND", "confirm_study", "finalist_plans", "finalists"]
 
 FRONT_BOUND = 8
 """Pareto-front points confirmed at most (those with the highest I')."""
 
 
-def finalists(rows: list[dict[str, Any]], *, top: int, front: int = FRONT_BOUND) -> list[int]:
+def finalists(rows: list[TrialRow], *, top: int, front: int = FRONT_BOUND) -> list[int]:
     """Return the trial numbers to confirm, one per distinct plan.
 
     The best uniform plan (highest I'), the ``top`` plans by I' (feasible ones, or by I when
@@ -39,20 +39,20 @@ def finalists(rows: list[dict[str, Any]], *, top: int, front: int = FRONT_BOUND)
     """
     chosen: dict[str, int] = {}
 
-    def take(row: dict[str, Any]) -> None:
-        chosen.setdefault(json.dumps(row["plan"], sort_keys=True), row["trial"])
+    def take(row: TrialRow) -> None:
+        chosen.setdefault(row.plan_key, row.trial)
 
-    uniform = [r for r in rows if len(set(r["plan"].values())) == 1]
+    uniform = [r for r in rows if r.uniform]
     if uniform:
         take(knee(uniform))
-    feasible = [r for r in rows if r["feasible"]]
-    ranked = sorted(feasible or rows, key=lambda r: (-r["I_prime"], -r["I"], r["trial"]))
+    feasible = [r for r in rows if r.feasible]
+    ranked = sorted(feasible or rows, key=lambda r: (-r.I_prime, -r.I, r.trial))
     distinct = len(chosen)
     for row in ranked:
         if len(chosen) >= distinct + top:
             break
         take(row)
-    for point in sorted(study_front(rows), key=lambda r: (-r["I_prime"], r["trial"]))[:front]:
+    for point in sorted(study_front(rows), key=lambda r: (-r.I_prime, r.trial))[:front]:
         take(point)
     return list(chosen.values())
 
@@ -62,7 +62,7 @@ def confirm_study(
     objective: PlanObjective,
     *,
     top: int,
-) -> dict[str, Any] | None:
+) -> Confirmation | None:
     """Confirm the study's finalists by measurement and store the result; return it.
 
     Nothing is confirmed (None) when ``top`` is 0, no trial completed, or T is an analytic
@@ -77,75 +77,69 @@ def confirm_study(
     rows = completed_rows(study)
     if top <= 0 or not rows or context.estimated:
         return None
-    by_number = {r["trial"]: r for r in rows}
+    by_number = {r.trial: r.to_dict() for r in rows}
     plans = finalist_plans(objective, rows, top=top)
-    stored = study.user_attrs.get(StudyKey.CONFIRMATION)
-    if stored and stored.get("top") == top and covered(stored) == {str(k) for k in plans}:
-        return dict(stored)
+    stored = stored_confirmation(study)
+    if stored and stored.top == top and stored.covered() == {str(k) for k in plans}:
+        return stored
     started = time.perf_counter()
     results, failed = confirm_latency(plans, scorer.target, context)
     baseline = study.user_attrs[StudyKey.BASELINE]
     entries = []
     for key, result in results.items():
-        row = baseline if key == "float" else by_number[key]
+        row = baseline if key == "float" else by_number[int(key)]
         entries.append(_entry(key, row, result.median_ms, result.spread, result.repeats,
                               objective.gate, objective.settings.max_latency_ms))  # fmt: skip
-    record = {
-        "rounds": max((r.repeats for r in results.values()), default=0),
-        "seconds": time.perf_counter() - started,
-        "top": top,
-        "latency": {**context.to_dict(), "source": "measured"},
-        "entries": entries,
-        "failed": {str(k): reason for k, reason in failed.items()},
-    }
-    study.set_user_attr(StudyKey.CONFIRMATION, record)
+    record = Confirmation(
+        rounds=max((r.repeats for r in results.values()), default=0),
+        seconds=time.perf_counter() - started,
+        top=top,
+        latency={**context.to_dict(), "source": "measured"},
+        entries=tuple(entries),
+        failed={str(k): reason for k, reason in failed.items()},
+    )
+    study.set_user_attr(StudyKey.CONFIRMATION, record.to_dict())
     return record
 
 
 def finalist_plans(
-    objective: PlanObjective, rows: list[dict[str, Any]], *, top: int
+    objective: PlanObjective, rows: list[TrialRow], *, top: int
 ) -> dict[int | str, BitPlan]:
     """The float plan (key ``float``) and the :func:`finalists`' plans, by trial number."""
     scorer = objective.scorer
-    by_number = {r["trial"]: r for r in rows}
+    by_number = {r.trial: r for r in rows}
     plans: dict[int | str, BitPlan] = {"float": scorer.float_plan()}
     for n in finalists(rows, top=top):
         plans[n] = BitPlan(
             model=scorer.task.model_name,
             dataset=scorer.task.dataset_name,
-            layers=by_number[n]["plan"],
+            layers=by_number[n].plan,
             backend=scorer.backend.name,
         )
     return plans
 
 
-def covered(record: Mapping[str, Any]) -> set[str]:
-    """The finalists a stored finalist record (confirmation or test) covers: those measured
-    and those that failed."""
-    return {str(e["trial"]) for e in record.get("entries", [])} | set(record.get("failed", {}))
-
-
 def _entry(
     key: int | str,
-    row: dict[str, Any],
+    row: Mapping[str, Any],
     t_ms: float,
     spread: float,
     rounds: int,
     gate: Gate,
     max_latency_ms: float | None,
-) -> dict[str, Any]:
-    """One finalist's confirmed T, with the I and I' it gives with the row's C and P."""
-    feasible = bool(row.get("feasible", row["gate_passed"]))
+) -> ConfirmedEntry:
+    """One finalist's confirmed T, with the I and I' it gives with the row's C and P (``row``:
+    a trial's metrics, or the float model's stored baseline)."""
+    c, p = row[TrialKey.C], row[TrialKey.P]
+    feasible = bool(row.get(TrialKey.FEASIBLE, row[TrialKey.GATE_PASSED]))
     if max_latency_ms is not None:
         feasible = feasible and t_ms <= max_latency_ms
-    index = intelligence_index(C=row["C"], P=row["P"], T_ms=t_ms)
-    prime = gated_index(C=row["C"], P=row["P"], T_ms=t_ms, gate=gate)
-    return {
-        "trial": key,
-        "T_confirmed_ms": t_ms,
-        "I_confirmed": index,
-        "I_prime_confirmed": prime,
-        "feasible_confirmed": feasible and gate.passes(row["P"]),
-        "confirm_spread": spread,
-        "confirm_rounds": rounds,
-    }
+    return ConfirmedEntry(
+        trial=key,
+        T_confirmed_ms=t_ms,
+        I_confirmed=intelligence_index(C=c, P=p, T_ms=t_ms),
+        I_prime_confirmed=gated_index(C=c, P=p, T_ms=t_ms, gate=gate),
+        feasible_confirmed=feasible and gate.passes(p),
+        confirm_spread=spread,
+        confirm_rounds=rounds,
+    )

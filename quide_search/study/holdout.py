@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from quide_search.errors import QuideError
-from quide_search.records import StudyKey, TrialKey
-from quide_search.study.confirm import covered, finalist_plans
-from quide_search.study.summary import completed_rows
+from quide_search.records import StudyKey
+from quide_search.results import TestEntry, TestResult
+from quide_search.study.confirm import finalist_plans
+from quide_search.study.summary import completed_rows, stored_test
 
 if TYPE_CHECKING:
     import optuna
@@ -33,9 +34,7 @@ TEST_TOP = 5
 """Plans by I' scored on the test split when the confirmation step is off (``--confirm-top 0``)."""
 
 
-def test_study(
-    study: optuna.Study, objective: PlanObjective, *, top: int
-) -> dict[str, Any] | None:
+def test_study(study: optuna.Study, objective: PlanObjective, *, top: int) -> TestResult | None:
     """Score the study's finalists and the float model on the test split; store and return it.
 
     Args:
@@ -44,18 +43,17 @@ def test_study(
         top: The confirmation step's ``top``; 0 scores the :data:`TEST_TOP` best instead.
 
     Returns:
-        The record: ``samples``, ``seconds``, the test ``gate`` (its ``baseline_P`` is the
-        float model's test P), ``entries`` (``trial``, ``P_test``, ``gate_passed_test``; the
-        float model's trial is ``float``) and ``failed`` (trial -> reason). None when no
-        trial completed. A stored record that covers the same finalists is kept as it is.
+        The record (its gate's ``baseline_P`` is the float model's test P; the float model's
+        entry has trial ``float``). None when no trial completed. A stored record that
+        covers the same finalists is kept as it is.
     """
     rows = completed_rows(study)
     if not rows:
         return None
     plans = finalist_plans(objective, rows, top=top or TEST_TOP)
-    stored = study.user_attrs.get(StudyKey.TEST)
-    if stored and covered(stored) == {str(k) for k in plans}:
-        return dict(stored)
+    stored = stored_test(study)
+    if stored and stored.covered() == {str(k) for k in plans}:
+        return stored
     from quide_search.progress import bar
 
     scorer = objective.scorer
@@ -69,18 +67,10 @@ def test_study(
             scores[key] = scorer.test_score(plans[key])
         except QuideError as e:  # a failed finalist is data, as a failed trial is
             failed[str(key)] = str(e)
-    record: dict[str, Any] = {
-        "samples": samples,
-        "seconds": time.perf_counter() - started,
-        "entries": [],
-        "failed": failed,
-    }
+    record = TestResult(samples=samples, seconds=time.perf_counter() - started, failed=failed)
     if "float" in scores:
         gate = dataclasses.replace(objective.gate, baseline_P=scores["float"])
-        record["gate"] = gate.to_dict()
-        record["entries"] = [
-            {"trial": key, TrialKey.P_TEST: p, TrialKey.GATE_PASSED_TEST: gate.passes(p)}
-            for key, p in scores.items()
-        ]
-    study.set_user_attr(StudyKey.TEST, record)
+        entries = tuple(TestEntry(key, p, gate.passes(p)) for key, p in scores.items())
+        record = dataclasses.replace(record, gate=gate.to_dict(), entries=entries)
+    study.set_user_attr(StudyKey.TEST, record.to_dict())
     return record

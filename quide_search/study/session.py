@@ -20,7 +20,7 @@ from quide_search.config import RunConfig
 from quide_search.errors import StorageError
 from quide_search.metric import Gate
 from quide_search.protocol import Protocol, build_protocol
-from quide_search.records import StudyKey
+from quide_search.records import StudyKey, TrialKey
 from quide_search.study.storage import open_storage, study_names, supports_heartbeat
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def _create(
     with warnings.catch_warnings():
         # set_metric_names is marked experimental but has been stable since Optuna 3.2.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["C", "P", "T_ms"] if pareto else ["I_prime"])
+        study.set_metric_names(["C", "P", "T_ms"] if pareto else [TrialKey.I_PRIME])
     return study, scorer
 
 

@@ -6,6 +6,7 @@ Everything here reads storage and writes nothing (except :func:`persist_front`),
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from quide_search.errors import StorageError, did_you_mean
 from quide_search.files import atomic_write_text, stamped
 from quide_search.metric import LATENCY_UNIT
-from quide_search.records import METRIC_KEYS, StudyKey, TrialKey
+from quide_search.records import StudyKey, TrialKey, TrialRow
+from quide_search.results import Confirmation, Finalist, TestResult
 from quide_search.study.pareto import pareto_front
 from quide_search.study.storage import open_storage, sqlite_path, study_names
 
@@ -34,6 +36,8 @@ __all__ = [
     "load_study",
     "persist_front",
     "read_study",
+    "stored_confirmation",
+    "stored_test",
     "study_baseline",
     "study_front",
     "summarize",
@@ -55,8 +59,8 @@ class SearchSummary:
     study_name: str
     storage_url: str
     baseline: dict[str, Any]
-    uniform: list[dict[str, Any]]
-    best: dict[str, Any] | None
+    uniform: list[TrialRow]
+    best: Finalist | None
     completed: int
     failed: int
     pruned: int
@@ -64,11 +68,11 @@ class SearchSummary:
     waiting: int
     distinct_plans: int
     pareto_path: Path
-    pareto: list[dict[str, Any]]
+    pareto: list[TrialRow]
     protocol: dict[str, Any]
     keep_float: bool = False
-    confirmation: dict[str, Any] | None = None
-    test: dict[str, Any] | None = None
+    confirmation: Confirmation | None = None
+    test: TestResult | None = None
     latency_warning: str | None = None
     early_stop: dict[str, Any] | None = None
     latency_table_check: list[dict[str, Any]] | None = None
@@ -88,12 +92,32 @@ class SearchSummary:
                 latency.update(source="measured", table_rejected=True)
         return latency
 
+    def finalist(self, row: TrialRow) -> Finalist:
+        """``row`` with its confirmed T and its test P where it was a finalist."""
+        confirmed = self.confirmation.by_trial() if self.confirmation else {}
+        tested = self.test.by_trial() if self.test else {}
+        return Finalist(row, row.feasible, confirmed.get(row.trial), tested.get(row.trial))
+
+    @property
+    def tested(self) -> bool:
+        """Whether the finalists were scored on the held-out test split."""
+        return bool(self.test and self.test.entries)
+
     def to_dict(self) -> dict[str, Any]:
-        """Return the summary as plain JSON types (for ``show --json``)."""
-        data = dataclasses.asdict(self)
+        """Return the summary as plain JSON types (for ``show --json``): each record as its
+        ``to_dict`` gives it."""
+        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         data["pareto_path"] = str(self.pareto_path)
         data["latency"] = self.latency
         return data
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as plain JSON types: a record by its ``to_dict``, lists item by item."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else copy.deepcopy(value)
 
 
 def load_study(*, study: str, storage: str) -> optuna.Study:
@@ -134,43 +158,52 @@ def read_study(*, study: str, storage: str) -> tuple[optuna.Study, Protocol]:
     return loaded, Protocol.from_dict(loaded.user_attrs[StudyKey.PROTOCOL], study=study)
 
 
-def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
+def completed_rows(study: optuna.Study) -> list[TrialRow]:
     """Return one row per completed trial: its number, per-layer plan and metrics."""
     import optuna
 
     from quide_search.search.space import trial_plan
 
-    rows = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if TrialKey.P not in t.user_attrs:
-            continue
-        row = {"trial": t.number, "plan": trial_plan(t)}
-        row.update({k: t.user_attrs[k] for k in METRIC_KEYS})
-        row["feasible"] = bool(t.user_attrs.get(TrialKey.FEASIBLE, row[TrialKey.GATE_PASSED]))
-        rows.append(row)
-    return rows
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [
+        TrialRow.from_attrs(t.number, trial_plan(t), t.user_attrs)
+        for t in trials
+        if TrialKey.P in t.user_attrs
+    ]
 
 
-def study_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def study_front(rows: list[TrialRow]) -> list[TrialRow]:
     """Return the Pareto front of completed rows, one point per distinct plan.
 
     A plan proposed again reuses its first trial's metrics, so its later trials are the same
     point; the front keeps the first trial of each plan.
     """
-    first: dict[str, dict[str, Any]] = {}
+    first: dict[str, TrialRow] = {}
     for r in rows:
-        first.setdefault(json.dumps(r["plan"], sort_keys=True), r)
-    return [dict(p) for p in pareto_front(list(first.values()))]
+        first.setdefault(r.plan_key, r)
+    return pareto_front(list(first.values()))
+
+
+def stored_confirmation(study: optuna.Study) -> Confirmation | None:
+    """The study's stored confirmation record, if it has one."""
+    data = study.user_attrs.get(StudyKey.CONFIRMATION)
+    return Confirmation.from_dict(data) if data else None
+
+
+def stored_test(study: optuna.Study) -> TestResult | None:
+    """The study's stored test-split record, if it has one."""
+    data = study.user_attrs.get(StudyKey.TEST)
+    return TestResult.from_dict(data) if data else None
 
 
 def study_baseline(study: optuna.Study) -> dict[str, Any]:
     """The float model's stored metrics, with its confirmed T and its test P where the study
     has them."""
     baseline = dict(study.user_attrs.get(StudyKey.BASELINE, {}))
-    for key in (StudyKey.CONFIRMATION, StudyKey.TEST):
-        entries = (study.user_attrs.get(key) or {}).get("entries", [])
-        entry: dict[str, Any] = next((e for e in entries if e["trial"] == "float"), {})
-        baseline.update({k: v for k, v in entry.items() if k != "trial"})
+    for record in (stored_confirmation(study), stored_test(study)):
+        entry = record.of_float() if record else None
+        if entry is not None:
+            baseline.update({k: v for k, v in entry.to_dict().items() if k != "trial"})
     return baseline
 
 
@@ -202,8 +235,8 @@ def list_studies(storage_urls: list[str]) -> list[dict[str, Any]]:
                     "pruned": states.count("PRUNED"),
                     "failed": states.count("FAIL"),
                     "running": states.count("RUNNING"),
-                    "best_I_prime": _best_score(best),
-                    "best_trial": best["trial"] if best else None,
+                    "best_I_prime": best.score if best and best.feasible else None,
+                    "best_trial": best.trial if best else None,
                     "baseline_P": summary.baseline.get("P") if summary else None,
                     "baseline_T_ms": summary.baseline.get("T_ms") if summary else None,
                 }
@@ -215,84 +248,64 @@ def _ours(study: optuna.Study) -> bool:
     return StudyKey.PROTOCOL in study.user_attrs
 
 
-def _best_score(best: Mapping[str, Any] | None) -> float | None:
-    if not best or not best.get("feasible"):
-        return None
-    return float(best.get("I_prime_confirmed", best["I_prime"]))
-
-
-def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best_row(rows: list[TrialRow]) -> Finalist | None:
     """Return the best completed row by the search's I', with a ``feasible`` flag.
 
     The highest I' among feasible rows (passing the gate and any size or latency limit);
     when none is feasible, the highest I' (then I) among all rows, so a run without a
     feasible plan still reports its best-so-far. Ties go to the earlier trial.
     """
-    feasible = [r for r in rows if r.get("feasible", r["gate_passed"])]
+    feasible = [r for r in rows if r.feasible]
     pool = feasible or rows
     if not pool:
         return None
-    best = max(pool, key=lambda r: (r["I_prime"], r["I"], -r["trial"]))
-    return {**best, "feasible": bool(feasible)}
+    return Finalist(max(pool, key=lambda r: (r.I_prime, r.I, -r.trial)), bool(feasible))
+
+
+def rank(finalist: Finalist) -> tuple[float, float, int]:
+    """The recommendation's order: confirmed I' (else the search's), then I, then the earlier
+    trial."""
+    return finalist.score, finalist.index, -finalist.trial
 
 
 def recommended(
-    rows: list[dict[str, Any]],
-    confirmation: Mapping[str, Any] | None,
-    test: Mapping[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """Return the recommended row.
+    rows: list[TrialRow],
+    confirmation: Confirmation | None,
+    test: TestResult | None = None,
+) -> Finalist | None:
+    """Return the recommended plan.
 
     Among the finalists (those confirmed, else those scored on the test split), the best
     by confirmed I' (else the search's I') that is feasible on the search split (by its
     confirmed T where confirmed) and whose P on the held-out test split passes the gate
     around the float model's test P. Without finalists, the best row by the search's I'
     (:func:`best_row`). When no finalist qualifies, :func:`best_row`'s choice with
-    ``feasible`` False.
-
-    The row carries its confirmed values (``T_confirmed_ms``, ``I_prime_confirmed``, ...)
-    and its ``P_test`` and ``gate_passed_test`` beside the search's.
+    ``feasible`` False (and its test P where it has one).
     """
-    confirmed = _entries(confirmation)
-    tested = _entries(test)
-    by_number = {r["trial"]: r for r in rows}
-    numbers = list(confirmed or tested)
+    confirmed = confirmation.by_trial() if confirmation else {}
+    tested = test.by_trial() if test else {}
+    by_number = {r.trial: r for r in rows}
     pool = [
-        {**by_number[n], **confirmed.get(n, {}), **tested.get(n, {})}
-        for n in numbers
+        Finalist(by_number[n], False, confirmed.get(n), tested.get(n))
+        for n in (confirmed or tested)
         if n in by_number
     ]
     if not pool:
         return best_row(rows)
-    feasible: list[dict[str, Any]] = [r for r in pool if _qualifies(r, tested=bool(tested))]
-    if not feasible:
+    qualifying = [f for f in pool if _qualifies(f, tested=bool(tested))]
+    if not qualifying:
         best = best_row(rows)
-        return (
-            None if best is None else {**best, **tested.get(best["trial"], {}), "feasible": False}
-        )
-
-    def score(r: dict[str, Any]) -> tuple[float, float, int]:
-        return (
-            r.get("I_prime_confirmed", r["I_prime"]),
-            r.get("I_confirmed", r["I"]),
-            -r["trial"],
-        )
-
-    chosen: dict[str, Any] = max(feasible, key=score)
-    return {**chosen, "feasible": True}
+        return None if best is None else Finalist(best.row, False, tested=tested.get(best.trial))
+    return dataclasses.replace(max(qualifying, key=rank), feasible=True)
 
 
-def _entries(record: Mapping[str, Any] | None) -> dict[int, dict[str, Any]]:
-    """A finalist record's entries by trial number, without the float model's."""
-    entries = (record or {}).get("entries", [])
-    return {e["trial"]: e for e in entries if e["trial"] != "float"}
-
-
-def _qualifies(row: Mapping[str, Any], *, tested: bool) -> bool:
+def _qualifies(finalist: Finalist, *, tested: bool) -> bool:
     """Feasible on the search split (confirmed where confirmed) and, where the finalists were
     scored on the test split, passing its gate too."""
-    feasible = bool(row.get("feasible_confirmed", row["feasible"]))
-    return feasible and (not tested or bool(row.get(TrialKey.GATE_PASSED_TEST, False)))
+    confirmed = finalist.confirmed
+    feasible = confirmed.feasible_confirmed if confirmed else finalist.row.feasible
+    passed_test = finalist.tested is not None and finalist.tested.gate_passed_test
+    return feasible and (not tested or passed_test)
 
 
 def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> SearchSummary:
@@ -303,8 +316,8 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
 
     rows = completed_rows(study)
     attrs = study.user_attrs
-    confirmation = attrs.get(StudyKey.CONFIRMATION)
-    test = attrs.get(StudyKey.TEST)
+    confirmation = stored_confirmation(study)
+    test = stored_test(study)
     baseline = study_baseline(study)
     best = recommended(rows, confirmation, test)
     states = optuna.trial.TrialState
@@ -320,7 +333,7 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
         pruned=len(by_state[states.PRUNED]),
         running=len(by_state[states.RUNNING]),
         waiting=len(by_state[states.WAITING]),
-        distinct_plans=len({json.dumps(r["plan"], sort_keys=True) for r in rows}),
+        distinct_plans=len({r.plan_key for r in rows}),
         pareto_path=front_path(study.study_name, storage_url, out_dir),
         pareto=study_front(rows),
         protocol=dict(attrs.get(StudyKey.PROTOCOL, {})),
@@ -341,30 +354,33 @@ def persist_front(study: optuna.Study, summary: SearchSummary) -> None:
         "study": study.study_name,
         "unit": LATENCY_UNIT,
         "objectives": {"C": "max", "P": "max", "T_ms": "min"},
-        "front": summary.pareto,
+        "front": [p.to_dict() for p in summary.pareto],
     })  # fmt: skip
     atomic_write_text(summary.pareto_path, json.dumps(payload, indent=2) + "\n")
     study.set_user_attr(
         StudyKey.PARETO_FRONT,
-        [{k: p[k] for k in ("trial", "C", "P", "T_ms")} for p in summary.pareto],
+        [{"trial": p.trial, "C": p.C, "P": p.P, "T_ms": p.T_ms} for p in summary.pareto],
     )
 
 
-def _keep_float(baseline: Mapping[str, Any], best: Mapping[str, Any] | None) -> bool:
+def _keep_float(baseline: Mapping[str, Any], best: Finalist | None) -> bool:
     """Whether the float model's I' beats the recommended plan's (both confirmed if they were)."""
-    if not baseline or best is None or not best.get("feasible"):
+    if not baseline or best is None or not best.feasible:
         return False
-    float_score = baseline.get("I_prime_confirmed", baseline.get("I_prime", 0.0))
-    plan_score = best.get("I_prime_confirmed", best["I_prime"])
-    return bool(float_score > plan_score)
+    return bool(float_score(baseline) > best.score)
 
 
-def _uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen: dict[str, dict[str, Any]] = {}
+def float_score(baseline: Mapping[str, Any]) -> float:
+    """The float model's I': by its confirmed T where confirmed, else as stored."""
+    return float(baseline.get("I_prime_confirmed", baseline.get(TrialKey.I_PRIME, 0.0)))
+
+
+def _uniform(rows: list[TrialRow]) -> list[TrialRow]:
+    seen: dict[str, TrialRow] = {}
     for r in rows:
-        if len(set(r["plan"].values())) == 1:
-            seen.setdefault(next(iter(r["plan"].values())), r)
-    return sorted(seen.values(), key=lambda r: -r["avg_weight_bits"])
+        if r.uniform:
+            seen.setdefault(next(iter(r.plan.values())), r)
+    return sorted(seen.values(), key=lambda r: -r.avg_weight_bits)
 
 
 def front_path(study: str, storage_url: str, out_dir: str | Path) -> Path:

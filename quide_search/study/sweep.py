@@ -21,7 +21,7 @@ from quide_search.config import RunConfig, plain_name
 from quide_search.files import atomic_write_text, check_replaceable, is_generated_json, stamped
 from quide_search.metric import LATENCY_UNIT, gated_index, intelligence_index, knee
 from quide_search.plan import FLOAT
-from quide_search.records import METRIC_KEYS
+from quide_search.records import METRIC_KEYS, TrialKey
 
 __all__ = ["SWEEP_COLUMNS", "SweepResult", "run_sweep"]
 
@@ -97,7 +97,7 @@ def run_sweep(config: RunConfig) -> SweepResult:
             row["I_confirmed"] = intelligence_index(C=row["C"], P=row["P"], T_ms=t_ms)
             row["I_prime_confirmed"] = gated_index(C=row["C"], P=row["P"], T_ms=t_ms, gate=gate)
         rows.append(row)
-    ranked = [{**r, "I_prime": r.get("I_prime_confirmed", r["I_prime"]),
+    ranked = [{**r, TrialKey.I_PRIME: r.get("I_prime_confirmed", r[TrialKey.I_PRIME]),
                "I": r.get("I_confirmed", r["I"])} for r in rows]  # fmt: skip
     best = rows[ranked.index(knee(ranked))]
     result = SweepResult(

@@ -669,22 +669,24 @@ def test_a_budget_is_answered_from_the_stored_trials(
     monkeypatch.chdir(workdir)
     storage = "sqlite:///studies/simplecnn-digits.db"
     rows = completed_rows(load_study(study="simplecnn-digits", storage=storage))
-    passing = sorted((r for r in rows if r["gate_passed"]), key=lambda r: r["stored_bytes"])
-    limit = passing[0]["stored_bytes"] / 2**20  # only the smallest passing plan fits
+    passing = sorted((r for r in rows if r.gate_passed), key=lambda r: r.stored_bytes)
+    limit = passing[0].stored_bytes / 2**20  # only the smallest passing plan fits
     study = ["--study", "simplecnn-digits"]
     capsys.readouterr()
     assert main(["show", *study, "--max-size-mb", f"{limit:.9f}", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)["budget"]
-    assert answer["best"]["trial"] == passing[0]["trial"] and answer["trials"] == len(rows)
+    assert answer["best"]["trial"] == passing[0].trial and answer["trials"] == len(rows)
+    assert answer["best"]["stored_bytes"] == passing[0].stored_bytes and answer["best"]["feasible"]
+    assert answer["limits"] == f"size <= {float(f'{limit:.9f}'):g} MiB" and answer["why"] is None
     assert main(["show", *study, "--max-size-mb", f"{limit:.9f}"]) == 0
     text = capsys.readouterr().out
     if "P_test" in answer["best"]:  # a finalist: its test P is in the table
         assert "P_test" in text.split("best within")[1]
     else:  # not a finalist: said so, with how to score it
-        assert f"not scored (trial {passing[0]['trial']} was not a finalist)" in text
+        assert f"not scored (trial {passing[0].trial} was not a finalist)" in text
     out = tmp_path / "small.json"
     assert main(["export", *study, "--max-size-mb", f"{limit:.9f}", "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["source"]["trial"] == passing[0]["trial"]
+    assert json.loads(out.read_text())["source"]["trial"] == passing[0].trial
     assert main(["show", *study, "--max-size-mb", f"{limit / 2:.9f}"]) == 0
     assert "no stored plan of study 'simplecnn-digits' passes its gate" in capsys.readouterr().out
     assert main(["export", *study, "--trial", "0", "--max-size-mb", "1", "--out", str(out)]) == 2

@@ -172,9 +172,9 @@ def test_size_limit_makes_big_plans_infeasible(tmp_path: Path) -> None:
         over = t.user_attrs["stored_bytes"] / 2**20 - 0.03
         assert t.constraints["size_mb"] == pytest.approx(over)
         assert t.user_attrs["feasible"] == (over <= 0 and t.user_attrs["gate_passed"])
-    assert summary.best is not None and summary.best["feasible"]
-    assert summary.best["stored_bytes"] <= 0.03 * 2**20
-    assert summary.best["plan"] != dict.fromkeys(summary.best["plan"], "int8")
+    assert summary.best is not None and summary.best.feasible
+    assert summary.best.row.stored_bytes <= 0.03 * 2**20
+    assert summary.best.plan != dict.fromkeys(summary.best.plan, "int8")
 
 
 def test_no_feasible_plan_is_said_and_best_so_far_kept(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_no_feasible_plan_is_said_and_best_so_far_kept(tmp_path: Path) -> None:
 
     config = _config(tmp_path, trials=5, max_latency_ms=1e-6)
     summary = run_search(config, progress=False)
-    assert summary.best is not None and not summary.best["feasible"]
+    assert summary.best is not None and not summary.best.feasible
     assert "no finalist passes the gate on both the search split and the held-out" in (
         format_summary(summary)
     )
@@ -201,7 +201,7 @@ def test_pareto_objective_optimises_three_values(tmp_path: Path) -> None:
     for t in study.get_trials(states=(_STATES.COMPLETE,)):
         assert t.values == [t.user_attrs["C"], t.user_attrs["P"], t.user_attrs["T_ms"]]
     assert summary.best is not None and summary.pareto
-    front = {p["trial"] for p in summary.pareto}
+    front = {p.trial for p in summary.pareto}
     assert front <= {t.number for t in study.get_trials(states=(_STATES.COMPLETE,))}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from quide_search.output.export import export_plan
 from quide_search.output.replay import evaluate_plan
 from quide_search.output.summary_text import format_study, format_summary
 from quide_search.plan import BitPlan
+from quide_search.records import TrialRow
+from quide_search.results import TestEntry, TestResult
 from quide_search.study import load_study, run_search
 from quide_search.study.confirm import finalists
 from quide_search.study.summary import completed_rows, recommended, summarize
@@ -39,66 +42,67 @@ def test_finalists_and_float_are_scored_on_the_test_split(tested, digits_task) -
     study = load_study(study=config.study_name, storage=config.storage_url)
     rows = completed_rows(study)
     record = summary.test
-    assert record["samples"] == len(digits_task.splits.test) == 300
-    by_trial = {e["trial"]: e for e in record["entries"]}
+    assert record is not None and record.samples == len(digits_task.splits.test) == 300
+    assert record.to_dict() == study.user_attrs["test"]  # stored as it was before the records
+    by_trial = {e.trial: e for e in record.entries}
     assert set(by_trial) == {"float", *finalists(rows, top=config.confirm_top)}
     test = digits_task.splits.test
     float_p = _accuracy(digits_task.model, test.inputs, test.labels)
-    assert by_trial["float"]["P_test"] == float_p
-    assert record["gate"]["threshold"] == pytest.approx(float_p - 0.01)
-    plans = {r["trial"]: r["plan"] for r in rows}
+    assert by_trial["float"].P_test == float_p
+    assert record.gate is not None and record.gate["threshold"] == pytest.approx(float_p - 0.01)
+    plans = {r.trial: r.plan for r in rows}
     for trial, entry in by_trial.items():
         if trial == "float":
             continue
         plan = BitPlan(model="simplecnn", dataset="digits", layers=plans[trial])
         quantized = QUANTO.apply(digits_task.model, plan)
         # Scored again from scratch: quanto's model, plain top-1, every test sample.
-        assert entry["P_test"] == pytest.approx(_accuracy(quantized, test.inputs, test.labels))
-        assert entry["gate_passed_test"] == (entry["P_test"] >= float_p - 0.01 - 1e-12)
+        assert entry.P_test == pytest.approx(_accuracy(quantized, test.inputs, test.labels))
+        assert entry.gate_passed_test == (entry.P_test >= float_p - 0.01 - 1e-12)
     assert summary.baseline["P_test"] == float_p
 
 
 def test_the_recommendation_is_the_best_finalist_passing_both_gates(tested) -> None:  # type: ignore[no-untyped-def]
     config, summary = tested
-    rows = {r["trial"]: r for r in completed_rows(
+    rows = {r.trial: r for r in completed_rows(
         load_study(study=config.study_name, storage=config.storage_url))}  # fmt: skip
+    assert summary.test is not None
     passing = [
-        {**rows[e["trial"]], **e}
-        for e in summary.test["entries"]
-        if e["trial"] != "float" and e["gate_passed_test"] and rows[e["trial"]]["feasible"]
+        (rows[e.trial], e)
+        for e in summary.test.entries
+        if e.trial != "float" and e.gate_passed_test and rows[e.trial].feasible
     ]
     assert passing, "the digits study must have a finalist that passes both gates"
-    best = max(passing, key=lambda r: (r["I_prime"], r["I"], -r["trial"]))
-    assert summary.best["trial"] == best["trial"] and summary.best["feasible"] is True
-    assert summary.best["P_test"] == best["P_test"]
+    row, entry = max(passing, key=lambda p: (p[0].I_prime, p[0].I, -p[0].trial))
+    assert summary.best is not None
+    assert summary.best.trial == row.trial and summary.best.feasible is True
+    assert summary.best.p_test == entry.P_test
     text = format_summary(summary)
     assert "P_search" in text and "P_test" in text and "gate_test" in text
     unbiased = "held out from the search and the float model's training: the unbiased estimate"
-    assert f"{best['P_test']:.4f} on the held-out test split ({unbiased})" in text
+    assert f"{entry.P_test:.4f} on the held-out test split ({unbiased})" in text
     assert "300 held-out samples the search never saw" in text
     assert "P_search" in format_study(summary) and "recommended" in format_study(summary)
 
 
 def test_a_finalist_failing_the_test_gate_is_never_recommended() -> None:
-    def row(trial: int, i_prime: float) -> dict[str, Any]:
-        return {"trial": trial, "plan": {"a": "int4"}, "I_prime": i_prime, "I": i_prime,
-                "P": 0.95, "feasible": True, "gate_passed": True}  # fmt: skip
+    def row(trial: int, i_prime: float) -> TrialRow:
+        return TrialRow(trial=trial, plan={"a": "int4"}, C=4.0, P=0.95, T_ms=1.0, I=i_prime,
+                        I_prime=i_prime, gate_passed=True, avg_weight_bits=4.0, stored_bytes=10,
+                        feasible=True)  # fmt: skip
 
     rows = [row(0, 9.0), row(1, 8.0), row(2, 7.0)]
-    test = {"entries": [
-        {"trial": "float", "P_test": 0.96, "gate_passed_test": True},
-        {"trial": 0, "P_test": 0.93, "gate_passed_test": False},
-        {"trial": 1, "P_test": 0.955, "gate_passed_test": True},
-        {"trial": 2, "P_test": 0.958, "gate_passed_test": True},
-    ]}  # fmt: skip
-    best = recommended(rows, None, test)
-    assert best is not None and best["trial"] == 1 and best["P_test"] == 0.955
-    assert recommended(rows, None, None)["trial"] == 0  # type: ignore[index]
-    nobody = {"entries": [{**e, "gate_passed_test": e["trial"] == "float"}
-                          for e in test["entries"]]}  # fmt: skip
+    entries = (TestEntry("float", 0.96, True), TestEntry(0, 0.93, False),
+               TestEntry(1, 0.955, True), TestEntry(2, 0.958, True))  # fmt: skip
+    best = recommended(rows, None, TestResult(entries=entries))
+    assert best is not None and best.trial == 1 and best.p_test == 0.955 and best.feasible
+    no_test = recommended(rows, None, None)
+    assert no_test is not None and no_test.trial == 0
+    nobody = TestResult(entries=tuple(dataclasses.replace(e, gate_passed_test=e.trial == "float")
+                                      for e in entries))  # fmt: skip
     fallback = recommended(rows, None, nobody)
-    assert fallback is not None and fallback["feasible"] is False and fallback["trial"] == 0
-    assert fallback["P_test"] == 0.93
+    assert fallback is not None and fallback.feasible is False and fallback.trial == 0
+    assert fallback.p_test == 0.93
 
 
 def test_export_carries_both_p_and_evaluate_reproduces_both(tested, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -106,9 +110,10 @@ def test_export_carries_both_p_and_evaluate_reproduces_both(tested, tmp_path: Pa
     out = export_plan(study=config.study_name, storage=config.storage_url,
                       out=tmp_path / "best.json")  # fmt: skip
     record = json.loads(out.read_text())
-    assert record["source"]["trial"] == summary.best["trial"]
-    assert record["metrics"]["P"] == summary.best["P"]
-    assert record["metrics"]["P_test"] == summary.best["P_test"]
+    assert summary.best is not None
+    assert record["source"]["trial"] == summary.best.trial
+    assert record["metrics"]["P"] == summary.best.row.P
+    assert record["metrics"]["P_test"] == summary.best.p_test
     assert record["metrics"]["test_samples"] == 300
     assert record["baseline"]["P_test"] == summary.baseline["P_test"]
     replay = evaluate_plan(out, device="cpu")

@@ -112,12 +112,14 @@ def test_the_same_command_again_keeps_the_stored_confirmation(tmp_path: Path) ->
     config = _config(tmp_path, model="toytask:make", trials=4, latency="table",
                      latency_sample_ms=1.0)  # fmt: skip
     first = run_search(config, progress=False).confirmation
-    assert first is not None and first["entries"]
+    assert first is not None and first.entries
+    stored = load_study(study=config.study_name, storage=config.storage_url).user_attrs
+    assert first.to_dict() == stored["confirmation"]  # stored as before the typed records
     again = run_search(config, progress=False).confirmation
     assert again == first  # not re-timed: nothing ran, the finalists are the same
     fewer = run_search(_config(tmp_path, model="toytask:make", trials=4, latency="table",
                                latency_sample_ms=1.0, confirm_top=1), progress=False)  # fmt: skip
-    assert fewer.confirmation is not None and fewer.confirmation["top"] == 1  # other finalists
+    assert fewer.confirmation is not None and fewer.confirmation.top == 1  # other finalists
 
 
 def test_no_feasible_trial_reports_best_so_far(tmp_path: Path) -> None:
@@ -125,7 +127,7 @@ def test_no_feasible_trial_reports_best_so_far(tmp_path: Path) -> None:
         _config(tmp_path, trials=3, bits=("int2",), max_accuracy_drop=0.0, min_accuracy=None),
         progress=False,
     )
-    assert summary.best is not None and summary.best["feasible"] is False
+    assert summary.best is not None and summary.best.feasible is False
     assert not summary.keep_float
 
 
@@ -216,30 +218,31 @@ def test_the_recommendation_uses_confirmed_t_and_can_be_the_float_model(
 ) -> None:  # type: ignore[no-untyped-def]
     config, summary = ten_trials
     study = load_study(study=config.study_name, storage=config.storage_url)
-    rows = sorted((r for r in [summary.best, *summary.pareto] if r and r["feasible"]),
-                  key=lambda r: -r["I_prime"])  # fmt: skip
+    best = [summary.best.row] if summary.best else []
+    rows = sorted((r for r in [*best, *summary.pareto] if r.feasible), key=lambda r: -r.I_prime)
     assert len(rows) >= 2
-    first, second = rows[0], rows[1]
+    first, second = rows[0].trial, rows[1].trial
 
-    def entry(row: dict, i_prime: float) -> dict:
-        return {"trial": row["trial"], "T_confirmed_ms": 1.0, "I_confirmed": i_prime,
+    def entry(trial: int | str, i_prime: float) -> dict:
+        return {"trial": trial, "T_confirmed_ms": 1.0, "I_confirmed": i_prime,
                 "I_prime_confirmed": i_prime, "feasible_confirmed": True,
                 "confirm_spread": 0.01, "confirm_rounds": 10}  # fmt: skip
 
     copy = _copy_with(study)
     copy.set_user_attr("test", None)  # the confirmation alone decides here
-    floats = {**entry({"trial": "float"}, 1.0), "feasible_confirmed": True}
+    floats = entry("float", 1.0)
     copy.set_user_attr("confirmation", {"rounds": 10, "seconds": 0.1, "top": 5, "failed": {},
                                         "entries": [floats, entry(first, 2.0),
                                                     entry(second, 3.0)]})  # fmt: skip
     confirmed = summarize(copy, storage_url=config.storage_url, out_dir=tmp_path)
     # The search ranked ``first`` higher; the confirmed T ranks ``second`` higher.
-    assert confirmed.best is not None and confirmed.best["trial"] == second["trial"]
-    assert confirmed.best["I_prime_confirmed"] == 3.0 and not confirmed.keep_float
+    assert confirmed.best is not None and confirmed.best.trial == second
+    assert confirmed.best.score == 3.0 and not confirmed.keep_float
+    assert confirmed.best.to_dict()["I_prime_confirmed"] == 3.0
     assert "best by confirmed I'" in format_summary(confirmed)
     from quide_search.output.export import select_trial
 
-    assert select_trial(copy, "best").number == second["trial"]
+    assert select_trial(copy, "best").number == second
     # When the float model's confirmed I' beats every feasible plan, the summary says so.
     floats["I_prime_confirmed"] = 10.0
     copy.set_user_attr("confirmation", {**copy.user_attrs["confirmation"],

@@ -1,0 +1,218 @@
+"""Typed records of what ends a study: the confirmation, the test-split result, a finalist and
+a budget's answer.
+
+Each is declared once here and read by the summary, ``show --json``, the report, budgets and
+export. The confirmation and the test result are stored as study attributes
+(:attr:`~quide_search.records.StudyKey.CONFIRMATION`, :attr:`~quide_search.records.StudyKey.TEST`);
+``from_dict`` reads and ``to_dict`` writes exactly the keys and values a study holds, so a study
+written before these records reads the same. A trial's own metrics are
+:class:`~quide_search.records.TrialRow`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from quide_search.records import Budget, TrialRow
+
+__all__ = ["BudgetAnswer", "Confirmation", "ConfirmedEntry", "Finalist", "TestEntry",
+           "TestResult"]  # fmt: skip
+
+FLOAT_TRIAL = "float"
+"""The ``trial`` of the float model's entry in a confirmation or test result."""
+
+
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data``'s values of ``cls``'s fields (a record from a later version may hold more)."""
+    return {f.name: data[f.name] for f in fields(cls) if f.name in data}
+
+
+@dataclass(frozen=True)
+class ConfirmedEntry:
+    """One finalist re-timed side by side: its confirmed T (ms), the I and I' it gives with the
+    trial's stored C and P, whether it is still feasible, and the timing's spread and rounds.
+    ``trial`` is the trial number, or ``"float"`` for the float model."""
+
+    trial: int | str
+    T_confirmed_ms: float
+    I_confirmed: float
+    I_prime_confirmed: float
+    feasible_confirmed: bool
+    confirm_spread: float
+    confirm_rounds: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as stored."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TestEntry:
+    """One finalist scored on the held-out test split: ``P_test``, and whether it passes the
+    gate around the float model's test P. ``trial`` as in :class:`ConfirmedEntry`."""
+
+    __test__ = False  # not a pytest test class
+
+    trial: int | str
+    P_test: float
+    gate_passed_test: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as stored."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Finalists:
+    """What the confirmation and the test result share: entries by trial, and failures."""
+
+    entries: tuple[Any, ...] = ()
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def by_trial(self) -> dict[int, Any]:
+        """The trials' entries by trial number, without the float model's."""
+        return {e.trial: e for e in self.entries if e.trial != FLOAT_TRIAL}
+
+    def of_float(self) -> Any:
+        """The float model's entry, or None."""
+        return next((e for e in self.entries if e.trial == FLOAT_TRIAL), None)
+
+    def covered(self) -> set[str]:
+        """The finalists this record covers, as strings: those measured and those failed."""
+        return {str(e.trial) for e in self.entries} | set(self.failed)
+
+
+@dataclass(frozen=True)
+class Confirmation(_Finalists):
+    """The confirmation step: finalists re-timed by measurement in interleaved rounds.
+
+    ``latency`` is the latency context they were timed in; ``top`` the ``--confirm-top`` it
+    was run with; ``seconds`` its wall time; ``failed`` the finalists that could not be timed
+    (trial -> reason)."""
+
+    entries: tuple[ConfirmedEntry, ...] = ()
+    rounds: int = 0
+    seconds: float = 0.0
+    top: int = 0
+    latency: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Confirmation:
+        """Read the stored study attribute."""
+        entries = tuple(ConfirmedEntry(**_known(ConfirmedEntry, e)) for e in data["entries"])
+        return cls(
+            **{**_known(cls, data), "entries": entries, "failed": dict(data.get("failed", {}))}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as stored."""
+        return {"rounds": self.rounds, "seconds": self.seconds, "top": self.top,
+                "latency": dict(self.latency), "entries": [e.to_dict() for e in self.entries],
+                "failed": dict(self.failed)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TestResult(_Finalists):
+    """The test step: finalists and the float model scored on the held-out test split.
+
+    ``gate`` is the gate around the float model's test P (its ``baseline_P``), None when the
+    float model could not be scored; ``samples`` the test split's size."""
+
+    __test__ = False  # not a pytest test class
+
+    entries: tuple[TestEntry, ...] = ()
+    samples: int = 0
+    seconds: float = 0.0
+    gate: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TestResult:
+        """Read the stored study attribute."""
+        entries = tuple(TestEntry(**_known(TestEntry, e)) for e in data["entries"])
+        return cls(
+            **{**_known(cls, data), "entries": entries, "failed": dict(data.get("failed", {}))}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as stored (``gate`` only where the float model was scored)."""
+        data = {
+            "samples": self.samples,
+            "seconds": self.seconds,
+            "entries": [e.to_dict() for e in self.entries],
+            "failed": dict(self.failed),
+        }
+        return data if self.gate is None else {**data, "gate": dict(self.gate)}
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """A plan as the study recommends it: its trial row, its confirmed T and its test-split P
+    where it has them, and whether it qualifies (``feasible``: on the search split, by its
+    confirmed T where confirmed, and on the test split's gate where finalists were scored)."""
+
+    row: TrialRow
+    feasible: bool
+    confirmed: ConfirmedEntry | None = None
+    tested: TestEntry | None = None
+
+    @property
+    def trial(self) -> int:
+        """The trial number."""
+        return self.row.trial
+
+    @property
+    def plan(self) -> dict[str, str]:
+        """The per-layer plan."""
+        return self.row.plan
+
+    @property
+    def score(self) -> float:
+        """I' by the confirmed T where confirmed, else the search's I'."""
+        return self.confirmed.I_prime_confirmed if self.confirmed else self.row.I_prime
+
+    @property
+    def index(self) -> float:
+        """I by the confirmed T where confirmed, else the search's I."""
+        return self.confirmed.I_confirmed if self.confirmed else self.row.I
+
+    @property
+    def t_ms(self) -> float:
+        """T in ms: the confirmed T where confirmed, else the search's."""
+        return self.confirmed.T_confirmed_ms if self.confirmed else self.row.T_ms
+
+    @property
+    def p_test(self) -> float | None:
+        """P on the held-out test split, where it was scored there."""
+        return self.tested.P_test if self.tested else None
+
+    def fits(self, budget: Budget) -> bool:
+        """Whether its stored bytes and T (confirmed where confirmed) are within ``budget``."""
+        return budget.fits(stored_bytes=float(self.row.stored_bytes), t_ms=float(self.t_ms))
+
+    def to_dict(self) -> dict[str, Any]:
+        """One flat row, as ``show --json`` gives it: the trial's, then its confirmed and test
+        values (without a second ``trial``)."""
+        data = self.row.to_dict()
+        for entry in (self.confirmed, self.tested):
+            data.update(entry.to_dict() if entry else {})
+        data["feasible"] = self.feasible
+        return data
+
+
+@dataclass(frozen=True)
+class BudgetAnswer:
+    """A deployment budget answered from stored trials: the best plan within it, or why none
+    is; how many completed trials were searched; whether finalists were test-split scored."""
+
+    budget: Budget
+    best: Finalist | None
+    why: str | None
+    trials: int
+    test_split: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``show --json`` gives it under ``budget``."""
+        return {"limits": self.budget.text(), "best": self.best.to_dict() if self.best else None,
+                "why": self.why, "trials": self.trials, "test_split": self.test_split}  # fmt: skip
