@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from quide_search.records import Budget, TrialRow
 
@@ -30,12 +30,22 @@ def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ConfirmedEntry:
-    """One finalist re-timed side by side: its confirmed T (ms), the I and I' it gives with the
-    trial's stored C and P, whether it is still feasible, and the timing's spread and rounds.
-    ``trial`` is the trial number, or ``"float"`` for the float model."""
+class _Entry:
+    """One finalist's entry in a finalist record; ``trial`` is the trial number, or
+    ``"float"`` for the float model."""
 
     trial: int | str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as stored."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConfirmedEntry(_Entry):
+    """One finalist re-timed side by side: its confirmed T (ms), the I and I' it gives with the
+    trial's stored C and P, whether it is still feasible, and the timing's spread and rounds."""
+
     T_confirmed_ms: float
     I_confirmed: float
     I_prime_confirmed: float
@@ -43,39 +53,33 @@ class ConfirmedEntry:
     confirm_spread: float
     confirm_rounds: int
 
-    def to_dict(self) -> dict[str, Any]:
-        """The entry as stored."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class TestEntry:
+class TestEntry(_Entry):
     """One finalist scored on the held-out test split: ``P_test``, and whether it passes the
-    gate around the float model's test P. ``trial`` as in :class:`ConfirmedEntry`."""
+    gate around the float model's test P."""
 
     __test__ = False  # not a pytest test class
 
-    trial: int | str
     P_test: float
     gate_passed_test: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        """The entry as stored."""
-        return asdict(self)
+
+_E = TypeVar("_E", bound=_Entry)
 
 
 @dataclass(frozen=True)
-class _Finalists:
+class _Finalists(Generic[_E]):
     """What the confirmation and the test result share: entries by trial, and failures."""
 
-    entries: tuple[Any, ...] = ()
+    entries: tuple[_E, ...] = ()
     failed: dict[str, str] = field(default_factory=dict)
 
-    def by_trial(self) -> dict[int, Any]:
+    def by_trial(self) -> dict[int, _E]:
         """The trials' entries by trial number, without the float model's."""
-        return {e.trial: e for e in self.entries if e.trial != FLOAT_TRIAL}
+        return {int(e.trial): e for e in self.entries if e.trial != FLOAT_TRIAL}
 
-    def of_float(self) -> Any:
+    def of_float(self) -> _E | None:
         """The float model's entry, or None."""
         return next((e for e in self.entries if e.trial == FLOAT_TRIAL), None)
 
@@ -85,14 +89,13 @@ class _Finalists:
 
 
 @dataclass(frozen=True)
-class Confirmation(_Finalists):
+class Confirmation(_Finalists[ConfirmedEntry]):
     """The confirmation step: finalists re-timed by measurement in interleaved rounds.
 
     ``latency`` is the latency context they were timed in; ``top`` the ``--confirm-top`` it
     was run with; ``seconds`` its wall time; ``failed`` the finalists that could not be timed
     (trial -> reason)."""
 
-    entries: tuple[ConfirmedEntry, ...] = ()
     rounds: int = 0
     seconds: float = 0.0
     top: int = 0
@@ -114,7 +117,7 @@ class Confirmation(_Finalists):
 
 
 @dataclass(frozen=True)
-class TestResult(_Finalists):
+class TestResult(_Finalists[TestEntry]):
     """The test step: finalists and the float model scored on the held-out test split.
 
     ``gate`` is the gate around the float model's test P (its ``baseline_P``), None when the
@@ -122,7 +125,6 @@ class TestResult(_Finalists):
 
     __test__ = False  # not a pytest test class
 
-    entries: tuple[TestEntry, ...] = ()
     samples: int = 0
     seconds: float = 0.0
     gate: dict[str, Any] | None = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
+from quide_search.metric import Metrics
 from quide_search.records import METRIC_KEYS, MIB, Budget, TrialKey, TrialRow
 from quide_search.results import BudgetAnswer, Confirmation, Finalist, TestResult
 
@@ -30,6 +33,8 @@ def test_the_metric_keys_are_the_row_fields_in_their_stored_order() -> None:
     assert METRIC_KEYS == ("C", "P", "T_ms", "I", "I_prime", "gate_passed", "avg_weight_bits",
                            "stored_bytes")  # fmt: skip
     assert TrialKey.I_PRIME in METRIC_KEYS
+    # A trial stores a Metrics record: a row reads back its fields, whatever their order.
+    assert set(METRIC_KEYS) == {f.name for f in fields(Metrics)} - {"baseline_bytes", "unit"}
 
 
 def test_a_row_reads_a_trials_attributes_and_gives_the_old_dict_back() -> None:
