@@ -13,8 +13,9 @@ from torch import nn
 
 from quide_search.errors import ConfigError, DataError
 from quide_search.tasks.catalog import check_served
-from quide_search.tasks.data import DATASETS, DataRequest
+from quide_search.tasks.data import DATASETS, DataRequest, Splits
 from quide_search.tasks.models import MODELS
+from quide_search.tasks.models._base import ModelSpec
 from quide_search.tasks.models._train import load_or_train
 from quide_search.tasks.models.causal_lm import HF_PREFIX, TextTask, causal_lm_task
 from quide_search.tasks.models.custom import is_factory_spec, load_factory
@@ -110,30 +111,7 @@ def load_task(
         test_samples=test_samples,
     )
     splits = loader(request).limited(eval=eval_samples, calib=calib_samples, test=test_samples)
-    # The initial weights are part of the seeded training run: without this the cached model
-    # depends on whatever the global RNG held when the process got here.
-    torch.manual_seed(DATA_SEED)
-    float_model = spec.build(splits)
-    path: Path | None = None
-    origin = "built"  # the seeded initial weights: a model with no training epochs
-    if weights is not None and weights in spec.pretrained:
-        float_model.load_state_dict(spec.pretrained[weights]())
-        origin = f"pretrained:{weights}"
-    elif weights is not None:
-        path = _load_weights(float_model, Path(weights), spec.name)
-        origin = "file"
-    elif (epochs := epochs or spec.epochs(splits.name)) > 0:
-        key = (
-            f"{spec.name}-{splits.name}-v{spec.arch_version}-e{epochs}"
-            f"-s{DATA_SEED}-r{_RECIPE_VERSION}"
-        )
-        float_model, path = load_or_train(
-            float_model, splits.train, key=key, epochs=epochs, seed=DATA_SEED, force=retrain
-        )
-        origin = f"trained:{key}"
-    float_model.eval()
-    for p in float_model.parameters():
-        p.requires_grad_(False)
+    float_model, path, origin = _float_model(spec, splits, weights, epochs, retrain)
     return Task(
         model_name=spec.name,
         dataset_name=splits.name,
@@ -142,6 +120,43 @@ def load_task(
         weights_path=path,
         weights_origin=origin,
     )
+
+
+def _float_model(
+    spec: ModelSpec, splits: Splits, weights: str | None, epochs: int | None, retrain: bool
+) -> tuple[nn.Module, Path | None, str]:
+    """The registered model built for ``splits`` with its float weights, frozen in eval mode.
+
+    Returns:
+        The model; the weights file it read or trained into (None for built or pretrained
+        weights); where its weights came from (``built``, ``pretrained:NAME``, ``file`` or
+        ``trained:KEY``, stored in the protocol as ``weights_origin``).
+    """
+    # The initial weights are part of the seeded training run: without this the cached model
+    # depends on whatever the global RNG held when the process got here.
+    torch.manual_seed(DATA_SEED)
+    model = spec.build(splits)
+    path: Path | None = None
+    origin = "built"  # the seeded initial weights: a model with no training epochs
+    if weights is not None and weights in spec.pretrained:
+        model.load_state_dict(spec.pretrained[weights]())
+        origin = f"pretrained:{weights}"
+    elif weights is not None:
+        path = _load_weights(model, Path(weights), spec.name)
+        origin = "file"
+    elif (epochs := epochs or spec.epochs(splits.name)) > 0:
+        key = (
+            f"{spec.name}-{splits.name}-v{spec.arch_version}-e{epochs}"
+            f"-s{DATA_SEED}-r{_RECIPE_VERSION}"
+        )
+        model, path = load_or_train(
+            model, splits.train, key=key, epochs=epochs, seed=DATA_SEED, force=retrain
+        )
+        origin = f"trained:{key}"
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, path, origin
 
 
 def _custom_task(spec: str) -> Task:
