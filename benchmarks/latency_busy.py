@@ -34,7 +34,7 @@ from quide_search.config import RunConfig
 from quide_search.latency import TableCheck
 from quide_search.records import StudyKey, TrialKey
 from quide_search.study.run import run_search
-from quide_search.study.summary import load_study
+from quide_search.study.summary import load_study, stored_confirmation
 
 DATASETS = {"simplecnn": "digits", "resnet18": "mnist-5k"}
 
@@ -70,9 +70,9 @@ def one_run(
     search_t = {t.number: t.user_attrs[TrialKey.T_MS] for t in study.trials
                 if TrialKey.T_MS in t.user_attrs}  # fmt: skip
     search_t["float"] = attrs[StudyKey.BASELINE][TrialKey.T_MS]  # type: ignore[index]
-    ratios = [
-        search_t[e["trial"]] / e["T_confirmed_ms"] for e in attrs[StudyKey.CONFIRMATION]["entries"]
-    ]
+    confirmation = stored_confirmation(study)
+    entries = confirmation.entries if confirmation else ()
+    ratios = [search_t[e.trial] / e.T_confirmed_ms for e in entries]
     stored = [t.user_attrs[TrialKey.I_PRIME] for t in study.trials
               if TrialKey.I_PRIME in t.user_attrs]  # fmt: skip
     return {

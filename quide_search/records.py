@@ -142,7 +142,9 @@ class TrialRow:
         return asdict(self)
 
 
-METRIC_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrialRow))[2:-1]
+METRIC_KEYS: tuple[str, ...] = tuple(
+    f.name for f in fields(TrialRow) if f.name not in ("trial", "plan", "feasible")
+)
 """The metric fields every trial row, sweep row and exported plan carries: those of
 :class:`TrialRow` between its plan and ``feasible`` (C, P, T_ms, I, I_prime, gate_passed,
 avg_weight_bits, stored_bytes)."""

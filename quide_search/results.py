@@ -4,8 +4,9 @@ a budget's answer.
 Each is declared once here and read by the summary, ``show --json``, the report, budgets and
 export. The confirmation and the test result are stored as study attributes
 (:attr:`~quide_search.records.StudyKey.CONFIRMATION`, :attr:`~quide_search.records.StudyKey.TEST`);
-``from_dict`` reads and ``to_dict`` writes exactly the keys and values a study holds, so a study
-written before these records reads the same. A trial's own metrics are
+``to_dict`` writes the keys and values this version stores, and ``from_dict`` reads them back
+(keys a later version adds are ignored; a record of another shape is a ``StorageError``), so a
+study written before these records reads the same. A trial's own metrics are
 :class:`~quide_search.records.TrialRow`.
 """
 
@@ -15,10 +16,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
+from quide_search.errors import StorageError
+from quide_search.metric import Gate
 from quide_search.records import Budget, TrialRow
 
 __all__ = ["BudgetAnswer", "Confirmation", "ConfirmedEntry", "Finalist", "TestEntry",
            "TestResult"]  # fmt: skip
+
+_R = TypeVar("_R")
 
 FLOAT_TRIAL = "float"
 """The ``trial`` of the float model's entry in a confirmation or test result."""
@@ -27,6 +32,21 @@ FLOAT_TRIAL = "float"
 def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     """``data``'s values of ``cls``'s fields (a record from a later version may hold more)."""
     return {f.name: data[f.name] for f in fields(cls) if f.name in data}
+
+
+def _read(cls: type[_R], data: Mapping[str, Any], key: str, **parsed: Any) -> _R:
+    """Build ``cls`` from the stored attribute ``key``, its ``parsed`` fields given.
+
+    Raises:
+        StorageError: If the attribute lacks a field this version needs.
+    """
+    try:
+        return cls(**{**_known(cls, data), **parsed})
+    except (KeyError, TypeError, ValueError) as e:
+        raise StorageError(
+            f"the study attribute {key!r} must have the shape quide-search writes, but reading "
+            f"it failed ({type(e).__name__}: {e}). Run the study again into a new storage."
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -103,11 +123,14 @@ class Confirmation(_Finalists[ConfirmedEntry]):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Confirmation:
-        """Read the stored study attribute."""
-        entries = tuple(ConfirmedEntry(**_known(ConfirmedEntry, e)) for e in data["entries"])
-        return cls(
-            **{**_known(cls, data), "entries": entries, "failed": dict(data.get("failed", {}))}
-        )
+        """Read the stored study attribute.
+
+        Raises:
+            StorageError: If it lacks a field this version needs.
+        """
+        key = "confirmation"
+        entries = tuple(_read(ConfirmedEntry, e, key) for e in data.get("entries", []))
+        return _read(cls, data, key, entries=entries, failed=dict(data.get("failed", {})))
 
     def to_dict(self) -> dict[str, Any]:
         """The record as stored."""
@@ -120,22 +143,27 @@ class Confirmation(_Finalists[ConfirmedEntry]):
 class TestResult(_Finalists[TestEntry]):
     """The test step: finalists and the float model scored on the held-out test split.
 
-    ``gate`` is the gate around the float model's test P (its ``baseline_P``), None when the
-    float model could not be scored; ``samples`` the test split's size."""
+    ``gate`` is the study's gate around the float model's test P (its ``baseline_P``), None
+    when the float model could not be scored; ``samples`` the test split's size."""
 
     __test__ = False  # not a pytest test class
 
     samples: int = 0
     seconds: float = 0.0
-    gate: dict[str, Any] | None = None
+    gate: Gate | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TestResult:
-        """Read the stored study attribute."""
-        entries = tuple(TestEntry(**_known(TestEntry, e)) for e in data["entries"])
-        return cls(
-            **{**_known(cls, data), "entries": entries, "failed": dict(data.get("failed", {}))}
-        )
+        """Read the stored study attribute.
+
+        Raises:
+            StorageError: If it lacks a field this version needs.
+        """
+        key = "test"
+        entries = tuple(_read(TestEntry, e, key) for e in data.get("entries", []))
+        gate = data.get("gate")
+        return _read(cls, data, key, entries=entries, failed=dict(data.get("failed", {})),
+                     gate=None if gate is None else _read(Gate, gate, key))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The record as stored (``gate`` only where the float model was scored)."""
@@ -145,14 +173,18 @@ class TestResult(_Finalists[TestEntry]):
             "entries": [e.to_dict() for e in self.entries],
             "failed": dict(self.failed),
         }
-        return data if self.gate is None else {**data, "gate": dict(self.gate)}
+        return data if self.gate is None else {**data, "gate": self.gate.to_dict()}
 
 
 @dataclass(frozen=True)
 class Finalist:
-    """A plan as the study recommends it: its trial row, its confirmed T and its test-split P
-    where it has them, and whether it qualifies (``feasible``: on the search split, by its
-    confirmed T where confirmed, and on the test split's gate where finalists were scored)."""
+    """A plan as the study recommends it (or a budget picks it): its trial row, its confirmed T
+    and its test-split P where it has them, and whether it qualifies (``feasible``: on the
+    search split, by its confirmed T where confirmed, and on the test split's gate where
+    finalists were scored; the row's own ``feasible`` is the search's alone).
+
+    Its ``I_prime``, ``I`` and ``T_ms`` are the ones it is ranked by: by the confirmed T where
+    it was confirmed, else the search's."""
 
     row: TrialRow
     feasible: bool
@@ -170,17 +202,17 @@ class Finalist:
         return self.row.plan
 
     @property
-    def score(self) -> float:
+    def I_prime(self) -> float:  # noqa: N802 - the paper's name
         """I' by the confirmed T where confirmed, else the search's I'."""
         return self.confirmed.I_prime_confirmed if self.confirmed else self.row.I_prime
 
     @property
-    def index(self) -> float:
+    def I(self) -> float:  # noqa: E743, N802 - the paper's name
         """I by the confirmed T where confirmed, else the search's I."""
         return self.confirmed.I_confirmed if self.confirmed else self.row.I
 
     @property
-    def t_ms(self) -> float:
+    def T_ms(self) -> float:  # noqa: N802 - the metric's name
         """T in ms: the confirmed T where confirmed, else the search's."""
         return self.confirmed.T_confirmed_ms if self.confirmed else self.row.T_ms
 
@@ -191,13 +223,15 @@ class Finalist:
 
     def fits(self, budget: Budget) -> bool:
         """Whether its stored bytes and T (confirmed where confirmed) are within ``budget``."""
-        return budget.fits(stored_bytes=float(self.row.stored_bytes), t_ms=float(self.t_ms))
+        return budget.fits(stored_bytes=float(self.row.stored_bytes), t_ms=float(self.T_ms))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, test_first: bool = False) -> dict[str, Any]:
         """One flat row, as ``show --json`` gives it: the trial's, then its confirmed and test
-        values (without a second ``trial``)."""
+        values (the test values first with ``test_first``, the order a budget's answer has
+        always printed)."""
         data = self.row.to_dict()
-        for entry in (self.confirmed, self.tested):
+        entries = (self.tested, self.confirmed) if test_first else (self.confirmed, self.tested)
+        for entry in entries:
             data.update(entry.to_dict() if entry else {})
         data["feasible"] = self.feasible
         return data
@@ -216,5 +250,6 @@ class BudgetAnswer:
 
     def to_dict(self) -> dict[str, Any]:
         """As ``show --json`` gives it under ``budget``."""
-        return {"limits": self.budget.text(), "best": self.best.to_dict() if self.best else None,
-                "why": self.why, "trials": self.trials, "test_split": self.test_split}  # fmt: skip
+        best = self.best.to_dict(test_first=True) if self.best else None
+        return {"limits": self.budget.text(), "best": best, "why": self.why,
+                "trials": self.trials, "test_split": self.test_split}  # fmt: skip

@@ -25,7 +25,8 @@ TEST = {
     "samples": 300, "seconds": 0.2,
     "entries": [{"trial": "float", "P_test": 0.96, "gate_passed_test": True},
                 {"trial": 3, "P_test": 0.955, "gate_passed_test": True}],
-    "failed": {}, "gate": {"baseline_P": 0.96, "max_drop": 0.01, "min_accuracy": None},
+    "failed": {},
+    "gate": {"baseline_P": 0.96, "max_drop": 0.01, "min_accuracy": None, "threshold": 0.95},
 }  # fmt: skip
 
 
@@ -66,7 +67,7 @@ def test_a_finalist_is_one_flat_row_scored_by_its_confirmed_t() -> None:
     confirmed = Confirmation.from_dict(CONFIRMATION).by_trial()[3]
     tested = TestResult.from_dict(TEST).by_trial()[3]
     finalist = Finalist(row, True, confirmed, tested)
-    assert (finalist.score, finalist.index, finalist.t_ms, finalist.p_test) == (
+    assert (finalist.I_prime, finalist.I, finalist.T_ms, finalist.p_test) == (
         2.9,
         2.9,
         1.5,
@@ -76,11 +77,23 @@ def test_a_finalist_is_one_flat_row_scored_by_its_confirmed_t() -> None:
     assert flat == {**row.to_dict(), **confirmed.to_dict(), **tested.to_dict(), "feasible": True}
     assert list(flat)[: len(row.to_dict())] == list(row.to_dict())  # the trial's keys first
     plain = Finalist(row, False)
-    assert (plain.score, plain.t_ms, plain.p_test) == (2.4, 2.0, None)
+    assert (plain.I_prime, plain.T_ms, plain.p_test) == (2.4, 2.0, None)
     assert plain.to_dict() == row.to_dict()  # feasible False either way
     # Budgets read T confirmed where it is: 1.5 ms fits 1.8 ms, the search's 2.0 would not.
     assert finalist.fits(Budget(max_latency_ms=1.8)) and not plain.fits(Budget(max_latency_ms=1.8))
     assert not finalist.fits(Budget(max_size_mb=1000 / MIB))
+
+
+def test_a_record_of_another_shape_is_a_storage_error() -> None:
+    import pytest
+
+    from quide_search.errors import StorageError
+
+    broken = {**CONFIRMATION, "entries": [{"trial": 3, "T_confirmed_ms": 1.5}]}
+    with pytest.raises(StorageError, match="the study attribute 'confirmation' must have"):
+        Confirmation.from_dict(broken)
+    # Keys a later version adds are ignored.
+    assert Confirmation.from_dict({**CONFIRMATION, "new": 1}).to_dict() == CONFIRMATION
 
 
 def test_a_budget_answer_is_what_show_json_prints() -> None:
@@ -89,5 +102,12 @@ def test_a_budget_answer_is_what_show_json_prints() -> None:
     assert answer.to_dict() == {"limits": "size <= 0.5 MiB", "best": {**row.to_dict(),
                                 "feasible": True}, "why": None, "trials": 7,
                                 "test_split": True}  # fmt: skip
+    # A confirmed and tested pick lists its test values first, as the answer always has.
+    both = Finalist(row, True, Confirmation.from_dict(CONFIRMATION).by_trial()[3],
+                    TestResult.from_dict(TEST).by_trial()[3])  # fmt: skip
+    keys = list(BudgetAnswer(Budget(), both, None, 7, True).to_dict()["best"])
+    assert keys.index("P_test") < keys.index("T_confirmed_ms")
+    shown = list(both.to_dict())  # as the recommended row: its confirmed values first
+    assert shown.index("P_test") > shown.index("T_confirmed_ms") and set(shown) == set(keys)
     none = BudgetAnswer(Budget(max_latency_ms=1.0), None, "nothing fits", 7, False)
     assert none.to_dict()["best"] is None and none.to_dict()["why"] == "nothing fits"

@@ -263,7 +263,7 @@ def _test_table(summary: SearchSummary, completed: Sequence[TrialRow]) -> str:
     ]  # fmt: skip
     caption = (
         f"<p>{len(body)} finalists scored on {test.samples} held-out samples the search never "
-        f"saw; gate there P_test &ge; {test.gate['threshold']:.4f} (around the float "
+        f"saw; gate there P_test &ge; {test.gate.threshold:.4f} (around the float "
         "model's test P). The search selected on P (search split), so P (test split) is the "
         "estimate to expect; the recommendation passes both gates.</p>"
     )

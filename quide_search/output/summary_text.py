@@ -36,7 +36,7 @@ def verdict_lines(summary: SearchSummary) -> list[str]:
         score = float_score(summary.baseline)
         return [
             f"keep the model in float for this target: its I' ({score:.4f}) is higher "
-            f"than every feasible plan's (best: trial {best.trial}, {best.score:.4f}).",
+            f"than every feasible plan's (best: trial {best.trial}, {best.I_prime:.4f}).",
         ]
     lines = []
     tested = summary.tested
@@ -206,8 +206,8 @@ def _test_notes(test: TestResult | None) -> list[str]:
         lines.append(
             f"\ntest split: {len(test.entries)} finalists (float included) scored on "
             f"{test.samples} held-out samples the search never saw ({test.seconds:.2f} s); "
-            f"its gate is P_test >= {test.gate['threshold']:.4f} (around the float model's "
-            f"{test.gate['baseline_P']:.4f}). The recommendation must pass it too."
+            f"its gate is P_test >= {test.gate.threshold:.4f} (around the float model's "
+            f"{test.gate.baseline_P:.4f}). The recommendation must pass it too."
         )
     if "float" in test.failed:
         lines.append("\ntest gate not applied: the float model could not be scored on the test "

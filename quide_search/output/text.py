@@ -30,7 +30,7 @@ __all__ = [
     "plan_text",
 ]
 
-METRIC_COLUMNS = SCORE_KEYS[:5]
+METRIC_COLUMNS = tuple(k for k in SCORE_KEYS if k != TrialKey.GATE_PASSED)
 """The metric columns of every table, in order."""
 _CONFIRMED = ("T_confirmed_ms", "I_prime_confirmed")
 

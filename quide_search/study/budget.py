@@ -70,8 +70,7 @@ def best_within(
         return max(pool, key=rank)
     if not fitting:
         return None
-    chosen = max(fitting, key=lambda f: (f.row.I_prime, f.row.I, -f.trial))
-    return dataclasses.replace(chosen, confirmed=None)
+    return max(fitting, key=lambda f: (f.row.I_prime, f.row.I, -f.trial))
 
 
 def answer_budget(study: optuna.Study, budget: Budget) -> BudgetAnswer:

@@ -77,7 +77,7 @@ def confirm_study(
     rows = completed_rows(study)
     if top <= 0 or not rows or context.estimated:
         return None
-    by_number = {r.trial: r.to_dict() for r in rows}
+    by_number = {r.trial: r for r in rows}
     plans = finalist_plans(objective, rows, top=top)
     stored = stored_confirmation(study)
     if stored and stored.top == top and stored.covered() == {str(k) for k in plans}:
@@ -87,8 +87,8 @@ def confirm_study(
     baseline = study.user_attrs[StudyKey.BASELINE]
     entries = []
     for key, result in results.items():
-        row = baseline if key == "float" else by_number[int(key)]
-        entries.append(_entry(key, row, result.median_ms, result.spread, result.repeats,
+        scored = _scored(baseline if key == "float" else by_number[int(key)])
+        entries.append(_entry(key, scored, result.median_ms, result.spread, result.repeats,
                               objective.gate, objective.settings.max_latency_ms))  # fmt: skip
     record = Confirmation(
         rounds=max((r.repeats for r in results.values()), default=0),
@@ -119,19 +119,26 @@ def finalist_plans(
     return plans
 
 
+def _scored(row: TrialRow | Mapping[str, Any]) -> tuple[float, float, bool]:
+    """C, P and whether it is feasible, of a trial's row or the float model's stored metrics
+    (feasible by its gate alone)."""
+    if isinstance(row, TrialRow):
+        return row.C, row.P, row.feasible
+    return row[TrialKey.C], row[TrialKey.P], bool(row[TrialKey.GATE_PASSED])
+
+
 def _entry(
     key: int | str,
-    row: Mapping[str, Any],
+    scored: tuple[float, float, bool],
     t_ms: float,
     spread: float,
     rounds: int,
     gate: Gate,
     max_latency_ms: float | None,
 ) -> ConfirmedEntry:
-    """One finalist's confirmed T, with the I and I' it gives with the row's C and P (``row``:
-    a trial's metrics, or the float model's stored baseline)."""
-    c, p = row[TrialKey.C], row[TrialKey.P]
-    feasible = bool(row.get(TrialKey.FEASIBLE, row[TrialKey.GATE_PASSED]))
+    """One finalist's confirmed T, with the I and I' it gives with its C and P (``scored``:
+    C, P and whether it was feasible in the search)."""
+    c, p, feasible = scored
     if max_latency_ms is not None:
         feasible = feasible and t_ms <= max_latency_ms
     return ConfirmedEntry(

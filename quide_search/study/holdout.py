@@ -71,6 +71,6 @@ def test_study(study: optuna.Study, objective: PlanObjective, *, top: int) -> Te
     if "float" in scores:
         gate = dataclasses.replace(objective.gate, baseline_P=scores["float"])
         entries = tuple(TestEntry(key, p, gate.passes(p)) for key, p in scores.items())
-        record = dataclasses.replace(record, gate=gate.to_dict(), entries=entries)
+        record = dataclasses.replace(record, gate=gate, entries=entries)
     study.set_user_attr(StudyKey.TEST, record.to_dict())
     return record

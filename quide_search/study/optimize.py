@@ -119,7 +119,6 @@ def _one_trial(
 
     def run(trial: optuna.Trial) -> float | tuple[float, float, float]:
         try:
-            objective.stops.check()
             trial.set_user_attr(TrialKey.WORKER, this_worker())
             return objective(trial)
         except KeyboardInterrupt:

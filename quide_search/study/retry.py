@@ -33,7 +33,8 @@ def worker_tag(pid: int) -> str:
 
 
 def this_worker() -> str:
-    """This process's :func:`worker_tag` (read at each call: a forked worker has its own pid)."""
+    """This process's :func:`worker_tag`, read at each call (a worker process has its own
+    pid)."""
     return worker_tag(os.getpid())
 
 

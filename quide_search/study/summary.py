@@ -235,7 +235,7 @@ def list_studies(storage_urls: list[str]) -> list[dict[str, Any]]:
                     "pruned": states.count("PRUNED"),
                     "failed": states.count("FAIL"),
                     "running": states.count("RUNNING"),
-                    "best_I_prime": best.score if best and best.feasible else None,
+                    "best_I_prime": best.I_prime if best and best.feasible else None,
                     "best_trial": best.trial if best else None,
                     "baseline_P": summary.baseline.get("P") if summary else None,
                     "baseline_T_ms": summary.baseline.get("T_ms") if summary else None,
@@ -249,7 +249,8 @@ def _ours(study: optuna.Study) -> bool:
 
 
 def best_row(rows: list[TrialRow]) -> Finalist | None:
-    """Return the best completed row by the search's I', with a ``feasible`` flag.
+    """Return the best completed trial by the search's I', as a :class:`Finalist` whose
+    ``feasible`` says whether any trial was.
 
     The highest I' among feasible rows (passing the gate and any size or latency limit);
     when none is feasible, the highest I' (then I) among all rows, so a run without a
@@ -265,7 +266,7 @@ def best_row(rows: list[TrialRow]) -> Finalist | None:
 def rank(finalist: Finalist) -> tuple[float, float, int]:
     """The recommendation's order: confirmed I' (else the search's), then I, then the earlier
     trial."""
-    return finalist.score, finalist.index, -finalist.trial
+    return finalist.I_prime, finalist.I, -finalist.trial
 
 
 def recommended(
@@ -367,7 +368,7 @@ def _keep_float(baseline: Mapping[str, Any], best: Finalist | None) -> bool:
     """Whether the float model's I' beats the recommended plan's (both confirmed if they were)."""
     if not baseline or best is None or not best.feasible:
         return False
-    return bool(float_score(baseline) > best.score)
+    return bool(float_score(baseline) > best.I_prime)
 
 
 def float_score(baseline: Mapping[str, Any]) -> float:

@@ -50,3 +50,17 @@ def test_run_offers_every_setting_and_passes_each_through() -> None:
     )
     # An argument left at None takes the field's default (--seq-len's None is 512).
     assert (default.seq_len, default.eval_windows, default.dtype) == (512, 64, "auto")
+
+
+def test_sweep_and_sensitivity_pass_their_settings_through() -> None:
+    parser, _ = build_parser()
+    sweep = parser.parse_args(["sweep", "--name", "u", "--out-dir", "o", "--batch-size", "4",
+                               "--max-accuracy-drop", "0.05", "--bits", "8"])  # fmt: skip
+    config = config_from_args(sweep, study=sweep.name)
+    assert (config.study, config.out_dir, config.batch_size) == ("u", "o", 4)
+    assert (config.max_accuracy_drop, config.bits) == (0.05, ("int8",))
+    sensitivity = parser.parse_args(["sensitivity", "--study", "s", "--storage",
+                                     "sqlite:///x.db", "--threads", "1"])  # fmt: skip
+    config = config_from_args(sensitivity, trials=0)
+    assert (config.study, config.storage, config.threads, config.trials) == (
+        "s", "sqlite:///x.db", 1, 0)  # fmt: skip

@@ -37,7 +37,7 @@ ROWS = [_row(0, 1.0, 1.0, 5.0), _row(1, 0.5, 2.0, 7.0), _row(2, 0.2, 3.0, 9.0),
 def test_the_best_plan_that_passes_the_gate_within_the_budget(budget: Budget, trial: int) -> None:
     best = best_within(ROWS, budget)
     assert (best and best.trial) == trial
-    assert best is None or best.feasible
+    assert best is None if trial is None else best is not None and best.feasible
 
 
 def test_a_confirmed_finalist_is_chosen_on_its_confirmed_t() -> None:
@@ -45,10 +45,10 @@ def test_a_confirmed_finalist_is_chosen_on_its_confirmed_t() -> None:
         entries=(_confirmed(2, 3.5, 9.5), _confirmed(1, 1.5, 8.0), _confirmed("float", 0.4, 1.0))
     )
     best = best_within(ROWS, Budget(), confirmation)
-    assert best is not None and best.trial == 2 and best.score == 9.5
+    assert best is not None and best.trial == 2 and best.I_prime == 9.5
     # Within 3.2 ms by the search's T trial 2 fits, but its confirmed T does not.
     best = best_within(ROWS, Budget(max_latency_ms=3.2), confirmation)
-    assert best is not None and best.trial == 1 and best.t_ms == 1.5
+    assert best is not None and best.trial == 1 and best.T_ms == 1.5
     assert best.to_dict()["T_confirmed_ms"] == 1.5
     # Trial 1's confirmed T (1.5) is over 1.4 even where no confirmed plan fits: trial 0.
     best = best_within(ROWS, Budget(max_latency_ms=1.4), confirmation)

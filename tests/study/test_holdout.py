@@ -49,7 +49,7 @@ def test_finalists_and_float_are_scored_on_the_test_split(tested, digits_task) -
     test = digits_task.splits.test
     float_p = _accuracy(digits_task.model, test.inputs, test.labels)
     assert by_trial["float"].P_test == float_p
-    assert record.gate is not None and record.gate["threshold"] == pytest.approx(float_p - 0.01)
+    assert record.gate is not None and record.gate.threshold == pytest.approx(float_p - 0.01)
     plans = {r.trial: r.plan for r in rows}
     for trial, entry in by_trial.items():
         if trial == "float":

@@ -237,7 +237,7 @@ def test_the_recommendation_uses_confirmed_t_and_can_be_the_float_model(
     confirmed = summarize(copy, storage_url=config.storage_url, out_dir=tmp_path)
     # The search ranked ``first`` higher; the confirmed T ranks ``second`` higher.
     assert confirmed.best is not None and confirmed.best.trial == second
-    assert confirmed.best.score == 3.0 and not confirmed.keep_float
+    assert confirmed.best.I_prime == 3.0 and not confirmed.keep_float
     assert confirmed.best.to_dict()["I_prime_confirmed"] == 3.0
     assert "best by confirmed I'" in format_summary(confirmed)
     from quide_search.output.export import select_trial
