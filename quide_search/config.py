@@ -2,9 +2,9 @@
 
 Precedence for the CLI: flags given on the command line > these defaults. Every value is checked
 in ``__post_init__`` so the rest of the code can trust it, and so that bad input fails before any
-study or file is touched. Nothing there does I/O or imports torch: the paths the settings name
-are checked on this machine by :meth:`RunConfig.check_paths`, which the study layer's entry
-points (``run_search``, ``run_sweep``, the sensitivity command) call once, first.
+study or file is touched. Nothing here does I/O or imports torch: the paths the settings name
+are checked on this machine by :func:`quide_search.study.setup.check_paths`, which the study
+layer's entry points (``run_search``, ``run_sweep``, the sensitivity command) call once, first.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from quide_search.errors import ConfigError, PlanError, did_you_mean
-from quide_search.files import check_path
 from quide_search.plan import DEFAULT_BACKEND, FLOAT, normalize_precision
 from quide_search.protocol import MAX_SAMPLES, MAX_SEED
 from quide_search.records import Budget
 from quide_search.storage_url import (
-    check_url,
     check_url_form,
     default_storage_url,
     supports_heartbeat,
@@ -290,25 +288,6 @@ class RunConfig:
                     f"but got --heartbeat {self.heartbeat} with --storage {self.storage!r}, a "
                     "journal file, which has no heartbeats. Drop --heartbeat or use an RDB URL."
                 )
-
-    def check_paths(self) -> None:
-        """Check the paths these settings name, on this machine: ``--out-dir`` (a folder, or
-        one that can be made), ``--storage``'s file (its kind, folder and permissions) and
-        ``--latency table:PATH`` (an existing file). The only I/O of a RunConfig.
-
-        Raises:
-            ConfigError: For a path of the wrong kind, missing or not writable.
-            StorageError: For a storage file that is not what its URL says.
-        """
-        from quide_search.latency._base import SourceKind
-        from quide_search.latency.profiles import parse_source
-
-        check_path(self.out_dir, kind="folder", flag="--out-dir")
-        if self.storage is not None:
-            check_url(self.storage, must_exist=False)
-        kind, table = parse_source(self.latency)
-        if kind == SourceKind.TABLE and table is not None:  # an input file: checked first
-            check_path(table, kind="file", flag="--latency table:PATH", must_exist=True)
 
     def _check_search(self) -> None:
         check_sampler(self.sampler)

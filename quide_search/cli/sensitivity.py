@@ -42,10 +42,10 @@ class SensitivityCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from quide_search.output.text import format_sensitivity
         from quide_search.study.session import open_session
-        from quide_search.study.setup import study_sensitivity
+        from quide_search.study.setup import check_paths, study_sensitivity
 
         config = config_from_args(args, trials=0)
-        config.check_paths()
+        check_paths(config)
         session = open_session(config)
         note = session.protocol.search.exclusion_line()
         if note is not None:

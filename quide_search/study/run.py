@@ -43,9 +43,10 @@ def run_search(
     from quide_search.study.holdout import test_study
     from quide_search.study.optimize import handlers_restored, optimize
     from quide_search.study.session import open_session
+    from quide_search.study.setup import check_paths
     from quide_search.study.workers import WorkerPool
 
-    config.check_paths()
+    check_paths(config)
     front = front_path(config.study_name, config.storage_url, config.out_dir)
     check_replaceable(front, ours=is_generated_json, flag="the Pareto front file")
     with torch_threads(config.threads), shown(progress), handlers_restored():

@@ -16,11 +16,35 @@ from quide_search.records import StudyKey, TrialKey, WarmStart
 if TYPE_CHECKING:
     import optuna
 
+    from quide_search.config import RunConfig
     from quide_search.measure.scorer import Scorer
     from quide_search.protocol import Protocol
     from quide_search.search.objective import PlanObjective
 
-__all__ = ["baseline_record", "prepare_queue", "study_sensitivity"]
+__all__ = ["baseline_record", "check_paths", "prepare_queue", "study_sensitivity"]
+
+
+def check_paths(config: RunConfig) -> None:
+    """Check the paths ``config`` names, on this machine, before anything is written:
+    ``--out-dir`` (a folder, or one that can be made), ``--storage``'s file (its kind, folder
+    and permissions) and ``--latency table:PATH`` (an existing file). A RunConfig itself does
+    no I/O; the entry points call this once, first.
+
+    Raises:
+        ConfigError: For a path of the wrong kind, missing or not writable.
+        StorageError: For a storage file that is not what its URL says.
+    """
+    from quide_search.files import check_path
+    from quide_search.latency._base import SourceKind
+    from quide_search.latency.profiles import parse_source
+    from quide_search.storage_url import check_url
+
+    check_path(config.out_dir, kind="folder", flag="--out-dir")
+    if config.storage is not None:
+        check_url(config.storage, must_exist=False)
+    kind, table = parse_source(config.latency)
+    if kind == SourceKind.TABLE and table is not None:  # an input file: checked first
+        check_path(table, kind="file", flag="--latency table:PATH", must_exist=True)
 
 
 def baseline_record(scorer: Scorer, protocol: Protocol) -> dict[str, Any]:

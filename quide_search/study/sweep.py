@@ -61,9 +61,10 @@ def run_sweep(config: RunConfig) -> SweepResult:
     from quide_search.measure.evaluator import check_task_runs
     from quide_search.measure.scorer import Scorer
     from quide_search.protocol import build_protocol
+    from quide_search.study.setup import check_paths
     from quide_search.tasks.resolver import load_task
 
-    config.check_paths()
+    check_paths(config)
     if config.latency == "auto":
         config = dataclasses.replace(config, latency="measured")
     device = resolve_device(config.device)

@@ -407,19 +407,20 @@ def test_settings_do_no_io_and_the_paths_are_checked_at_the_entry(tmp_path: Path
     from quide_search.config import RunConfig
     from quide_search.errors import ConfigError, StorageError
     from quide_search.study import run_search
+    from quide_search.study.setup import check_paths
 
     (tmp_path / "notes.txt").write_text("mine\n")
     # Built without touching the filesystem: a path that cannot be used is not an error yet.
     config = RunConfig(out_dir=str(tmp_path / "notes.txt"), device="cpu", trials=1,
                        latency=f"table:{tmp_path / 'missing.json'}")  # fmt: skip
     with pytest.raises(ConfigError, match="--out-dir must name a folder"):
-        config.check_paths()
+        check_paths(config)
     with pytest.raises(ConfigError, match="--out-dir must name a folder"):
         run_search(config, progress=False)
     journal = RunConfig(storage=f"journal:{tmp_path / 'notes.txt'}", out_dir=str(tmp_path))
     with pytest.raises(StorageError, match="must name an Optuna journal file"):
-        journal.check_paths()
+        check_paths(journal)
     table = RunConfig(out_dir=str(tmp_path), latency=f"table:{tmp_path / 'missing.json'}")
     with pytest.raises(ConfigError, match="--latency table:PATH must name an existing file"):
-        table.check_paths()
+        check_paths(table)
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
