@@ -28,7 +28,7 @@ from _results import machine_line, write_section
 from quide_search.config import RunConfig
 from quide_search.measure.scorer import Scorer
 from quide_search.plan import BitPlan
-from quide_search.protocol import build_protocol
+from quide_search.protocol_builder import build_protocol
 from quide_search.tasks.resolver import load_task
 from quide_search.tasks.task import Task
 

@@ -59,7 +59,7 @@ from quide_search.latency._probe import layer_shapes
 from quide_search.latency.analytic import estimate_ms
 from quide_search.latency.profiles import profile
 from quide_search.measure.scorer import Scorer
-from quide_search.protocol import build_protocol
+from quide_search.protocol_builder import build_protocol
 from quide_search.tasks.models.custom import CustomTask
 from quide_search.tasks.resolver import load_task
 

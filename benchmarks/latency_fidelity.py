@@ -47,7 +47,7 @@ from quide_search.measure.builder import PlanBuilder
 from quide_search.measure.scorer import Scorer
 from quide_search.metric import gated_index
 from quide_search.plan import BitPlan
-from quide_search.protocol import build_protocol
+from quide_search.protocol_builder import build_protocol
 from quide_search.tasks.resolver import load_task
 from quide_search.tasks.task import Task
 

@@ -46,7 +46,7 @@ from quide_search.measure.device import resolve_device
 from quide_search.measure.measurement import GateUnreachable
 from quide_search.measure.scorer import Scorer
 from quide_search.plan import BitPlan
-from quide_search.protocol import build_protocol
+from quide_search.protocol_builder import build_protocol
 from quide_search.search.objective import PlanObjective, SearchSettings
 from quide_search.search.sensitivity import measure_sensitivity, warm_plans
 from quide_search.search.space import group_layers, uniform_params

@@ -68,7 +68,7 @@ def protocol_for(task: Any, **config: Any) -> Any:
     import torch
 
     from quide_search.config import RunConfig
-    from quide_search.protocol import build_protocol
+    from quide_search.protocol_builder import build_protocol
 
     run = RunConfig(model=task.model_name, dataset=task.dataset_name, device="cpu", **config)
     return build_protocol(run, task, device=torch.device("cpu"))

@@ -106,7 +106,7 @@ LAYERS = (
     ("latency", {"latency"}),
     ("backends", {"backends"}),
     ("tasks", {"tasks"}),
-    ("settings", {"protocol", "config"}),
+    ("settings", {"protocol", "protocol_builder", "config"}),
     ("measure", {"measure"}),
     ("search", {"search"}),
     ("study", {"study"}),

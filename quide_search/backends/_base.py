@@ -143,8 +143,8 @@ class QuantBackend(abc.ABC):
         """The ``layers`` that cannot run some of ``precisions`` for their shape (or, given a
         model input ``example``, for how the model computes them): layer -> {precision: why}.
         A search leaves those precisions out of those layers' choices
-        (:func:`quide_search.protocol.build_protocol`); :meth:`hazard` still refuses a plan that
-        puts a layer at one."""
+        (:func:`quide_search.protocol_builder.build_protocol`); :meth:`hazard` still refuses a
+        plan that puts a layer at one."""
         return {}
 
     def default_bits(

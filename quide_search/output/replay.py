@@ -182,7 +182,7 @@ def _on_backend(
             the plan quantizes in float, or cannot run one of its precisions on ``device``.
     """
     from quide_search.backends import get_backend
-    from quide_search.protocol import on_backend
+    from quide_search.protocol_builder import on_backend
 
     backend = get_backend(name)
     plan.validate_layers(task.layers(get_backend(plan.backend)))

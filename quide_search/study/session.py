@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from quide_search.config import RunConfig
 from quide_search.errors import StorageError
 from quide_search.metric import Gate
-from quide_search.protocol import Protocol, build_protocol
+from quide_search.protocol import Protocol
+from quide_search.protocol_builder import build_protocol
 from quide_search.records import StudyKey, TrialKey
 from quide_search.study.storage import open_storage, study_names, supports_heartbeat
 

@@ -60,7 +60,7 @@ def run_sweep(config: RunConfig) -> SweepResult:
     from quide_search.measure.device import resolve_device
     from quide_search.measure.evaluator import check_task_runs
     from quide_search.measure.scorer import Scorer
-    from quide_search.protocol import build_protocol
+    from quide_search.protocol_builder import build_protocol
     from quide_search.study.setup import check_paths
     from quide_search.tasks.resolver import load_task
 
