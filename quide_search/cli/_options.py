@@ -69,6 +69,17 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         help="at most this many samples of the held-out test split that scores the finalists, "
         "for registered datasets (imagenet default: 10000; hf: text follows --eval-windows)",
     )
+    _add_lm_args(parser)  # before --weights: the usage line keeps its order
+    group.add_argument(
+        "--weights",
+        type=str,
+        default=None,
+        help="float state dict (.pt or .safetensors) to use instead of the cached training run",
+    )
+
+
+def _add_lm_args(parser: argparse.ArgumentParser) -> None:
+    """The group of flags only causal language models read."""
     lm = parser.add_argument_group("Hugging Face causal LMs (--model hf:PATH_OR_ID)")
     lm.add_argument(
         "--text-file", type=str, default=None, help="UTF-8 text to score on (e.g. WikiText-2 raw)"
@@ -96,12 +107,6 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         default="layer",
         help="one bit-width choice per layer, per numbered block, or per layer type "
         "(all q_proj share one) (default: layer)",
-    )
-    group.add_argument(
-        "--weights",
-        type=str,
-        default=None,
-        help="float state dict (.pt or .safetensors) to use instead of the cached training run",
     )
 
 
@@ -190,6 +195,11 @@ def add_measure_args(parser: argparse.ArgumentParser) -> None:
         help="memory bound on the cached quantized layers trials are assembled from "
         "(default: 4096)",
     )
+    _add_source_args(group)
+
+
+def _add_source_args(group: argparse._ArgumentGroup) -> None:
+    """--latency (where T comes from) and --backend (what applies plans)."""
     group.add_argument(
         "--latency",
         type=str,
