@@ -5,18 +5,19 @@ Each is declared once here and read by the summary, ``show --json``, the report,
 export. The confirmation and the test result are stored as study attributes
 (:attr:`~quide_search.records.StudyKey.CONFIRMATION`, :attr:`~quide_search.records.StudyKey.TEST`);
 ``to_dict`` writes the keys and values this version stores, and ``from_dict`` reads them back
-(keys a later version adds are ignored; a record of another shape is a ``StorageError``), so a
-study written before these records reads the same. A trial's own metrics are
+(keys a later version adds are ignored; a record missing what this version needs, or holding a
+value of the wrong kind, is a ``StorageError``), so a study written before these records reads
+the same. A trial's own metrics are
 :class:`~quide_search.records.TrialRow`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
-from quide_search.errors import StorageError
+from quide_search.errors import QuideError, StorageError
 from quide_search.metric import Gate
 from quide_search.records import Budget, TrialRow
 
@@ -34,15 +35,31 @@ def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     return {f.name: data[f.name] for f in fields(cls) if f.name in data}
 
 
-def _read(cls: type[_R], data: Mapping[str, Any], key: str, **parsed: Any) -> _R:
-    """Build ``cls`` from the stored attribute ``key``, its ``parsed`` fields given.
+def _entries(cls: type[_E], data: Mapping[str, Any]) -> tuple[_E, ...]:
+    """A finalist record's entries, each with every field of ``cls`` and a trial that is a
+    number or ``"float"``."""
+    entries = tuple(cls(**_known(cls, e)) for e in data["entries"])
+    for e in entries:
+        if not (isinstance(e.trial, int) or e.trial == FLOAT_TRIAL):
+            raise ValueError(f"an entry's trial must be a number or 'float', but got {e.trial!r}")
+    return entries
+
+
+def _failed(data: Mapping[str, Any]) -> dict[str, str]:
+    """A finalist record's failures, finalist -> reason (none in records that predate them)."""
+    return {str(k): str(v) for k, v in dict(data.get("failed", {})).items()}
+
+
+def _parsed(key: str, read: Callable[[], _R]) -> _R:
+    """``read()`` of the stored study attribute ``key``, any fault in it one StorageError.
 
     Raises:
-        StorageError: If the attribute lacks a field this version needs.
+        StorageError: If the attribute lacks what this version needs or holds a value of
+            the wrong kind.
     """
     try:
-        return cls(**{**_known(cls, data), **parsed})
-    except (KeyError, TypeError, ValueError) as e:
+        return read()
+    except (AttributeError, KeyError, TypeError, ValueError, QuideError) as e:
         raise StorageError(
             f"the study attribute {key!r} must have the shape quide-search writes, but reading "
             f"it failed ({type(e).__name__}: {e}). Run the study again into a new storage."
@@ -128,9 +145,13 @@ class Confirmation(_Finalists[ConfirmedEntry]):
         Raises:
             StorageError: If it lacks a field this version needs.
         """
-        key = "confirmation"
-        entries = tuple(_read(ConfirmedEntry, e, key) for e in data.get("entries", []))
-        return _read(cls, data, key, entries=entries, failed=dict(data.get("failed", {})))
+
+        def read() -> Confirmation:
+            required = {"rounds": data["rounds"], "seconds": data["seconds"]}
+            return cls(**{**_known(cls, data), **required, "failed": _failed(data),
+                          "entries": _entries(ConfirmedEntry, data)})  # fmt: skip
+
+        return _parsed("confirmation", read)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as stored."""
@@ -159,11 +180,17 @@ class TestResult(_Finalists[TestEntry]):
         Raises:
             StorageError: If it lacks a field this version needs.
         """
-        key = "test"
-        entries = tuple(_read(TestEntry, e, key) for e in data.get("entries", []))
-        gate = data.get("gate")
-        return _read(cls, data, key, entries=entries, failed=dict(data.get("failed", {})),
-                     gate=None if gate is None else _read(Gate, gate, key))  # fmt: skip
+
+        def read() -> TestResult:
+            gate = data.get("gate")
+            if gate is not None:  # stored with both rules, None where unset
+                gate = Gate(baseline_P=gate["baseline_P"], max_drop=gate["max_drop"],
+                            min_accuracy=gate["min_accuracy"])  # fmt: skip
+            required = {"samples": data["samples"], "seconds": data["seconds"]}
+            return cls(**{**_known(cls, data), **required, "failed": _failed(data),
+                          "entries": _entries(TestEntry, data), "gate": gate})  # fmt: skip
+
+        return _parsed("test", read)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as stored (``gate`` only where the float model was scored)."""

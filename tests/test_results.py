@@ -89,11 +89,25 @@ def test_a_record_of_another_shape_is_a_storage_error() -> None:
 
     from quide_search.errors import StorageError
 
-    broken = {**CONFIRMATION, "entries": [{"trial": 3, "T_confirmed_ms": 1.5}]}
-    with pytest.raises(StorageError, match="the study attribute 'confirmation' must have"):
-        Confirmation.from_dict(broken)
-    # Keys a later version adds are ignored.
-    assert Confirmation.from_dict({**CONFIRMATION, "new": 1}).to_dict() == CONFIRMATION
+    entry = CONFIRMATION["entries"][1]  # type: ignore[index]
+    for broken in (
+        {**CONFIRMATION, "entries": [{"trial": 3, "T_confirmed_ms": 1.5}]},  # an entry's field
+        {k: v for k, v in CONFIRMATION.items() if k != "rounds"},  # a count it reports
+        {**CONFIRMATION, "entries": [{**entry, "trial": "x"}]},  # neither a number nor float
+        {**CONFIRMATION, "failed": [1]},
+        {**CONFIRMATION, "entries": None},
+    ):
+        with pytest.raises(StorageError, match="the study attribute 'confirmation' must have"):
+            Confirmation.from_dict(broken)
+    for broken in (
+        {**TEST, "gate": {"max_drop": 0.01}},  # a gate without the float model's test P
+        {**TEST, "gate": {**TEST["gate"], "max_drop": None}},  # no rule left  # type: ignore[dict-item]
+    ):
+        with pytest.raises(StorageError, match="the study attribute 'test' must have"):
+            TestResult.from_dict(broken)
+    # Keys a later version adds are ignored, in the record and in its entries.
+    later = {**CONFIRMATION, "new": 1, "entries": [{**entry, "new": 2}]}
+    assert Confirmation.from_dict(later).to_dict() == {**CONFIRMATION, "entries": [entry]}
 
 
 def test_a_budget_answer_is_what_show_json_prints() -> None:

@@ -1,6 +1,7 @@
-"""What a study holds before its first trial: baseline, queued plans, sensitivity.
+"""Before a study's first trial: the paths its settings name, checked; then what it holds
+(baseline, queued plans, sensitivity).
 
-Each step is stored once and reused: a process that finds one done reads it, so a resume
+Each stored step is stored once and reused: a process that finds one done reads it, so a resume
 after a kill during set-up goes on where it stopped.
 """
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
 from quide_search.cli import build_parser
 from quide_search.cli._options import config_from_args
 from quide_search.config import RunConfig
+from quide_search.errors import ConfigError
 
 NOT_SETTINGS = {"activations", "debug", "help", "no_progress", "json", "name"}
 """Arguments that are not RunConfig fields: --activations is folded into bits, the rest steer
@@ -52,15 +54,27 @@ def test_run_offers_every_setting_and_passes_each_through() -> None:
     assert (default.seq_len, default.eval_windows, default.dtype) == (512, 64, "auto")
 
 
-def test_sweep_and_sensitivity_pass_their_settings_through() -> None:
-    parser, _ = build_parser()
-    sweep = parser.parse_args(["sweep", "--name", "u", "--out-dir", "o", "--batch-size", "4",
-                               "--max-accuracy-drop", "0.05", "--bits", "8"])  # fmt: skip
-    config = config_from_args(sweep, study=sweep.name)
-    assert (config.study, config.out_dir, config.batch_size) == ("u", "o", 4)
-    assert (config.max_accuracy_drop, config.bits) == (0.05, ("int8",))
-    sensitivity = parser.parse_args(["sensitivity", "--study", "s", "--storage",
-                                     "sqlite:///x.db", "--threads", "1"])  # fmt: skip
-    config = config_from_args(sensitivity, trials=0)
-    assert (config.study, config.storage, config.threads, config.trials) == (
-        "s", "sqlite:///x.db", 1, 0)  # fmt: skip
+def test_sweep_and_sensitivity_pass_their_settings_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from quide_search.cli import main
+
+    seen: list[RunConfig] = []
+
+    def capture(config: RunConfig) -> None:
+        seen.append(config)
+        raise ConfigError("captured")  # stop before anything is measured
+
+    monkeypatch.setattr("quide_search.study.sweep.run_sweep", capture)
+    monkeypatch.setattr("quide_search.study.session.open_session", capture)
+    out = str(tmp_path)
+    sweep_args = ["sweep", "--name", "u", "--out-dir", out, "--batch-size", "4",
+                  "--max-accuracy-drop", "0.05", "--bits", "8", "--device", "cpu"]  # fmt: skip
+    assert main(sweep_args) == 2
+    assert main(["sensitivity", "--study", "s", "--out-dir", out, "--threads", "1",
+                 "--device", "cpu", "--bits", "8"]) == 2  # fmt: skip
+    sweep, sensitivity = seen
+    assert (sweep.study, sweep.out_dir, sweep.batch_size) == ("u", out, 4)
+    assert (sweep.max_accuracy_drop, sweep.bits) == (0.05, ("int8",))
+    assert (sensitivity.study, sensitivity.out_dir, sensitivity.threads) == ("s", out, 1)
+    assert sensitivity.trials == 0  # the sensitivity pass runs no trial

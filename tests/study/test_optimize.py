@@ -54,3 +54,21 @@ def test_a_trial_stopped_before_its_plan_is_whole_is_not_queued_again() -> None:
         study.optimize(_one_trial(_Objective(signal.SIGINT, draw=1)), n_trials=1)  # type: ignore[arg-type]
     [failed] = study.get_trials(deepcopy=False)
     assert failed.user_attrs["fail_reason"] == INTERRUPTED
+
+
+def test_a_stop_before_the_trial_starts_fails_it_without_a_retry() -> None:
+    class Checked(_Objective):
+        """Checks the stop first, as ``PlanObjective.__call__`` does."""
+
+        def __call__(self, trial: optuna.Trial) -> float:
+            self.stops.check()
+            return super().__call__(trial)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    objective = Checked(signal.SIGTERM)
+    objective.stops.ask(signal.SIGTERM)  # between trials: recorded, not raised
+    with pytest.raises(Stopped):
+        study.optimize(_one_trial(objective), n_trials=1)  # type: ignore[arg-type]
+    [failed] = study.get_trials(deepcopy=False)  # nothing drawn, so nothing queued again
+    assert failed.user_attrs == {"worker": this_worker(), "fail_reason": TERMINATED}
