@@ -7,8 +7,7 @@ export. The confirmation and the test result are stored as study attributes
 ``to_dict`` writes the keys and values this version stores, and ``from_dict`` reads them back
 (keys a later version adds are ignored; a record missing what this version needs, or holding a
 value of the wrong kind, is a ``StorageError``), so a study written before these records reads
-the same. A trial's own metrics are
-:class:`~quide_search.records.TrialRow`.
+the same. A trial's own metrics are :class:`~quide_search.records.TrialRow`.
 """
 
 from __future__ import annotations

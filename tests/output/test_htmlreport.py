@@ -56,7 +56,13 @@ def test_report_is_one_offline_file(report: tuple[Path, int, int]) -> None:
     assert "held-out samples the search never saw" in test and "<th>P (test split)</th>" in test
     assert "<td>float</td>" in test
     unbiased = "held out from the search and the float model's training: the unbiased estimate"
-    assert html.escape(f"on the held-out test split ({unbiased})") in page
+    held_out = html.escape(f"on the held-out test split ({unbiased})")
+    if "keep the model in float for this target" in page:
+        # This machine timed the float model fast enough to beat every plan (quanto's int
+        # plans run no faster on a CPU): the verdict names no plan, so no plan's test P.
+        assert held_out not in page
+    else:
+        assert held_out in page
     assert '<meta name="generator" content="quide-search">' in page
 
 
