@@ -76,6 +76,10 @@ class _Entry:
         """The entry as stored."""
         return asdict(self)
 
+    def values(self) -> dict[str, Any]:
+        """The entry's values without its trial: what it adds to the row of that trial."""
+        return {k: v for k, v in self.to_dict().items() if k != "trial"}
+
 
 @dataclass(frozen=True)
 class ConfirmedEntry(_Entry):
@@ -258,7 +262,7 @@ class Finalist:
         data = self.row.to_dict()
         entries = (self.tested, self.confirmed) if test_first else (self.confirmed, self.tested)
         for entry in entries:
-            data.update(entry.to_dict() if entry else {})
+            data.update(entry.values() if entry else {})
         data["feasible"] = self.feasible
         return data
 

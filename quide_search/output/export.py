@@ -208,19 +208,18 @@ def select_trial(
         StorageError: If the study has no completed trial.
         ConfigError: For an unknown selector or a trial that is not completed.
     """
-    rows = completed_rows(study)
-    if budget is None or not budget.given:
-        best = recommended(rows, stored_confirmation(study), stored_test(study))
-    else:
+    if budget is not None and budget.given:
         if trial != "best":
             raise ConfigError(
                 "--max-size-mb and --max-latency-ms choose the best plan within them, so they "
                 f"go with --trial best, but got --trial {trial}. Drop one of them."
             )
         answer = answer_budget(study, budget)
-        if answer.why is not None:
-            raise ConfigError(answer.why)
-        best = answer.best
+        if answer.best is None:
+            raise ConfigError(str(answer.why))
+        return study.get_trials(deepcopy=False)[answer.best.trial]
+    rows = completed_rows(study)
+    best = recommended(rows, stored_confirmation(study), stored_test(study))
     if best is None:
         raise StorageError(f"study {study.study_name!r} has no completed trials to export.")
     if trial == "best":

@@ -189,7 +189,7 @@ def plan_record(
     confirmation, test = stored_confirmation(study), stored_test(study)
     for record in (confirmation, test):
         entry = record.by_trial().get(trial.number) if record else None
-        metrics.update({k: v for k, v in entry.to_dict().items() if k != "trial"} if entry else {})
+        metrics.update(entry.values() if entry else {})
     float_test = test.of_float() if test else None
     if float_test is not None:
         baseline[TrialKey.P_TEST] = float_test.P_test

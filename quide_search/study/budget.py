@@ -66,11 +66,7 @@ def best_within(
         for f in fitting
         if f.confirmed is not None
     ]
-    if pool:
-        return max(pool, key=rank)
-    if not fitting:
-        return None
-    return max(fitting, key=lambda f: (f.row.I_prime, f.row.I, -f.trial))
+    return max(pool or fitting, key=rank) if fitting else None
 
 
 def answer_budget(study: optuna.Study, budget: Budget) -> BudgetAnswer:
@@ -84,11 +80,12 @@ def answer_budget(study: optuna.Study, budget: Budget) -> BudgetAnswer:
     )
 
     rows = completed_rows(study)
-    test = stored_test(study)
-    best = best_within(rows, budget, stored_confirmation(study), test)
+    confirmation, test = stored_confirmation(study), stored_test(study)
+    best = best_within(rows, budget, confirmation, test)
     why = None
     if best is None:
-        why = nothing_fits(rows, budget, study.study_name, study_baseline(study))
+        baseline = study_baseline(study, confirmation, test)
+        why = nothing_fits(rows, budget, study.study_name, baseline)
     return BudgetAnswer(budget, best, why, len(rows), bool(test and test.entries))
 
 

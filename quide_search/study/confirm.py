@@ -18,7 +18,7 @@ from quide_search.metric import Gate, gated_index, intelligence_index, knee
 from quide_search.plan import BitPlan
 from quide_search.records import StudyKey, TrialKey, TrialRow
 from quide_search.results import Confirmation, ConfirmedEntry
-from quide_search.study.summary import completed_rows, stored_confirmation, study_front
+from quide_search.study.summary import completed_rows, rank, stored_confirmation, study_front
 
 if TYPE_CHECKING:
     import optuna
@@ -46,7 +46,7 @@ def finalists(rows: list[TrialRow], *, top: int, front: int = FRONT_BOUND) -> li
     if uniform:
         take(knee(uniform))
     feasible = [r for r in rows if r.feasible]
-    ranked = sorted(feasible or rows, key=lambda r: (-r.I_prime, -r.I, r.trial))
+    ranked = sorted(feasible or rows, key=rank, reverse=True)
     distinct = len(chosen)
     for row in ranked:
         if len(chosen) >= distinct + top:

@@ -196,14 +196,19 @@ def stored_test(study: optuna.Study) -> TestResult | None:
     return TestResult.from_dict(data) if data else None
 
 
-def study_baseline(study: optuna.Study) -> dict[str, Any]:
+def study_baseline(
+    study: optuna.Study,
+    confirmation: Confirmation | None = None,
+    test: TestResult | None = None,
+) -> dict[str, Any]:
     """The float model's stored metrics, with its confirmed T and its test P where the study
-    has them."""
+    has them (``confirmation`` and ``test``: the study's records, read here if not given)."""
     baseline = dict(study.user_attrs.get(StudyKey.BASELINE, {}))
-    for record in (stored_confirmation(study), stored_test(study)):
+    confirmation = confirmation or stored_confirmation(study)
+    test = test or stored_test(study)
+    for record in (confirmation, test):
         entry = record.of_float() if record else None
-        if entry is not None:
-            baseline.update({k: v for k, v in entry.to_dict().items() if k != "trial"})
+        baseline.update(entry.values() if entry else {})
     return baseline
 
 
@@ -260,13 +265,13 @@ def best_row(rows: list[TrialRow]) -> Finalist | None:
     pool = feasible or rows
     if not pool:
         return None
-    return Finalist(max(pool, key=lambda r: (r.I_prime, r.I, -r.trial)), bool(feasible))
+    return Finalist(max(pool, key=rank), bool(feasible))
 
 
-def rank(finalist: Finalist) -> tuple[float, float, int]:
-    """The recommendation's order: confirmed I' (else the search's), then I, then the earlier
-    trial."""
-    return finalist.I_prime, finalist.I, -finalist.trial
+def rank(scored: TrialRow | Finalist) -> tuple[float, float, int]:
+    """The order plans are recommended in: I' (a finalist's by its confirmed T where
+    confirmed), then I, then the earlier trial."""
+    return scored.I_prime, scored.I, -scored.trial
 
 
 def recommended(
@@ -319,7 +324,7 @@ def summarize(study: optuna.Study, *, storage_url: str, out_dir: str | Path) -> 
     attrs = study.user_attrs
     confirmation = stored_confirmation(study)
     test = stored_test(study)
-    baseline = study_baseline(study)
+    baseline = study_baseline(study, confirmation, test)
     best = recommended(rows, confirmation, test)
     states = optuna.trial.TrialState
     by_state = {s: study.get_trials(deepcopy=False, states=(s,)) for s in states}
