@@ -38,10 +38,12 @@ if TYPE_CHECKING:
 
     from quide_search.backends.onnxruntime import OrtSettings
 
-__all__ = ["ExportedModel", "OrtBuild", "block_size", "open_session", "quiet_ort"]
+__all__ = ["WEIGHT_ONLY_BITS", "ExportedModel", "OrtBuild", "block_size", "open_session",
+           "quiet_ort"]  # fmt: skip
 
 _CALIBRATION_BATCH = 32
-_WEIGHT_ONLY_BITS = {"int8": 8, "int4": 4}
+WEIGHT_ONLY_BITS = {"int8": 8, "int4": 4}
+"""The weight-only precisions ORT runs (MatMulNBits), with their bits."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class ExportedModel:
             with quiet_ort():
                 path = self._static(static, calibration) if static else self.float_path
                 model = onnx.load(str(path))
-                for precision, bits in _WEIGHT_ONLY_BITS.items():
+                for precision, bits in WEIGHT_ONLY_BITS.items():
                     names = [n for n, q in wanted.items() if q == precision]
                     if names:
                         model = self._weight_only(model, names, bits)
@@ -163,13 +165,13 @@ class ExportedModel:
                     f"{self.unmapped[name]}. Keep it in float."
                 )
             node = self.nodes[name]
-            if self.decoder and precision not in _WEIGHT_ONLY_BITS:
+            if self.decoder and precision not in WEIGHT_ONLY_BITS:
                 raise PlanError(
                     f"layer {name} of a causal LM runs int8 or int4 weight-only on the "
                     f"onnxruntime backend (its static {precision} is not built), but the plan "
                     f"gives it {precision}. Give it int8, int4 or float."
                 )
-            if precision in _WEIGHT_ONLY_BITS and node.op == "Conv":
+            if precision in WEIGHT_ONLY_BITS and node.op == "Conv":
                 raise PlanError(
                     f"layer {name} is a convolution, and ORT's weight-only {precision} "
                     "(MatMulNBits) runs matrix products only. Give it w8a8 or float."

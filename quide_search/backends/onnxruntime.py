@@ -40,6 +40,7 @@ from quide_search.backends import _onnx_graph as graphs
 from quide_search.backends import _ort_session as decoding
 from quide_search.backends._hf import conv1d_type, is_causal_lm
 from quide_search.backends._kinds import BuiltModel, WholeModelBackend
+from quide_search.backends._ort_build import WEIGHT_ONLY_BITS, ExportedModel, open_session
 from quide_search.backends._ort_session import OrtModel
 from quide_search.backends.cpu import cpu_flags, has_vnni
 from quide_search.errors import DataError, PlanError, TrialEvaluationError, first_line
@@ -48,13 +49,11 @@ from quide_search.plan import FLOAT, PRECISIONS, BitPlan
 if TYPE_CHECKING:
     import torch
 
-    from quide_search.backends._ort_build import ExportedModel
-
 __all__ = ["MODEL_FILE", "OnnxRuntimeBackend", "OrtModel", "OrtSettings"]
 
 MODEL_FILE = "model.onnx"
 _OFFERED = ("w8a8", "int8", "int4")
-_WEIGHT_ONLY = ("int8", "int4")
+_WEIGHT_ONLY = tuple(WEIGHT_ONLY_BITS)  # int8, int4
 
 
 @dataclass(frozen=True)
@@ -265,8 +264,6 @@ class OnnxRuntimeBackend(WholeModelBackend):
         optimise the same way), so that graph is not written and read again."""
         import tempfile
 
-        from quide_search.backends._ort_build import open_session
-
         module = built.module
         if not isinstance(module, OrtModel) or module.exported is None:
             raise TrialEvaluationError("only a model built in this process can be profiled")
@@ -299,7 +296,6 @@ class OnnxRuntimeBackend(WholeModelBackend):
 
     def load(self, skeleton: nn.Module, folder: Path) -> nn.Module:
         """The saved model in a session (``skeleton`` only names the layers)."""
-        from quide_search.backends._ort_build import open_session
 
         path = folder / MODEL_FILE
         if not path.is_file():
@@ -336,7 +332,6 @@ class OnnxRuntimeBackend(WholeModelBackend):
         (what its calibration cache depends on) and state of the weights (an in-place change
         of a parameter or buffer makes a new one, which replaces the old), and kept while the
         model lives, so that a study's protocol check and its scorer share it."""
-        from quide_search.backends._ort_build import ExportedModel
 
         shape = () if is_causal_lm(model) else tuple(example.shape[1:])
         kept = _EXPORTS.setdefault(model, {})
